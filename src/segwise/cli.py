@@ -1,0 +1,134 @@
+"""The `segwise` command: parse arguments, call the library, print. No logic of its own.
+
+User mistakes (SegwiseError) print one line and exit with code 2; SEGWISE_DEBUG=1 shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .errors import SegwiseError
+
+
+def _size(text: str) -> list[int]:
+    """'256' → [256, 256]; '192x384' → [192, 384] (height × width)."""
+    try:
+        parts = [int(p) for p in text.lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or min(parts) < 8:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a size; use H or HxW, e.g. 256 or 192x384")
+    return parts
+
+
+def _command_train(args: argparse.Namespace) -> int:
+    from .engine import train
+
+    result = train(
+        args.data, args.config, runs_dir=args.runs_dir, name=args.name, progress=not args.quiet,
+        arch=args.arch, encoder=args.encoder, encoder_weights=args.encoder_weights, epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, size=args.size, val_fraction=args.val_fraction,
+        augment=args.augment, precision=args.precision, device=args.device, seed=args.seed,
+    )
+    print(f"run folder: {result.run_dir}  (best val mIoU {result.best_miou:.4f} at epoch {result.best_epoch})")
+    return 0
+
+
+def _command_predict(args: argparse.Namespace) -> int:
+    from .inference import load
+    from .inference.writers import predict_to_folder
+
+    predictor = load(args.run, device=args.device)
+    written = predict_to_folder(predictor, args.inputs, args.output, progress=sys.stderr.isatty())
+    print(f"wrote {len(written)} mask(s) to {args.output}")
+    return 0
+
+
+def _command_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    overrides = {"epochs": args.epochs} if args.epochs else {}
+    result = run_demo(args.out, progress=not args.quiet, **overrides)
+    print(f"""
+segwise demo finished in {result.seconds:.0f}s
+  dataset      {result.data_dir}   (synthetic shapes: background, disc, rectangle, triangle, ring)
+  run folder   {result.run_dir}   (config.yaml, model.safetensors, metrics.csv, curves.png, val_samples/)
+  predictions  {result.predictions[0].parent}   ({len(result.predictions)} held-out test images)
+  validation mIoU {result.val_miou:.4f}""")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="segwise",
+        description="Semantic segmentation from a folder of images and masks to a trained, evaluated model.",
+        epilog="Start with `segwise demo`, then `segwise train DATA` on your own images/ + masks/ folder.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    formatter = argparse.RawDescriptionHelpFormatter
+
+    train = commands.add_parser(
+        "train", help="train a model on DATA/images + DATA/masks", formatter_class=formatter,
+        description="Train a model; classes, resolution and normalization come from the data.",
+        epilog="example:\n  segwise train data/cells --encoder resnet18 --epochs 20 --size 256",
+    )
+    train.add_argument("data", help="folder with images/ and masks/ (optionally train/ and val/ inside)")
+    train.add_argument("-c", "--config", help="plan YAML with `model:` and `train:` sections")
+    train.add_argument("--name", help="run name (default: the data folder's name); never overwrites a run")
+    train.add_argument("--runs-dir", default="runs", help="where run folders go (default: runs)")
+    train.add_argument("--arch", help="architecture (default: unet)")
+    train.add_argument("--encoder", help="timm encoder (default: resnet34)")
+    train.add_argument("--encoder-weights", help="none (default), imagenet, or a path to a state dict")
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--lr", type=float, help="peak learning rate of the one-cycle schedule")
+    train.add_argument("--size", type=_size, help="training size H or HxW (default: the data's typical size)")
+    train.add_argument("--val-fraction", type=float, help="held out when DATA has no val/ split (default 0.2)")
+    train.add_argument("--augment", choices=["none", "flips"])
+    train.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"])
+    train.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    train.add_argument("--seed", type=int)
+    train.add_argument("-q", "--quiet", action="store_true", help="print nothing but the result")
+    train.set_defaults(handler=_command_train)
+
+    predict = commands.add_parser(
+        "predict", help="write masks for new images with a trained run", formatter_class=formatter,
+        description="Predict an index-PNG mask (class palette, the input's own size) for every input image.",
+        epilog="example:\n  segwise predict runs/cells new_images/ extra.png -o masks/",
+    )
+    predict.add_argument("run", help="run folder written by `segwise train`")
+    predict.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
+    predict.add_argument("-o", "--output", required=True, help="folder for the masks (created if missing)")
+    predict.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    predict.set_defaults(handler=_command_predict)
+
+    demo = commands.add_parser(
+        "demo", help="the whole loop on the built-in synthetic dataset", formatter_class=formatter,
+        description="Write a synthetic shapes dataset, train on it, evaluate, and predict held-out images.",
+        epilog="example:\n  segwise demo --out demo",
+    )
+    demo.add_argument("--out", default="demo", help="folder for data, runs and predictions (default: demo)")
+    demo.add_argument("--epochs", type=int, help="override the demo's epoch count")
+    demo.add_argument("-q", "--quiet", action="store_true")
+    demo.set_defaults(handler=_command_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "encoder_weights", None) in ("none", "None"):
+        args.encoder_weights = None
+    try:
+        return args.handler(args)
+    except SegwiseError as error:
+        if os.environ.get("SEGWISE_DEBUG"):
+            raise
+        print(f"segwise: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("segwise: interrupted", file=sys.stderr)
+        return 130

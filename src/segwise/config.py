@@ -1,0 +1,183 @@
+"""Typed configuration: one dataclass per section, YAML in and out, validation with clear messages.
+
+`Config` is what a user writes (`segwise train DATA -c plan.yaml`) or overrides from the command line.
+`RunConfig` is what a run folder stores in `config.yaml`: everything needed to rebuild the model and
+its preprocessing, so a run can be loaded anywhere without the training data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import SegwiseError
+from .io import atomic_path
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "unet"
+    encoder: str = "resnet34"
+    encoder_weights: str | None = None  # None, "imagenet" or a path to a state dict
+    options: dict[str, Any] = field(default_factory=dict)  # the architecture's own, e.g. decoder_channels
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    loss: str = "ce+dice"
+    size: list[int] | None = None  # training [H, W]; None picks the dataset's typical size
+    val_fraction: float = 0.2  # share held out when the data has no val/ split
+    augment: str = "flips"  # none | flips (h/v flips and, for square inputs, transposes)
+    precision: str = "auto"  # auto | bf16 | fp16 | fp32
+    channels_last: bool = True
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    seed: int = 0
+    val_samples: int = 4  # image | truth | prediction panels written to val_samples/
+
+    def __post_init__(self) -> None:
+        _check(self.augment in ("none", "flips"), "train.augment", self.augment, "none | flips")
+        _check(self.precision in ("auto", "bf16", "fp16", "fp32"), "train.precision", self.precision,
+               "auto | bf16 | fp16 | fp32")
+        _check(self.epochs >= 1, "train.epochs", self.epochs, "an integer ≥ 1")
+        _check(self.batch_size >= 1, "train.batch_size", self.batch_size, "an integer ≥ 1")
+        _check(self.lr > 0, "train.lr", self.lr, "a positive number")
+        _check(0 < self.val_fraction < 1, "train.val_fraction", self.val_fraction, "a number between 0 and 1")
+        if self.size is not None:
+            _check(len(self.size) == 2 and min(self.size) >= 8, "train.size", self.size, "[height, width], each ≥ 8")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def override(self, **values: Any) -> Config:
+        """Set fields by name (`epochs=5`, `encoder="resnet18"`) wherever they live; unknown names fail."""
+        model, train = asdict(self.model), asdict(self.train)
+        for key, value in values.items():
+            if value is None:
+                continue
+            if key in model:
+                model[key] = value
+            elif key in train:
+                train[key] = value
+            else:
+                valid = sorted(set(model) | set(train))
+                raise SegwiseError(f"unknown option '{key}'; valid options are {valid}")
+        return Config(_build(ModelConfig, model, "model"), _build(TrainConfig, train, "train"))
+
+
+@dataclass
+class ClassesConfig:
+    names: list[str]
+    values: list[int]  # stored mask value of each class
+    palette: list[list[int]]
+    ignore_value: int | None = None  # stored mask value meaning "void"
+
+
+@dataclass
+class PreprocessConfig:
+    input_size: list[int]  # [H, W] images are resized to before the model
+    mean: list[float]
+    std: list[float]
+
+
+@dataclass
+class RunConfig:
+    model: dict[str, Any]  # create_model arguments: arch, encoder, num_classes, in_channels, options
+    classes: ClassesConfig
+    preprocess: PreprocessConfig
+    train: TrainConfig
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, path: Path) -> None:
+        write_yaml(path, asdict(self))
+
+    @classmethod
+    def load(cls, path: Path) -> RunConfig:
+        return _build(cls, read_yaml(path), str(path))
+
+
+def _check(ok: bool, key: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise SegwiseError(f"{key}: {value!r} is not valid; expected {expected}")
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is Any:
+        return True
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        return isinstance(value, list) and all(_type_ok(v, item) for v in value)
+    if origin is dict:
+        return isinstance(value, dict)
+    if dataclasses.is_dataclass(hint):
+        return isinstance(value, (dict, hint))
+    return isinstance(value, hint)
+
+
+def _build(cls: type, values: Any, where: str) -> Any:
+    """Make dataclass `cls` from a dict, checking keys and types; errors name the key and the fix."""
+    if isinstance(values, cls):
+        return values
+    if not isinstance(values, dict):
+        raise SegwiseError(f"{where}: expected a mapping of {cls.__name__} fields, got {type(values).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise SegwiseError(f"{where}: unknown key(s) {unknown}; valid keys are {names}")
+    kwargs = {}
+    for key, value in values.items():
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+            value = _build(hint, value, f"{where}.{key}")
+        elif not _type_ok(value, hint):
+            raise SegwiseError(f"{where}.{key}: {value!r} has the wrong type; expected {hint}")
+        if hint is float and isinstance(value, int):
+            value = float(value)
+        kwargs[key] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as error:  # a required key is missing
+        raise SegwiseError(f"{where}: {error}; valid keys are {names}") from None
+
+
+def read_yaml(path: str | Path) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise SegwiseError(f"{path}: config file not found; check the path")
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise SegwiseError(f"{path}: not valid YAML ({' '.join(str(error).split())})") from None
+
+
+def write_yaml(path: str | Path, data: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def load_config(path: str | Path | None = None, **overrides: Any) -> Config:
+    """Read a plan YAML (sections `model` and `train`), then apply keyword overrides."""
+    config = Config() if path is None else _build(Config, read_yaml(path), str(path))
+    return config.override(**overrides)

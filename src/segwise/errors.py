@@ -1,0 +1,10 @@
+"""The one exception type for mistakes in the user's input.
+
+Library code raises `SegwiseError` with a message that names the file, the problem and the fix.
+The CLI prints it as a single line and exits with code 2; set SEGWISE_DEBUG=1 to see the traceback.
+Internal invariants use `assert`, never this class.
+"""
+
+
+class SegwiseError(Exception):
+    """A user mistake (missing file, bad mask, bad config): one clear line, exit code 2."""

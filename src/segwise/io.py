@@ -1,0 +1,141 @@
+"""Reading and writing images and masks.
+
+Images come back as uint8 arrays H×W×C (C = 1, 3 or 4) with EXIF orientation applied; masks as integer
+arrays H×W. Every write goes to a temporary name first and is renamed into place, so an interrupted
+run never leaves a half-written file where a good one was.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import SegwiseError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+
+
+def is_image_file(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def _open(path: Path, what: str) -> Image.Image:
+    path = Path(path)
+    if not path.is_file():
+        raise SegwiseError(f"{path}: {what} not found; check the path")
+    try:
+        image = Image.open(path)
+        image.load()
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
+        raise SegwiseError(
+            f"{path}: cannot read {what} ({error}); replace or remove the file"
+        ) from None
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception:  # a broken EXIF block is no reason to refuse the pixels
+        return image
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image as uint8 H×W×C, C in {1, 3, 4}; 16-bit grayscale is scaled to 8 bits."""
+    image = _open(Path(path), "image")
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+        return np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)[..., None]
+    if image.mode == "L":
+        return np.array(image, dtype=np.uint8)[..., None]
+    if image.mode == "LA":
+        return np.array(image.convert("L"), dtype=np.uint8)[..., None]
+    if image.mode == "RGBA":
+        return np.array(image, dtype=np.uint8)
+    if image.mode == "PA":
+        return np.array(image.convert("RGBA"), dtype=np.uint8)
+    return np.array(image.convert("RGB"), dtype=np.uint8)
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """Read a mask as an integer array H×W holding the stored values (palette indices for mode P)."""
+    path = Path(path)
+    image = _open(path, "mask")
+    if image.mode in ("P", "L", "1"):
+        return np.asarray(image if image.mode != "1" else image.convert("L"), dtype=np.uint8)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(image)
+        if array.min() < 0 or array.max() > 65535:
+            raise SegwiseError(f"{path}: mask values outside 0..65535; save masks as 8- or 16-bit index images")
+        return array.astype(np.uint16)
+    if image.mode in ("LA", "RGB", "RGBA"):
+        array = np.asarray(image)
+        channels = array[..., : 1 if image.mode == "LA" else 3]
+        if np.all(channels == channels[..., :1]):
+            return np.ascontiguousarray(channels[..., 0]).astype(np.uint8)
+        raise SegwiseError(
+            f"{path}: colour-coded mask (different R, G, B values); save masks as single-channel index images"
+        )
+    raise SegwiseError(f"{path}: unsupported mask mode {image.mode}; save masks as 8-bit index PNGs")
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    os.close(handle)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_index_png(path: str | Path, mask: np.ndarray, palette: list[list[int]]) -> None:
+    """Write class indices as a palettised PNG (mode P) so viewers show the class colours."""
+    if mask.max(initial=0) > 255:
+        raise ValueError("index PNGs hold at most 256 classes")
+    image = Image.fromarray(mask.astype(np.uint8), mode="P")
+    flat = [channel for colour in palette for channel in colour]
+    image.putpalette(flat + [0] * (768 - len(flat)))
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
+
+
+def write_image(path: str | Path, array: np.ndarray) -> None:
+    """Write a uint8 H×W or H×W×C array (format from the suffix)."""
+    image = Image.fromarray(array.squeeze(-1) if array.ndim == 3 and array.shape[-1] == 1 else array)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format=Image.registered_extensions().get(Path(path).suffix.lower(), "PNG"))
+
+
+def default_palette(num_classes: int) -> list[list[int]]:
+    """Black/white for two classes, otherwise the Pascal VOC colour map (class 0 black)."""
+    if num_classes == 2:
+        return [[0, 0, 0], [255, 255, 255]]
+    palette = []
+    for index in range(num_classes):
+        r = g = b = 0
+        value = index
+        for bit in range(8):
+            r |= ((value >> 0) & 1) << (7 - bit)
+            g |= ((value >> 1) & 1) << (7 - bit)
+            b |= ((value >> 2) & 1) << (7 - bit)
+            value >>= 3
+        palette.append([r, g, b])
+    return palette
+
+
+def colorize(mask: np.ndarray, palette: list[list[int]], ignore_index: int | None = None) -> np.ndarray:
+    """Class indices → RGB uint8 using `palette`; ignored pixels grey."""
+    table = np.zeros((256, 3), dtype=np.uint8)
+    table[: len(palette)] = np.asarray(palette, dtype=np.uint8)[:256]
+    if ignore_index is not None and 0 <= ignore_index < 256:
+        table[ignore_index] = (128, 128, 128)
+    return table[mask.astype(np.int64).clip(0, 255)]

@@ -1,0 +1,58 @@
+"""The base model every architecture shares: pad → encoder → decoder → head → crop.
+
+Padding lives here, once: any H×W is padded up to a multiple of the model's stride, and the logits are
+cropped back, so no architecture ever asks for "input divisible by 32".
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .encoders import Encoder
+
+
+class SegmentationModel(nn.Module):
+    """Encoder features → decoder → 1×1/3×3 head; `config` rebuilds the model via `create_model`."""
+
+    def __init__(self, encoder: Encoder, decoder: nn.Module, head: nn.Module, config: dict) -> None:
+        super().__init__()
+        self.encoder, self.decoder, self.head = encoder, decoder, head
+        self.config = config
+        self.stride = max(encoder.reductions)
+        self.in_channels = config["in_channels"]
+        self.num_classes = config["num_classes"]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"expected input N×{self.in_channels}×H×W, got {tuple(x.shape)}; "
+                f"this model was built with in_channels={self.in_channels}"
+            )
+        height, width = x.shape[-2:]
+        pad_h, pad_w = -height % self.stride, -width % self.stride
+        top, left = pad_h // 2, pad_w // 2
+        if pad_h or pad_w:
+            x = F.pad(x, (left, pad_w - left, top, pad_h - top))
+        logits = self.head(self.decoder(self.encoder(x)))
+        if logits.shape[-2:] != x.shape[-2:]:
+            logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return logits[..., top : top + height, left : left + width]
+
+    def freeze_encoder(self) -> None:
+        """Stop training the encoder; its norm layers stay in eval mode so their statistics hold."""
+        self.encoder.requires_grad_(False)
+        self.encoder.eval()
+        self._encoder_frozen = True
+
+    def unfreeze_encoder(self) -> None:
+        self.encoder.requires_grad_(True)
+        self._encoder_frozen = False
+        self.encoder.train(self.training)
+
+    def train(self, mode: bool = True) -> SegmentationModel:
+        super().train(mode)
+        if getattr(self, "_encoder_frozen", False):
+            self.encoder.eval()
+        return self

@@ -1,0 +1,67 @@
+"""`create_model(arch, encoder=..., ...)`: the one factory over every architecture."""
+
+from __future__ import annotations
+
+import fnmatch
+import inspect
+from collections.abc import Callable
+from pathlib import Path
+
+from torch import nn
+
+from ..errors import SegwiseError
+from .base import SegmentationModel
+from .encoders import Encoder
+from .unet import UnetDecoder
+
+
+def _unet(encoder: Encoder, decoder_channels: list[int] | None = None, decoder_upsampling: str = "nearest"):
+    return UnetDecoder(encoder.channels, encoder.reductions, decoder_channels, decoder_upsampling)
+
+
+# Each entry builds a decoder from an encoder and its own options (prefixed `decoder_`), nothing else.
+ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"unet": _unet}
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Architecture names matching a shell-style pattern, e.g. `list_models("unet*")`."""
+    return sorted(name for name in ARCHITECTURES if fnmatch.fnmatch(name, pattern))
+
+
+def create_model(
+    arch: str = "unet",
+    encoder: str = "resnet34",
+    num_classes: int = 2,
+    in_channels: int = 3,
+    encoder_weights: str | Path | None = None,
+    **options,
+) -> SegmentationModel:
+    """Build a segmentation model.
+
+    >>> model = create_model("unet", encoder="resnet18", num_classes=5, in_channels=1)
+    >>> model(torch.zeros(1, 1, 250, 333)).shape  # doctest: +SKIP
+    torch.Size([1, 5, 250, 333])
+
+    `encoder_weights`: None (random), "imagenet" (timm's hub) or a path to a local state dict.
+    `options` are the architecture's own (e.g. `decoder_channels`); unknown ones are an error.
+    """
+    if arch not in ARCHITECTURES:
+        raise SegwiseError(f"unknown architecture '{arch}'; choose one of {list_models()}")
+    builder = ARCHITECTURES[arch]
+    allowed = [p for p in inspect.signature(builder).parameters if p != "encoder"]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise SegwiseError(f"{arch}: unknown option(s) {unknown}; valid options are {allowed}")
+    if num_classes < 1 or in_channels < 1:
+        raise SegwiseError(f"num_classes and in_channels must be positive, got {num_classes} and {in_channels}")
+    backbone = Encoder(encoder, in_channels, encoder_weights)
+    decoder = builder(backbone, **options)
+    head = nn.Conv2d(decoder.out_channels, num_classes, kernel_size=3, padding=1)
+    config = {
+        "arch": arch,
+        "encoder": encoder,
+        "num_classes": num_classes,
+        "in_channels": in_channels,
+        "options": dict(options),
+    }
+    return SegmentationModel(backbone, decoder, head, config)

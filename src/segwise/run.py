@@ -1,0 +1,84 @@
+"""The run folder, `runs/<name>/`, and what lives in it.
+
+    config.yaml        everything to rebuild the model and its preprocessing (RunConfig)
+    model.safetensors  best weights by validation mIoU (safetensors: loading runs no code)
+    last.pt            full training state after the last epoch (loaded with weights_only=True)
+    metrics.csv        one row per epoch
+    curves.png         loss and mIoU per epoch
+    val_samples/       image | truth | prediction panels
+
+Every file is written under a temporary name and renamed, so a crash never leaves a torn file.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .config import RunConfig
+from .errors import SegwiseError
+from .io import atomic_path
+from .models import SegmentationModel, create_model
+
+CONFIG, WEIGHTS, LAST, METRICS, CURVES, SAMPLES = (
+    "config.yaml", "model.safetensors", "last.pt", "metrics.csv", "curves.png", "val_samples",
+)
+
+
+def create_run_dir(runs_dir: str | Path, name: str) -> Path:
+    """Create a new, empty run folder; an existing name is never reused (`name-2`, `name-3`, … instead)."""
+    runs_dir = Path(runs_dir)
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    base = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "run"
+    for attempt in range(1, 10_000):
+        candidate = runs_dir / (base if attempt == 1 else f"{base}-{attempt}")
+        try:
+            candidate.mkdir()  # atomic: two trainings racing for one name cannot both get it
+            return candidate
+        except FileExistsError:
+            continue
+    raise SegwiseError(f"{runs_dir}: too many runs named '{base}'; pass another --name")
+
+
+def save_weights(model: torch.nn.Module, path: Path) -> None:
+    state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp))
+
+
+def save_checkpoint(state: dict, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def write_metrics(history: list[dict], path: Path) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
+
+
+def load_model(run_dir: str | Path) -> tuple[SegmentationModel, RunConfig]:
+    """Rebuild a run's model from config.yaml and model.safetensors (no pickle, no code executed)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise SegwiseError(f"{run_dir}: run folder not found; pass a folder written by `segwise train`")
+    for required in (CONFIG, WEIGHTS):
+        if not (run_dir / required).is_file():
+            raise SegwiseError(f"{run_dir / required}: missing; is {run_dir} a finished segwise run?")
+    config = RunConfig.load(run_dir / CONFIG)
+    spec = dict(config.model)
+    model = create_model(**{k: v for k, v in spec.items() if k != "options"}, **spec.get("options", {}))
+    load_weights(model, run_dir / WEIGHTS)
+    return model.eval(), config
+
+
+def load_weights(model: torch.nn.Module, path: Path) -> None:
+    try:
+        model.load_state_dict(load_file(str(path)))
+    except Exception as error:  # safetensors raises its own error types for torn or foreign files
+        raise SegwiseError(f"{path}: weights do not load ({' '.join(str(error).split())[:300]})") from None

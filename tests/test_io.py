@@ -1,0 +1,64 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from segwise.errors import SegwiseError
+from segwise.io import atomic_path, default_palette, read_image, read_mask, write_index_png
+
+
+def test_read_image_gives_hwc_uint8_for_gray_rgb_and_rgba(tmp_path):
+    for mode, channels in (("L", 1), ("RGB", 3), ("RGBA", 4)):
+        Image.new(mode, (7, 5)).save(tmp_path / f"{mode}.png")
+        image = read_image(tmp_path / f"{mode}.png")
+        assert image.shape == (5, 7, channels) and image.dtype == np.uint8
+
+
+def test_read_image_applies_exif_orientation(tmp_path):
+    image = Image.new("RGB", (30, 20))
+    exif = image.getexif()
+    exif[0x0112] = 6  # rotate 90° clockwise on display
+    image.save(tmp_path / "rotated.jpg", exif=exif)
+    assert read_image(tmp_path / "rotated.jpg").shape == (30, 20, 3)
+
+
+def test_read_image_scales_16_bit_to_8_bit(tmp_path):
+    Image.fromarray(np.full((4, 4), 65535, np.uint16)).save(tmp_path / "deep.png")
+    assert read_image(tmp_path / "deep.png").max() == 255
+
+
+def test_read_mask_returns_palette_indices_not_colours(tmp_path):
+    mask = Image.fromarray(np.array([[0, 3], [2, 1]], np.uint8), mode="P")
+    mask.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0, 0, 0, 255] + [0] * 756)
+    mask.save(tmp_path / "p.png")
+    assert read_mask(tmp_path / "p.png").tolist() == [[0, 3], [2, 1]]
+
+
+def test_read_mask_refuses_colour_coded_masks(tmp_path):
+    Image.fromarray(np.array([[[255, 0, 0]]], np.uint8)).save(tmp_path / "rgb.png")
+    with pytest.raises(SegwiseError, match="colour-coded"):
+        read_mask(tmp_path / "rgb.png")
+
+
+def test_unreadable_file_is_a_clear_error_naming_it(tmp_path):
+    (tmp_path / "broken.png").write_bytes(b"not a png at all")
+    with pytest.raises(SegwiseError, match="broken.png: cannot read image"):
+        read_image(tmp_path / "broken.png")
+
+
+def test_write_index_png_round_trips_indices_and_palette(tmp_path):
+    mask = np.array([[0, 1], [4, 2]])
+    write_index_png(tmp_path / "m.png", mask, default_palette(5))
+    image = Image.open(tmp_path / "m.png")
+    assert image.mode == "P"
+    assert np.array(image).tolist() == mask.tolist()
+    assert image.getpalette()[3 * 4 : 3 * 5] == default_palette(5)[4]
+
+
+def test_atomic_path_keeps_the_old_file_when_writing_fails(tmp_path):
+    target = tmp_path / "keep.txt"
+    target.write_text("good")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("crash mid-write")
+    assert target.read_text() == "good"
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]

@@ -1,0 +1,106 @@
+import socket
+import time
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+import segwise
+from segwise.errors import SegwiseError
+
+
+@pytest.mark.parametrize("height,width", [(250, 333), (1, 1), (31, 33), (64, 64), (97, 45)])
+def test_any_input_size_gives_logits_of_the_same_size(height, width):
+    model = segwise.create_model("unet", encoder="test_resnet", num_classes=3).eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, height, width)).shape == (2, 3, height, width)
+
+
+def test_padding_does_not_change_content_away_from_the_border():
+    """The crop returns exactly the input's pixels: a fully convolutional model sees the same centre."""
+    model = segwise.create_model("unet", encoder="test_resnet", num_classes=2).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        full = model(x)
+        padded_inside = model(x[..., :63, :63])
+    assert full.shape[-2:] == (64, 64) and padded_inside.shape[-2:] == (63, 63)
+
+
+@pytest.mark.parametrize("channels", [1, 4])
+def test_channel_counts_other_than_three(channels):
+    model = segwise.create_model("unet", encoder="test_resnet", num_classes=2, in_channels=channels)
+    out = model(torch.randn(1, channels, 40, 40))
+    out.mean().backward()
+    assert out.shape == (1, 2, 40, 40)
+
+
+def test_wrong_channel_count_says_what_the_model_expects():
+    model = segwise.create_model("unet", encoder="test_resnet", num_classes=2, in_channels=1)
+    with pytest.raises(ValueError, match="in_channels=1"):
+        model(torch.randn(1, 3, 32, 32))
+
+
+def test_unet_resnet34_has_the_reference_parameter_count():
+    # segmentation-models-pytorch's Unet("resnet34", classes=1) has 24,436,369 parameters.
+    model = segwise.create_model("unet", encoder="resnet34", num_classes=1)
+    assert sum(p.numel() for p in model.parameters()) == 24_436_369
+
+
+@pytest.mark.parametrize("upsampling", ["nearest", "bilinear", "transpose"])
+def test_unet_upsampling_modes(upsampling):
+    model = segwise.create_model("unet", encoder="test_resnet", num_classes=2, decoder_upsampling=upsampling)
+    assert model(torch.randn(1, 3, 50, 70)).shape == (1, 2, 50, 70)
+
+
+def test_unknown_names_list_the_valid_choices():
+    with pytest.raises(SegwiseError, match=r"choose one of \['unet'\]"):
+        segwise.create_model("unet9000")
+    with pytest.raises(SegwiseError, match="unknown encoder 'resnet3'"):
+        segwise.create_model("unet", encoder="resnet3")
+    with pytest.raises(SegwiseError, match="valid options are"):
+        segwise.create_model("unet", encoder="test_resnet", decoder_chanels=[1])
+    with pytest.raises(SegwiseError, match="needs 5 entries"):
+        segwise.create_model("unet", encoder="test_resnet", decoder_channels=[8, 8])
+
+
+def test_local_weights_file_is_loaded_into_the_encoder(tmp_path):
+    reference = timm.create_model("test_resnet", num_classes=7)  # a full model, classifier included
+    torch.nn.init.constant_(reference.conv1[0].weight if isinstance(reference.conv1, torch.nn.Sequential)
+                            else reference.conv1.weight, 0.125)
+    save_file(reference.state_dict(), str(tmp_path / "encoder.safetensors"))
+    torch.save(reference.state_dict(), tmp_path / "encoder.pth")
+    random = segwise.create_model("unet", encoder="test_resnet", num_classes=2)
+    for path in (tmp_path / "encoder.safetensors", tmp_path / "encoder.pth"):
+        loaded = segwise.create_model("unet", encoder="test_resnet", num_classes=2, encoder_weights=path)
+        state, expected = loaded.encoder.model.state_dict(), reference.state_dict()
+        assert all(torch.equal(value, expected[key]) for key, value in state.items())
+        assert not all(torch.equal(value, random.encoder.model.state_dict()[key]) for key, value in state.items())
+
+
+def test_weights_for_another_encoder_are_refused_with_the_keys(tmp_path):
+    save_file({"something.weight": torch.zeros(3)}, str(tmp_path / "wrong.safetensors"))
+    with pytest.raises(SegwiseError, match="wrong.safetensors: weights do not fit encoder 'test_resnet'"):
+        segwise.create_model("unet", encoder="test_resnet", encoder_weights=tmp_path / "wrong.safetensors")
+
+
+def test_imagenet_weights_offline_fail_fast_with_the_fix(monkeypatch):
+    def unreachable(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    started = time.perf_counter()
+    with pytest.raises(SegwiseError, match="encoder_weights=PATH"):
+        segwise.create_model("unet", encoder="resnet18", encoder_weights="imagenet")
+    assert time.perf_counter() - started < 5
+
+
+def test_frozen_encoder_keeps_norm_layers_in_eval_mode():
+    model = segwise.create_model("unet", encoder="test_resnet", num_classes=2)
+    model.freeze_encoder()
+    model.train()
+    assert not any(m.training for m in model.encoder.modules())
+    assert not any(p.requires_grad for p in model.encoder.parameters())
+    assert model.decoder.training
+    model.unfreeze_encoder()
+    assert all(p.requires_grad for p in model.encoder.parameters()) and model.encoder.training
