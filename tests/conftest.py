@@ -20,7 +20,9 @@ TINY = {"encoder": "test_resnet", "options": {"decoder_channels": [32, 16, 16, 8
 @pytest.fixture(scope="session")
 def shapes_data(tmp_path_factory) -> Path:
     """Synthetic multiclass data, 64×64: train/, val/ and test/ splits plus classes.txt."""
-    return write_synthetic_dataset(tmp_path_factory.mktemp("shapes"), num_train=16, num_val=6, num_test=2, size=64)
+    return write_synthetic_dataset(
+        tmp_path_factory.mktemp("shapes"), num_train=16, num_val=6, num_test=2, size=64
+    )
 
 
 @pytest.fixture(scope="session")
@@ -28,8 +30,9 @@ def trained_run(shapes_data, tmp_path_factory) -> Path:
     """One short training run shared by the tests that only read a run folder."""
     import segwise
 
-    result = segwise.train(shapes_data, runs_dir=tmp_path_factory.mktemp("runs"), name="tiny", epochs=2,
-                           progress=False, **TINY)
+    result = segwise.train(
+        shapes_data, runs_dir=tmp_path_factory.mktemp("runs"), name="tiny", epochs=2, progress=False, **TINY
+    )
     return result.run_dir
 
 
@@ -39,7 +42,9 @@ def write_pair(root: Path, stem: str, size=(40, 50), mask_values=(0, 1), image_s
     (root / "images").mkdir(parents=True, exist_ok=True)
     (root / "masks").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(len(stem))
-    Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)).save(root / "images" / (stem + image_suffix))
+    Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)).save(
+        root / "images" / (stem + image_suffix)
+    )
     mask = np.full((height, width), mask_values[0], np.uint8)
     mask[:, width // 2 :] = mask_values[1]
     Image.fromarray(mask).save(root / "masks" / f"{stem}.png")
@@ -49,5 +54,11 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run `python -m segwise ARGS` in a subprocess, as a user would."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     env.pop("SEGWISE_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "segwise", *args], capture_output=True, text=True, cwd=cwd,
-                          env=env, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "segwise", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=600,
+    )

@@ -32,7 +32,9 @@ def test_train_and_val_subfolders_are_used_as_given(tmp_path, layout):
                 write_pair(tmp_path, f"{split}{index}")
                 for kind in ("images", "masks"):
                     (tmp_path / kind / split).mkdir(exist_ok=True)
-                    (tmp_path / kind / f"{split}{index}.png").rename(tmp_path / kind / split / f"{split}{index}.png")
+                    (tmp_path / kind / f"{split}{index}.png").rename(
+                        tmp_path / kind / split / f"{split}{index}.png"
+                    )
     data = load_data(tmp_path)
     assert len(data.train_images) == 4 and len(data.val_images) == 2
     assert all(p[0].stem.startswith("val") for p in data.val_pairs)

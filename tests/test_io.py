@@ -54,6 +54,16 @@ def test_write_index_png_round_trips_indices_and_palette(tmp_path):
     assert image.getpalette()[3 * 4 : 3 * 5] == default_palette(5)[4]
 
 
+def test_atomic_writes_get_ordinary_file_permissions(tmp_path):
+    import os
+
+    with atomic_path(tmp_path / "new.txt") as tmp:
+        tmp.write_text("x")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "new.txt").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
 def test_atomic_path_keeps_the_old_file_when_writing_fails(tmp_path):
     target = tmp_path / "keep.txt"
     target.write_text("good")

@@ -17,16 +17,6 @@ def test_any_input_size_gives_logits_of_the_same_size(height, width):
         assert model(torch.randn(2, 3, height, width)).shape == (2, 3, height, width)
 
 
-def test_padding_does_not_change_content_away_from_the_border():
-    """The crop returns exactly the input's pixels: a fully convolutional model sees the same centre."""
-    model = segwise.create_model("unet", encoder="test_resnet", num_classes=2).eval()
-    x = torch.randn(1, 3, 64, 64)
-    with torch.no_grad():
-        full = model(x)
-        padded_inside = model(x[..., :63, :63])
-    assert full.shape[-2:] == (64, 64) and padded_inside.shape[-2:] == (63, 63)
-
-
 @pytest.mark.parametrize("channels", [1, 4])
 def test_channel_counts_other_than_three(channels):
     model = segwise.create_model("unet", encoder="test_resnet", num_classes=2, in_channels=channels)
@@ -66,8 +56,12 @@ def test_unknown_names_list_the_valid_choices():
 
 def test_local_weights_file_is_loaded_into_the_encoder(tmp_path):
     reference = timm.create_model("test_resnet", num_classes=7)  # a full model, classifier included
-    torch.nn.init.constant_(reference.conv1[0].weight if isinstance(reference.conv1, torch.nn.Sequential)
-                            else reference.conv1.weight, 0.125)
+    torch.nn.init.constant_(
+        reference.conv1[0].weight
+        if isinstance(reference.conv1, torch.nn.Sequential)
+        else reference.conv1.weight,
+        0.125,
+    )
     save_file(reference.state_dict(), str(tmp_path / "encoder.safetensors"))
     torch.save(reference.state_dict(), tmp_path / "encoder.pth")
     random = segwise.create_model("unet", encoder="test_resnet", num_classes=2)
@@ -75,13 +69,35 @@ def test_local_weights_file_is_loaded_into_the_encoder(tmp_path):
         loaded = segwise.create_model("unet", encoder="test_resnet", num_classes=2, encoder_weights=path)
         state, expected = loaded.encoder.model.state_dict(), reference.state_dict()
         assert all(torch.equal(value, expected[key]) for key, value in state.items())
-        assert not all(torch.equal(value, random.encoder.model.state_dict()[key]) for key, value in state.items())
+        assert not all(
+            torch.equal(value, random.encoder.model.state_dict()[key]) for key, value in state.items()
+        )
 
 
 def test_weights_for_another_encoder_are_refused_with_the_keys(tmp_path):
     save_file({"something.weight": torch.zeros(3)}, str(tmp_path / "wrong.safetensors"))
-    with pytest.raises(SegwiseError, match="wrong.safetensors: weights do not fit encoder 'test_resnet'"):
+    with pytest.raises(
+        SegwiseError,
+        match=r"wrong.safetensors: weights do not fit encoder 'test_resnet': "
+        r"missing \d+ key\(s\).*unexpected 1 key\(s\), e.g. \['something.weight'\]",
+    ):
         segwise.create_model("unet", encoder="test_resnet", encoder_weights=tmp_path / "wrong.safetensors")
+    other = timm.create_model("resnet18").state_dict()
+    torch.save(other, tmp_path / "resnet18.pth")
+    with pytest.raises(SegwiseError, match="wrong shape for"):
+        segwise.create_model("unet", encoder="test_resnet", encoder_weights=tmp_path / "resnet18.pth")
+
+
+def test_local_weights_adapt_to_one_channel_by_summing_rgb(tmp_path):
+    reference = timm.create_model("test_resnet")
+    save_file(reference.state_dict(), str(tmp_path / "w.safetensors"))
+    gray = segwise.create_model(
+        "unet", encoder="test_resnet", in_channels=1, encoder_weights=tmp_path / "w.safetensors"
+    )
+    first = next(k for k, v in reference.state_dict().items() if v.ndim == 4)
+    assert torch.allclose(
+        gray.encoder.model.state_dict()[first], reference.state_dict()[first].sum(1, keepdim=True)
+    )
 
 
 def test_imagenet_weights_offline_fail_fast_with_the_fix(monkeypatch):

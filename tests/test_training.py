@@ -20,7 +20,14 @@ def test_a_few_epochs_lower_the_loss(shapes_data, tmp_path):
 
 def test_run_folder_holds_config_weights_metrics_curves_and_samples(trained_run):
     names = {path.name for path in trained_run.iterdir()}
-    assert {"config.yaml", "model.safetensors", "last.pt", "metrics.csv", "curves.png", "val_samples"} <= names
+    assert {
+        "config.yaml",
+        "model.safetensors",
+        "last.pt",
+        "metrics.csv",
+        "curves.png",
+        "val_samples",
+    } <= names
     config = RunConfig.load(trained_run / "config.yaml")
     assert config.classes.names[0] == "background" and config.model["num_classes"] == 5
     with open(trained_run / "metrics.csv") as handle:
@@ -35,7 +42,9 @@ def test_run_folder_holds_config_weights_metrics_curves_and_samples(trained_run)
 def test_saved_run_predicts_exactly_like_the_trained_weights(shapes_data, tmp_path):
     """save → load → identical predictions: the safetensors round trip against the in-memory state."""
     run_dir = segwise.train(shapes_data, runs_dir=tmp_path, epochs=1, progress=False, **TINY).run_dir
-    trained_state = torch.load(run_dir / "last.pt", weights_only=True)["model"]  # best == last after one epoch
+    trained_state = torch.load(run_dir / "last.pt", weights_only=True)[
+        "model"
+    ]  # best == last after one epoch
     saved_state = load_file(str(run_dir / "model.safetensors"))
     assert all(torch.equal(trained_state[key], saved_state[key]) for key in trained_state)
 
@@ -56,12 +65,18 @@ def test_prediction_keeps_the_input_size(trained_run):
     predictor = segwise.load(trained_run)
     mask = predictor.predict(np.zeros((250, 333, 3), np.uint8))
     assert mask.shape == (250, 333) and mask.max() < 5
-    assert predictor.predict_proba(np.zeros((20, 30), np.uint8)).shape == (5, 20, 30)  # gray input → RGB model
+    assert predictor.predict_proba(np.zeros((20, 30), np.uint8)).shape == (
+        5,
+        20,
+        30,
+    )  # gray input → RGB model
 
 
 def test_training_twice_under_one_name_never_overwrites(shapes_data, tmp_path):
     first = segwise.train(shapes_data, runs_dir=tmp_path, name="same", epochs=1, progress=False, **TINY)
     weights_before = (first.run_dir / "model.safetensors").read_bytes()
-    second = segwise.train(shapes_data, runs_dir=tmp_path, name="same", epochs=1, seed=1, progress=False, **TINY)
+    second = segwise.train(
+        shapes_data, runs_dir=tmp_path, name="same", epochs=1, seed=1, progress=False, **TINY
+    )
     assert first.run_dir.name == "same" and second.run_dir.name == "same-2"
     assert (first.run_dir / "model.safetensors").read_bytes() == weights_before

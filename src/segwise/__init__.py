@@ -1,8 +1,8 @@
 """segwise: semantic image segmentation from a folder of images and masks to a trained, evaluated model.
 
-    >>> import segwise
-    >>> result = segwise.train("data/cells", epochs=20)         # doctest: +SKIP
-    >>> mask = segwise.load(result.run_dir).predict("new.png")   # doctest: +SKIP
+>>> import segwise
+>>> result = segwise.train("data/cells", epochs=20)         # doctest: +SKIP
+>>> mask = segwise.load(result.run_dir).predict("new.png")   # doctest: +SKIP
 """
 
 from .engine import train

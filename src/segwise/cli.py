@@ -29,12 +29,27 @@ def _command_train(args: argparse.Namespace) -> int:
     from .engine import train
 
     result = train(
-        args.data, args.config, runs_dir=args.runs_dir, name=args.name, progress=not args.quiet,
-        arch=args.arch, encoder=args.encoder, encoder_weights=args.encoder_weights, epochs=args.epochs,
-        batch_size=args.batch_size, lr=args.lr, size=args.size, val_fraction=args.val_fraction,
-        augment=args.augment, precision=args.precision, device=args.device, seed=args.seed,
+        args.data,
+        args.config,
+        runs_dir=args.runs_dir,
+        name=args.name,
+        progress=not args.quiet,
+        arch=args.arch,
+        encoder=args.encoder,
+        encoder_weights=args.encoder_weights,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        size=args.size,
+        val_fraction=args.val_fraction,
+        augment=args.augment,
+        precision=args.precision,
+        device=args.device,
+        seed=args.seed,
     )
-    print(f"run folder: {result.run_dir}  (best val mIoU {result.best_miou:.4f} at epoch {result.best_epoch})")
+    print(
+        f"run folder: {result.run_dir}  (best val mIoU {result.best_miou:.4f} at epoch {result.best_epoch})"
+    )
     return 0
 
 
@@ -72,7 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     formatter = argparse.RawDescriptionHelpFormatter
 
     train = commands.add_parser(
-        "train", help="train a model on DATA/images + DATA/masks", formatter_class=formatter,
+        "train",
+        help="train a model on DATA/images + DATA/masks",
+        formatter_class=formatter,
         description="Train a model; classes, resolution and normalization come from the data.",
         epilog="example:\n  segwise train data/cells --encoder resnet18 --epochs 20 --size 256",
     )
@@ -87,7 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=int)
     train.add_argument("--lr", type=float, help="peak learning rate of the one-cycle schedule")
     train.add_argument("--size", type=_size, help="training size H or HxW (default: the data's typical size)")
-    train.add_argument("--val-fraction", type=float, help="held out when DATA has no val/ split (default 0.2)")
+    train.add_argument(
+        "--val-fraction", type=float, help="held out when DATA has no val/ split (default 0.2)"
+    )
     train.add_argument("--augment", choices=["none", "flips"])
     train.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"])
     train.add_argument("--device", help="auto, cpu, cuda or cuda:N")
@@ -96,7 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(handler=_command_train)
 
     predict = commands.add_parser(
-        "predict", help="write masks for new images with a trained run", formatter_class=formatter,
+        "predict",
+        help="write masks for new images with a trained run",
+        formatter_class=formatter,
         description="Predict an index-PNG mask (class palette, the input's own size) for every input image.",
         epilog="example:\n  segwise predict runs/cells new_images/ extra.png -o masks/",
     )
@@ -107,7 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.set_defaults(handler=_command_predict)
 
     demo = commands.add_parser(
-        "demo", help="the whole loop on the built-in synthetic dataset", formatter_class=formatter,
+        "demo",
+        help="the whole loop on the built-in synthetic dataset",
+        formatter_class=formatter,
         description="Write a synthetic shapes dataset, train on it, evaluate, and predict held-out images.",
         epilog="example:\n  segwise demo --out demo",
     )

@@ -46,14 +46,23 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _check(self.augment in ("none", "flips"), "train.augment", self.augment, "none | flips")
-        _check(self.precision in ("auto", "bf16", "fp16", "fp32"), "train.precision", self.precision,
-               "auto | bf16 | fp16 | fp32")
+        _check(
+            self.precision in ("auto", "bf16", "fp16", "fp32"),
+            "train.precision",
+            self.precision,
+            "auto | bf16 | fp16 | fp32",
+        )
         _check(self.epochs >= 1, "train.epochs", self.epochs, "an integer ≥ 1")
         _check(self.batch_size >= 1, "train.batch_size", self.batch_size, "an integer ≥ 1")
         _check(self.lr > 0, "train.lr", self.lr, "a positive number")
         _check(0 < self.val_fraction < 1, "train.val_fraction", self.val_fraction, "a number between 0 and 1")
         if self.size is not None:
-            _check(len(self.size) == 2 and min(self.size) >= 8, "train.size", self.size, "[height, width], each ≥ 8")
+            _check(
+                len(self.size) == 2 and min(self.size) >= 8,
+                "train.size",
+                self.size,
+                "[height, width], each ≥ 8",
+            )
 
 
 @dataclass
@@ -140,7 +149,9 @@ def _build(cls: type, values: Any, where: str) -> Any:
     if isinstance(values, cls):
         return values
     if not isinstance(values, dict):
-        raise SegwiseError(f"{where}: expected a mapping of {cls.__name__} fields, got {type(values).__name__}")
+        raise SegwiseError(
+            f"{where}: expected a mapping of {cls.__name__} fields, got {type(values).__name__}"
+        )
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(values) - set(names))

@@ -33,9 +33,7 @@ def _open(path: Path, what: str) -> Image.Image:
         image = Image.open(path)
         image.load()
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
-        raise SegwiseError(
-            f"{path}: cannot read {what} ({error}); replace or remove the file"
-        ) from None
+        raise SegwiseError(f"{path}: cannot read {what} ({error}); replace or remove the file") from None
     try:
         return ImageOps.exif_transpose(image)
     except Exception:  # a broken EXIF block is no reason to refuse the pixels
@@ -69,7 +67,9 @@ def read_mask(path: str | Path) -> np.ndarray:
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         array = np.asarray(image)
         if array.min() < 0 or array.max() > 65535:
-            raise SegwiseError(f"{path}: mask values outside 0..65535; save masks as 8- or 16-bit index images")
+            raise SegwiseError(
+                f"{path}: mask values outside 0..65535; save masks as 8- or 16-bit index images"
+            )
         return array.astype(np.uint16)
     if image.mode in ("LA", "RGB", "RGBA"):
         array = np.asarray(image)
@@ -82,6 +82,11 @@ def read_mask(path: str | Path) -> np.ndarray:
     raise SegwiseError(f"{path}: unsupported mask mode {image.mode}; save masks as 8-bit index PNGs")
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+_FILE_MODE = 0o666 & ~_UMASK
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
@@ -92,6 +97,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = Path(tmp)
     try:
         yield tmp
+        os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600 files; a run folder should be readable like any other
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

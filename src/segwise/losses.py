@@ -22,7 +22,9 @@ class CrossEntropyLoss(nn.Module):
         self.register_buffer("class_weights", class_weights)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        total = F.cross_entropy(logits, target, self.class_weights, ignore_index=self.ignore_index, reduction="sum")
+        total = F.cross_entropy(
+            logits, target, self.class_weights, ignore_index=self.ignore_index, reduction="sum"
+        )
         valid = target != self.ignore_index
         # torch's "mean" divides by the summed weights of the counted pixels; so do we, but never by 0.
         count = valid.sum() if self.class_weights is None else self.class_weights[target[valid]].sum()

@@ -12,7 +12,9 @@ from .data.dataset import IGNORE_INDEX
 
 
 class ConfusionMatrix:
-    def __init__(self, num_classes: int, device: torch.device | str = "cpu", ignore_index: int = IGNORE_INDEX):
+    def __init__(
+        self, num_classes: int, device: torch.device | str = "cpu", ignore_index: int = IGNORE_INDEX
+    ):
         self.num_classes, self.ignore_index = num_classes, ignore_index
         self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
 

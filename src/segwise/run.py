@@ -25,7 +25,12 @@ from .io import atomic_path
 from .models import SegmentationModel, create_model
 
 CONFIG, WEIGHTS, LAST, METRICS, CURVES, SAMPLES = (
-    "config.yaml", "model.safetensors", "last.pt", "metrics.csv", "curves.png", "val_samples",
+    "config.yaml",
+    "model.safetensors",
+    "last.pt",
+    "metrics.csv",
+    "curves.png",
+    "val_samples",
 )
 
 

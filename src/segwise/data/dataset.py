@@ -51,7 +51,9 @@ class ClassInfo:
     def to_indices(self, mask: np.ndarray, path: Path | None = None) -> np.ndarray:
         """Stored mask values → class indices; a value that is neither a class nor void is an error."""
         indices = self.lookup_table()[mask]
-        unknown = (indices == IGNORE_INDEX) & (mask != (self.ignore_value if self.ignore_value is not None else -1))
+        unknown = (indices == IGNORE_INDEX) & (
+            mask != (self.ignore_value if self.ignore_value is not None else -1)
+        )
         if unknown.any():
             bad = sorted(int(v) for v in np.unique(mask[unknown]))[:8]
             raise SegwiseError(
@@ -69,7 +71,9 @@ def read_class_names(root: Path) -> list[str] | None:
     return names or None
 
 
-def discover_classes(values: set[int], names: list[str] | None = None, source: Path | None = None) -> ClassInfo:
+def discover_classes(
+    values: set[int], names: list[str] | None = None, source: Path | None = None
+) -> ClassInfo:
     """Decide the classes from the set of stored mask values (see the module docstring)."""
     if not values:
         raise SegwiseError(f"{source}: no masks to learn classes from; add image/mask pairs")
@@ -90,7 +94,9 @@ def discover_classes(values: set[int], names: list[str] | None = None, source: P
     if kept[-1] >= 64 and kept[-1] >= 2 * len(kept):  # few, far-apart values: gray-coded classes
         return ClassInfo([f"value_{v}" for v in kept], kept, ignore)
     if kept[-1] >= IGNORE_INDEX:
-        raise SegwiseError(f"{source}: masks hold {kept[-1] + 1} class values; at most 255 classes are supported")
+        raise SegwiseError(
+            f"{source}: masks hold {kept[-1] + 1} class values; at most 255 classes are supported"
+        )
     return ClassInfo([f"class_{v}" for v in range(kept[-1] + 1)], list(range(kept[-1] + 1)), ignore)
 
 
@@ -123,9 +129,11 @@ def match_channels(image: np.ndarray, channels: int, path: Path) -> np.ndarray:
 def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if image.shape[:2] == tuple(size):
         return image
-    resized = np.array(Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image).resize(
-        (size[1], size[0]), Image.BILINEAR
-    ))
+    resized = np.array(
+        Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image).resize(
+            (size[1], size[0]), Image.BILINEAR
+        )
+    )
     return resized[..., None] if resized.ndim == 2 else resized
 
 
@@ -168,7 +176,9 @@ class SegmentationData:
 
 def _split(pairs: list[Pair], val_fraction: float, seed: int) -> tuple[list[Pair], list[Pair]]:
     if len(pairs) < 2:
-        raise SegwiseError(f"{pairs[0][0].parent}: need at least 2 image/mask pairs to hold one out for validation")
+        raise SegwiseError(
+            f"{pairs[0][0].parent}: need at least 2 image/mask pairs to hold one out for validation"
+        )
     order = np.random.default_rng(seed).permutation(len(pairs))
     count = min(len(pairs) - 1, max(1, int(round(len(pairs) * val_fraction))))
     return [pairs[i] for i in sorted(order[count:])], [pairs[i] for i in sorted(order[:count])]

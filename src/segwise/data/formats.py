@@ -33,7 +33,9 @@ def _files_by_stem(folder: Path) -> dict[str, Path]:
 
 def _match(images_dir: Path, masks_dir: Path) -> list[Pair]:
     if not masks_dir.is_dir():
-        raise SegwiseError(f"{masks_dir}: masks folder not found; put one mask per image there, same file stem")
+        raise SegwiseError(
+            f"{masks_dir}: masks folder not found; put one mask per image there, same file stem"
+        )
     images, masks = _files_by_stem(images_dir), _files_by_stem(masks_dir)
     for stem, image in images.items():
         if stem not in masks:
@@ -42,7 +44,9 @@ def _match(images_dir: Path, masks_dir: Path) -> list[Pair]:
             )
     for stem, mask in masks.items():
         if stem not in images:
-            raise SegwiseError(f"{mask}: mask without an image in {images_dir}; add the image or remove the mask")
+            raise SegwiseError(
+                f"{mask}: mask without an image in {images_dir}; add the image or remove the mask"
+            )
     return [(images[stem], masks[stem]) for stem in sorted(images)]
 
 
@@ -54,7 +58,11 @@ def find_pairs(root: str | Path) -> dict[str, list[Pair]]:
     if not root.is_dir():
         raise SegwiseError(f"{root}: not a folder; pass a folder holding images/ and masks/")
     if (root / "train" / "images").is_dir():
-        found = {s: _match(root / s / "images", root / s / "masks") for s in SPLITS if (root / s / "images").is_dir()}
+        found = {
+            s: _match(root / s / "images", root / s / "masks")
+            for s in SPLITS
+            if (root / s / "images").is_dir()
+        }
     elif (root / "images").is_dir():
         split_dirs = [s for s in SPLITS if (root / "images" / s).is_dir()]
         if split_dirs:

@@ -45,7 +45,7 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
 def _shape_region(rng: np.random.Generator, kind: int, size: int) -> np.ndarray:
     """Boolean H×W region of one shape of class `kind` (1 disc, 2 rectangle, 3 triangle, 4 ring)."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    radius = rng.uniform(0.11, 0.22) * size
+    radius = rng.uniform(0.13, 0.25) * size
     cy, cx = rng.uniform(radius * 0.5, size - radius * 0.5, size=2)
     dy, dx = yy - cy, xx - cx
     if kind in (1, 4):
@@ -98,7 +98,7 @@ def synthetic_sample(seed: int, size: int = 128, binary: bool = False) -> tuple[
         image[region] = shaded[region]
         mask[region] = kind
     pil = Image.fromarray(image.clip(0, 255).astype(np.uint8))
-    pil = pil.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(0.0, 1.2))))
+    pil = pil.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(0.0, 0.8))))
     noisy = np.asarray(pil, np.float32) + rng.normal(0, rng.uniform(2, 10), size=(size, size, 3))
     image_u8 = noisy.clip(0, 255).astype(np.uint8)
     return image_u8, (mask > 0).astype(np.uint8) if binary else mask

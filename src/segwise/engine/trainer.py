@@ -68,7 +68,11 @@ class Batches:
         return (images - self.mean) / self.std
 
     def epoch(self, generator: torch.Generator | None, drop_last: bool):
-        order = torch.randperm(len(self), generator=generator) if generator is not None else torch.arange(len(self))
+        order = (
+            torch.randperm(len(self), generator=generator)
+            if generator is not None
+            else torch.arange(len(self))
+        )
         for start in range(0, len(order), self.batch_size):
             index = order[start : start + self.batch_size]
             if drop_last and len(index) < 2 and start > 0:  # batch norm cannot train on one sample
@@ -136,8 +140,11 @@ def train(
         classes=ClassesConfig(classes.names, classes.values, classes.palette, classes.ignore_value),
         preprocess=PreprocessConfig(list(data_set.size), mean, std),
         train=settings,
-        data={"root": str(Path(data).resolve()), "train_images": len(data_set.train_images),
-              "val_images": len(data_set.val_images)},
+        data={
+            "root": str(Path(data).resolve()),
+            "train_images": len(data_set.train_images),
+            "val_images": len(data_set.val_images),
+        },
     )
     run_dir = runfolder.create_run_dir(runs_dir, name or Path(data).resolve().name)
     run_config.save(run_dir / runfolder.CONFIG)
@@ -145,9 +152,13 @@ def train(
     model.to(device)
     if settings.channels_last:
         model.to(memory_format=torch.channels_last)
-    train_batches = Batches(data_set.train_images, data_set.train_masks, settings.batch_size, mean, std, device)
+    train_batches = Batches(
+        data_set.train_images, data_set.train_masks, settings.batch_size, mean, std, device
+    )
     val_batches = Batches(data_set.val_images, data_set.val_masks, settings.batch_size, mean, std, device)
-    steps_per_epoch = max(1, len(train_batches) // settings.batch_size + (len(train_batches) % settings.batch_size > 1))
+    steps_per_epoch = max(
+        1, len(train_batches) // settings.batch_size + (len(train_batches) % settings.batch_size > 1)
+    )
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=settings.lr, total_steps=settings.epochs * steps_per_epoch, pct_start=0.25
@@ -156,16 +167,20 @@ def train(
     loss_fn = build_loss(settings.loss)
     generator = torch.Generator().manual_seed(settings.seed)
 
-    say(f"segwise: training {model.config['arch']}/{model.config['encoder']} on {len(train_batches)} images "
+    say(
+        f"segwise: training {model.config['arch']}/{model.config['encoder']} on {len(train_batches)} images "
         f"({len(val_batches)} val) at {data_set.size[0]}×{data_set.size[1]}, {classes.num_classes} classes, "
-        f"{device.type} {str(dtype).replace('torch.', '') if dtype else 'fp32'} → {run_dir}")
+        f"{device.type} {str(dtype).replace('torch.', '') if dtype else 'fp32'} → {run_dir}"
+    )
     history: list[dict] = []
     best_miou, best_epoch = -1.0, 0
     show_bar = progress and sys.stderr.isatty()
     for epoch in range(1, settings.epochs + 1):
         model.train()
         epoch_start, seen, running = time.perf_counter(), 0, 0.0
-        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{settings.epochs}", leave=False, disable=not show_bar)
+        bar = tqdm(
+            total=steps_per_epoch, desc=f"epoch {epoch}/{settings.epochs}", leave=False, disable=not show_bar
+        )
         for images, masks in train_batches.epoch(generator, drop_last=True):
             if settings.augment == "flips":
                 images, masks = random_dihedral(images, masks, generator)
@@ -191,32 +206,45 @@ def train(
             bar.set_postfix(loss=f"{running / seen:.4f}")
         bar.close()
         train_seconds = time.perf_counter() - epoch_start
-        val_loss, matrix = _evaluate(model, val_batches, loss_fn, classes.num_classes, dtype, settings.channels_last)
+        val_loss, matrix = _evaluate(
+            model, val_batches, loss_fn, classes.num_classes, dtype, settings.channels_last
+        )
         miou = matrix.mean_iou()
-        history.append({
-            "epoch": epoch,
-            "train_loss": round(running / max(seen, 1), 6),
-            "val_loss": round(val_loss, 6),
-            "val_miou": round(miou, 6),
-            "val_pixel_accuracy": round(matrix.pixel_accuracy(), 6),
-            "lr": scheduler.get_last_lr()[0],
-            "images_per_s": round(seen / train_seconds, 2),
-            "seconds": round(time.perf_counter() - epoch_start, 2),
-        })
+        history.append(
+            {
+                "epoch": epoch,
+                "train_loss": round(running / max(seen, 1), 6),
+                "val_loss": round(val_loss, 6),
+                "val_miou": round(miou, 6),
+                "val_pixel_accuracy": round(matrix.pixel_accuracy(), 6),
+                "lr": scheduler.get_last_lr()[0],
+                "images_per_s": round(seen / train_seconds, 2),
+                "seconds": round(time.perf_counter() - epoch_start, 2),
+            }
+        )
         if miou > best_miou:
             best_miou, best_epoch = miou, epoch
             runfolder.save_weights(model, run_dir / runfolder.WEIGHTS)
         runfolder.save_checkpoint(
-            {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-             "scaler": scaler.state_dict(), "epoch": epoch, "history": history, "best_miou": best_miou},
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                "epoch": epoch,
+                "history": history,
+                "best_miou": best_miou,
+            },
             run_dir / runfolder.LAST,
         )
         runfolder.write_metrics(history, run_dir / runfolder.METRICS)
         plot_curves(history, run_dir / runfolder.CURVES)
         row = history[-1]
-        say(f"epoch {epoch:3d}/{settings.epochs}  train loss {row['train_loss']:.4f}  val loss {row['val_loss']:.4f}  "
+        say(
+            f"epoch {epoch:3d}/{settings.epochs}  train loss {row['train_loss']:.4f}  val loss {row['val_loss']:.4f}  "
             f"val mIoU {miou:.4f}{' *' if best_epoch == epoch else ''}  {row['images_per_s']:.1f} img/s  "
-            f"{row['seconds']:.1f}s")
+            f"{row['seconds']:.1f}s"
+        )
 
     _write_val_samples(run_dir, model, val_batches, data_set, settings, dtype)
     seconds = time.perf_counter() - started
@@ -224,7 +252,9 @@ def train(
     return TrainResult(run_dir, best_epoch, best_miou, history, seconds)
 
 
-def _write_val_samples(run_dir: Path, model, batches: Batches, data_set: SegmentationData, settings, dtype) -> None:
+def _write_val_samples(
+    run_dir: Path, model, batches: Batches, data_set: SegmentationData, settings, dtype
+) -> None:
     """Panels from the best weights (the ones the run folder keeps), not from the last epoch."""
     count = min(settings.val_samples, len(batches))
     if count == 0:
@@ -235,9 +265,15 @@ def _write_val_samples(run_dir: Path, model, batches: Batches, data_set: Segment
     with torch.no_grad(), _autocast(batches.device, dtype):
         predictions = model(batches.normalize(images)).float().argmax(1).cpu().numpy()
     panels = [
-        sample_panel(data_set.val_images[i], data_set.val_masks[i], predictions[i], data_set.classes.palette,
-                     IGNORE_INDEX)
+        sample_panel(
+            data_set.val_images[i],
+            data_set.val_masks[i],
+            predictions[i],
+            data_set.classes.palette,
+            IGNORE_INDEX,
+        )
         for i in range(count)
     ]
-    write_sample_panels(panels, run_dir / runfolder.SAMPLES, [data_set.val_pairs[i][0].stem for i in range(count)])
-
+    write_sample_panels(
+        panels, run_dir / runfolder.SAMPLES, [data_set.val_pairs[i][0].stem for i in range(count)]
+    )

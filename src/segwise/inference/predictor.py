@@ -46,7 +46,9 @@ class Predictor:
         if array.ndim == 2:
             array = array[..., None]
         if array.dtype != np.uint8 or array.ndim != 3:
-            raise ValueError(f"expected a uint8 H×W or H×W×C image, got {array.dtype} with shape {array.shape}")
+            raise ValueError(
+                f"expected a uint8 H×W or H×W×C image, got {array.dtype} with shape {array.shape}"
+            )
         source = Path(image) if isinstance(image, (str, Path)) else Path("<array>")
         return match_channels(array, self.model.in_channels, source)
 

@@ -34,13 +34,16 @@ def collect_inputs(inputs: list[str | Path]) -> list[Path]:
     stems: dict[str, Path] = {}
     for path in found:
         if path.stem in stems and stems[path.stem] != path:
-            raise SegwiseError(f"{path}: same name as {stems[path.stem]}; outputs would collide, predict them separately")
+            raise SegwiseError(
+                f"{path}: same name as {stems[path.stem]}; outputs would collide, predict them separately"
+            )
         stems[path.stem] = path
     return list(dict.fromkeys(found))
 
 
-def predict_to_folder(predictor: Predictor, inputs: list[str | Path], out_dir: str | Path,
-                      progress: bool = False) -> list[Path]:
+def predict_to_folder(
+    predictor: Predictor, inputs: list[str | Path], out_dir: str | Path, progress: bool = False
+) -> list[Path]:
     """Write `out_dir/<stem>.png` (index PNG in the class palette, the input's size) for every input."""
     paths = collect_inputs(inputs)
     out_dir = Path(out_dir)

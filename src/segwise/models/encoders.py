@@ -13,6 +13,7 @@ from urllib.parse import urlparse
 
 import timm
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from ..errors import SegwiseError
@@ -36,13 +37,15 @@ def _check_online(name: str) -> None:
     """Fail within seconds, with the fix, when the weights host is unreachable (no retry loop)."""
     host = _weights_host(name)
     if host is None:
-        raise SegwiseError(f"encoder '{name}': timm has no pretrained weights for it; use encoder_weights=None")
+        raise SegwiseError(
+            f"encoder '{name}': timm has no pretrained weights for it; use encoder_weights=None"
+        )
     try:
         socket.create_connection((host, 443), timeout=HUB_TIMEOUT_S).close()
     except OSError:
         raise SegwiseError(
             f"encoder '{name}': cannot download ImageNet weights ({host} unreachable); on a connected machine run "
-            f"`python -c \"import timm, safetensors.torch as s; "
+            f'`python -c "import timm, safetensors.torch as s; '
             f"s.save_file(timm.create_model('{name}', pretrained=True).state_dict(), '{name}.safetensors')\"` "
             f"and pass encoder_weights=PATH/{name}.safetensors"
         ) from None
@@ -55,21 +58,16 @@ class Encoder(nn.Module):
         super().__init__()
         if not timm.is_model(name.split(".")[0]):
             close = timm.list_models(f"*{name[:5]}*")[:8]
-            raise SegwiseError(f"unknown encoder '{name}'; timm has e.g. {close or timm.list_models('resnet*')[:8]}")
+            raise SegwiseError(
+                f"unknown encoder '{name}'; timm has e.g. {close or timm.list_models('resnet*')[:8]}"
+            )
         options: dict = {"features_only": True, "in_chans": in_channels, "pretrained": weights is not None}
         if weights == "imagenet":
             _check_online(name)
         elif weights is not None:
-            path = Path(weights)
-            if not path.is_file():
-                raise SegwiseError(f"{path}: encoder weights file not found; pass a .safetensors or .pth state dict")
-            options["pretrained_cfg_overlay"] = {"file": str(path), "num_classes": 0}
-        try:
-            self.model = timm.create_model(name, **options)
-        except RuntimeError as error:
-            if weights is None or weights == "imagenet":
-                raise
-            raise SegwiseError(f"{weights}: weights do not fit encoder '{name}': {_summarise(error)}") from None
+            # timm adapts the first conv and maps keys onto the feature model; the check is ours.
+            options["pretrained_cfg_overlay"] = {"state_dict": _checked_state_dict(Path(weights), name)}
+        self.model = timm.create_model(name, **options)
         self.name = name
         self.channels: list[int] = list(self.model.feature_info.channels())
         self.reductions: list[int] = list(self.model.feature_info.reduction())
@@ -79,7 +77,47 @@ class Encoder(nn.Module):
         return self.model(x)
 
 
-def _summarise(error: Exception) -> str:
-    """One line out of torch's multi-line load_state_dict error: which keys are missing or unexpected."""
-    text = " ".join(str(error).split())
-    return text[:400] + ("…" if len(text) > 400 else "")
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from .safetensors or a torch file (weights_only: no code runs), unwrapped."""
+    if not path.is_file():
+        raise SegwiseError(f"{path}: encoder weights file not found; pass a .safetensors or .pth state dict")
+    try:
+        if path.suffix == ".safetensors":
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torn file, pickled code, unknown format
+        raise SegwiseError(f"{path}: cannot read weights ({' '.join(str(error).split())[:200]})") from None
+    for wrapper in ("state_dict", "model", "model_state_dict"):  # common checkpoint layouts
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise SegwiseError(f"{path}: not a state dict of tensors; save `model.state_dict()`")
+    return {key.removeprefix("module."): value for key, value in state.items()}
+
+
+def _checked_state_dict(path: Path, name: str) -> dict[str, torch.Tensor]:
+    """Load `path` into the full timm model (3 input channels, as weights are published) and refuse it,
+    naming the keys, unless every backbone tensor is there with the right shape; the classifier may differ."""
+    full = timm.create_model(name, pretrained=False)
+    classifier = full.pretrained_cfg.get("classifier") or ()
+    classifier = (classifier,) if isinstance(classifier, str) else tuple(classifier)
+    is_head = lambda key: any(key.startswith(c + ".") for c in classifier)  # noqa: E731
+    state = {k: v for k, v in read_state_dict(path).items() if not is_head(k)}
+    expected = {k: v.shape for k, v in full.state_dict().items() if not is_head(k)}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong_shape = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k])
+    problems = [
+        f"{label} {len(keys)} key(s), e.g. {keys[:3]}"
+        for label, keys in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("wrong shape for", wrong_shape),
+        )
+        if keys
+    ]
+    if problems:
+        raise SegwiseError(f"{path}: weights do not fit encoder '{name}': {'; '.join(problems)}")
+    full.load_state_dict(state, strict=False)  # classifier stays as built; timm drops it for features
+    return full.state_dict()

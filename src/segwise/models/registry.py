@@ -53,7 +53,9 @@ def create_model(
     if unknown:
         raise SegwiseError(f"{arch}: unknown option(s) {unknown}; valid options are {allowed}")
     if num_classes < 1 or in_channels < 1:
-        raise SegwiseError(f"num_classes and in_channels must be positive, got {num_classes} and {in_channels}")
+        raise SegwiseError(
+            f"num_classes and in_channels must be positive, got {num_classes} and {in_channels}"
+        )
     backbone = Encoder(encoder, in_channels, encoder_weights)
     decoder = builder(backbone, **options)
     head = nn.Conv2d(decoder.out_channels, num_classes, kernel_size=3, padding=1)

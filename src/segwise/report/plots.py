@@ -38,7 +38,8 @@ def sample_panel(
     rgb = np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image[..., :3]
     gap = np.full((image.shape[0], 4, 3), 255, dtype=np.uint8)
     return np.concatenate(
-        [rgb, gap, colorize(truth, palette, ignore_index), gap, colorize(prediction, palette, ignore_index)], axis=1
+        [rgb, gap, colorize(truth, palette, ignore_index), gap, colorize(prediction, palette, ignore_index)],
+        axis=1,
     )
 
 
