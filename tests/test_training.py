@@ -80,3 +80,17 @@ def test_training_twice_under_one_name_never_overwrites(shapes_data, tmp_path):
     )
     assert first.run_dir.name == "same" and second.run_dir.name == "same-2"
     assert (first.run_dir / "model.safetensors").read_bytes() == weights_before
+
+
+def test_one_cycle_schedule_survives_runs_of_any_length():
+    from segwise.engine.trainer import one_cycle
+
+    for total_steps in range(1, 12):
+        optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+        scheduler = one_cycle(optimizer, 1e-3, total_steps)
+        rates = []
+        for _ in range(total_steps):
+            optimizer.step()
+            scheduler.step()
+            rates.append(scheduler.get_last_lr()[0])
+        assert all(0 < rate <= 1e-3 + 1e-12 for rate in rates)

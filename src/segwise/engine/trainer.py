@@ -94,6 +94,16 @@ def _evaluate(model, batches: Batches, loss_fn, num_classes: int, dtype, channel
     return total_loss / max(count, 1), matrix
 
 
+def one_cycle(optimizer: torch.optim.Optimizer, lr: float, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """One-cycle with a quarter of the steps warming up; torch's OneCycleLR divides by zero when a phase
+    is shorter than one step, so a very short run (a smoke test, a tiny dataset) keeps the LR constant."""
+    if total_steps < 4:
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    return torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=lr, total_steps=total_steps, pct_start=max(0.25, 2 / total_steps)
+    )
+
+
 def _autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
@@ -160,9 +170,7 @@ def train(
         1, len(train_batches) // settings.batch_size + (len(train_batches) % settings.batch_size > 1)
     )
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=settings.lr, total_steps=settings.epochs * steps_per_epoch, pct_start=0.25
-    )
+    scheduler = one_cycle(optimizer, settings.lr, settings.epochs * steps_per_epoch)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     loss_fn = build_loss(settings.loss)
     generator = torch.Generator().manual_seed(settings.seed)
