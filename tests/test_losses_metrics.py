@@ -72,5 +72,7 @@ def test_cross_entropy_matches_torch_with_ignored_pixels_and_class_weights():
 
 
 def test_unknown_loss_name_lists_the_choices():
-    with pytest.raises(SegwiseError, match=r"choose from \['ce', 'dice'\]"):
+    with pytest.raises(
+        SegwiseError, match=r"choose from \['bce', 'ce', 'dice', 'focal', 'jaccard', 'lovasz', 'tversky'\]"
+    ):
         build_loss("ce+dcie")
