@@ -247,9 +247,12 @@ def _dilate(masks: torch.Tensor, width: int) -> torch.Tensor:
     return F.max_pool2d(masks.float(), 2 * width + 1, stride=1, padding=width) > 0
 
 
-def _inner_boundary(masks: torch.Tensor, width: int) -> torch.Tensor:
-    """Pixels of a mask within `width` pixels (chessboard distance) of its contour, inside the mask."""
-    return masks & ~_erode(masks, width)
+def _inner_boundary(masks: torch.Tensor, width: int, void: torch.Tensor) -> torch.Tensor:
+    """Pixels of a mask within `width` pixels (chessboard distance) of its contour, inside the mask.
+
+    Void pixels count as inside while eroding, so the edge of an ignored region is no contour.
+    """
+    return masks & ~_erode(masks | void, width) & ~void
 
 
 def _one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -263,7 +266,8 @@ class BoundaryScores:
     Boundary IoU: G_d, P_d = the pixels of truth and prediction within `tolerance` pixels of their
     contours; IoU = |G_d ∩ P_d| / |G_d ∪ P_d|. Boundary F1: with 1-pixel contours B_G, B_P,
     precision = |B_P ∩ dilate(B_G, tolerance)| / |B_P|, recall = |B_G ∩ dilate(B_P, tolerance)| / |B_G|,
-    F1 = 2PR / (P + R). Pixels whose truth is ignored are left out of every count. Counts are kept
+    F1 = 2PR / (P + R). Pixels whose truth is ignored are left out of every count, and the edge of an
+    ignored region is not a contour (the class beyond it is unknown). Counts are kept
     per image, so both the dataset-level and the image-wise reductions are available.
     """
 
@@ -278,12 +282,12 @@ class BoundaryScores:
     @torch.no_grad()
     def update(self, prediction: torch.Tensor, target: torch.Tensor) -> None:
         """Add N×H×W predicted and true class indices."""
-        valid = (target != self.ignore_index).unsqueeze(1)
+        void = (target == self.ignore_index).unsqueeze(1)
         truth, predicted = _one_hot(target, self.num_classes), _one_hot(prediction, self.num_classes)
-        truth_band = _inner_boundary(truth, self.tolerance) & valid
-        predicted_band = _inner_boundary(predicted, self.tolerance) & valid
-        truth_contour = _inner_boundary(truth, 1) & valid
-        predicted_contour = _inner_boundary(predicted, 1) & valid
+        truth_band = _inner_boundary(truth, self.tolerance, void)
+        predicted_band = _inner_boundary(predicted, self.tolerance, void)
+        truth_contour = _inner_boundary(truth, 1, void)
+        predicted_contour = _inner_boundary(predicted, 1, void)
         parts = [
             truth_band & predicted_band,
             truth_band | predicted_band,
