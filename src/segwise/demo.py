@@ -20,7 +20,7 @@ DEMO_IMAGE_SIZE = 96
 DEMO_TRAINING = {
     "encoder": "resnet18",
     "options": {"decoder_channels": [128, 64, 32, 16, 16]},
-    "epochs": 6,
+    "epochs": 5,
     "batch_size": 8,
     "lr": 3e-3,
 }

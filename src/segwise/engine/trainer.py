@@ -134,6 +134,7 @@ def train(
     dtype = autocast_dtype(device, settings.precision)
     say = print if progress else (lambda *a, **k: None)
 
+    loss_fn = build_loss(settings.loss)  # a misspelt loss fails before any data is read or folder made
     data_set = load_data(data, settings.size, settings.val_fraction, settings.seed)
     classes = data_set.classes
     model = create_model(
@@ -172,7 +173,6 @@ def train(
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     scheduler = one_cycle(optimizer, settings.lr, settings.epochs * steps_per_epoch)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    loss_fn = build_loss(settings.loss)
     generator = torch.Generator().manual_seed(settings.seed)
 
     say(
