@@ -94,7 +94,9 @@ def _evaluate(model, batches: Batches, loss_fn, num_classes: int, dtype, channel
     return total_loss / max(count, 1), matrix
 
 
-def one_cycle(optimizer: torch.optim.Optimizer, lr: float, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+def one_cycle(
+    optimizer: torch.optim.Optimizer, lr: float, total_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
     """One-cycle with a quarter of the steps warming up; torch's OneCycleLR divides by zero when a phase
     is shorter than one step, so a very short run (a smoke test, a tiny dataset) keeps the LR constant."""
     if total_steps < 4:
