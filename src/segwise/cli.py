@@ -77,6 +77,51 @@ segwise demo finished in {result.seconds:.0f}s
     return 0
 
 
+def _command_eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .evaluate import EVAL_DIR, evaluate_split, save_threshold, split_pairs, write_evaluation
+    from .inference import load
+    from .report.html import write_report
+
+    predictor = load(args.run, device=args.device)
+    pairs = split_pairs(args.data, args.split)
+    evaluation = evaluate_split(predictor, pairs, worst_k=args.worst, progress=sys.stderr.isatty())
+    out = Path(args.output) if args.output else Path(args.run) / EVAL_DIR / args.split
+    metrics = write_evaluation(evaluation, predictor, out)
+    overall = metrics["overall"]
+    print(
+        f"{len(pairs)} images  mIoU {overall['mean_iou']:.4f}  pixel accuracy {overall['pixel_accuracy']:.4f}"
+    )
+    for name, scores in metrics["per_class"].items():
+        iou = "n/a" if scores["iou"] is None else f"{scores['iou']:.4f}"
+        print(f"  {name:<20} IoU {iou}  pixels {scores['support']}")
+    if evaluation.best_threshold is not None:
+        threshold, dice = evaluation.best_threshold
+        print(f"best foreground threshold by Dice: {threshold} (Dice {dice:.4f})")
+        if args.save_threshold:
+            print(f"saved to {save_threshold(Path(args.run), threshold, dice, args.split)}")
+    print(f"wrote {out}")
+    if not args.output:
+        print(f"report: {write_report(args.run)}")
+    return 0
+
+
+def _command_report(args: argparse.Namespace) -> int:
+    from .report.html import write_report
+
+    print(f"wrote {write_report(args.run)}")
+    return 0
+
+
+def _command_compare(args: argparse.Namespace) -> int:
+    from .report.compare import compare_runs
+
+    print(compare_runs(args.runs, args.output, split=args.split))
+    print(f"wrote {args.output}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="segwise",
@@ -138,6 +183,52 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--epochs", type=int, help="override the demo's epoch count")
     demo.add_argument("-q", "--quiet", action="store_true")
     demo.set_defaults(handler=_command_demo)
+
+    evaluate = commands.add_parser(
+        "eval",
+        help="evaluate a trained run on a split of a dataset",
+        formatter_class=formatter,
+        description="Predict every image of a split at its own size and write metrics.json, per_image.csv, "
+        "a confusion matrix, per-class IoU bars and a worst-k gallery (default folder: RUN/eval/SPLIT), "
+        "then refresh RUN/report.html.",
+        epilog="example:\n  segwise eval runs/cells data/cells --split val",
+    )
+    evaluate.add_argument("run", help="run folder written by `segwise train`")
+    evaluate.add_argument("data", help="dataset folder (same layout as for training)")
+    evaluate.add_argument(
+        "--split", default="val", help="train, val, test, or all for a folder without splits"
+    )
+    evaluate.add_argument("-o", "--output", help="output folder (default: RUN/eval/SPLIT)")
+    evaluate.add_argument("--worst", type=int, default=6, help="images in the worst-k gallery (default 6)")
+    evaluate.add_argument(
+        "--save-threshold",
+        action="store_true",
+        help="binary runs: write the best threshold to RUN/threshold.json",
+    )
+    evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    evaluate.set_defaults(handler=_command_eval)
+
+    report = commands.add_parser(
+        "report",
+        help="(re)write RUN/report.html",
+        formatter_class=formatter,
+        description="Write a self-contained report.html: curves, LR schedule, evaluations, samples, config.",
+        epilog="example:\n  segwise report runs/cells",
+    )
+    report.add_argument("run", help="run folder written by `segwise train`")
+    report.set_defaults(handler=_command_report)
+
+    compare = commands.add_parser(
+        "compare",
+        help="per-class IoU of evaluated runs side by side",
+        formatter_class=formatter,
+        description="Print per-class IoU of several runs (from RUN/eval/SPLIT/metrics.json) and write a PNG.",
+        epilog="example:\n  segwise compare runs/cells runs/cells-2 --split val -o compare.png",
+    )
+    compare.add_argument("runs", nargs="+", help="run folders evaluated with `segwise eval`")
+    compare.add_argument("--split", default="val", help="which evaluation to compare (default: val)")
+    compare.add_argument("-o", "--output", default="compare.png", help="PNG to write (default: compare.png)")
+    compare.set_defaults(handler=_command_compare)
     return parser
 
 

@@ -1,0 +1,57 @@
+"""`segwise compare RUN1 RUN2 ...`: per-class IoU of evaluated runs side by side, as text and a PNG."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import SegwiseError
+from ..evaluate import EVAL_DIR, METRICS_JSON
+from .figures import plot_comparison
+
+
+def load_metrics(run_dir: str | Path, split: str) -> dict:
+    path = Path(run_dir) / EVAL_DIR / split / METRICS_JSON
+    if not path.is_file():
+        raise SegwiseError(f"{path}: not found; run `segwise eval {run_dir} DATA --split {split}` first")
+    return json.loads(path.read_text())
+
+
+def comparison_table(run_dirs: list[str | Path], split: str = "val") -> dict[str, dict[str, float | None]]:
+    """{run name: {class: IoU, ..., "mIoU": mean IoU}} from each run's RUN/eval/<split>/metrics.json."""
+    if len(run_dirs) < 1:
+        raise SegwiseError("compare needs at least one run folder")
+    table: dict[str, dict[str, float | None]] = {}
+    for run_dir in run_dirs:
+        metrics = load_metrics(run_dir, split)
+        name = Path(run_dir).resolve().name
+        while name in table:  # two runs with the same folder name (in different places)
+            name += "'"
+        table[name] = {cls: c["iou"] for cls, c in metrics["per_class"].items()}
+        table[name]["mIoU"] = metrics["overall"]["mean_iou"]
+    return table
+
+
+def format_table(table: dict[str, dict[str, float | None]]) -> str:
+    """Plain-text table: one row per class (mIoU last), one column per run."""
+    runs = list(table)
+    classes = list(dict.fromkeys(c for ious in table.values() for c in ious if c != "mIoU")) + ["mIoU"]
+    width = max(len(c) for c in classes)
+    columns = [max(8, len(r)) for r in runs]
+    lines = ["class".ljust(width) + "".join("  " + r.rjust(w) for r, w in zip(runs, columns, strict=True))]
+    for cls in classes:
+        cells = []
+        for run, w in zip(runs, columns, strict=True):
+            value = table[run].get(cls)
+            cells.append("  " + ("n/a" if value is None else f"{value:.4f}").rjust(w))
+        lines.append(cls.ljust(width) + "".join(cells))
+    return "\n".join(lines)
+
+
+def compare_runs(run_dirs: list[str | Path], output: str | Path, split: str = "val") -> str:
+    """Write the comparison PNG to `output` and return the text table."""
+    table = comparison_table(run_dirs, split)
+    plot_comparison(
+        {run: {c: v for c, v in ious.items() if c != "mIoU"} for run, ious in table.items()}, Path(output)
+    )
+    return format_table(table)
