@@ -101,8 +101,14 @@ def _dataset_summary(config, metrics: dict, split: str) -> str:
         if config.classes.ignore_value is not None
         else ""
     )
+    data = config.data
+    trained = (
+        f"<p>Trained on {data.get('train_images', '?')} training and {data.get('val_images', '?')} validation "
+        f"images from <code>{escape(str(data.get('root', '?')))}</code>.</p>"
+    )
     return (
-        f"<p>Split <b>{escape(split)}</b>: {metrics['images']} image/mask pairs, {metrics['pixels']} counted pixels; "
+        trained
+        + f"<p>Split <b>{escape(split)}</b>: {metrics['images']} image/mask pairs, {metrics['pixels']} counted pixels; "
         f"{len(names)} classes{escape(void)}; model input {config.preprocess.input_size[0]}×"
         f"{config.preprocess.input_size[1]}.</p>"
         + _table(["class", "mask value", "pixels", "frequency"], rows)
