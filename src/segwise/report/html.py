@@ -77,7 +77,7 @@ def _training(run_dir: Path, history: list[dict], scratch: Path) -> str:
     plot_lr(history, lr)
     best = max(history, key=lambda row: row["val_miou"])
     rows = [
-        [r["epoch"], r["train_loss"], r["val_loss"], r["val_miou"], r["val_pixel_accuracy"], r["lr"]]
+        [r["epoch"], r["train_loss"], r["val_loss"], r["val_miou"], r["val_pixel_accuracy"], f"{r['lr']:.3g}"]
         for r in history
     ]
     return (
