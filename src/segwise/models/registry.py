@@ -12,6 +12,7 @@ from torch import nn
 from ..errors import SegwiseError
 from .base import SegmentationModel
 from .encoders import Encoder
+from .fpn import FPNDecoder
 from .unet import UnetDecoder
 
 
@@ -19,8 +20,25 @@ def _unet(encoder: Encoder, decoder_channels: list[int] | None = None, decoder_u
     return UnetDecoder(encoder.channels, encoder.reductions, decoder_channels, decoder_upsampling)
 
 
+def _fpn(
+    encoder: Encoder,
+    decoder_pyramid_channels: int = 256,
+    decoder_segmentation_channels: int = 128,
+    decoder_merge_policy: str = "add",
+    decoder_dropout: float = 0.2,
+):
+    return FPNDecoder(
+        encoder.channels,
+        encoder.reductions,
+        decoder_pyramid_channels,
+        decoder_segmentation_channels,
+        decoder_merge_policy,
+        decoder_dropout,
+    )
+
+
 # Each entry builds a decoder from an encoder and its own options (prefixed `decoder_`), nothing else.
-ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"unet": _unet}
+ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"unet": _unet, "fpn": _fpn}
 
 
 def list_models(pattern: str = "*") -> list[str]:
