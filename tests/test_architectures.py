@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import segwise
+from segwise.errors import SegwiseError
 
 
 def n_parameters(model: torch.nn.Module) -> int:
@@ -46,3 +47,38 @@ def test_fpn_merge_policies(merge_policy):
     )
     with torch.no_grad():
         assert model.eval()(torch.randn(1, 3, 50, 70)).shape == (1, 2, 50, 70)
+
+
+def test_deeplabv3plus_resnet50_parameter_count_matches_smp():
+    assert _ratio_to_smp("deeplabv3plus", "resnet50", "DeepLabV3Plus") == pytest.approx(1.0, abs=0.02)
+
+
+def test_deeplabv3_resnet50_parameter_count_matches_smp():
+    assert _ratio_to_smp("deeplabv3", "resnet50", "DeepLabV3") == pytest.approx(1.0, abs=0.02)
+
+
+@pytest.mark.parametrize("arch", ["deeplabv3", "deeplabv3plus"])
+@pytest.mark.parametrize("output_stride", [8, 16])
+def test_deeplab_output_strides(arch, output_stride):
+    model = segwise.create_model(
+        arch,
+        encoder="test_resnet",
+        num_classes=2,
+        encoder_output_stride=output_stride,
+        decoder_atrous_rates=[2, 4, 6],
+    )
+    assert model.stride == output_stride
+    assert model.encoder(torch.zeros(1, 3, 64, 64))[-1].shape[-1] == 64 // output_stride
+    out = model(torch.randn(1, 3, 50, 70))  # training mode, batch of one: the ASPP pooling branch copes
+    out.mean().backward()
+    assert out.shape == (1, 2, 50, 70)
+    config = dict(model.config)
+    rebuilt = segwise.create_model(**config.pop("options"), **config)  # as segwise.load does
+    assert rebuilt.stride == output_stride
+
+
+def test_deeplab_mistakes_list_the_valid_choices():
+    with pytest.raises(SegwiseError, match=r"output_stride 12 unsupported; choose one of"):
+        segwise.create_model("deeplabv3plus", encoder="test_resnet", encoder_output_stride=12)
+    with pytest.raises(SegwiseError, match="three positive integers"):
+        segwise.create_model("deeplabv3", encoder="test_resnet", decoder_atrous_rates=[6, 12])
