@@ -82,3 +82,26 @@ def test_deeplab_mistakes_list_the_valid_choices():
         segwise.create_model("deeplabv3plus", encoder="test_resnet", encoder_output_stride=12)
     with pytest.raises(SegwiseError, match="three positive integers"):
         segwise.create_model("deeplabv3", encoder="test_resnet", decoder_atrous_rates=[6, 12])
+
+
+def test_linknet_resnet34_parameter_count_matches_smp():
+    assert _ratio_to_smp("linknet", "resnet34", "Linknet") == pytest.approx(1.0, abs=0.02)
+
+
+def test_pspnet_decoder_matches_smp_and_drops_the_unused_encoder_stages():
+    smp = pytest.importorskip("segmentation_models_pytorch")
+    reference = smp.PSPNet("resnet34", encoder_weights=None, classes=1)  # keeps layer3/4 it never runs
+    model = segwise.create_model("pspnet", encoder="resnet34", num_classes=1)
+    assert n_parameters(model.decoder) == n_parameters(reference.decoder)
+    assert model.stride == 8 and len(model.encoder.channels) == 3
+    assert n_parameters(model) < n_parameters(reference) / 10
+
+
+def test_pspnet_encoder_depth_and_batch_of_one():
+    model = segwise.create_model("pspnet", encoder="test_resnet", num_classes=2, encoder_depth=5)
+    assert model.stride == 32
+    out = model(torch.randn(1, 3, 45, 61))  # training mode, batch of one
+    out.mean().backward()
+    assert out.shape == (1, 2, 45, 61)
+    with pytest.raises(SegwiseError, match=r"depth must be in 1..5"):
+        segwise.create_model("pspnet", encoder="test_resnet", encoder_depth=7)

@@ -61,6 +61,7 @@ class Encoder(nn.Module):
         in_channels: int = 3,
         weights: str | Path | None = None,
         output_stride: int | None = None,
+        depth: int | None = None,
     ) -> None:
         super().__init__()
         if not timm.is_model(name.split(".")[0]):
@@ -78,6 +79,11 @@ class Encoder(nn.Module):
             raise SegwiseError(
                 f"encoder '{name}': output_stride {output_stride} unsupported; choose one of {OUTPUT_STRIDES}"
             )
+        if depth is not None:  # only the first `depth` feature levels: timm drops the deeper stages
+            levels = len(timm.create_model(name, features_only=True, pretrained=False).feature_info)
+            if not 1 <= depth <= levels:
+                raise SegwiseError(f"encoder '{name}': depth must be in 1..{levels}, got {depth}")
+            options["out_indices"] = tuple(range(depth))
         if output_stride not in (None, 32):  # dilated convolutions instead of the last stride(s)
             options["output_stride"] = output_stride
         try:

@@ -14,6 +14,8 @@ from .base import SegmentationModel
 from .deeplab import DeepLabV3Decoder, DeepLabV3PlusDecoder
 from .encoders import Encoder
 from .fpn import FPNDecoder
+from .linknet import LinknetDecoder
+from .pspnet import PSPDecoder
 from .unet import UnetDecoder
 
 
@@ -69,6 +71,20 @@ def _deeplabv3plus(
     )
 
 
+def _linknet(encoder: Encoder, decoder_prefinal_channels: int = 32):
+    return LinknetDecoder(encoder.channels, encoder.reductions, decoder_prefinal_channels)
+
+
+def _pspnet(
+    encoder: Encoder,
+    encoder_depth: int = 3,
+    decoder_bins: tuple[int, ...] = (1, 2, 3, 6),
+    decoder_channels: int = 512,
+    decoder_dropout: float = 0.2,
+):
+    return PSPDecoder(encoder.channels, decoder_bins, decoder_channels, decoder_dropout)
+
+
 # Each entry builds a decoder from an encoder and its own options (prefixed `decoder_`), nothing else.
 # Options prefixed `encoder_` (e.g. `encoder_output_stride`) configure the encoder: `create_model` passes
 # them, with the builder's defaults, to `Encoder` (without the prefix) before the builder runs.
@@ -77,6 +93,8 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "fpn": _fpn,
     "deeplabv3": _deeplabv3,
     "deeplabv3plus": _deeplabv3plus,
+    "linknet": _linknet,
+    "pspnet": _pspnet,
 }
 
 
