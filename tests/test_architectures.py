@@ -105,3 +105,14 @@ def test_pspnet_encoder_depth_and_batch_of_one():
     assert out.shape == (1, 2, 45, 61)
     with pytest.raises(SegwiseError, match=r"depth must be in 1..5"):
         segwise.create_model("pspnet", encoder="test_resnet", encoder_depth=7)
+
+
+def test_cli_lists_the_architectures(capsys):
+    from segwise.cli import main
+
+    assert main(["list-models"]) == 0
+    assert capsys.readouterr().out.split() == segwise.list_models()
+    assert main(["list-models", "deeplab*"]) == 0
+    assert capsys.readouterr().out.split() == ["deeplabv3", "deeplabv3plus"]
+    assert main(["list-models", "nope*"]) == 2
+    assert "there are ['deeplabv3'" in capsys.readouterr().err

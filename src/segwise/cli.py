@@ -77,6 +77,16 @@ segwise demo finished in {result.seconds:.0f}s
     return 0
 
 
+def _command_list_models(args: argparse.Namespace) -> int:
+    from .models import list_models
+
+    names = list_models(args.pattern)
+    if not names:
+        raise SegwiseError(f"no architecture matches '{args.pattern}'; there are {list_models()}")
+    print("\n".join(names))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="segwise",
@@ -97,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("-c", "--config", help="plan YAML with `model:` and `train:` sections")
     train.add_argument("--name", help="run name (default: the data folder's name); never overwrites a run")
     train.add_argument("--runs-dir", default="runs", help="where run folders go (default: runs)")
-    train.add_argument("--arch", help="architecture (default: unet)")
+    train.add_argument("--arch", help="architecture (default: unet); `segwise list-models` lists them")
     train.add_argument("--encoder", help="timm encoder (default: resnet34)")
     train.add_argument("--encoder-weights", help="none (default), imagenet, or a path to a state dict")
     train.add_argument("--epochs", type=int)
@@ -138,6 +148,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--epochs", type=int, help="override the demo's epoch count")
     demo.add_argument("-q", "--quiet", action="store_true")
     demo.set_defaults(handler=_command_demo)
+
+    list_models = commands.add_parser(
+        "list-models",
+        help="list the architectures (for --arch or a plan's `model: arch:`)",
+        formatter_class=formatter,
+        description="Print the architecture names, one a line, optionally those matching a shell pattern.",
+        epilog="example:\n  segwise list-models 'deeplab*'",
+    )
+    list_models.add_argument("pattern", nargs="?", default="*", help="shell-style pattern (default: *)")
+    list_models.set_defaults(handler=_command_list_models)
     return parser
 
 
