@@ -116,3 +116,13 @@ def test_cli_lists_the_architectures(capsys):
     assert capsys.readouterr().out.split() == ["deeplabv3", "deeplabv3plus"]
     assert main(["list-models", "nope*"]) == 2
     assert "there are ['deeplabv3'" in capsys.readouterr().err
+
+
+def test_fcn_resnet50_decoder_matches_torchvision():
+    models = pytest.importorskip("torchvision.models.segmentation")
+    reference = models.fcn_resnet50(weights=None, weights_backbone=None, num_classes=1, aux_loss=False)
+    model = segwise.create_model("fcn", encoder="resnet50", num_classes=1)
+    assert model.stride == 8
+    # torchvision's head ends in a 1×1 classifier, ours in the shared 3×3 head
+    reference_head = n_parameters(reference.classifier) - n_parameters(reference.classifier[-1])
+    assert n_parameters(model.decoder) == reference_head

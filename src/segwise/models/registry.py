@@ -13,6 +13,7 @@ from ..errors import SegwiseError
 from .base import SegmentationModel
 from .deeplab import DeepLabV3Decoder, DeepLabV3PlusDecoder
 from .encoders import Encoder
+from .fcn import FCNDecoder
 from .fpn import FPNDecoder
 from .linknet import LinknetDecoder
 from .pspnet import PSPDecoder
@@ -85,6 +86,15 @@ def _pspnet(
     return PSPDecoder(encoder.channels, decoder_bins, decoder_channels, decoder_dropout)
 
 
+def _fcn(
+    encoder: Encoder,
+    encoder_output_stride: int = 8,
+    decoder_channels: int | None = None,
+    decoder_dropout: float = 0.1,
+):
+    return FCNDecoder(encoder.channels, decoder_channels, decoder_dropout)
+
+
 # Each entry builds a decoder from an encoder and its own options (prefixed `decoder_`), nothing else.
 # Options prefixed `encoder_` (e.g. `encoder_output_stride`) configure the encoder: `create_model` passes
 # them, with the builder's defaults, to `Encoder` (without the prefix) before the builder runs.
@@ -93,6 +103,7 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "fpn": _fpn,
     "deeplabv3": _deeplabv3,
     "deeplabv3plus": _deeplabv3plus,
+    "fcn": _fcn,
     "linknet": _linknet,
     "pspnet": _pspnet,
 }
