@@ -143,7 +143,7 @@ def test_predict_on_unreadable_image(cli_run, tmp_path):
 
 
 def test_help_has_an_example_for_every_command():
-    for command in ("train", "predict", "demo", "eval", "report", "compare"):
+    for command in ("train", "predict", "demo", "eval", "report", "compare", "list-models"):
         result = run_cli(command, "--help")
         assert result.returncode == 0 and "example:" in result.stdout
 

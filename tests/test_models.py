@@ -44,7 +44,7 @@ def test_unet_upsampling_modes(upsampling):
 
 
 def test_unknown_names_list_the_valid_choices():
-    with pytest.raises(SegwiseError, match=r"choose one of \['unet'\]"):
+    with pytest.raises(SegwiseError, match=r"unknown architecture .unet9000.; choose one of \[.*'unet'"):
         segwise.create_model("unet9000")
     with pytest.raises(SegwiseError, match="unknown encoder 'resnet3'"):
         segwise.create_model("unet", encoder="resnet3")

@@ -119,6 +119,15 @@ def _command_compare(args: argparse.Namespace) -> int:
 
     print(compare_runs(args.runs, args.output, split=args.split))
     print(f"wrote {args.output}")
+
+
+def _command_list_models(args: argparse.Namespace) -> int:
+    from .models import list_models
+
+    names = list_models(args.pattern)
+    if not names:
+        raise SegwiseError(f"no architecture matches '{args.pattern}'; there are {list_models()}")
+    print("\n".join(names))
     return 0
 
 
@@ -142,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("-c", "--config", help="plan YAML with `model:` and `train:` sections")
     train.add_argument("--name", help="run name (default: the data folder's name); never overwrites a run")
     train.add_argument("--runs-dir", default="runs", help="where run folders go (default: runs)")
-    train.add_argument("--arch", help="architecture (default: unet)")
+    train.add_argument("--arch", help="architecture (default: unet); `segwise list-models` lists them")
     train.add_argument("--encoder", help="timm encoder (default: resnet34)")
     train.add_argument("--encoder-weights", help="none (default), imagenet, or a path to a state dict")
     train.add_argument("--epochs", type=int)
@@ -229,6 +238,16 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--split", default="val", help="which evaluation to compare (default: val)")
     compare.add_argument("-o", "--output", default="compare.png", help="PNG to write (default: compare.png)")
     compare.set_defaults(handler=_command_compare)
+
+    list_models = commands.add_parser(
+        "list-models",
+        help="list the architectures (for --arch or a plan's `model: arch:`)",
+        formatter_class=formatter,
+        description="Print the architecture names, one a line, optionally those matching a shell pattern.",
+        epilog="example:\n  segwise list-models 'deeplab*'",
+    )
+    list_models.add_argument("pattern", nargs="?", default="*", help="shell-style pattern (default: *)")
+    list_models.set_defaults(handler=_command_list_models)
     return parser
 
 

@@ -19,6 +19,7 @@ from torch import nn
 from ..errors import SegwiseError
 
 HUB_TIMEOUT_S = 3.0
+OUTPUT_STRIDES = (None, 8, 16, 32)
 
 
 def _weights_host(name: str) -> str | None:
@@ -54,7 +55,14 @@ def _check_online(name: str) -> None:
 class Encoder(nn.Module):
     """A timm backbone returning a list of feature maps; `channels` and `reductions` describe them."""
 
-    def __init__(self, name: str, in_channels: int = 3, weights: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        in_channels: int = 3,
+        weights: str | Path | None = None,
+        output_stride: int | None = None,
+        depth: int | None = None,
+    ) -> None:
         super().__init__()
         if not timm.is_model(name.split(".")[0]):
             close = timm.list_models(f"*{name[:5]}*")[:8]
@@ -67,7 +75,26 @@ class Encoder(nn.Module):
         elif weights is not None:
             # timm adapts the first conv and maps keys onto the feature model; the check is ours.
             options["pretrained_cfg_overlay"] = {"state_dict": _checked_state_dict(Path(weights), name)}
-        self.model = timm.create_model(name, **options)
+        if output_stride not in OUTPUT_STRIDES:
+            raise SegwiseError(
+                f"encoder '{name}': output_stride {output_stride} unsupported; choose one of {OUTPUT_STRIDES}"
+            )
+        if depth is not None:  # only the first `depth` feature levels: timm drops the deeper stages
+            levels = len(timm.create_model(name, features_only=True, pretrained=False).feature_info)
+            if not 1 <= depth <= levels:
+                raise SegwiseError(f"encoder '{name}': depth must be in 1..{levels}, got {depth}")
+            options["out_indices"] = tuple(range(depth))
+        if output_stride not in (None, 32):  # dilated convolutions instead of the last stride(s)
+            options["output_stride"] = output_stride
+        try:
+            self.model = timm.create_model(name, **options)
+        except TypeError as error:
+            if "output_stride" not in options:
+                raise
+            raise SegwiseError(
+                f"encoder '{name}' cannot be dilated to output_stride={output_stride} "
+                f"({error}); use an encoder that can, e.g. resnet50"
+            ) from None
         self.name = name
         self.channels: list[int] = list(self.model.feature_info.channels())
         self.reductions: list[int] = list(self.model.feature_info.reduction())

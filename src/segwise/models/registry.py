@@ -11,7 +11,12 @@ from torch import nn
 
 from ..errors import SegwiseError
 from .base import SegmentationModel
+from .deeplab import DeepLabV3Decoder, DeepLabV3PlusDecoder
 from .encoders import Encoder
+from .fcn import FCNDecoder
+from .fpn import FPNDecoder
+from .linknet import LinknetDecoder
+from .pspnet import PSPDecoder
 from .unet import UnetDecoder
 
 
@@ -19,8 +24,89 @@ def _unet(encoder: Encoder, decoder_channels: list[int] | None = None, decoder_u
     return UnetDecoder(encoder.channels, encoder.reductions, decoder_channels, decoder_upsampling)
 
 
+def _fpn(
+    encoder: Encoder,
+    decoder_pyramid_channels: int = 256,
+    decoder_segmentation_channels: int = 128,
+    decoder_merge_policy: str = "add",
+    decoder_dropout: float = 0.2,
+):
+    return FPNDecoder(
+        encoder.channels,
+        encoder.reductions,
+        decoder_pyramid_channels,
+        decoder_segmentation_channels,
+        decoder_merge_policy,
+        decoder_dropout,
+    )
+
+
+def _deeplabv3(
+    encoder: Encoder,
+    encoder_output_stride: int = 8,
+    decoder_channels: int = 256,
+    decoder_atrous_rates: tuple[int, ...] = (12, 24, 36),
+    decoder_aspp_separable: bool = False,
+    decoder_aspp_dropout: float = 0.5,
+):
+    return DeepLabV3Decoder(
+        encoder.channels, decoder_channels, decoder_atrous_rates, decoder_aspp_separable, decoder_aspp_dropout
+    )
+
+
+def _deeplabv3plus(
+    encoder: Encoder,
+    encoder_output_stride: int = 16,
+    decoder_channels: int = 256,
+    decoder_atrous_rates: tuple[int, ...] = (12, 24, 36),
+    decoder_aspp_separable: bool = True,
+    decoder_aspp_dropout: float = 0.5,
+):
+    return DeepLabV3PlusDecoder(
+        encoder.channels,
+        encoder.reductions,
+        decoder_channels,
+        decoder_atrous_rates,
+        decoder_aspp_separable,
+        decoder_aspp_dropout,
+    )
+
+
+def _linknet(encoder: Encoder, decoder_prefinal_channels: int = 32):
+    return LinknetDecoder(encoder.channels, encoder.reductions, decoder_prefinal_channels)
+
+
+def _pspnet(
+    encoder: Encoder,
+    encoder_depth: int = 3,
+    decoder_bins: tuple[int, ...] = (1, 2, 3, 6),
+    decoder_channels: int = 512,
+    decoder_dropout: float = 0.2,
+):
+    return PSPDecoder(encoder.channels, decoder_bins, decoder_channels, decoder_dropout)
+
+
+def _fcn(
+    encoder: Encoder,
+    encoder_output_stride: int = 8,
+    decoder_channels: int | None = None,
+    decoder_dropout: float = 0.1,
+):
+    return FCNDecoder(encoder.channels, decoder_channels, decoder_dropout)
+
+
 # Each entry builds a decoder from an encoder and its own options (prefixed `decoder_`), nothing else.
-ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"unet": _unet}
+# Options prefixed `encoder_` (e.g. `encoder_output_stride`) configure the encoder: `create_model` passes
+# them, with the builder's defaults, to `Encoder` (without the prefix) before the builder runs.
+ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
+    "unet": _unet,
+    "fpn": _fpn,
+    "deeplabv3": _deeplabv3,
+    "deeplabv3plus": _deeplabv3plus,
+    "fcn": _fcn,
+    "linknet": _linknet,
+    "pspnet": _pspnet,
+}
 
 
 def list_models(pattern: str = "*") -> list[str]:
@@ -48,7 +134,8 @@ def create_model(
     if arch not in ARCHITECTURES:
         raise SegwiseError(f"unknown architecture '{arch}'; choose one of {list_models()}")
     builder = ARCHITECTURES[arch]
-    allowed = [p for p in inspect.signature(builder).parameters if p != "encoder"]
+    parameters = inspect.signature(builder).parameters
+    allowed = [p for p in parameters if p != "encoder"]
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise SegwiseError(f"{arch}: unknown option(s) {unknown}; valid options are {allowed}")
@@ -56,7 +143,12 @@ def create_model(
         raise SegwiseError(
             f"num_classes and in_channels must be positive, got {num_classes} and {in_channels}"
         )
-    backbone = Encoder(encoder, in_channels, encoder_weights)
+    encoder_options = {
+        p.removeprefix("encoder_"): options.get(p, parameters[p].default)
+        for p in allowed
+        if p.startswith("encoder_")
+    }
+    backbone = Encoder(encoder, in_channels, encoder_weights, **encoder_options)
     decoder = builder(backbone, **options)
     head = nn.Conv2d(decoder.out_channels, num_classes, kernel_size=3, padding=1)
     config = {
