@@ -94,3 +94,17 @@ def test_one_cycle_schedule_survives_runs_of_any_length():
             scheduler.step()
             rates.append(scheduler.get_last_lr()[0])
         assert all(0 < rate <= 1e-3 + 1e-12 for rate in rates)
+
+
+def test_every_batch_of_an_epoch_is_yielded_and_counted():
+    from segwise.engine.trainer import Batches
+
+    for count, batch_size in [(10, 4), (9, 4), (8, 4), (1, 4), (5, 1), (3, 8)]:
+        images = np.zeros((count, 4, 4, 1), np.uint8)
+        batches = Batches(
+            images, np.zeros((count, 4, 4), np.uint8), batch_size, [0.0], [1.0], torch.device("cpu")
+        )
+        for drop_last in (True, False):
+            sizes = [len(masks) for _, masks in batches.epoch(torch.Generator().manual_seed(0), drop_last)]
+            assert len(sizes) == batches.batches_per_epoch(drop_last)
+            assert sum(sizes) == count - (drop_last and count % batch_size == 1 and count > batch_size)

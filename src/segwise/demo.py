@@ -10,7 +10,7 @@ from pathlib import Path
 from .data.formats import find_pairs
 from .data.synthetic import write_synthetic_dataset
 from .engine import train
-from .evaluate import evaluate_pairs
+from .evaluate import evaluate_split
 from .inference import load
 from .inference.writers import predict_to_folder
 
@@ -46,6 +46,6 @@ def run_demo(out: str | Path = "demo", progress: bool = True, **overrides) -> De
     # Evaluate the saved run as a user would: load it, predict each validation image at its own size.
     predictor = load(result.run_dir)
     splits = find_pairs(data_dir)
-    matrix = evaluate_pairs(predictor, splits["val"], progress=progress and sys.stderr.isatty())
+    matrix = evaluate_split(predictor, splits["val"], progress=progress and sys.stderr.isatty()).matrix
     predictions = predict_to_folder(predictor, [image for image, _ in splits["test"]], out / "predictions")
     return DemoResult(data_dir, result.run_dir, predictions, matrix.mean_iou(), time.perf_counter() - started)

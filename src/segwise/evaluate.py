@@ -1,8 +1,7 @@
 """Evaluating a trained run on image/mask pairs, at each image's own resolution.
 
-`evaluate_pairs` gives the confusion matrix only; `evaluate_split` also keeps per-image scores, the
-worst images for a gallery, boundary scores and, for binary runs, the best foreground threshold by
-Dice. `write_evaluation` writes it all into a folder (by default `RUN/eval/<split>/`):
+`evaluate_split` gives the confusion matrix (dataset-level and per image), the worst images for a
+gallery, boundary scores and, for binary runs, the best foreground threshold by Dice. `write_evaluation` writes it all into a folder (by default `RUN/eval/<split>/`):
 
     metrics.json        every metric, overall and per class (by name), and the confusion matrix
     per_image.csv       one row per image: pixels, pixel accuracy, mIoU, IoU of each class
@@ -40,17 +39,6 @@ METRICS_JSON, PER_IMAGE_CSV, CONFUSION_PNG, IOU_PNG, WORST_PNG = (
 )
 THRESHOLD_JSON = "threshold.json"  # written into the run folder by `segwise eval --save-threshold`
 THRESHOLDS = [round(t, 2) for t in np.arange(0.05, 0.96, 0.05)]
-
-
-def evaluate_pairs(predictor: Predictor, pairs: list[Pair], progress: bool = False) -> ConfusionMatrix:
-    """Predict every image and count it against its mask (mapped with the run's own classes)."""
-    classes = ClassInfo(**asdict(predictor.config.classes))
-    matrix = ConfusionMatrix(classes.num_classes)
-    for image_path, mask_path in tqdm(pairs, desc="evaluating", disable=not progress, leave=False):
-        image, mask = read_pair(image_path, mask_path)
-        truth = classes.to_indices(mask, mask_path)
-        matrix.update(torch.from_numpy(predictor.predict(image)), torch.from_numpy(truth))
-    return matrix
 
 
 @dataclass

@@ -73,11 +73,14 @@ class Batches:
             if generator is not None
             else torch.arange(len(self))
         )
-        for start in range(0, len(order), self.batch_size):
-            index = order[start : start + self.batch_size]
-            if drop_last and len(index) < 2 and start > 0:  # batch norm cannot train on one sample
-                break
-            yield self.prepare(index)
+        for start in range(0, self.batches_per_epoch(drop_last) * self.batch_size, self.batch_size):
+            yield self.prepare(order[start : start + self.batch_size])
+
+    def batches_per_epoch(self, drop_last: bool) -> int:
+        """Batches in one epoch; with `drop_last`, a trailing single sample is skipped (batch norm cannot
+        train on one sample) unless it is the whole dataset."""
+        full, rest = divmod(len(self), self.batch_size)
+        return full + (rest > 1 or (rest == 1 and (not drop_last or full == 0)))
 
 
 def _evaluate(model, batches: Batches, loss_fn, num_classes: int, dtype, channels_last: bool):
@@ -169,9 +172,7 @@ def train(
         data_set.train_images, data_set.train_masks, settings.batch_size, mean, std, device
     )
     val_batches = Batches(data_set.val_images, data_set.val_masks, settings.batch_size, mean, std, device)
-    steps_per_epoch = max(
-        1, len(train_batches) // settings.batch_size + (len(train_batches) % settings.batch_size > 1)
-    )
+    steps_per_epoch = train_batches.batches_per_epoch(drop_last=True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     scheduler = one_cycle(optimizer, settings.lr, settings.epochs * steps_per_epoch)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
