@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -150,3 +152,58 @@ def test_random_dihedral_moves_image_and_mask_together():
     out_images, out_masks = random_dihedral(images, masks, torch.Generator().manual_seed(0))
     assert torch.equal(out_images[:, 0].long(), out_masks)
     assert not torch.equal(out_masks, masks)  # something was actually transformed
+
+
+SHARED = Path(__file__).parents[2] / "shared/datasets"
+needs_shared = pytest.mark.skipif(
+    not SHARED.is_dir(), reason=f"real datasets not found at {SHARED} (only on the development machine)"
+)
+
+
+@needs_shared
+def test_camvid11_loads_as_11_classes_with_void_ignored_and_names_from_class_dict():
+    data = load_data(SHARED / "camvid11", size=(64, 96))
+    assert data.classes.names == [
+        "Sky", "Building", "Pole", "Road", "Pavement", "Tree",
+        "SignSymbol", "Fence", "Car", "Pedestrian", "Bicyclist",
+    ]  # fmt: skip
+    assert data.classes.values == list(range(11)) and data.classes.ignore_value == 11
+    assert data.classes.palette[0] == [128, 128, 128]  # colours from class_dict.csv
+    assert len(data.train_images) == 367 and len(data.val_images) == 101
+    # Void pixels (stored 11) became the ignore index; no other value is outside 0..10.
+    assert set(np.unique(data.train_masks)) <= set(range(11)) | {IGNORE_INDEX}
+    assert (data.train_masks == IGNORE_INDEX).any()
+
+
+@needs_shared
+def test_isbi2012_loads_as_binary_one_channel():
+    data = load_data(SHARED / "isbi2012", size=(64, 64))
+    assert data.in_channels == 1 and data.train_images.shape[-1] == 1
+    assert data.classes.num_classes == 2 and data.classes.values == [0, 255]
+    assert data.classes.ignore_value is None
+    assert set(np.unique(data.train_masks)) == {0, 1}
+
+
+def test_class_dict_csv_void_row_is_ignored_wherever_it_is(tmp_path):
+    for index in range(3):
+        write_pair(tmp_path, f"s{index}", mask_values=(0, 2))
+    (tmp_path / "class_dict.csv").write_text("name,r,g,b\nsky,1,2,3\nunlabelled,0,0,0\nroad,9,9,9\n")
+    data = load_data(tmp_path)
+    assert data.classes.names == ["sky", "road"] and data.classes.values == [0, 2]
+    assert data.classes.ignore_value == 1 and data.classes.palette == [[1, 2, 3], [9, 9, 9]]
+    assert set(np.unique(data.train_masks)) == {0, 1}
+
+
+def test_codes_txt_names_the_classes(tmp_path):
+    for index in range(3):
+        write_pair(tmp_path, f"s{index}", mask_values=(0, 2))
+    (tmp_path / "codes.txt").write_text("a\nb\nc\n")
+    assert load_data(tmp_path).classes.names == ["a", "b", "c"]
+
+
+def test_malformed_class_dict_names_the_line(tmp_path):
+    write_pair(tmp_path, "a")
+    write_pair(tmp_path, "b")
+    (tmp_path / "class_dict.csv").write_text("name,r,g,b\nsky,1,2\n")
+    with pytest.raises(SegwiseError, match=r"class_dict\.csv: line 2"):
+        load_data(tmp_path)

@@ -6,11 +6,14 @@ Masks are mapped to class indices 0..K-1 with `IGNORE_INDEX` (255) for pixels th
 - only 0/255 (or 0/1) values: binary, two classes;
 - otherwise 255 is the void label (Pascal VOC convention) and the other values are class indices,
   unless they are few and far apart (e.g. 0/128 gray coding): then each value is a class in sorted order;
-- `classes.txt` beside images/ (one name per line, line i = value i) names the classes.
+- a class-name file beside the split folders names the classes: `classes.txt` or `codes.txt` (one name
+  per line, line i = value i) or `class_dict.csv` (header `name,r,g,b`, row i = value i, colours kept
+  as the palette); a class named void/unlabelled/unlabeled (any case) is the ignore value, not a class.
 """
 
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,34 +66,70 @@ class ClassInfo:
         return indices
 
 
-def read_class_names(root: Path) -> list[str] | None:
-    path = root / "classes.txt"
-    if not path.is_file():
-        return None
-    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    return names or None
+VOID_NAMES = ("void", "unlabelled", "unlabeled")
+CLASS_FILES = ("class_dict.csv", "classes.txt", "codes.txt")
+
+
+@dataclass
+class ClassNames:
+    """Names (and colours, from class_dict.csv) read from a class-name file; row i names stored value i."""
+
+    names: list[str]
+    colours: list[list[int]] | None
+    path: Path
+
+    @property
+    def void_row(self) -> int | None:
+        rows = [i for i, name in enumerate(self.names) if name.strip().lower() in VOID_NAMES]
+        return rows[0] if rows else None
+
+
+def read_class_names(root: Path) -> ClassNames | None:
+    """The first class-name file found in `root` (see the module docstring), or None."""
+    for name in CLASS_FILES:
+        path = Path(root) / name
+        if path.is_file():
+            return _parse_class_file(path)
+    return None
+
+
+def _parse_class_file(path: Path) -> ClassNames | None:
+    lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if path.suffix.lower() != ".csv":
+        return ClassNames(lines, None, path) if lines else None
+    rows = list(csv.reader(lines))
+    if rows and rows[0] and rows[0][0].strip().lower() in ("name", "class", "class_name"):
+        rows = rows[1:]
+    names, colours = [], []
+    for number, row in enumerate(rows, start=2):
+        try:
+            name, r, g, b = (cell.strip() for cell in row[:4])
+            colour = [int(r), int(g), int(b)]
+        except ValueError:
+            raise SegwiseError(
+                f"{path}: line {number} is {','.join(row)!r}; each line must be name,r,g,b with r,g,b 0..255"
+            ) from None
+        if not all(0 <= c <= 255 for c in colour):
+            raise SegwiseError(f"{path}: line {number} has colour {colour}; r,g,b must be 0..255")
+        names.append(name)
+        colours.append(colour)
+    return ClassNames(names, colours, path) if names else None
 
 
 def discover_classes(
-    values: set[int], names: list[str] | None = None, source: Path | None = None
+    values: set[int], names: ClassNames | list[str] | None = None, source: Path | None = None
 ) -> ClassInfo:
     """Decide the classes from the set of stored mask values (see the module docstring)."""
+    if isinstance(names, list):
+        names = ClassNames(names, None, Path(source or ".") / "classes.txt")
     if not values:
         raise SegwiseError(f"{source}: no masks to learn classes from; add image/mask pairs")
+    if names is not None:
+        return _named_classes(values, names)
     if values <= {0, 255} or values <= {0, 1}:
-        stored = [0, 255] if 255 in values else [0, 1]
-        if names and len(names) != 2:
-            raise SegwiseError(f"{source}/classes.txt: binary masks need 2 class names, found {len(names)}")
-        return ClassInfo(names or ["background", "foreground"], stored)
+        return ClassInfo(["background", "foreground"], [0, 255] if 255 in values else [0, 1])
     ignore = 255 if 255 in values else None
     kept = sorted(values - {255})
-    if names:
-        if kept[-1] >= len(names):
-            raise SegwiseError(
-                f"{source}/classes.txt: names {len(names)} classes but masks hold value {kept[-1]}; "
-                "add a name per value or fix the masks"
-            )
-        return ClassInfo(names, list(range(len(names))), ignore)
     if kept[-1] >= 64 and kept[-1] >= 2 * len(kept):  # few, far-apart values: gray-coded classes
         return ClassInfo([f"value_{v}" for v in kept], kept, ignore)
     if kept[-1] >= IGNORE_INDEX:
@@ -98,6 +137,23 @@ def discover_classes(
             f"{source}: masks hold {kept[-1] + 1} class values; at most 255 classes are supported"
         )
     return ClassInfo([f"class_{v}" for v in range(kept[-1] + 1)], list(range(kept[-1] + 1)), ignore)
+
+
+def _named_classes(values: set[int], names: ClassNames) -> ClassInfo:
+    """Classes from a name file: row i is stored value i; a void row (or 255) is the ignore value."""
+    void = names.void_row
+    rows = [i for i in range(len(names.names)) if i != void]
+    palette = [names.colours[i] for i in rows] if names.colours else []
+    if len(rows) == 2 and (values <= {0, 255} or values <= {0, 1}) and void is None:
+        return ClassInfo([names.names[i] for i in rows], [0, 255] if 255 in values else [0, 1], None, palette)
+    ignore = void if void is not None else (255 if 255 in values else None)
+    stray = sorted(v for v in values if v >= len(names.names) and v != ignore)
+    if stray:
+        raise SegwiseError(
+            f"{names.path}: names {len(names.names)} classes (values 0..{len(names.names) - 1}) but masks hold "
+            f"value(s) {stray[:8]}; add a line per value or fix the masks"
+        )
+    return ClassInfo([names.names[i] for i in rows], rows, ignore, palette)
 
 
 def read_pair(image_path: Path, mask_path: Path) -> tuple[np.ndarray, np.ndarray]:
