@@ -33,10 +33,50 @@ def test_read_mask_returns_palette_indices_not_colours(tmp_path):
     assert read_mask(tmp_path / "p.png").tolist() == [[0, 3], [2, 1]]
 
 
-def test_read_mask_refuses_colour_coded_masks(tmp_path):
-    Image.fromarray(np.array([[[255, 0, 0]]], np.uint8)).save(tmp_path / "rgb.png")
-    with pytest.raises(SegwiseError, match="colour-coded"):
-        read_mask(tmp_path / "rgb.png")
+def test_read_mask_keeps_colours_of_colour_coded_masks(tmp_path):
+    Image.fromarray(np.array([[[255, 0, 0], [0, 0, 0]]], np.uint8)).save(tmp_path / "rgb.png")
+    assert read_mask(tmp_path / "rgb.png").tolist() == [[[255, 0, 0], [0, 0, 0]]]
+
+
+def test_read_image_reads_16_bit_multichannel_tiff_channels_last(tmp_path):
+    import tifffile
+
+    planar = np.zeros((5, 20, 30), np.uint16)  # C×H×W, as microscopy and remote-sensing files often are
+    planar[2] = 4095  # a 12-bit camera: full scale is 4095, not 65535
+    tifffile.imwrite(tmp_path / "stack.tif", planar)
+    image = read_image(tmp_path / "stack.tif")
+    assert image.shape == (20, 30, 5) and image.dtype == np.uint8
+    assert image[..., 2].min() == 255 and image[..., 0].max() == 0  # percentile stretch, not /65535
+
+
+def test_16_bit_images_are_stretched_by_percentiles_per_image(tmp_path):
+    ramp = (np.arange(100 * 100, dtype=np.uint16) % 1000).reshape(100, 100)  # a 10-bit ramp
+    Image.fromarray(ramp).save(tmp_path / "ramp.png")
+    image = read_image(tmp_path / "ramp.png")[..., 0]
+    assert image.max() == 255 and image.min() == 0
+    assert np.all(np.diff(image[0].astype(int)) >= 0)  # order of intensities kept
+
+
+def test_read_mask_reads_16_bit_and_multichannel_tiff(tmp_path):
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "index.tif", np.array([[0, 300], [2, 1]], np.uint16))
+    assert read_mask(tmp_path / "index.tif").tolist() == [[0, 300], [2, 1]]
+    tifffile.imwrite(tmp_path / "multi.tif", np.zeros((4, 6, 2), np.uint8), photometric="minisblack")
+    assert read_mask(tmp_path / "multi.tif").shape == (4, 6, 2)
+
+
+def test_bmp_and_grayscale_jpeg_read(tmp_path):
+    Image.new("RGB", (6, 4), (10, 20, 30)).save(tmp_path / "a.bmp")
+    Image.new("L", (6, 4), 77).save(tmp_path / "b.jpg")
+    assert read_image(tmp_path / "a.bmp")[0, 0].tolist() == [10, 20, 30]
+    assert read_image(tmp_path / "b.jpg").shape == (4, 6, 1)
+
+
+def test_unreadable_tiff_is_a_clear_error(tmp_path):
+    (tmp_path / "bad.tif").write_bytes(b"II*\x00garbage")
+    with pytest.raises(SegwiseError, match=r"bad\.tif: cannot read image"):
+        read_image(tmp_path / "bad.tif")
 
 
 def test_unreadable_file_is_a_clear_error_naming_it(tmp_path):

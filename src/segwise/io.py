@@ -1,7 +1,15 @@
 """Reading and writing images and masks.
 
-Images come back as uint8 arrays H×W×C (C = 1, 3 or 4) with EXIF orientation applied; masks as integer
-arrays H×W. Every write goes to a temporary name first and is renamed into place, so an interrupted
+Images come back as uint8 arrays H×W×C with EXIF orientation applied; masks as integer arrays H×W
+(index or gray values), H×W×3 (colour-coded) or H×W×C (multi-channel TIFF, one channel per class).
+TIFFs are read with tifffile, so 16-bit and multi-channel files (microscopy, remote sensing) work.
+
+Images with more than 8 bits (16-bit integers, floats) become uint8 by one documented rule, applied per
+image so that training and prediction agree without any stored statistics: the 0.5th..99.5th
+percentile of the image's pixels (all channels together) is stretched to 0..255. 16-bit microscopy
+often fills only 12 bits or less, so dividing by 65535 would leave it nearly black; cellpose and
+similar tools normalise each image by percentiles for the same reason. A constant image is divided by
+its type's maximum instead. Every write goes to a temporary name first and is renamed into place, so an interrupted
 run never leaves a half-written file where a good one was.
 """
 
@@ -25,6 +33,9 @@ def is_image_file(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
 
+TIFF_SUFFIXES = (".tif", ".tiff")
+
+
 def _open(path: Path, what: str) -> Image.Image:
     path = Path(path)
     if not path.is_file():
@@ -40,13 +51,49 @@ def _open(path: Path, what: str) -> Image.Image:
         return image
 
 
+def _read_tiff(path: Path, what: str) -> np.ndarray:
+    """A TIFF as H×W or H×W×C (planar C×H×W files are moved to channels-last)."""
+    import tifffile
+
+    if not path.is_file():
+        raise SegwiseError(f"{path}: {what} not found; check the path")
+    try:
+        array = tifffile.imread(path)  # the first series: planar channels come back as C×H×W
+    except Exception as error:  # tifffile raises many types for damaged files
+        raise SegwiseError(f"{path}: cannot read {what} ({error}); replace or remove the file") from None
+    if array.size == 0:
+        raise SegwiseError(f"{path}: cannot read {what} (no pixel data); replace or remove the file")
+    array = np.squeeze(array) if array.ndim > 3 else array
+    if array.ndim == 3 and array.shape[0] < min(array.shape[1:]) and array.shape[0] <= 16 < array.shape[2]:
+        array = np.moveaxis(array, 0, -1)
+    if array.ndim not in (2, 3):
+        raise SegwiseError(f"{path}: {what} has shape {array.shape}; expected H×W or H×W×C")
+    return array
+
+
+def to_uint8(array: np.ndarray) -> np.ndarray:
+    """Pixels of any depth → uint8: 8-bit as is, deeper ones by the percentile rule in the module docstring."""
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == bool:
+        return array.astype(np.uint8) * 255
+    values = array.astype(np.float64)
+    low, high = np.percentile(values, [0.5, 99.5])
+    if high <= low:  # a constant image: no contrast to stretch
+        peak = np.iinfo(array.dtype).max if np.issubdtype(array.dtype, np.integer) else max(1.0, high)
+        return np.clip(values / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return np.clip((values - low) / (high - low) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
 def read_image(path: str | Path) -> np.ndarray:
-    """Read an image as uint8 H×W×C, C in {1, 3, 4}; 16-bit grayscale is scaled to 8 bits."""
-    image = _open(Path(path), "image")
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        array = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
-        return np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)[..., None]
+    """Read an image as uint8 H×W×C (C = 1 gray, 3 RGB, 4 RGBA, or a TIFF's own channel count)."""
+    path = Path(path)
+    if path.suffix.lower() in TIFF_SUFFIXES:
+        array = to_uint8(_read_tiff(path, "image"))
+        return array[..., None] if array.ndim == 2 else array
+    image = _open(path, "image")
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        return to_uint8(np.asarray(image))[..., None]
     if image.mode == "L":
         return np.array(image, dtype=np.uint8)[..., None]
     if image.mode == "LA":
@@ -59,8 +106,18 @@ def read_image(path: str | Path) -> np.ndarray:
 
 
 def read_mask(path: str | Path) -> np.ndarray:
-    """Read a mask as an integer array H×W holding the stored values (palette indices for mode P)."""
+    """Read a mask's stored values: H×W (palette indices for mode P), H×W×3 colours for RGB(A) masks,
+    H×W×C for multi-channel TIFFs. Colours are decoded later, with the dataset's colour table."""
     path = Path(path)
+    if path.suffix.lower() in TIFF_SUFFIXES:
+        array = _read_tiff(path, "mask")
+        if np.issubdtype(array.dtype, np.floating) and not np.all(array == np.round(array)):
+            raise SegwiseError(f"{path}: mask holds fractional values; save masks as integer index images")
+        if array.min() < 0 or array.max() > 65535:
+            raise SegwiseError(
+                f"{path}: mask values outside 0..65535; save masks as 8- or 16-bit index images"
+            )
+        return array.astype(np.uint8 if array.max() <= 255 else np.uint16)
     image = _open(path, "mask")
     if image.mode in ("P", "L", "1"):
         return np.asarray(image if image.mode != "1" else image.convert("L"), dtype=np.uint8)
@@ -71,14 +128,10 @@ def read_mask(path: str | Path) -> np.ndarray:
                 f"{path}: mask values outside 0..65535; save masks as 8- or 16-bit index images"
             )
         return array.astype(np.uint16)
-    if image.mode in ("LA", "RGB", "RGBA"):
-        array = np.asarray(image)
-        channels = array[..., : 1 if image.mode == "LA" else 3]
-        if np.all(channels == channels[..., :1]):
-            return np.ascontiguousarray(channels[..., 0]).astype(np.uint8)
-        raise SegwiseError(
-            f"{path}: colour-coded mask (different R, G, B values); save masks as single-channel index images"
-        )
+    if image.mode == "LA":
+        return np.asarray(image)[..., 0].astype(np.uint8)
+    if image.mode in ("RGB", "RGBA", "PA"):
+        return np.ascontiguousarray(np.asarray(image.convert("RGB")))
     raise SegwiseError(f"{path}: unsupported mask mode {image.mode}; save masks as 8-bit index PNGs")
 
 

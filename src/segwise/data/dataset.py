@@ -4,16 +4,20 @@ Masks are mapped to class indices 0..K-1 with `IGNORE_INDEX` (255) for pixels th
 (void). How stored mask values become classes:
 
 - only 0/255 (or 0/1) values: binary, two classes;
+- lossy (JPEG) masks, or values that sit only near 0 and near 255 (a mask resaved with compression),
+  are binary masks with noise: thresholded at 128 (`mask_threshold` sets another threshold);
 - otherwise 255 is the void label (Pascal VOC convention) and the other values are class indices,
   unless they are few and far apart (e.g. 0/128 gray coding): then each value is a class in sorted order;
 - a class-name file beside the split folders names the classes: `classes.txt` or `codes.txt` (one name
   per line, line i = value i) or `class_dict.csv` (header `name,r,g,b`, row i = value i, colours kept
-  as the palette); a class named void/unlabelled/unlabeled (any case) is the ignore value, not a class.
+  as the palette); a class named void/unlabelled/unlabeled (any case) is the ignore value, not a class;
+- colour-coded RGB masks are mapped through class_dict.csv's colours (colour of row i = value i);
+- multilabel: masks/<class>/ folders (one binary mask per class) or multi-channel TIFF masks (channel
+  i = class i) give masks N×C×H×W of 0/1, one channel per class; such masks have no ignore value.
 """
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,20 +26,30 @@ from PIL import Image
 
 from ..errors import SegwiseError
 from ..io import default_palette, read_image, read_mask
-from .formats import Pair, find_pairs
+from .formats import ClassNames, DataSource, Pair, find_data, read_class_names
+
+__all__ = ["ClassInfo", "ClassNames", "SegmentationData", "discover_classes", "load_data", "read_class_names"]
 
 IGNORE_INDEX = 255
 MAX_TRAIN_SIDE = 512
+LOSSY_SUFFIXES = (".jpg", ".jpeg")
 
 
 @dataclass
 class ClassInfo:
-    """What each class is called, which stored mask value encodes it, and how it is drawn."""
+    """What each class is called, which stored mask value encodes it, and how it is drawn.
+
+    `colours` (colour-coded masks) holds the RGB colour of every stored value 0..len-1, void included;
+    `threshold` makes a mask binary (stored ≥ threshold → value 1); `multilabel` masks are H×W×C.
+    """
 
     names: list[str]
     values: list[int]
     ignore_value: int | None = None
     palette: list[list[int]] = field(default_factory=list)
+    colours: list[list[int]] | None = None
+    threshold: int | None = None
+    multilabel: bool = False
 
     def __post_init__(self) -> None:
         if not self.palette:
@@ -45,14 +59,44 @@ class ClassInfo:
     def num_classes(self) -> int:
         return len(self.names)
 
+    @property
+    def mode(self) -> str:
+        """The loss mode this data trains in: binary, multiclass or multilabel."""
+        return "multilabel" if self.multilabel else "binary" if self.num_classes == 2 else "multiclass"
+
     def lookup_table(self) -> np.ndarray:
         """Array mapping every stored value (0..65535) to a class index, IGNORE_INDEX if none."""
         table = np.full(65536, IGNORE_INDEX, dtype=np.uint8)
         table[np.asarray(self.values, dtype=np.int64)] = np.arange(len(self.values), dtype=np.uint8)
         return table
 
+    def stored_values(self, mask: np.ndarray, path: Path | None = None) -> np.ndarray:
+        """A mask as read (H×W values or H×W×3 colours) → H×W stored values (thresholded if binary)."""
+        if mask.ndim == 3:
+            if self.colours:
+                mask = colours_to_values(mask, self.colours, path)
+            elif np.all(mask == mask[..., :1]):  # a gray mask saved as RGB
+                mask = mask[..., 0]
+            else:
+                raise SegwiseError(
+                    f"{path}: colour-coded mask (different R, G, B values) and no colour table; add "
+                    "class_dict.csv (name,r,g,b per class) beside the data or save index masks"
+                )
+        if self.threshold is not None:
+            mask = (mask >= self.threshold).astype(np.uint8)
+        return mask
+
     def to_indices(self, mask: np.ndarray, path: Path | None = None) -> np.ndarray:
-        """Stored mask values → class indices; a value that is neither a class nor void is an error."""
+        """Stored mask values → class indices H×W (multilabel: C×H×W of 0/1); unknown values are an error."""
+        if self.multilabel:
+            if mask.ndim != 3 or mask.shape[-1] != self.num_classes:
+                channels = mask.shape[-1] if mask.ndim == 3 else 1
+                raise SegwiseError(
+                    f"{path}: mask has {channels} channel(s) but the data has {self.num_classes} classes; "
+                    "give every image one mask per class"
+                )
+            return np.ascontiguousarray((mask >= (self.threshold or 1)).transpose(2, 0, 1)).astype(np.uint8)
+        mask = self.stored_values(mask, path)
         indices = self.lookup_table()[mask]
         unknown = (indices == IGNORE_INDEX) & (
             mask != (self.ignore_value if self.ignore_value is not None else -1)
@@ -66,54 +110,20 @@ class ClassInfo:
         return indices
 
 
-VOID_NAMES = ("void", "unlabelled", "unlabeled")
-CLASS_FILES = ("class_dict.csv", "classes.txt", "codes.txt")
-
-
-@dataclass
-class ClassNames:
-    """Names (and colours, from class_dict.csv) read from a class-name file; row i names stored value i."""
-
-    names: list[str]
-    colours: list[list[int]] | None
-    path: Path
-
-    @property
-    def void_row(self) -> int | None:
-        rows = [i for i, name in enumerate(self.names) if name.strip().lower() in VOID_NAMES]
-        return rows[0] if rows else None
-
-
-def read_class_names(root: Path) -> ClassNames | None:
-    """The first class-name file found in `root` (see the module docstring), or None."""
-    for name in CLASS_FILES:
-        path = Path(root) / name
-        if path.is_file():
-            return _parse_class_file(path)
-    return None
-
-
-def _parse_class_file(path: Path) -> ClassNames | None:
-    lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    if path.suffix.lower() != ".csv":
-        return ClassNames(lines, None, path) if lines else None
-    rows = list(csv.reader(lines))
-    if rows and rows[0] and rows[0][0].strip().lower() in ("name", "class", "class_name"):
-        rows = rows[1:]
-    names, colours = [], []
-    for number, row in enumerate(rows, start=2):
-        try:
-            name, r, g, b = (cell.strip() for cell in row[:4])
-            colour = [int(r), int(g), int(b)]
-        except ValueError:
-            raise SegwiseError(
-                f"{path}: line {number} is {','.join(row)!r}; each line must be name,r,g,b with r,g,b 0..255"
-            ) from None
-        if not all(0 <= c <= 255 for c in colour):
-            raise SegwiseError(f"{path}: line {number} has colour {colour}; r,g,b must be 0..255")
-        names.append(name)
-        colours.append(colour)
-    return ClassNames(names, colours, path) if names else None
+def colours_to_values(mask: np.ndarray, colours: list[list[int]], path: Path | None = None) -> np.ndarray:
+    """H×W×3 colour-coded mask → H×W index of each pixel's colour in `colours`; unknown colours fail."""
+    keys = np.asarray(colours, np.int64) @ np.array([65536, 256, 1])
+    order = np.argsort(keys)
+    pixels = mask[..., :3].astype(np.int64) @ np.array([65536, 256, 1])
+    position = np.searchsorted(keys[order], pixels).clip(0, len(keys) - 1)
+    found = keys[order][position] == pixels
+    if not found.all():
+        bad = [[int(k >> 16), int(k >> 8 & 255), int(k & 255)] for k in np.unique(pixels[~found])[:4]]
+        raise SegwiseError(
+            f"{path}: colours {bad} are not in the colour table (class_dict.csv); add a row for them "
+            "or fix the mask"
+        )
+    return order[position].astype(np.uint16 if len(colours) > 256 else np.uint8)
 
 
 def discover_classes(
@@ -156,11 +166,85 @@ def _named_classes(values: set[int], names: ClassNames) -> ClassInfo:
     return ClassInfo([names.names[i] for i in rows], rows, ignore, palette)
 
 
-def read_pair(image_path: Path, mask_path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Read one pair and check that the mask matches the image pixel for pixel."""
-    image, mask = read_image(image_path), read_mask(mask_path)
-    if image.shape[:2] != mask.shape:
-        (ih, iw), (mh, mw) = image.shape[:2], mask.shape
+def infer_classes(
+    masks: list[np.ndarray],
+    paths: list[Path],
+    names: ClassNames | None = None,
+    multilabel: bool = False,
+    threshold: int | None = None,
+    source: Path | None = None,
+) -> ClassInfo:
+    """Decide the classes and the mask encoding from the masks as read (see the module docstring)."""
+    if not masks:
+        raise SegwiseError(f"{source}: no masks to learn classes from; add image/mask pairs")
+    tiff_channels = {m.shape[-1] for m, p in zip(masks, paths, strict=True) if m.ndim == 3 and _is_tiff(p)}
+    colours = names.colours if names else None
+    if multilabel or (tiff_channels and not colours):
+        return _multilabel_classes(masks, paths, names, threshold)
+    colour_coded = any(m.ndim == 3 and not np.all(m == m[..., :1]) for m in masks)
+    if colour_coded and not colours:
+        path = next(
+            p for m, p in zip(masks, paths, strict=True) if m.ndim == 3 and not np.all(m == m[..., :1])
+        )
+        raise SegwiseError(
+            f"{path}: colour-coded mask (different R, G, B values) and no colour table; add class_dict.csv "
+            "(name,r,g,b per class) beside the data or save index masks"
+        )
+    decoder = ClassInfo([], [], colours=colours if colour_coded else None)
+    values: set[int] = set()
+    for mask, path in zip(masks, paths, strict=True):
+        values.update(int(v) for v in np.unique(decoder.stored_values(mask, path)))
+    lossy = any(p.suffix.lower() in LOSSY_SUFFIXES for p in paths)
+    if threshold is None and (lossy or _noisy_binary(values)) and not (names and len(names.names) > 2):
+        threshold = 128
+    if threshold is not None:
+        values = {int(v >= threshold) for v in values}
+    classes = discover_classes(values, names, source)
+    classes.colours, classes.threshold = decoder.colours, threshold
+    return classes
+
+
+def _is_tiff(path: Path) -> bool:
+    return path.suffix.lower() in (".tif", ".tiff")
+
+
+def _noisy_binary(values: set[int]) -> bool:
+    """Values only near 0 and near 255, some strictly between: a 0/255 mask saved with lossy compression."""
+    near = {v for v in values if v <= 20 or v >= 235}
+    return near == values and any(0 < v <= 20 for v in values) and any(235 <= v < 255 for v in values)
+
+
+def _multilabel_classes(
+    masks: list[np.ndarray], paths: list[Path], names: ClassNames | None, threshold: int | None
+) -> ClassInfo:
+    counts = {m.shape[-1] if m.ndim == 3 else 1 for m in masks}
+    if len(counts) != 1:
+        path = next(
+            p for m, p in zip(masks, paths, strict=True) if (m.shape[-1] if m.ndim == 3 else 1) != max(counts)
+        )
+        raise SegwiseError(
+            f"{path}: multilabel masks have different channel counts {sorted(counts)}; give every image "
+            "one channel per class"
+        )
+    (count,) = counts
+    labels = names.names if names else [f"class_{i}" for i in range(count)]
+    if len(labels) != count:
+        raise SegwiseError(
+            f"{names.path}: names {len(labels)} classes but the multilabel masks have {count} channels; "
+            "name each channel"
+        )
+    palette = names.colours if names and names.colours else []
+    return ClassInfo(labels, list(range(count)), None, palette, threshold=threshold, multilabel=True)
+
+
+def read_pair(
+    image_path: Path, mask_path: Path, source: DataSource | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read one pair (the mask through `source` for COCO or per-class folders) and check their sizes."""
+    image = read_image(image_path)
+    mask = source.read_mask((image_path, mask_path)) if source else read_mask(mask_path)
+    if image.shape[:2] != mask.shape[:2]:
+        (ih, iw), (mh, mw) = image.shape[:2], mask.shape[:2]
         raise SegwiseError(
             f"{mask_path}: mask is {mw}×{mh} but its image {image_path.name} is {iw}×{ih}; "
             "masks must match their images pixel for pixel"
@@ -194,8 +278,11 @@ def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    if mask.shape == tuple(size):
+    """Nearest-neighbour resize of H×W indices, or of C×H×W multilabel channels one by one."""
+    if mask.shape[-2:] == tuple(size):
         return mask
+    if mask.ndim == 3:
+        return np.stack([resize_mask(channel, size) for channel in mask])
     return np.asarray(Image.fromarray(mask).resize((size[1], size[0]), Image.NEAREST))
 
 
@@ -210,7 +297,8 @@ def choose_size(shapes: list[tuple[int, int]]) -> tuple[int, int]:
 
 @dataclass
 class SegmentationData:
-    """A decoded dataset: uint8 images N×H×W×C and class-index masks N×H×W per split."""
+    """A decoded dataset: uint8 images N×H×W×C and class-index masks N×H×W (multilabel: N×C×H×W of 0/1)
+    per split."""
 
     root: Path
     classes: ClassInfo
@@ -223,6 +311,11 @@ class SegmentationData:
     train_pairs: list[Pair]
     val_pairs: list[Pair]
     test_pairs: list[Pair]
+    source: DataSource | None = None
+
+    @property
+    def mode(self) -> str:
+        return self.classes.mode
 
     def mean_std(self) -> tuple[list[float], list[float]]:
         """Per-channel mean and std of the training images, on the 0..1 scale."""
@@ -246,21 +339,41 @@ def load_data(
     val_fraction: float = 0.2,
     seed: int = 0,
     classes: ClassInfo | None = None,
+    layout: str = "auto",
+    categories: list[str] | None = None,
+    mask_threshold: int | None = None,
 ) -> SegmentationData:
-    """Find, decode, check and cache a dataset. Pass `classes` to map masks to an existing run's classes."""
+    """Find, decode, check and cache a dataset. Pass `classes` to map masks to an existing run's classes.
+
+    `layout` names the layout instead of detecting it (formats.LAYOUTS); `categories` picks COCO
+    categories; `mask_threshold` makes every mask binary (stored value ≥ threshold is foreground).
+
+    >>> data = load_data("data/camvid", size=(352, 480))  # doctest: +SKIP
+    >>> data.classes.names, data.train_images.shape        # doctest: +SKIP
+    """
     root = Path(root)
-    found = find_pairs(root)
+    source = find_data(root, layout, categories)
+    source.check()
+    found = source.pairs
     if "val" in found and "train" in found:
         train_pairs, val_pairs = found["train"], found["val"]
     else:
         train_pairs, val_pairs = _split(found.get("train", found.get("all", [])), val_fraction, seed)
 
-    raw = {"train": [read_pair(*p) for p in train_pairs], "val": [read_pair(*p) for p in val_pairs]}
+    raw = {
+        "train": [read_pair(*p, source) for p in train_pairs],
+        "val": [read_pair(*p, source) for p in val_pairs],
+    }
     if classes is None:
-        values: set[int] = set()
-        for _, mask in raw["train"] + raw["val"]:
-            values.update(int(v) for v in np.unique(mask))
-        classes = discover_classes(values, read_class_names(root), root)
+        everything = raw["train"] + raw["val"]
+        classes = infer_classes(
+            [mask for _, mask in everything],
+            [p[1] for p in train_pairs + val_pairs],
+            source.class_names,
+            source.multilabel,
+            mask_threshold,
+            root,
+        )
 
     channel_counts = [image.shape[-1] for image, _ in raw["train"]]
     in_channels = max(set(channel_counts), key=channel_counts.count)
@@ -288,4 +401,5 @@ def load_data(
         train_pairs=train_pairs,
         val_pairs=val_pairs,
         test_pairs=found.get("test", []),
+        source=source,
     )
