@@ -131,6 +131,33 @@ def _command_list_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _categories(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _add_data_options(parser: argparse.ArgumentParser) -> None:
+    """How to read DATA: shared by check, plan and train."""
+    from .data.formats import LAYOUTS
+
+    parser.add_argument("--layout", choices=LAYOUTS, help="dataset layout (default: auto-detected)")
+    parser.add_argument(
+        "--categories", type=_categories, help="COCO: comma-separated category names to keep (default: all)"
+    )
+    parser.add_argument(
+        "--mask-threshold", type=int, help="binary masks: stored value ≥ this is foreground (e.g. 128)"
+    )
+
+
+def _command_check(args: argparse.Namespace) -> int:
+    from .data.check import check_data
+
+    report = check_data(
+        args.data, args.layout or "auto", categories=args.categories, mask_threshold=args.mask_threshold
+    )
+    print(report.text())
+    return report.exit_code
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="segwise",
@@ -248,6 +275,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     list_models.add_argument("pattern", nargs="?", default="*", help="shell-style pattern (default: *)")
     list_models.set_defaults(handler=_command_list_models)
+
+    check = commands.add_parser(
+        "check",
+        help="summarise DATA and list every problem in it",
+        formatter_class=formatter,
+        description="Read every image and mask once; print pairs per split, sizes, channels, classes with "
+        "pixel shares and the void share, then every problem (unmatched, duplicate, unreadable, size "
+        "mismatch, unexpected mask values, classes absent from a split).\n"
+        "Exit code 0: clean; 1: problems found; 2: DATA cannot be used at all.\n"
+        "Layouts: images/+masks/ (split subfolders, x_mask.png names, masks/<class>/ multilabel), fastai "
+        "(images/ labels/ codes.txt valid.txt), segnet (train/ trainannot/ ...), voc (JPEGImages/ "
+        "SegmentationClass/), coco (annotations/*.json); class names from class_dict.csv, classes.txt "
+        "or codes.txt.",
+        epilog="example:\n  segwise check data/camvid",
+    )
+    check.add_argument("data", help="dataset folder")
+    _add_data_options(check)
+    check.set_defaults(handler=_command_check)
     return parser
 
 

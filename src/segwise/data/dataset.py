@@ -18,6 +18,7 @@ Masks are mapped to class indices 0..K-1 with `IGNORE_INDEX` (255) for pixels th
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -173,8 +174,13 @@ def infer_classes(
     multilabel: bool = False,
     threshold: int | None = None,
     source: Path | None = None,
+    counts: Counter | None = None,
 ) -> ClassInfo:
-    """Decide the classes and the mask encoding from the masks as read (see the module docstring)."""
+    """Decide the classes and the mask encoding from the masks as read (see the module docstring).
+
+    `counts` (stored value → pixels) is computed from the masks unless given; it lets a mostly-0/255
+    dataset with a few other values (soft, anti-aliased edges) be refused instead of turned into classes.
+    """
     if not masks:
         raise SegwiseError(f"{source}: no masks to learn classes from; add image/mask pairs")
     tiff_channels = {m.shape[-1] for m, p in zip(masks, paths, strict=True) if m.ndim == 3 and _is_tiff(p)}
@@ -191,17 +197,36 @@ def infer_classes(
             "(name,r,g,b per class) beside the data or save index masks"
         )
     decoder = ClassInfo([], [], colours=colours if colour_coded else None)
+    given = counts is not None
+    counts = Counter() if counts is None else counts
     values: set[int] = set()
     for mask, path in zip(masks, paths, strict=True):
-        values.update(int(v) for v in np.unique(decoder.stored_values(mask, path)))
+        unique, pixels = np.unique(decoder.stored_values(mask, path), return_counts=True)
+        values.update(unique.tolist())
+        if not given:
+            counts.update(dict(zip(unique.tolist(), pixels.tolist(), strict=True)))
     lossy = any(p.suffix.lower() in LOSSY_SUFFIXES for p in paths)
     if threshold is None and (lossy or _noisy_binary(values)) and not (names and len(names.names) > 2):
         threshold = 128
+    if threshold is None and names is None and soft_binary_values(counts):
+        other = sorted(set(counts) - {0, 255})
+        raise SegwiseError(
+            f"{source}: masks are almost all 0/255 but also hold {len(other)} other value(s) {other[:6]}: "
+            "binary masks with soft edges? set the mask threshold (--mask-threshold 128) or fix the masks"
+        )
     if threshold is not None:
         values = {int(v >= threshold) for v in values}
     classes = discover_classes(values, names, source)
     classes.colours, classes.threshold = decoder.colours, threshold
     return classes
+
+
+def soft_binary_values(counts: Counter) -> bool:
+    """0 and 255 hold at least 99% of the pixels, and values other than 1 the rest (0/1/255 is binary
+    with void, however rare its foreground)."""
+    total = sum(counts.values())
+    other = set(counts) - {0, 1, 255}
+    return bool(other) and 0 in counts and 255 in counts and counts[0] + counts[255] >= 0.99 * total
 
 
 def _is_tiff(path: Path) -> bool:
