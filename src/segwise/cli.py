@@ -46,6 +46,10 @@ def _command_train(args: argparse.Namespace) -> int:
         precision=args.precision,
         device=args.device,
         seed=args.seed,
+        layout=args.layout,
+        categories=args.categories,
+        mask_threshold=args.mask_threshold,
+        weighting=args.weighting,
     )
     print(
         f"run folder: {result.run_dir}  (best val mIoU {result.best_miou:.4f} at epoch {result.best_epoch})"
@@ -146,6 +150,35 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--mask-threshold", type=int, help="binary masks: stored value ≥ this is foreground (e.g. 128)"
     )
+    if parser.prog.split()[-1] != "check":
+        parser.add_argument(
+            "--weighting",
+            choices=["none", "inverse", "one_minus", "median_frequency"],
+            help="class weights for the loss from pixel frequencies (default: none)",
+        )
+
+
+def _command_plan(args: argparse.Namespace) -> int:
+    from .data.plan import make_plan, write_plan
+
+    plan = make_plan(
+        args.data,
+        args.config,
+        device=args.device,
+        arch=args.arch,
+        encoder=args.encoder,
+        encoder_weights=args.encoder_weights,
+        size=args.size,
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        layout=args.layout,
+        categories=args.categories,
+        mask_threshold=args.mask_threshold,
+        weighting=args.weighting,
+    )
+    print("\n".join(plan.notes))
+    print(f"wrote {write_plan(plan, args.output)}")
+    return 0
 
 
 def _command_check(args: argparse.Namespace) -> int:
@@ -193,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     train.add_argument("--seed", type=int)
     train.add_argument("-q", "--quiet", action="store_true", help="print nothing but the result")
+    _add_data_options(train)
     train.set_defaults(handler=_command_train)
 
     predict = commands.add_parser(
@@ -293,6 +327,28 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("data", help="dataset folder")
     _add_data_options(check)
     check.set_defaults(handler=_command_check)
+
+    plan = commands.add_parser(
+        "plan",
+        help="self-configure training on DATA and write plan.yaml",
+        formatter_class=formatter,
+        description="Choose classes, mode, class weights, resolution, normalization, batch size (a memory "
+        "probe on the device) and epochs from DATA, and write them as an editable YAML that "
+        "`segwise train DATA -c plan.yaml` uses as is. `segwise train` without -c plans the same way.",
+        epilog="example:\n  segwise plan data/camvid --encoder resnet18 --weighting median_frequency -o plan.yaml",
+    )
+    plan.add_argument("data", help="dataset folder")
+    plan.add_argument("-o", "--output", default="plan.yaml", help="YAML to write (default: plan.yaml)")
+    plan.add_argument("-c", "--config", help="start from this plan/config YAML")
+    plan.add_argument("--arch", help="architecture (default: unet)")
+    plan.add_argument("--encoder", help="timm encoder (default: resnet34)")
+    plan.add_argument("--encoder-weights", help="none (default), imagenet, or a path to a state dict")
+    plan.add_argument("--size", type=_size, help="training size H or HxW instead of the planned one")
+    plan.add_argument("--batch-size", type=int, help="skip the memory probe and use this batch size")
+    plan.add_argument("--epochs", type=int)
+    plan.add_argument("--device", help="device to probe: auto, cpu, cuda or cuda:N")
+    _add_data_options(plan)
+    plan.set_defaults(handler=_command_plan)
     return parser
 
 

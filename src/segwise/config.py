@@ -65,14 +65,61 @@ class TrainConfig:
             )
 
 
+WEIGHTINGS = ("none", "inverse", "one_minus", "median_frequency")
+MODES = ("binary", "multiclass", "multilabel")
+
+
+@dataclass
+class DataConfig:
+    """How to read the data and what `segwise plan` learnt from it (data/plan.py explains each choice)."""
+
+    layout: str = "auto"  # auto | folders | fastai | segnet | voc | coco
+    categories: list[str] | None = None  # COCO: category names to keep (default: all)
+    mask_threshold: int | None = None  # binary masks: stored value ≥ threshold is foreground
+    weighting: str = (
+        "none"  # class weights from pixel frequencies: none | inverse | one_minus | median_frequency
+    )
+    class_weights: list[float] | None = None  # one per class, given to the loss; overrides `weighting`
+    mean: list[float] | None = None  # per input channel, 0..1 scale; None: chosen when training starts
+    std: list[float] | None = None
+    classes: list[str] | None = None  # recorded by the plan; training checks the data still has them
+    mode: str | None = None  # recorded by the plan: binary | multiclass | multilabel
+
+    def __post_init__(self) -> None:
+        from .data.formats import LAYOUTS
+
+        _check(self.layout in LAYOUTS, "data.layout", self.layout, " | ".join(LAYOUTS))
+        _check(self.weighting in WEIGHTINGS, "data.weighting", self.weighting, " | ".join(WEIGHTINGS))
+        _check(self.mode is None or self.mode in MODES, "data.mode", self.mode, " | ".join(MODES))
+        if self.mask_threshold is not None:
+            _check(0 < self.mask_threshold <= 65535, "data.mask_threshold", self.mask_threshold, "1..65535")
+        if self.class_weights is not None:
+            _check(
+                all(w >= 0 for w in self.class_weights) and any(w > 0 for w in self.class_weights),
+                "data.class_weights",
+                self.class_weights,
+                "non-negative numbers, one per class, not all zero",
+            )
+        for key in ("mean", "std"):
+            value = getattr(self, key)
+            _check(value is None or len(value) >= 1, f"data.{key}", value, "one number per input channel")
+        _check(
+            (self.mean is None) == (self.std is None) and (self.std is None or min(self.std) > 0),
+            "data.std",
+            self.std,
+            "positive numbers, given together with data.mean",
+        )
+
+
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
 
     def override(self, **values: Any) -> Config:
         """Set fields by name (`epochs=5`, `encoder="resnet18"`) wherever they live; unknown names fail."""
-        model, train = asdict(self.model), asdict(self.train)
+        model, train, data = asdict(self.model), asdict(self.train), asdict(self.data)
         for key, value in values.items():
             if value is None:
                 continue
@@ -80,10 +127,16 @@ class Config:
                 model[key] = value
             elif key in train:
                 train[key] = value
+            elif key in data:
+                data[key] = value
             else:
-                valid = sorted(set(model) | set(train))
+                valid = sorted(set(model) | set(train) | set(data))
                 raise SegwiseError(f"unknown option '{key}'; valid options are {valid}")
-        return Config(_build(ModelConfig, model, "model"), _build(TrainConfig, train, "train"))
+        return Config(
+            _build(ModelConfig, model, "model"),
+            _build(TrainConfig, train, "train"),
+            _build(DataConfig, data, "data"),
+        )
 
 
 @dataclass
@@ -92,6 +145,9 @@ class ClassesConfig:
     values: list[int]  # stored mask value of each class
     palette: list[list[int]]
     ignore_value: int | None = None  # stored mask value meaning "void"
+    colours: list[list[int]] | None = None  # colour-coded masks: colour of each stored value
+    threshold: int | None = None  # binary masks: stored value ≥ threshold is foreground
+    multilabel: bool = False  # masks hold one binary channel per class
 
 
 @dataclass
@@ -189,6 +245,6 @@ def write_yaml(path: str | Path, data: Any) -> None:
 
 
 def load_config(path: str | Path | None = None, **overrides: Any) -> Config:
-    """Read a plan YAML (sections `model` and `train`), then apply keyword overrides."""
+    """Read a plan YAML (sections `model`, `train` and `data`), then apply keyword overrides."""
     config = Config() if path is None else _build(Config, read_yaml(path), str(path))
     return config.override(**overrides)

@@ -18,6 +18,7 @@ Masks are mapped to class indices 0..K-1 with `IGNORE_INDEX` (255) for pixels th
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -311,13 +312,20 @@ def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(mask).resize((size[1], size[0]), Image.NEAREST))
 
 
-def choose_size(shapes: list[tuple[int, int]]) -> tuple[int, int]:
-    """Training H×W: the median image size, long side capped at MAX_TRAIN_SIDE, a multiple of 32."""
-    height, width = np.median(np.asarray(shapes), axis=0)
-    scale = min(1.0, MAX_TRAIN_SIDE / max(height, width))
-    if all(s == shapes[0] for s in shapes) and scale == 1.0:
-        return shapes[0]  # a uniform dataset trains at its own size; the model pads as needed
-    return (max(32, int(round(height * scale / 32)) * 32), max(32, int(round(width * scale / 32)) * 32))
+def choose_size(shapes: list[tuple[int, int]], max_side: int = MAX_TRAIN_SIDE) -> tuple[int, int]:
+    """Training H×W: the median aspect ratio at the median area, long side ≤ max_side, multiples of 32.
+
+    Ratio and area rather than median height and width, so that a set mixing portrait and landscape
+    images gets a shape that exists in it; a 2:1 set trains at e.g. 256×512, not squashed to a square.
+    """
+    array = np.asarray(shapes, dtype=np.float64)
+    if all(tuple(s) == tuple(shapes[0]) for s in shapes) and max(shapes[0]) <= max_side:
+        return tuple(int(v) for v in shapes[0])  # a uniform dataset trains at its own size; the model pads
+    ratio = float(np.median(array[:, 1] / array[:, 0]))  # W / H
+    area = float(np.median(array[:, 0] * array[:, 1]))
+    height, width = math.sqrt(area / ratio), math.sqrt(area * ratio)
+    scale = min(1.0, max_side / max(height, width))
+    return (max(32, int(height * scale / 32 + 0.5) * 32), max(32, int(width * scale / 32 + 0.5) * 32))
 
 
 @dataclass

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +19,14 @@ from tqdm.auto import tqdm
 
 from .. import run as runfolder
 from ..config import ClassesConfig, Config, PreprocessConfig, RunConfig, load_config
-from ..data import SegmentationData, load_data
+from ..data import SegmentationData
 from ..data.augment import random_dihedral
 from ..data.dataset import IGNORE_INDEX
+from ..data.plan import loss_options, make_plan
 from ..errors import SegwiseError
 from ..losses import build_loss
 from ..metrics import ConfusionMatrix
-from ..models import SegmentationModel, create_model
+from ..models import create_model
 from ..report.plots import plot_curves, sample_panel, write_sample_panels
 from .devices import autocast_dtype, pick_device
 
@@ -37,14 +38,6 @@ class TrainResult:
     best_miou: float
     history: list[dict]
     seconds: float
-
-
-def normalization(model: SegmentationModel, data: SegmentationData, pretrained: bool) -> tuple[list, list]:
-    """Pretrained encoders expect their own statistics; a model trained from scratch uses the data's."""
-    config = model.encoder.model.pretrained_cfg
-    if pretrained and data.in_channels == 3 and "mean" in config:
-        return list(config["mean"]), list(config["std"])
-    return data.mean_std()
 
 
 class Batches:
@@ -130,18 +123,26 @@ def train(
     `config` is a Config or a plan YAML; keyword overrides set any model/train field by name.
     """
     started = time.perf_counter()
+    planned = config is None  # no plan given: self-configure as `segwise plan` would (data/plan.py)
     if not isinstance(config, Config):
         config = load_config(config)
     config = config.override(**overrides)
     settings = config.train
-    torch.manual_seed(settings.seed)
     device = pick_device(settings.device)
     dtype = autocast_dtype(device, settings.precision)
     say = print if progress else (lambda *a, **k: None)
 
-    loss_fn = build_loss(settings.loss)  # a misspelt loss fails before any data is read or folder made
-    data_set = load_data(data, settings.size, settings.val_fraction, settings.seed)
+    build_loss(settings.loss)  # a misspelt loss fails before any data is read or folder made
+    plan = make_plan(data, None if planned else config, str(device), **(overrides if planned else {}))
+    config, settings, data_set = plan.config, plan.config.train, plan.data
+    torch.manual_seed(settings.seed)  # after the batch-size probe, so a probe never changes the run
     classes = data_set.classes
+    if classes.multilabel:
+        raise SegwiseError(
+            f"{data}: multilabel masks (one channel per class) load, check and plan, but the trainer "
+            "trains binary/multiclass data only so far; merge the labels into one index mask per image"
+        )
+    loss_fn = build_loss(settings.loss, **loss_options(settings.loss, config.data.class_weights))
     model = create_model(
         config.model.arch,
         encoder=config.model.encoder,
@@ -150,16 +151,25 @@ def train(
         encoder_weights=config.model.encoder_weights,
         **config.model.options,
     )
-    mean, std = normalization(model, data_set, config.model.encoder_weights is not None)
+    mean, std = config.data.mean, config.data.std  # chosen by the plan
     run_config = RunConfig(
         model=model.config,
-        classes=ClassesConfig(classes.names, classes.values, classes.palette, classes.ignore_value),
+        classes=ClassesConfig(
+            classes.names,
+            classes.values,
+            classes.palette,
+            classes.ignore_value,
+            classes.colours,
+            classes.threshold,
+            classes.multilabel,
+        ),
         preprocess=PreprocessConfig(list(data_set.size), mean, std),
         train=settings,
         data={
             "root": str(Path(data).resolve()),
             "train_images": len(data_set.train_images),
             "val_images": len(data_set.val_images),
+            "plan": asdict(config.data),
         },
     )
     run_dir = runfolder.create_run_dir(runs_dir, name or Path(data).resolve().name)

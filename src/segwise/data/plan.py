@@ -1,0 +1,330 @@
+"""Self-configuration: `segwise plan DATA -o plan.yaml`, and what `segwise train DATA` does without a plan.
+
+A plan is an ordinary config (sections model, train, data) with every data-dependent value filled in,
+written as YAML for a person to read and edit. How each value is chosen:
+
+- classes, their names, the mode (binary / multiclass / multilabel) and the void value: from the masks
+  and class-name files (dataset.py); recorded so that training refuses data that no longer matches;
+- resolution: the median aspect ratio and median area of the images, long side capped (512 on a CPU,
+  1024 on a GPU), both sides multiples of 32 (a uniform dataset under the cap keeps its own size);
+- normalization: the encoder's ImageNet mean/std when it starts from pretrained weights and the images
+  are RGB, the training images' own mean/std otherwise;
+- class weights (`weighting`): from the training masks' pixel frequencies f_c:
+  inverse 1/f_c and one_minus 1 − f_c (both scaled to mean 1), or median_frequency median(f)/f_c with
+  f_c the class's pixels over the pixels of the images it appears in (Eigen & Fergus 2015, SegNet);
+  classes with no training pixels get weight 0. Default none: weights can hurt as often as help;
+- batch size: a real probe of the training step (forward + backward at the planned size) on the training
+  device. On a GPU the batch doubles until the peak memory passes 80 % of the card or it runs out; on a
+  CPU the activation memory saved for backward is measured at batch 1 and 2 and the batch is the largest
+  power of two whose step stays within a RAM budget (a quarter of the machine's memory, at most 8 GiB).
+  Either way at most 32 and at most an eighth of the training images (but 2 or more), so an epoch has
+  several steps;
+- epochs: about 20 000 image presentations on a GPU, 5 000 on a CPU, between 10 and 300 epochs.
+
+Values given explicitly (command-line options, keyword overrides) are kept, and their probes skipped.
+
+    >>> plan = make_plan("data/camvid", encoder="resnet18")  # doctest: +SKIP
+    >>> write_plan(plan, "plan.yaml")                          # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from ..config import Config, DataConfig, load_config
+from ..errors import SegwiseError
+from ..io import atomic_path
+from .dataset import IGNORE_INDEX, SegmentationData, choose_size, load_data
+from .formats import find_data
+
+MAX_SIDE = {"cpu": 512, "cuda": 1024}
+PRESENTATIONS = {"cpu": 5_000, "cuda": 20_000}
+MIN_EPOCHS, MAX_EPOCHS = 10, 300
+MAX_BATCH = 32
+GPU_MEMORY_SHARE = 0.8
+CPU_BUDGET_BYTES = 8 * 2**30
+
+
+@dataclass
+class Plan:
+    """A filled-in config and the decoded data it was made from (so training need not decode twice)."""
+
+    config: Config
+    data: SegmentationData
+    notes: list[str]  # one line per decision, written as comments at the top of plan.yaml
+
+
+def make_plan(
+    data: str | Path,
+    config: Config | str | Path | None = None,
+    probe_device: str | None = None,
+    **overrides: Any,
+) -> Plan:
+    """Plan training on `data`: fill every value not given in `config` or `overrides` (see the module docstring).
+
+    `probe_device` is where the batch-size probe runs (default: the config's training device).
+    """
+    given = {key for key, value in overrides.items() if value is not None}
+    if isinstance(config, (str, Path)):
+        config = load_config(config)
+    if config is not None:
+        given |= {"size", "batch_size", "epochs"}  # a config file already decided these
+    config = (config or Config()).override(**overrides)
+    settings, options = config.train, config.data
+    dev = torch.device(probe_device or _device(settings.device))
+    notes: list[str] = []
+
+    size = settings.size
+    if size is None:
+        size = planned_size(data, options, MAX_SIDE.get(dev.type, 1024))
+        notes.append(f"size {size[0]}×{size[1]}: median aspect ratio and area, long side ≤ {max(size)}")
+    data_set = load_data(
+        data,
+        tuple(size),
+        settings.val_fraction,
+        settings.seed,
+        layout=options.layout,
+        categories=options.categories,
+        mask_threshold=options.mask_threshold,
+    )
+    classes = data_set.classes
+    _check_recorded(options, data_set)
+    notes.append(
+        f"{classes.num_classes} classes ({classes.mode}): {', '.join(classes.names)}"
+        + (
+            f"; stored value {classes.ignore_value} is void (ignored)"
+            if classes.ignore_value is not None
+            else ""
+        )
+    )
+    frequencies = class_frequencies(data_set)
+    notes.append("training pixel share per class: " + ", ".join(f"{f:.4f}" for f in frequencies))
+    weights = options.class_weights
+    if weights is None and options.weighting != "none":
+        weights = class_weights(data_set, options.weighting)
+        notes.append(f"class weights ({options.weighting}): {', '.join(f'{w:.3f}' for w in weights)}")
+    mean, std = options.mean, options.std
+    if mean is None:
+        mean, std, source = normalization(config, data_set)
+        notes.append(f"normalization: {source}")
+
+    batch_size = settings.batch_size
+    if "batch_size" not in given:
+        batch_size, how = probe_batch_size(config, data_set, dev)
+        notes.append(f"batch size {batch_size}: {how}")
+    epochs = settings.epochs
+    if "epochs" not in given:
+        epochs = planned_epochs(len(data_set.train_images), dev.type)
+        notes.append(f"epochs {epochs}: about {PRESENTATIONS.get(dev.type, 20_000)} image presentations")
+
+    planned = config.override(
+        size=list(size),
+        batch_size=batch_size,
+        epochs=epochs,
+        class_weights=weights,
+        mean=[round(float(v), 6) for v in mean],
+        std=[round(float(v), 6) for v in std],
+        classes=list(classes.names),
+        mode=classes.mode,
+        layout=data_set.source.layout if data_set.source else options.layout,
+    )
+    return Plan(planned, data_set, notes)
+
+
+def write_plan(plan: Plan, path: str | Path) -> Path:
+    """plan.yaml: the decisions as comments, then the config `segwise train -c` reads."""
+    path = Path(path)
+    header = "# segwise plan — edit freely; `segwise train DATA -c plan.yaml` uses it as is.\n"
+    header += "".join(f"# {note}\n" for note in plan.notes)
+    with atomic_path(path) as tmp:
+        tmp.write_text(header + yaml.safe_dump(asdict(plan.config), sort_keys=False))
+    return path
+
+
+def _device(name: str) -> str:
+    from ..engine.devices import pick_device
+
+    return str(pick_device(name))
+
+
+def _check_recorded(options: DataConfig, data_set: SegmentationData) -> None:
+    """A plan records the classes and mode it saw; data that has changed since must be re-planned."""
+    classes = data_set.classes
+    if options.classes is not None and len(options.classes) != classes.num_classes:
+        raise SegwiseError(
+            f"data.classes: the plan names {len(options.classes)} classes but {data_set.root} has "
+            f"{classes.num_classes} ({classes.names}); run `segwise plan` again or fix the list"
+        )
+    if options.classes is not None:
+        classes.names = list(options.classes)  # renaming classes in the plan is allowed
+    if options.mode is not None and options.mode != classes.mode:
+        raise SegwiseError(
+            f"data.mode: the plan says {options.mode} but {data_set.root} is {classes.mode}; "
+            "run `segwise plan` again or fix the mode"
+        )
+    if options.class_weights is not None and len(options.class_weights) != classes.num_classes:
+        raise SegwiseError(
+            f"data.class_weights: {len(options.class_weights)} weights for {classes.num_classes} classes; "
+            "give one weight per class"
+        )
+
+
+def planned_size(data: str | Path, options: DataConfig, max_side: int) -> list[int]:
+    """The training H×W from the image headers (no decoding): see the module docstring."""
+    from PIL import Image
+
+    from ..io import read_image
+
+    source = find_data(data, options.layout, options.categories)
+    shapes = []
+    for pairs in source.pairs.values():
+        for image_path, _ in pairs:
+            try:
+                with Image.open(image_path) as image:
+                    shapes.append((image.height, image.width))
+            except OSError:  # TIFFs Pillow cannot open; load_data reports truly unreadable files
+                shapes.append(read_image(image_path).shape[:2])
+    return list(choose_size(shapes, max_side))
+
+
+def class_frequencies(data_set: SegmentationData) -> list[float]:
+    """Share of the (non-void) training pixels in each class; multilabel: share of pixels with the label."""
+    masks, count = data_set.train_masks, data_set.classes.num_classes
+    if data_set.classes.multilabel:
+        return [float(v) for v in masks.mean(axis=(0, 2, 3))]
+    counts = np.bincount(masks[masks != IGNORE_INDEX].ravel(), minlength=count)[:count]
+    return (counts / max(1, counts.sum())).tolist()
+
+
+def class_weights(data_set: SegmentationData, weighting: str) -> list[float]:
+    """Per-class loss weights from the training masks (see the module docstring); absent classes get 0."""
+    masks, count = data_set.train_masks, data_set.classes.num_classes
+    if data_set.classes.multilabel:
+        raise SegwiseError("data.weighting: class weights are for binary/multiclass data; set it to none")
+    per_image = np.stack([np.bincount(m[m != IGNORE_INDEX].ravel(), minlength=count)[:count] for m in masks])
+    totals = per_image.sum(0).astype(np.float64)
+    present = totals > 0
+    if weighting == "median_frequency":
+        # f_c = pixels of c / pixels of the images where c appears
+        image_pixels = per_image.sum(1, keepdims=True)
+        frequency = totals / np.maximum(1, (image_pixels * (per_image > 0)).sum(0))
+        weights = np.where(present, np.median(frequency[present]) / np.maximum(frequency, 1e-12), 0.0)
+        return [round(float(w), 6) for w in weights]
+    frequency = totals / max(1.0, totals.sum())
+    raw = 1.0 / np.maximum(frequency, 1e-12) if weighting == "inverse" else 1.0 - frequency
+    raw = np.where(present, raw, 0.0)
+    return [round(float(w), 6) for w in raw / raw[present].mean()]
+
+
+def normalization(config: Config, data_set: SegmentationData) -> tuple[list[float], list[float], str]:
+    """ImageNet statistics for a pretrained encoder on RGB input, the data's own otherwise."""
+    if config.model.encoder_weights is not None and data_set.in_channels == 3:
+        import timm
+
+        pretrained = timm.models.get_pretrained_cfg(config.model.encoder.split(".")[0])
+        if pretrained is not None and getattr(pretrained, "mean", None):
+            return list(pretrained.mean), list(pretrained.std), "the pretrained encoder's mean/std"
+    mean, std = data_set.mean_std()
+    return mean, std, "mean/std of the training images"
+
+
+def planned_epochs(train_images: int, device_type: str) -> int:
+    presentations = PRESENTATIONS.get(device_type, 20_000)
+    return int(np.clip(round(presentations / max(1, train_images)), MIN_EPOCHS, MAX_EPOCHS))
+
+
+def probe_batch_size(config: Config, data_set: SegmentationData, device: torch.device) -> tuple[int, str]:
+    """The largest power-of-two batch whose training step fits in memory (see the module docstring)."""
+    from ..models import create_model
+
+    cap = max(2, min(MAX_BATCH, len(data_set.train_images) // 8))
+    model = create_model(
+        config.model.arch,
+        encoder=config.model.encoder,
+        num_classes=data_set.classes.num_classes,
+        in_channels=data_set.in_channels,
+        encoder_weights=None,  # the probe needs the shapes, not the weights
+        **config.model.options,
+    ).to(device)
+    model.train()
+    height, width = data_set.size
+    parameters = sum(p.numel() * p.element_size() for p in model.parameters())
+
+    def step(batch: int) -> int:
+        """One forward + backward; returns the bytes of activations saved for the backward pass."""
+        saved = 0
+
+        def pack(tensor: torch.Tensor) -> torch.Tensor:
+            nonlocal saved
+            saved += tensor.numel() * tensor.element_size()
+            return tensor
+
+        x = torch.randn(batch, data_set.in_channels, height, width, device=device)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = model(x)
+        out.float().mean().backward()
+        model.zero_grad(set_to_none=True)
+        return saved
+
+    if device.type == "cuda":
+        budget = GPU_MEMORY_SHARE * torch.cuda.get_device_properties(device).total_memory
+        best, batch = 0, 1
+        while batch <= cap:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+            try:
+                step(batch)
+            except torch.OutOfMemoryError:
+                break
+            if torch.cuda.max_memory_allocated(device) > budget:
+                break
+            best, batch = batch, batch * 2
+        del model
+        torch.cuda.empty_cache()
+        if best == 0:
+            raise SegwiseError(
+                f"a batch of 1 at {height}×{width} does not fit in GPU memory; lower --size or pick a smaller model"
+            )
+        return (
+            best,
+            f"largest power of two whose step peaks under {GPU_MEMORY_SHARE:.0%} of GPU memory (cap {cap})",
+        )
+    one, two = step(1), step(2)
+    per_sample, fixed = max(1, two - one), max(0, 2 * one - two)
+    budget = min(CPU_BUDGET_BYTES, _ram_bytes() // 4)
+    # weights, gradients and two AdamW moments: 4× the parameters; input and output images: small
+    fits = max(1, int((budget - 4 * parameters - fixed) // (per_sample * 1.2)))  # 20 % for workspace
+    batch = 2 ** int(math.log2(min(fits, cap)))
+    return batch, (
+        f"activations {per_sample / 2**20:.0f} MiB per image measured on the CPU; largest power of two "
+        f"within {budget / 2**30:.1f} GiB RAM (cap {cap})"
+    )
+
+
+def _ram_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 8 * 2**30
+
+
+def loss_options(spec: str | dict, weights: list[float] | None) -> dict[str, dict[str, Any]]:
+    """build_loss keyword options that give `weights` to every term of the loss that takes class weights."""
+    from ..losses import LOSSES, _options_of
+
+    if weights is None:
+        return {}
+    names = [n.strip() for n in spec.split("+")] if isinstance(spec, str) else list(spec)
+    return {
+        n: {"class_weights": weights}
+        for n in names
+        if n in LOSSES and "class_weights" in _options_of(LOSSES[n])
+    }
