@@ -1,0 +1,183 @@
+"""Self-configuration: `segwise plan` and the plan `segwise train` makes when given none."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import segwise
+from segwise.config import RunConfig, load_config
+from segwise.data import plan as planning
+from segwise.data.dataset import IGNORE_INDEX, ClassInfo, SegmentationData, choose_size
+from segwise.data.plan import (
+    class_weights,
+    loss_options,
+    make_plan,
+    planned_epochs,
+    probe_batch_size,
+    write_plan,
+)
+from segwise.errors import SegwiseError
+from segwise.losses import build_loss
+
+from .conftest import TINY, run_cli, write_pair
+
+TINY_MODEL = {"encoder": TINY["encoder"], "options": TINY["options"]}
+
+
+def _data(masks: np.ndarray, num_classes: int) -> SegmentationData:
+    images = np.zeros((*masks.shape, 3), np.uint8)
+    classes = ClassInfo([f"c{i}" for i in range(num_classes)], list(range(num_classes)))
+    return SegmentationData(
+        Path("."), classes, masks.shape[1:], 3, images, masks, images[:1], masks[:1], [], [], []
+    )
+
+
+def test_size_keeps_the_typical_aspect_ratio_in_multiples_of_32():
+    flukes = [(384, 768)] * 5 + [(400, 790), (380, 770)]  # 2:1 crops
+    assert choose_size(flukes, max_side=512) == (256, 512)
+    # Half portrait, half landscape plus one square: the median shape exists in the set, not a blend.
+    mixed = [(300, 400)] * 3 + [(400, 300)] * 2
+    assert choose_size(mixed, max_side=512) == (288, 416)  # 300×400 in multiples of 32
+    assert choose_size([(100, 150)] * 3, max_side=512) == (100, 150)  # uniform and small: kept as is
+
+
+def test_class_weights_follow_their_formulas():
+    # Two images 1×10: image 0 holds classes 0 (6 px) and 1 (4 px); image 1 holds 0 (9 px) and 2 (1 px).
+    masks = np.array([[[0] * 6 + [1] * 4], [[0] * 9 + [2] * 1]], np.uint8)
+    data = _data(masks, 4)  # class 3 never appears
+    frequency = np.array([15, 4, 1]) / 20
+    inverse = 1 / frequency
+    np.testing.assert_allclose(class_weights(data, "inverse")[:3], inverse / inverse.mean(), rtol=1e-5)
+    one_minus = 1 - frequency
+    np.testing.assert_allclose(class_weights(data, "one_minus")[:3], one_minus / one_minus.mean(), rtol=1e-5)
+    # median frequency: f_c over the pixels of the images containing c (Eigen & Fergus)
+    f = np.array([15 / 20, 4 / 10, 1 / 10])
+    np.testing.assert_allclose(class_weights(data, "median_frequency")[:3], np.median(f) / f, rtol=1e-5)
+    assert class_weights(data, "inverse")[3] == 0 and class_weights(data, "median_frequency")[3] == 0
+
+
+def test_void_pixels_do_not_count_towards_frequencies():
+    masks = np.array([[[0, 0, 1, IGNORE_INDEX, IGNORE_INDEX]]], np.uint8)
+    np.testing.assert_allclose(class_weights(_data(masks, 2), "one_minus"), [2 / 3, 4 / 3], rtol=1e-5)
+
+
+def test_class_weights_reach_every_weighted_loss_term():
+    options = loss_options("ce+dice", [0.5, 2.0])
+    loss = build_loss("ce+dice", **options)
+    assert sorted(loss.terms) == ["ce", "dice"]
+    for term in loss.terms.values():
+        assert torch.equal(term.class_weights, torch.tensor([0.5, 2.0]))
+    assert loss_options("ce", None) == {}
+
+
+def test_epochs_scale_with_dataset_size_within_bounds():
+    assert planned_epochs(367, "cpu") == 14 and planned_epochs(367, "cuda") == 54
+    assert planned_epochs(10, "cpu") == 300 and planned_epochs(100_000, "cuda") == 10
+
+
+def test_cpu_batch_probe_measures_and_respects_the_memory_budget(shapes_data, monkeypatch):
+    data = make_plan(shapes_data, batch_size=2, epochs=1, **TINY_MODEL).data
+    config = load_config(None, **TINY_MODEL)
+    batch, how = probe_batch_size(config, data, torch.device("cpu"))
+    assert batch == 2 and "MiB per image" in how  # 16 training images: capped at an eighth
+    monkeypatch.setattr(planning, "MAX_BATCH", 64)
+    monkeypatch.setattr(planning, "CPU_BUDGET_BYTES", 1)  # nothing fits: still one image per step
+    monkeypatch.setattr(data, "train_images", np.repeat(data.train_images, 8, axis=0))
+    assert probe_batch_size(config, data, torch.device("cpu"))[0] == 1
+
+
+def test_plan_yaml_round_trips_and_is_commented(shapes_data, tmp_path):
+    plan = make_plan(shapes_data, weighting="median_frequency", **TINY_MODEL)
+    path = write_plan(plan, tmp_path / "plan.yaml")
+    text = path.read_text()
+    assert text.startswith("# segwise plan") and "# batch size" in text and "# epochs" in text
+    assert load_config(path) == plan.config
+    data = plan.config.data
+    assert data.classes == ["background", "disc", "rectangle", "triangle", "ring"]
+    assert data.mode == "multiclass" and len(data.class_weights) == 5
+    assert plan.config.train.size == [64, 64] and plan.config.train.batch_size == 2
+    mean, std = plan.data.mean_std()
+    assert data.mean == pytest.approx(mean, abs=1e-5) and data.std == pytest.approx(std, abs=1e-5)
+
+
+def test_pretrained_encoders_get_their_own_normalization(shapes_data):
+    plan = make_plan(shapes_data, batch_size=2, epochs=1, encoder_weights="imagenet", **TINY_MODEL)
+    assert plan.config.data.mean == [0.5, 0.5, 0.5]  # timm's test_resnet statistics, not the data's
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ({"weighting": "loud"}, r"data\.weighting: 'loud' is not valid; expected none \| inverse"),
+        ({"colour": 1}, r"data: unknown key\(s\) \['colour'\]"),
+        ({"class_weights": [1.0, 2.0]}, r"data\.class_weights: 2 weights for 5 classes"),
+        ({"classes": ["a", "b"]}, r"data\.classes: the plan names 2 classes but .* has 5"),
+        ({"mode": "binary"}, r"data\.mode: the plan says binary but .* is multiclass"),
+        ({"std": [0.0, 1.0, 1.0]}, r"data\.std: .* positive numbers"),
+    ],
+)
+def test_edited_plans_are_validated_with_clear_messages(shapes_data, tmp_path, edit, message):
+    plan = make_plan(shapes_data, batch_size=2, epochs=1, **TINY_MODEL)
+    path = write_plan(plan, tmp_path / "plan.yaml")
+    values = yaml.safe_load(path.read_text())
+    values["data"].update(edit)
+    path.write_text(yaml.safe_dump(values))
+    with pytest.raises(SegwiseError, match=message):
+        make_plan(shapes_data, path)
+
+
+def test_renaming_classes_in_the_plan_renames_them(shapes_data, tmp_path):
+    plan = make_plan(shapes_data, batch_size=2, epochs=1, **TINY_MODEL)
+    path = write_plan(plan, tmp_path / "plan.yaml")
+    values = yaml.safe_load(path.read_text())
+    values["data"]["classes"] = ["bg", "a", "b", "c", "d"]
+    path.write_text(yaml.safe_dump(values))
+    assert make_plan(shapes_data, path).data.classes.names == ["bg", "a", "b", "c", "d"]
+
+
+def test_training_uses_the_plan_and_records_class_weights(shapes_data, tmp_path):
+    plan = make_plan(shapes_data, batch_size=4, epochs=1, weighting="inverse", **TINY_MODEL)
+    path = write_plan(plan, tmp_path / "plan.yaml")
+    run = segwise.train(shapes_data, path, runs_dir=tmp_path / "runs", progress=False).run_dir
+    saved = RunConfig.load(run / "config.yaml")
+    assert saved.data["plan"]["class_weights"] == plan.config.data.class_weights
+    assert saved.train.batch_size == 4 and saved.preprocess.mean == plan.config.data.mean
+
+
+def test_training_refuses_multilabel_data_with_a_clear_message(tmp_path):
+    import shutil
+
+    for index in range(3):
+        write_pair(tmp_path, f"s{index}")
+        for name in ("road", "car"):  # masks/<class>/: one binary mask per class
+            (tmp_path / "masks" / name).mkdir(exist_ok=True)
+            shutil.copy(tmp_path / "masks" / f"s{index}.png", tmp_path / "masks" / name / f"s{index}.png")
+        (tmp_path / "masks" / f"s{index}.png").unlink()
+    with pytest.raises(SegwiseError, match="multilabel masks .* trainer trains binary/multiclass data only"):
+        segwise.train(
+            tmp_path, runs_dir=tmp_path / "runs", progress=False, epochs=1, batch_size=2, **TINY_MODEL
+        )
+
+
+def test_plan_cli_writes_a_plan_train_accepts(shapes_data, tmp_path):
+    out = tmp_path / "plan.yaml"
+    result = run_cli(
+        "plan",
+        str(shapes_data),
+        "-o",
+        str(out),
+        "--encoder",
+        "test_resnet",
+        "--epochs",
+        "1",
+        "--device",
+        "cpu",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "batch size" in result.stdout and out.is_file()
+    assert load_config(out).train.epochs == 1
+    bad = run_cli("plan", str(tmp_path / "nowhere"), "-o", str(out))
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
