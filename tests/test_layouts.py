@@ -344,3 +344,20 @@ def test_jpeg_image_exif_orientation_is_applied_when_loading(tmp_path):
     for image, _ in loaded_samples(data).values():
         assert image.shape == (H, W, 3)
         assert np.abs(image.astype(int) - smooth).mean() < 8  # right way up (upside down differs by ~80)
+
+
+def test_a_named_layout_that_does_not_fit_says_what_it_expects(tmp_path):
+    flat(tmp_path)
+    with pytest.raises(SegwiseError, match=r"does not look like a voc dataset; expected DATA/JPEGImages/"):
+        find_data(tmp_path, layout="voc")
+    with pytest.raises(SegwiseError, match=r"layout 'kitti' is not known; choose from \['auto'"):
+        find_data(tmp_path, layout="kitti")
+
+
+def test_unknown_colour_in_a_colour_coded_mask_names_file_and_colour(tmp_path):
+    rgb_coded(tmp_path)
+    mask = np.asarray(Image.open(tmp_path / "masks" / "a1.png")).copy()
+    mask[0, 0] = [1, 2, 3]
+    Image.fromarray(mask).save(tmp_path / "masks" / "a1.png")
+    with pytest.raises(SegwiseError, match=r"a1\.png: colours \[\[1, 2, 3\]\] are not in the colour table"):
+        load_data(tmp_path)

@@ -181,3 +181,10 @@ def test_plan_cli_writes_a_plan_train_accepts(shapes_data, tmp_path):
     assert load_config(out).train.epochs == 1
     bad = run_cli("plan", str(tmp_path / "nowhere"), "-o", str(out))
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the CPU probe is tested above)")
+def test_gpu_batch_probe_doubles_until_the_cap_or_the_memory_budget(shapes_data):
+    data = make_plan(shapes_data, batch_size=2, epochs=1, **TINY_MODEL).data
+    batch, how = probe_batch_size(load_config(None, **TINY_MODEL), data, torch.device("cuda"))
+    assert batch == 2 and "GPU memory" in how  # a tiny model at 64×64 fits up to the cap
