@@ -10,6 +10,8 @@ from segwise.data.check import check_data
 from segwise.errors import SegwiseError
 
 from .conftest import run_cli
+from .test_data import SHARED, needs_shared
+from .test_layouts import WRITERS, coco
 
 
 def _pair(root: Path, split: str, stem: str, mask: np.ndarray, image_suffix: str = ".png") -> None:
@@ -126,3 +128,33 @@ def test_soft_edged_binary_masks_are_flagged_per_file(tmp_path):
     report = check_data(tmp_path)
     assert report.classes.values == [0, 255]
     assert [(p.kind, p.path.name) for p in report.problems] == [("unexpected values", "s2.png")]
+
+
+@pytest.mark.parametrize("write", WRITERS, ids=lambda w: w.__name__)
+def test_every_layout_fixture_checks_clean(tmp_path, write):
+    write(tmp_path)
+    report = check_data(tmp_path, categories=["cat", "dog"] if write is coco else None)
+    assert report.problems == [], report.text()
+    assert report.classes.names == ["background", "cat", "dog"]
+    assert sum(report.pairs_per_split.values()) == 4
+
+
+def test_multilabel_folders_check_per_class_shares(tmp_path):
+    for index in range(3):
+        (tmp_path / "images").mkdir(exist_ok=True)
+        Image.new("RGB", (10, 10)).save(tmp_path / "images" / f"s{index}.png")
+        for name, columns in (("road", 5), ("car", 2), ("sky", 1)):
+            mask = np.zeros((10, 10), np.uint8)
+            mask[:, :columns] = 255
+            (tmp_path / "masks" / name).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(mask).save(tmp_path / "masks" / name / f"s{index}.png")
+    report = check_data(tmp_path)
+    assert report.classes.multilabel and report.classes.names == ["car", "road", "sky"]
+    assert report.pixels["all"] == [60, 150, 30] and report.problems == []
+
+
+@needs_shared
+def test_camvid11_checks_clean_with_void_share():
+    report = check_data(SHARED / "camvid11")
+    assert report.problems == [] and report.pairs_per_split == {"train": 367, "val": 101}
+    assert report.classes.num_classes == 11 and report.void_pixels["train"] > 0

@@ -117,6 +117,7 @@ def test_pretrained_encoders_get_their_own_normalization(shapes_data):
         ({"classes": ["a", "b"]}, r"data\.classes: the plan names 2 classes but .* has 5"),
         ({"mode": "binary"}, r"data\.mode: the plan says binary but .* is multiclass"),
         ({"std": [0.0, 1.0, 1.0]}, r"data\.std: .* positive numbers"),
+        ({"mean": [0.5], "std": [0.2]}, r"data\.mean: 1 values for images with 3 channel\(s\)"),
     ],
 )
 def test_edited_plans_are_validated_with_clear_messages(shapes_data, tmp_path, edit, message):

@@ -163,7 +163,8 @@ def _read(source: DataSource, split: str, pair: Pair, problems: list[Problem]) -
             )
         )
         return None
-    colour = mask.ndim == 3 and mask.shape[-1] == 3 and not np.all(mask == mask[..., :1])
+    multilabel = _is_multilabel(source, mask_path)
+    colour = not multilabel and mask.ndim == 3 and mask.shape[-1] == 3 and not np.all(mask == mask[..., :1])
     names = source.class_names
     if colour and names and names.colours:
         try:
@@ -171,7 +172,7 @@ def _read(source: DataSource, split: str, pair: Pair, problems: list[Problem]) -
         except SegwiseError as error:
             problems.append(Problem(mask_path, "unexpected values", _without_path(error, mask_path)))
             return None
-    elif mask.ndim == 3 and not colour and mask.shape[-1] == 3 and not _is_multilabel(source, mask_path):
+    elif mask.ndim == 3 and not colour and mask.shape[-1] == 3 and not multilabel:
         mask = mask[..., 0]  # a gray mask saved as RGB
     if mask.ndim == 3 and not colour:  # multilabel: positives per channel, threshold decided later
         counts = Counter({c: int(np.count_nonzero(mask[..., c])) for c in range(mask.shape[-1])})

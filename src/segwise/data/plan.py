@@ -170,6 +170,13 @@ def _check_recorded(options: DataConfig, data_set: SegmentationData) -> None:
             f"data.mode: the plan says {options.mode} but {data_set.root} is {classes.mode}; "
             "run `segwise plan` again or fix the mode"
         )
+    for key in ("mean", "std"):
+        value = getattr(options, key)
+        if value is not None and len(value) != data_set.in_channels:
+            raise SegwiseError(
+                f"data.{key}: {len(value)} values for images with {data_set.in_channels} channel(s); "
+                "give one per channel or remove the key to compute it"
+            )
     if options.class_weights is not None and len(options.class_weights) != classes.num_classes:
         raise SegwiseError(
             f"data.class_weights: {len(options.class_weights)} weights for {classes.num_classes} classes; "
