@@ -23,6 +23,7 @@ from segwise.errors import SegwiseError
 from segwise.losses import build_loss
 
 from .conftest import TINY, run_cli, write_pair
+from .test_data import SHARED, needs_shared
 
 TINY_MODEL = {"encoder": TINY["encoder"], "options": TINY["options"]}
 
@@ -189,3 +190,20 @@ def test_gpu_batch_probe_doubles_until_the_cap_or_the_memory_budget(shapes_data)
     data = make_plan(shapes_data, batch_size=2, epochs=1, **TINY_MODEL).data
     batch, how = probe_batch_size(load_config(None, **TINY_MODEL), data, torch.device("cuda"))
     assert batch == 2 and "GPU memory" in how  # a tiny model at 64×64 fits up to the cap
+
+
+def test_plan_keeps_the_layout_options_it_was_given(tmp_path):
+    from .test_layouts import coco
+
+    coco(tmp_path)
+    plan = make_plan(tmp_path, categories=["dog", "cat"], batch_size=2, epochs=1, **TINY_MODEL)
+    assert plan.config.data.layout == "coco" and plan.config.data.categories == ["dog", "cat"]
+    assert plan.config.data.classes == ["background", "dog", "cat"]
+
+
+@needs_shared
+def test_isbi2012_plans_binary_one_channel_at_its_own_size():
+    plan = make_plan(SHARED / "isbi2012", epochs=1, **TINY_MODEL)
+    data = plan.config.data
+    assert data.mode == "binary" and len(data.mean) == 1 and plan.config.train.size == [512, 512]
+    assert plan.config.train.batch_size >= 1
