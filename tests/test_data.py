@@ -207,3 +207,10 @@ def test_malformed_class_dict_names_the_line(tmp_path):
     (tmp_path / "class_dict.csv").write_text("name,r,g,b\nsky,1,2\n")
     with pytest.raises(SegwiseError, match=r"class_dict\.csv: line 2"):
         load_data(tmp_path)
+
+
+def test_class_dict_with_a_byte_order_mark_is_read(tmp_path):
+    for index in range(3):
+        write_pair(tmp_path, f"s{index}", mask_values=(0, 1))
+    (tmp_path / "class_dict.csv").write_text("\ufeffname,r,g,b\nsky,1,2,3\nroad,4,5,6\n", encoding="utf-8")
+    assert load_data(tmp_path).classes.names == ["sky", "road"]

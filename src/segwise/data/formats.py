@@ -126,8 +126,16 @@ def read_class_names(root: Path) -> ClassNames | None:
     return None
 
 
+def _read_lines(path: Path) -> list[str]:
+    """Non-empty stripped lines of a small text file (utf-8, a byte-order mark from Excel tolerated)."""
+    try:
+        return [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as error:
+        raise SegwiseError(f"{path}: cannot read this text file ({error}); save it as UTF-8 text") from None
+
+
 def _parse_class_file(path: Path) -> ClassNames | None:
-    lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    lines = _read_lines(path)
     if path.suffix.lower() != ".csv":
         return ClassNames(lines, None, path) if lines else None
     rows = list(csv.reader(lines))
@@ -247,8 +255,8 @@ def _split_by_lists(
     found: dict[str, list[Pair]] = {}
     for split, path in lists.items():
         found[split] = []
-        for line in path.read_text().splitlines():
-            stem = Path(line.strip()).stem
+        for line in _read_lines(path):
+            stem = Path(line).stem
             if not stem:
                 continue
             if stem in by_stem:
@@ -382,7 +390,7 @@ def _voc(root: Path, problems: list[Problem]) -> DataSource | None:
     masks = _image_files(root / "SegmentationClass", problems)
     lists = _list_files(root / "ImageSets" / "Segmentation") or _list_files(root)
     # JPEGImages also holds the detection images: only images with a mask (or listed) belong here.
-    listed = {Path(line.strip()).stem for path in lists.values() for line in path.read_text().splitlines()}
+    listed = {Path(line).stem for path in lists.values() for line in _read_lines(path)}
     images = {s: p for s, p in images.items() if s in masks or s in listed}
     pairs = _match(images, masks, root / "SegmentationClass", problems)
     split = _split_by_lists(pairs, lists, problems) if lists else {"all": pairs}
@@ -412,8 +420,14 @@ class CocoMasks:
         import contextlib
         import io
 
+        self.path = path
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
-            self.coco = COCO(str(path))
+            try:
+                self.coco = COCO(str(path))
+            except Exception as error:  # malformed files fail inside pycocotools with bare errors
+                raise SegwiseError(
+                    f"{path}: not a usable COCO file ({type(error).__name__}: {error}); fix or remove it"
+                ) from None
         cats = sorted(self.coco.loadCats(self.coco.getCatIds()), key=lambda c: c["id"])
         if categories:
             by_name = {c["name"]: c for c in cats}
@@ -433,7 +447,13 @@ class CocoMasks:
         annotations = self.coco.loadAnns(self.coco.getAnnIds(imgIds=info["id"], iscrowd=None))
         annotations = [a for a in annotations if a["category_id"] in self.value_of]
         for a in sorted(annotations, key=lambda a: (not a.get("iscrowd", 0), -a.get("area", 0))):
-            region = self.coco.annToMask(a).astype(bool)
+            try:
+                region = self.coco.annToMask(a).astype(bool)
+            except Exception as error:  # pycocotools raises bare KeyError/TypeError/ValueError on bad entries
+                raise SegwiseError(
+                    f"{self.path}: annotation {a.get('id')} of {image_path.name} cannot be drawn "
+                    f"({type(error).__name__}: {error}); fix its segmentation"
+                ) from None
             mask[region] = 255 if a.get("iscrowd", 0) else self.value_of[a["category_id"]]
         return mask
 
