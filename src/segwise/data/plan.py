@@ -29,6 +29,7 @@ Values given explicitly (command-line options, keyword overrides) are kept, and 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from dataclasses import asdict, dataclass
@@ -250,6 +251,7 @@ def planned_epochs(train_images: int, device_type: str) -> int:
 
 def probe_batch_size(config: Config, data_set: SegmentationData, device: torch.device) -> tuple[int, str]:
     """The largest power-of-two batch whose training step fits in memory (see the module docstring)."""
+    from ..engine.devices import autocast_dtype
     from ..models import create_model
 
     cap = max(2, min(MAX_BATCH, len(data_set.train_images) // 8))
@@ -263,6 +265,8 @@ def probe_batch_size(config: Config, data_set: SegmentationData, device: torch.d
     ).to(device)
     model.train()
     height, width = data_set.size
+    dtype = autocast_dtype(device, config.train.precision)  # probe in the precision training will use
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
     parameters = sum(p.numel() * p.element_size() for p in model.parameters())
 
     def step(batch: int) -> int:
@@ -275,7 +279,7 @@ def probe_batch_size(config: Config, data_set: SegmentationData, device: torch.d
             return tensor
 
         x = torch.randn(batch, data_set.in_channels, height, width, device=device)
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast:
             out = model(x)
         out.float().mean().backward()
         model.zero_grad(set_to_none=True)
@@ -289,7 +293,7 @@ def probe_batch_size(config: Config, data_set: SegmentationData, device: torch.d
             torch.cuda.reset_peak_memory_stats(device)
             try:
                 step(batch)
-            except torch.OutOfMemoryError:
+            except torch.cuda.OutOfMemoryError:
                 break
             if torch.cuda.max_memory_allocated(device) > budget:
                 break

@@ -135,6 +135,8 @@ def train(
     build_loss(settings.loss)  # a misspelt loss fails before any data is read or folder made
     plan = make_plan(data, None if planned else config, str(device), **(overrides if planned else {}))
     config, settings, data_set = plan.config, plan.config.train, plan.data
+    for note in plan.notes if planned else []:
+        say(f"plan: {note}")
     torch.manual_seed(settings.seed)  # after the batch-size probe, so a probe never changes the run
     classes = data_set.classes
     if classes.multilabel:
