@@ -89,24 +89,20 @@ class DataSource:
     layout: str
     pairs: dict[str, list[Pair]]
     class_names: ClassNames | None = None
-    multilabel_dirs: list[Path] = field(default_factory=list)  # masks/<class>/ folders, in class order
+    multilabel_masks: list[dict[str, Path]] = field(default_factory=list)  # per class: image stem → mask
     problems: list[Problem] = field(default_factory=list)
     coco: dict[Path, CocoMasks] = field(default_factory=dict)
 
     @property
     def multilabel(self) -> bool:
-        return bool(self.multilabel_dirs)
+        return bool(self.multilabel_masks)
 
     def read_mask(self, pair: Pair) -> np.ndarray:
         image_path, mask_path = pair
         if mask_path in self.coco:
             return self.coco[mask_path].mask(image_path)
-        if self.multilabel_dirs:
-            stem = _mask_stem_of(mask_path, {image_path.stem})
-            channels = [
-                read_mask(_find_by_stem(folder, stem) or _suffixed(folder, stem) or folder / stem)
-                for folder in self.multilabel_dirs
-            ]
+        if self.multilabel_masks:
+            channels = [read_mask(masks[image_path.stem]) for masks in self.multilabel_masks]
             return np.stack([c if c.ndim == 2 else c[..., 0] for c in channels], axis=-1)
         return read_mask(mask_path)
 
@@ -179,13 +175,6 @@ def _image_files(folder: Path, problems: list[Problem]) -> dict[str, Path]:
     return files
 
 
-def _find_by_stem(folder: Path, stem: str) -> Path | None:
-    for path in sorted(folder.glob(f"{stem}.*")):
-        if is_image_file(path):
-            return path
-    return None
-
-
 def _mask_stem_of(mask: Path, image_stems: set[str]) -> str:
     """The image stem a mask belongs to: its own stem, or its stem without a mask suffix."""
     if mask.stem in image_stems:
@@ -201,8 +190,9 @@ def _match(
 ) -> list[Pair]:
     """Pair images with masks by stem (masks may carry a suffix such as _mask); report the leftovers."""
     by_image: dict[str, Path] = {}
+    image_stems = set(images)
     for mask in masks.values():
-        stem = _mask_stem_of(mask, set(images))
+        stem = _mask_stem_of(mask, image_stems)
         if stem in images and stem not in by_image:
             by_image[stem] = mask
         else:
@@ -340,20 +330,13 @@ def _multilabel(root: Path, masks_root: Path, problems: list[Problem]) -> DataSo
     else:
         names = ClassNames([p.name for p in folders], None, masks_root)
     images = _image_files(root / "images", problems)
-    first = _match(images, _image_files(folders[0], problems), folders[0], problems)
-    for folder in folders[1:]:
-        _match(images, _image_files(folder, problems), folder, problems)  # reports its leftovers
-    stems_everywhere = {
-        stem for stem in images if all(_find_by_stem(f, stem) or _suffixed(f, stem) for f in folders)
-    }
-    pairs = [(image, mask) for image, mask in first if image.stem in stems_everywhere]
-    source = DataSource(root, "folders", {"all": pairs}, names, folders, problems)
+    per_class = [dict(_match(images, _image_files(f, problems), f, problems)) for f in folders]
+    per_class = [{image.stem: mask for image, mask in matched.items()} for matched in per_class]
+    complete = sorted(set(images).intersection(*per_class))  # images with a mask in every class folder
+    pairs = [(images[stem], per_class[0][stem]) for stem in complete]
+    source = DataSource(root, "folders", {"all": pairs}, names, per_class, problems)
     source.pairs = _apply_lists(root, source.pairs, problems)
     return source
-
-
-def _suffixed(folder: Path, stem: str) -> Path | None:
-    return next((p for x in MASK_SUFFIXES if (p := _find_by_stem(folder, stem + x))), None)
 
 
 def _fastai(root: Path, problems: list[Problem]) -> DataSource | None:
