@@ -361,3 +361,19 @@ def test_unknown_colour_in_a_colour_coded_mask_names_file_and_colour(tmp_path):
     Image.fromarray(mask).save(tmp_path / "masks" / "a1.png")
     with pytest.raises(SegwiseError, match=r"a1\.png: colours \[\[1, 2, 3\]\] are not in the colour table"):
         load_data(tmp_path)
+
+
+def test_data_source_lists_every_file_the_data_depends_on(tmp_path):
+    coco(tmp_path)
+    files = find_data(tmp_path).files()
+    assert sum(f.suffix == ".json" for f in files) == 2 and sum(f.suffix == ".png" for f in files) == 4
+    other = tmp_path / "multilabel"
+    for stem in STEMS[:2]:
+        save(canonical(stem)[0], other / "images" / f"{stem}.png")
+        for name in ("road", "car"):
+            save(np.zeros((H, W), np.uint8), other / "masks" / name / f"{stem}.png")
+    names = sorted(str(f.relative_to(other)) for f in find_data(other).files())
+    assert names == [
+        "images/a0.png", "images/a1.png",
+        "masks/car/a0.png", "masks/car/a1.png", "masks/road/a0.png", "masks/road/a1.png",
+    ]  # fmt: skip

@@ -106,6 +106,15 @@ class DataSource:
             return np.stack([c if c.ndim == 2 else c[..., 0] for c in channels], axis=-1)
         return read_mask(mask_path)
 
+    def files(self) -> list[Path]:
+        """Every file the decoded data depends on (for cache keys): images, masks (all class folders of
+        multilabel data, COCO files once), and the class-name file."""
+        files = {path for pairs in self.pairs.values() for pair in pairs for path in pair}
+        files |= {path for masks in self.multilabel_masks for path in masks.values()}
+        if self.class_names is not None and self.class_names.path.is_file():
+            files.add(self.class_names.path)
+        return sorted(files)
+
     def check(self) -> None:
         """Refuse a dataset with problems: the first one, with a count of the rest."""
         if self.problems:
