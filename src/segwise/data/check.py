@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import SegwiseError
 from ..io import read_image
-from .dataset import ClassInfo, colours_to_values, infer_classes, soft_binary_values
+from .dataset import ClassInfo, colours_to_values, infer_classes, no_colour_table, soft_binary_values
 from .formats import DataSource, Pair, Problem, find_data
 
 
@@ -197,11 +197,7 @@ def _classes(
 ) -> ClassInfo:
     """Decide the classes as load_data would, from per-file value summaries instead of whole masks."""
     if any(r.colour_coded for r in reads):
-        path = next(r.pair[1] for r in reads if r.colour_coded)
-        raise SegwiseError(
-            f"{path}: colour-coded mask (different R, G, B values) and no colour table; add class_dict.csv "
-            "(name,r,g,b per class) beside the data or save index masks"
-        )
+        raise no_colour_table(next(r.pair[1] for r in reads if r.colour_coded))
     if any(r.multichannel for r in reads) or source.multilabel:
         summaries = [np.zeros((1, 1, r.multichannel or 1), np.uint8) for r in reads]
         return infer_classes(

@@ -80,10 +80,7 @@ class ClassInfo:
             elif np.all(mask == mask[..., :1]):  # a gray mask saved as RGB
                 mask = mask[..., 0]
             else:
-                raise SegwiseError(
-                    f"{path}: colour-coded mask (different R, G, B values) and no colour table; add "
-                    "class_dict.csv (name,r,g,b per class) beside the data or save index masks"
-                )
+                raise no_colour_table(path)
         if self.threshold is not None:
             mask = (mask >= self.threshold).astype(np.uint8)
         return mask
@@ -110,6 +107,13 @@ class ClassInfo:
                 f"fix the mask or train on data that has these classes"
             )
         return indices
+
+
+def no_colour_table(path: Path | None) -> SegwiseError:
+    return SegwiseError(
+        f"{path}: colour-coded mask (different R, G, B values) and no colour table; add class_dict.csv "
+        "(name,r,g,b per class) beside the data or save index masks"
+    )
 
 
 def colours_to_values(mask: np.ndarray, colours: list[list[int]], path: Path | None = None) -> np.ndarray:
@@ -193,10 +197,7 @@ def infer_classes(
         path = next(
             p for m, p in zip(masks, paths, strict=True) if m.ndim == 3 and not np.all(m == m[..., :1])
         )
-        raise SegwiseError(
-            f"{path}: colour-coded mask (different R, G, B values) and no colour table; add class_dict.csv "
-            "(name,r,g,b per class) beside the data or save index masks"
-        )
+        raise no_colour_table(path)
     decoder = ClassInfo([], [], colours=colours if colour_coded else None)
     given = counts is not None
     counts = Counter() if counts is None else counts
