@@ -377,3 +377,15 @@ def test_data_source_lists_every_file_the_data_depends_on(tmp_path):
         "images/a0.png", "images/a1.png",
         "masks/car/a0.png", "masks/car/a1.png", "masks/road/a0.png", "masks/road/a1.png",
     ]  # fmt: skip
+
+
+def test_segnet_without_a_class_file_gets_camvid_names_and_void(tmp_path):
+    segnet(tmp_path)
+    (tmp_path / "class_dict.csv").unlink()
+    for path in [*(tmp_path / "trainannot").iterdir(), *(tmp_path / "valannot").iterdir()]:
+        mask = np.asarray(Image.open(path))  # SegNet's files use value 11 for void
+        Image.fromarray(np.where(mask == 3, 11, mask).astype(np.uint8)).save(path)
+    data = load_data(tmp_path)
+    assert data.classes.names[:3] == ["Sky", "Building", "Pole"] and data.classes.num_classes == 11
+    assert data.classes.ignore_value == 11
+    np.testing.assert_array_equal(loaded_samples(data)["a0"][1], canonical("a0")[1])

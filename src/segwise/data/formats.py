@@ -6,7 +6,8 @@ Layouts (`layout=` option; "auto" tries them in this order):
               DATA/<split>/ or DATA/; the split is read from the file name (instances_val2017.json → val)
     voc       DATA/JPEGImages/, DATA/SegmentationClass/ (palette PNGs, 255 = ignore),
               DATA/ImageSets/Segmentation/{train,val,test}.txt
-    segnet    DATA/{train,val,test}/ images beside DATA/{train,val,test}annot/ masks (SegNet CamVid)
+    segnet    DATA/{train,val,test}/ images beside DATA/{train,val,test}annot/ masks (SegNet CamVid;
+              without a class-name file its 11 CamVid names, value 11 = Unlabelled = void)
     fastai    DATA/images/, DATA/labels/ (x.png ↔ x_P.png), DATA/codes.txt, DATA/valid.txt (val file names)
     folders   DATA/images/ + DATA/masks/ (or labels/), optionally split as DATA/images/{train,val,test}/
               or DATA/{train,val,test}/images/; or images and masks side by side in one folder
@@ -46,6 +47,9 @@ SPLIT_ALIASES |= {"test": "test", "testing": "test"}
 VOC_NAMES = (
     "background aeroplane bicycle bird boat bottle bus car cat chair cow diningtable dog horse "
     "motorbike person pottedplant sheep sofa train tvmonitor"
+).split()
+CAMVID_NAMES = (
+    "Sky Building Pole Road Pavement Tree SignSymbol Fence Car Pedestrian Bicyclist Unlabelled"
 ).split()
 Pair = tuple[Path, Path]
 
@@ -371,7 +375,8 @@ def _segnet(root: Path, problems: list[Problem]) -> DataSource | None:
         for s in SPLITS
         if (root / s).is_dir() and (root / f"{s}annot").is_dir()
     }
-    return DataSource(root, "segnet", pairs, read_class_names(root))
+    names = read_class_names(root) or ClassNames(list(CAMVID_NAMES), None, root / "trainannot")
+    return DataSource(root, "segnet", pairs, names)
 
 
 def _voc(root: Path, problems: list[Problem]) -> DataSource | None:
