@@ -139,8 +139,8 @@ def _categories(text: str) -> list[str]:
     return [name.strip() for name in text.split(",") if name.strip()]
 
 
-def _add_data_options(parser: argparse.ArgumentParser) -> None:
-    """How to read DATA: shared by check, plan and train."""
+def _add_data_options(parser: argparse.ArgumentParser, weighting: bool = True) -> None:
+    """How to read DATA (shared by check, plan and train) and, for plan and train, the class weighting."""
     from .data.formats import LAYOUTS
 
     parser.add_argument("--layout", choices=LAYOUTS, help="dataset layout (default: auto-detected)")
@@ -150,7 +150,7 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--mask-threshold", type=int, help="binary masks: stored value ≥ this is foreground (e.g. 128)"
     )
-    if parser.prog.split()[-1] != "check":
+    if weighting:
         parser.add_argument(
             "--weighting",
             choices=["none", "inverse", "one_minus", "median_frequency"],
@@ -325,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example:\n  segwise check data/camvid",
     )
     check.add_argument("data", help="dataset folder")
-    _add_data_options(check)
+    _add_data_options(check, weighting=False)
     check.set_defaults(handler=_command_check)
 
     plan = commands.add_parser(
