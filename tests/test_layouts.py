@@ -389,3 +389,26 @@ def test_segnet_without_a_class_file_gets_camvid_names_and_void(tmp_path):
     assert data.classes.names[:3] == ["Sky", "Building", "Pole"] and data.classes.num_classes == 11
     assert data.classes.ignore_value == 11
     np.testing.assert_array_equal(loaded_samples(data)["a0"][1], canonical("a0")[1])
+
+
+def test_a_run_trained_on_coco_evaluates_with_its_own_layout(tmp_path):
+    """`segwise eval` reads masks through the layout the run was trained with, not as plain files."""
+    import segwise
+    from segwise.evaluate import evaluate_split, split_pairs
+    from tests.conftest import TINY
+
+    coco(tmp_path / "data")
+    run = segwise.train(
+        tmp_path / "data",
+        runs_dir=tmp_path / "runs",
+        epochs=1,
+        categories=["cat", "dog"],
+        progress=False,
+        **TINY,
+    ).run_dir
+    predictor = segwise.load(run)
+    plan = predictor.config.data["plan"]
+    pairs, source = split_pairs(tmp_path / "data", "val", plan["layout"], plan["categories"])
+    evaluation = evaluate_split(predictor, pairs, source=source)
+    counted = sum(int((canonical(p[0].stem)[1] != IGNORE_INDEX).sum()) for p in pairs)
+    assert evaluation.names == NAMES and int(evaluation.matrix.matrix.sum()) == counted

@@ -89,8 +89,11 @@ def _command_eval(args: argparse.Namespace) -> int:
     from .report.html import write_report
 
     predictor = load(args.run, device=args.device)
-    pairs = split_pairs(args.data, args.split)
-    evaluation = evaluate_split(predictor, pairs, worst_k=args.worst, progress=sys.stderr.isatty())
+    plan = predictor.config.data.get("plan") or {}  # the layout the run was trained with
+    pairs, source = split_pairs(args.data, args.split, plan.get("layout", "auto"), plan.get("categories"))
+    evaluation = evaluate_split(
+        predictor, pairs, worst_k=args.worst, progress=sys.stderr.isatty(), source=source
+    )
     out = Path(args.output) if args.output else Path(args.run) / EVAL_DIR / args.split
     metrics = write_evaluation(evaluation, predictor, out)
     overall = metrics["overall"]

@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data.dataset import IGNORE_INDEX, ClassInfo, read_pair
-from .data.formats import Pair, find_pairs
+from .data.formats import DataSource, Pair, find_data
 from .errors import SegwiseError
 from .inference import Predictor
 from .io import atomic_path
@@ -137,9 +137,15 @@ def metrics_dict(
 
 
 def evaluate_split(
-    predictor: Predictor, pairs: list[Pair], worst_k: int = 6, progress: bool = False
+    predictor: Predictor,
+    pairs: list[Pair],
+    worst_k: int = 6,
+    progress: bool = False,
+    source: DataSource | None = None,
 ) -> Evaluation:
-    """Predict every pair at its own size; per-image scores, boundary scores, worst images, thresholds."""
+    """Predict every pair at its own size; per-image scores, boundary scores, worst images, thresholds.
+
+    `source` reads masks that are not plain files (COCO annotations, per-class mask folders)."""
     if not pairs:
         raise SegwiseError("no image/mask pairs to evaluate; pick a split that holds images")
     classes = ClassInfo(**asdict(predictor.config.classes))
@@ -149,7 +155,7 @@ def evaluate_split(
     by_threshold = {t: ConfusionMatrix(2) for t in THRESHOLDS} if binary else {}
     worst: list[Sample] = []
     for image_path, mask_path in tqdm(pairs, desc="evaluating", disable=not progress, leave=False):
-        image, mask = read_pair(image_path, mask_path)
+        image, mask = read_pair(image_path, mask_path, source)
         truth = classes.to_indices(mask, mask_path)
         probabilities = predictor.predict_proba(image)
         prediction = probabilities.argmax(0)
@@ -167,14 +173,18 @@ def evaluate_split(
     return Evaluation(classes.names, pairs, matrix, boundary, worst, thresholds)
 
 
-def split_pairs(data: str | Path, split: str) -> list[Pair]:
-    """The pairs of one split of a dataset folder; a folder without splits has only 'all'."""
-    found = find_pairs(data)
-    if split not in found:
+def split_pairs(
+    data: str | Path, split: str, layout: str = "auto", categories: list[str] | None = None
+) -> tuple[list[Pair], DataSource]:
+    """The pairs of one split of a dataset folder (a folder without splits has only 'all') and the
+    source that reads their masks; read with the layout the run was trained with."""
+    source = find_data(data, layout, categories)
+    source.check()
+    if split not in source.pairs:
         raise SegwiseError(
-            f"{data}: no '{split}' split (found {sorted(found)}); pass --split with one of those"
+            f"{data}: no '{split}' split (found {sorted(source.pairs)}); pass --split with one of those"
         )
-    return found[split]
+    return source.pairs[split], source
 
 
 def write_per_image_csv(evaluation: Evaluation, path: Path) -> None:
