@@ -9,6 +9,7 @@ import argparse
 import os
 import sys
 
+from .config import AUGMENT_PRESETS
 from .errors import SegwiseError
 
 
@@ -161,7 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--val-fraction", type=float, help="held out when DATA has no val/ split (default 0.2)"
     )
-    train.add_argument("--augment", choices=["none", "flips"])
+    train.add_argument(
+        "--augment", choices=AUGMENT_PRESETS, help="augmentation preset (default: flips); see README"
+    )
     train.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"])
     train.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     train.add_argument("--seed", type=int)

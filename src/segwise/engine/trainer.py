@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from .. import run as runfolder
 from ..config import ClassesConfig, Config, PreprocessConfig, RunConfig, load_config
 from ..data import SegmentationData, load_data
-from ..data.augment import random_dihedral
+from ..data.augment import augment_batch
 from ..data.dataset import IGNORE_INDEX
 from ..errors import SegwiseError
 from ..losses import build_loss
@@ -193,8 +193,7 @@ def train(
             total=steps_per_epoch, desc=f"epoch {epoch}/{settings.epochs}", leave=False, disable=not show_bar
         )
         for images, masks in train_batches.epoch(generator, drop_last=True):
-            if settings.augment == "flips":
-                images, masks = random_dihedral(images, masks, generator)
+            images, masks = augment_batch(images, masks, settings.augment, generator, train_batches.mean)
             x = train_batches.normalize(images)
             if settings.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
