@@ -19,6 +19,7 @@ from PIL import Image
 
 from ..errors import SegwiseError
 from ..io import default_palette, read_image, read_mask
+from . import cache
 from .formats import Pair, find_pairs
 
 IGNORE_INDEX = 255
@@ -190,8 +191,12 @@ def load_data(
     val_fraction: float = 0.2,
     seed: int = 0,
     classes: ClassInfo | None = None,
+    use_cache: bool = True,
 ) -> SegmentationData:
-    """Find, decode, check and cache a dataset. Pass `classes` to map masks to an existing run's classes."""
+    """Find, decode, check and cache a dataset. Pass `classes` to map masks to an existing run's classes.
+
+    Decoded arrays are kept in a cache folder (see `segwise.data.cache`) so later runs decode nothing;
+    `use_cache=False` decodes into memory and writes nothing."""
     root = Path(root)
     found = find_pairs(root)
     if "val" in found and "train" in found:
@@ -199,6 +204,42 @@ def load_data(
     else:
         train_pairs, val_pairs = _split(found.get("train", found.get("all", [])), val_fraction, seed)
 
+    pairs = train_pairs + val_pairs
+    options = {"size": size, "classes": cache.jsonable(classes), "splits": [len(train_pairs), len(val_pairs)]}
+    decoded = cache.cached(
+        root,
+        [path for pair in pairs for path in pair],
+        options,
+        lambda: _decode(root, train_pairs, val_pairs, size, classes),
+        enabled=use_cache,
+    )
+    classes = ClassInfo(**decoded.info["classes"])
+    size, in_channels = tuple(decoded.info["size"]), decoded.info["in_channels"]
+    train_images, train_masks = decoded.arrays["train_images"], decoded.arrays["train_masks"]
+    val_images, val_masks = decoded.arrays["val_images"], decoded.arrays["val_masks"]
+    return SegmentationData(
+        root=root,
+        classes=classes,
+        size=size,
+        in_channels=in_channels,
+        train_images=train_images,
+        train_masks=train_masks,
+        val_images=val_images,
+        val_masks=val_masks,
+        train_pairs=train_pairs,
+        val_pairs=val_pairs,
+        test_pairs=found.get("test", []),
+    )
+
+
+def _decode(
+    root: Path,
+    train_pairs: list[Pair],
+    val_pairs: list[Pair],
+    size: tuple[int, int] | None,
+    classes: ClassInfo | None,
+) -> cache.Decoded:
+    """Decode, check and resize every pair; the result is what the cache stores."""
     raw = {"train": [read_pair(*p) for p in train_pairs], "val": [read_pair(*p) for p in val_pairs]}
     if classes is None:
         values: set[int] = set()
@@ -220,16 +261,12 @@ def load_data(
 
     train_images, train_masks = stack("train", train_pairs)
     val_images, val_masks = stack("val", val_pairs)
-    return SegmentationData(
-        root=root,
-        classes=classes,
-        size=size,
-        in_channels=in_channels,
-        train_images=train_images,
-        train_masks=train_masks,
-        val_images=val_images,
-        val_masks=val_masks,
-        train_pairs=train_pairs,
-        val_pairs=val_pairs,
-        test_pairs=found.get("test", []),
+    return cache.Decoded(
+        {
+            "train_images": train_images,
+            "train_masks": train_masks,
+            "val_images": val_images,
+            "val_masks": val_masks,
+        },
+        {"classes": cache.jsonable(classes), "size": list(size), "in_channels": in_channels},
     )
