@@ -1,9 +1,10 @@
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
-from segwise.data.augment import PRESETS, Augment, augment_batch
+from segwise.data.augment import PRESETS, Augment, PerSampleBatches, augment_batch
 from segwise.data.dataset import IGNORE_INDEX
 from segwise.errors import SegwiseError
 
@@ -176,3 +177,64 @@ def test_training_runs_with_a_preset_and_records_it(shapes_data, tmp_path):
     )
     assert all(0 < row["train_loss"] < 10 for row in result.history)
     assert (result.run_dir / "config.yaml").read_text().count("augment: default") == 1
+
+
+albumentations = pytest.importorskip("albumentations")
+
+
+def coordinate_arrays(count: int, height: int, width: int):
+    """uint8 arrays as the cache holds them: channel 0 = row, 1 = col, 2 = sample index; mask = label_of."""
+    rows, cols = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
+    images = np.stack([np.stack([rows, cols, np.full_like(rows, i)], -1) for i in range(count)])
+    masks = np.broadcast_to(
+        label_of(torch.from_numpy(rows), torch.from_numpy(cols)).numpy(), (count, height, width)
+    )
+    return images.astype(np.uint8), masks.astype(np.uint8).copy()
+
+
+def test_albumentations_compose_runs_per_sample_in_workers_and_keeps_masks_aligned():
+    from segwise.engine.trainer import Batches
+
+    images, masks = coordinate_arrays(16, 24, 32)
+    batches = Batches(images, masks, 4, [0.0] * 3, [1.0] * 3, torch.device("cpu"))
+    flip = PerSampleBatches(
+        batches, albumentations.Compose([albumentations.HorizontalFlip(p=0.5)]), workers=2
+    )
+    seen, patterns = [], []
+    for _ in range(3):
+        for out_images, out_masks in flip.epoch(torch.Generator().manual_seed(len(seen)), drop_last=True):
+            assert out_images.shape == (4, 3, 24, 32) and out_masks.dtype == torch.long
+            row, col = out_images[:, 0].long(), out_images[:, 1].long()
+            assert torch.equal(out_masks, label_of(row, col))  # the mask moved with the image
+            patterns.append(tuple((col[:, 0, 0] == 31).tolist()))
+            seen += out_images[:, 2, 0, 0].long().tolist()
+    assert sorted(seen) == sorted(list(range(16)) * 3)  # every sample once per epoch
+    # forked workers (and epochs) must not replay one random stream: 12 batches show varied flip patterns
+    assert len(set(patterns)) >= 6 and 12 <= sum(map(sum, patterns)) <= 36
+
+
+def test_albumentations_transforms_that_break_batches_fail_in_one_line():
+    from segwise.engine.trainer import Batches
+
+    images, masks = coordinate_arrays(4, 24, 32)
+    batches = Batches(images, masks, 2, [0.0] * 3, [1.0] * 3, torch.device("cpu"))
+    with pytest.raises(SegwiseError, match="remove Normalize"):
+        PerSampleBatches(batches, albumentations.Compose([albumentations.Normalize()]), workers=0)
+    with pytest.raises(SegwiseError, match=r"A.Resize\(24, 32\)"):
+        PerSampleBatches(batches, albumentations.Compose([albumentations.CenterCrop(16, 16)]), workers=0)
+
+
+def test_training_accepts_an_albumentations_compose(shapes_data, tmp_path):
+    import segwise
+
+    from .conftest import TINY
+
+    transform = albumentations.Compose(
+        [albumentations.HorizontalFlip(p=0.5), albumentations.RandomBrightnessContrast(p=0.5)]
+    )
+    result = segwise.train(
+        shapes_data, runs_dir=tmp_path, epochs=1, augment=transform, progress=False, **TINY
+    )
+    saved = (result.run_dir / "config.yaml").read_text()
+    assert "augment: none" in saved and "HorizontalFlip" in saved
+    assert 0 < result.history[0]["train_loss"] < 10

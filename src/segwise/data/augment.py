@@ -14,8 +14,12 @@ noise, each drawn per sample.
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -315,3 +319,86 @@ def random_dihedral(
     if images.shape[-1] == images.shape[-2]:
         apply(draws[2], lambda t: t.transpose(-1, -2))
     return images, masks
+
+
+class PerSampleBatches:
+    """Training batches augmented sample by sample on the CPU by a user's transform, for example an
+    albumentations `Compose`, in DataLoader workers that read the decoded (cached) arrays.
+
+    The transform is called as `transform(image=HxWxC uint8, mask=HxW uint8)` and must return a dict
+    with `image` and `mask` of the same height and width (no Normalize, no ToTensorV2: segwise
+    normalizes on the device). Everything else (shuffling, batch count, normalization) is the wrapped
+    `Batches`'.
+    """
+
+    def __init__(self, batches: Any, transform: Callable, workers: int | None = None) -> None:
+        self.batches, self.transform = batches, transform
+        self.workers = min(4, max(1, (os.cpu_count() or 2) - 1)) if workers is None else workers
+        self.samples = _TransformedSamples(batches.images.numpy(), batches.masks.numpy(), transform)
+        self.samples[0]  # a transform that returns the wrong thing fails here, in one clear line
+
+    def __getattr__(self, name: str) -> Any:  # len, normalize, mean, device, batches_per_epoch: as wrapped
+        return getattr(self.batches, name)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def epoch(self, generator: torch.Generator, drop_last: bool):
+        count, size = self.batches.batches_per_epoch(drop_last), self.batches.batch_size
+        order = torch.randperm(len(self), generator=generator)  # the same rule as Batches.epoch
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        loader = torch.utils.data.DataLoader(
+            self.samples,
+            batch_sampler=[order[start : start + size].tolist() for start in range(0, count * size, size)],
+            num_workers=self.workers,
+            worker_init_fn=_seed_worker,
+            generator=torch.Generator().manual_seed(seed),
+            pin_memory=self.batches.device.type == "cuda",
+        )
+        if self.workers == 0:
+            _seed_transform(self.transform, seed)
+        device = self.batches.device
+        for images, masks in loader:
+            images = images.to(device, non_blocking=True).permute(0, 3, 1, 2).float()
+            yield images, masks.to(device, non_blocking=True).long()
+
+
+class _TransformedSamples(torch.utils.data.Dataset):
+    def __init__(self, images: np.ndarray, masks: np.ndarray, transform: Callable) -> None:
+        self.images, self.masks, self.transform = images, masks, transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, mask = np.asarray(self.images[index]), np.asarray(self.masks[index])
+        out = self.transform(image=image, mask=mask)
+        got_image, got_mask = out.get("image"), out.get("mask")
+        if not (isinstance(got_image, np.ndarray) and got_image.dtype == np.uint8):
+            kind = type(got_image).__name__ if not isinstance(got_image, np.ndarray) else got_image.dtype
+            raise SegwiseError(
+                f"augment transform returned an image of type {kind}, not uint8 numpy; remove Normalize, "
+                "ToFloat and ToTensorV2 from it (segwise normalizes on the device)"
+            )
+        if got_image.shape[:2] != image.shape[:2] or getattr(got_mask, "shape", None) != mask.shape:
+            raise SegwiseError(
+                f"augment transform turned a {image.shape[0]}×{image.shape[1]} sample into image "
+                f"{got_image.shape[:2]} and mask {getattr(got_mask, 'shape', type(got_mask).__name__)}; batches "
+                f"need the training size as numpy arrays: end crops with A.Resize({image.shape[0]}, "
+                f"{image.shape[1]}) or A.PadIfNeeded"
+            )
+        got_image = got_image if got_image.ndim == 3 else got_image[..., None]
+        return torch.from_numpy(np.ascontiguousarray(got_image)), torch.from_numpy(
+            np.ascontiguousarray(got_mask)
+        )
+
+
+def _seed_transform(transform: Callable, seed: int) -> None:
+    """albumentations transforms keep their own random generator, which forked workers would all share."""
+    if hasattr(transform, "set_random_seed"):
+        transform.set_random_seed(seed % 2**32)
+
+
+def _seed_worker(worker_id: int) -> None:
+    info = torch.utils.data.get_worker_info()
+    _seed_transform(info.dataset.transform, info.seed)
