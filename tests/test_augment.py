@@ -238,3 +238,35 @@ def test_training_accepts_an_albumentations_compose(shapes_data, tmp_path):
     saved = (result.run_dir / "config.yaml").read_text()
     assert "augment: none" in saved and "HorizontalFlip" in saved
     assert 0 < result.history[0]["train_loss"] < 10
+
+
+def test_show_writes_a_grid_of_augmented_pairs_in_the_class_palette(shapes_data, tmp_path):
+    from PIL import Image
+
+    from segwise.data.synthetic import CLASS_NAMES
+    from segwise.io import default_palette
+
+    from .conftest import run_cli
+
+    out = tmp_path / "grid.png"
+    result = run_cli("show", str(shapes_data), "-o", str(out), "--augment", "heavy", "-n", "6")
+    assert result.returncode == 0, result.stderr
+    assert str(out) in result.stdout
+    grid = np.asarray(Image.open(out).convert("RGB"))
+    # 6 cells of 64×(64+4+64) in round(sqrt(3)) = 2 columns and 3 rows, 4-pixel gaps between them
+    assert grid.shape == (3 * 64 + 2 * 4, 2 * 132 + 4, 3)
+    masks = np.concatenate(
+        [grid[r * 68 : r * 68 + 64, c * 136 + 68 : c * 136 + 132] for r in range(3) for c in range(2)]
+    )
+    colours = {tuple(colour) for colour in masks.reshape(-1, 3)}
+    allowed = {tuple(colour) for colour in default_palette(len(CLASS_NAMES))} | {(128, 128, 128)}
+    assert colours <= allowed and len(colours) >= 4  # heavy zooms out and rotates: void appears too
+    assert (128, 128, 128) in colours
+
+
+def test_show_on_a_missing_folder_is_one_line_and_exit_2(tmp_path):
+    from .conftest import run_cli
+
+    result = run_cli("show", str(tmp_path / "nothing"))
+    assert result.returncode == 2 and "dataset folder not found" in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
