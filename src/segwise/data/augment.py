@@ -1,11 +1,10 @@
 """Augmentation on the training device: whole batches at once, each sample with its own random draw.
 
 Geometry (flips, transposes, rotation, scale, shear, translation, random resized crop) is composed per
-sample into one affine map from output pixels to source pixels and applied with a single
-`F.affine_grid` + `F.grid_sample` for the batch: bilinear for images, nearest for masks, on the same
-sampling grid (`align_corners=False` in both), so image and mask stay aligned to the pixel. An output
-pixel whose source lies outside the image (beyond the outer pixel centres) becomes `IGNORE_INDEX` in
-the mask and `fill` in the image. Then colour (brightness, contrast, saturation, hue, gamma), blur and
+sample into one affine map from output pixels to source pixels and applied with one sampling grid
+and `F.grid_sample` for the batch: bilinear for images, nearest for masks, on the same grid
+(`align_corners=False` in both), so image and mask stay aligned to the pixel. An output pixel whose
+nearest source pixel lies outside the image becomes `IGNORE_INDEX` in the mask and `fill` in the image. Then colour (brightness, contrast, saturation, hue, gamma), blur and
 noise, each drawn per sample.
 
     >>> images, masks = augment_batch(images, masks, "default", torch.Generator().manual_seed(0))  # doctest: +SKIP
@@ -137,16 +136,18 @@ def augment_batch(
     recipe = resolve(preset)
     if recipe == PRESETS["none"]:
         return images, masks
-    count, _, height, width = images.shape
+    count, channels, height, width = images.shape
     matrices = _geometry(recipe, count, height, width, generator)
+    outside = None
     if not torch.equal(matrices, torch.eye(3, dtype=matrices.dtype).expand_as(matrices)):
-        images, masks, outside = _warp(images, masks, matrices)
+        images, masks, outside = _warp(images.contiguous(), masks, matrices)
     else:
-        outside = None
+        images = images.contiguous().clone()  # the colour steps work in place on a batch of our own
     images = _photometric(images, recipe, generator)
     if outside is not None:
-        fill = torch.as_tensor(fill, dtype=images.dtype, device=images.device).reshape(1, -1, 1, 1)
-        images = torch.where(outside.unsqueeze(1), fill.expand_as(images), images)
+        fill = torch.as_tensor(fill, dtype=torch.float64).reshape(-1).expand(channels).tolist()
+        for channel, value in enumerate(fill):
+            images[:, channel].masked_fill_(outside, value)
     return images, masks
 
 
@@ -207,32 +208,47 @@ def _geometry(recipe: Augment, count: int, height: int, width: int, generator) -
 def _warp(
     images: torch.Tensor, masks: torch.Tensor, matrices: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One grid for the batch; images bilinear, masks nearest; returns the outside-the-image map too."""
-    height, width = images.shape[-2:]
+    """One grid for the batch; images bilinear, masks nearest; returns where the source is outside too."""
+    count, _, height, width = images.shape
     # pixel-centred coordinates → grid_sample's normalized ones: u = x / (W/2) with align_corners=False
     half = torch.tensor([width / 2, height / 2], dtype=torch.float64)
     linear = matrices[:, :2, :2] * half.view(1, 2, 1).reciprocal() * half.view(1, 1, 2)
     theta = torch.cat([linear, matrices[:, :2, 2:] / half.view(1, 2, 1)], 2)
-    theta = theta.to(device=images.device, dtype=torch.float32)
-    grid = F.affine_grid(theta, [len(images), 1, height, width], align_corners=False)
-    # inside = within the outer pixel centres, where bilinear reads only real pixels; the tolerance
-    # absorbs float rounding of transforms that map pixel centres onto pixel centres (flips, identity)
-    limit = 1 - 1 / torch.tensor([width, height], dtype=grid.dtype, device=grid.device)
-    outside = (grid.abs() > limit + 1e-4).any(-1)
+    grid = _affine_grid(theta.to(device=images.device, dtype=torch.float32), height, width)
+    # "border" clamps source coordinates to the outer pixel centres, so within half a pixel outside the
+    # image the bilinear value is the edge pixel's: the same pixel nearest-neighbour picks for the mask
     images = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
     planes = masks if masks.dim() == 4 else masks.unsqueeze(1)
-    warped = F.grid_sample(planes.float(), grid, mode="nearest", padding_mode="border", align_corners=False)
-    warped = warped.round().to(masks.dtype)
-    warped = warped.masked_fill(outside.unsqueeze(1), IGNORE_INDEX)
+    # labels shifted by one, so that the zero padding marks pixels whose nearest source is outside
+    shifted = F.grid_sample(
+        planes.float() + 1, grid, mode="nearest", padding_mode="zeros", align_corners=False
+    )
+    outside = shifted[:, 0] == 0
+    warped = (shifted.to(masks.dtype) - 1).masked_fill_(outside.unsqueeze(1), IGNORE_INDEX)
     return images, warped if masks.dim() == 4 else warped.squeeze(1), outside
 
 
+def _affine_grid(theta: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """`F.affine_grid(theta, ..., align_corners=False)` by broadcasting; ten times faster on a CPU than
+    its batched matrix product with three columns."""
+    device = theta.device
+    xs = ((torch.arange(width, device=device) * 2 + 1) / width - 1).view(1, 1, -1)
+    ys = ((torch.arange(height, device=device) * 2 + 1) / height - 1).view(1, -1, 1)
+    grid = torch.empty(len(theta), height, width, 2, device=device)
+    for axis in range(2):
+        a, b, c = (theta[:, axis, column].view(-1, 1, 1) for column in range(3))
+        torch.add(a * xs, b * ys + c, out=grid[..., axis])
+    return grid
+
+
 def _photometric(images: torch.Tensor, recipe: Augment, generator: torch.Generator) -> torch.Tensor:
+    """Colour, blur and noise, in place on `images` (a batch augment_batch owns)."""
     count, channels = images.shape[:2]
     device = images.device
 
     def per_sample(values: torch.Tensor, chosen: torch.Tensor, identity: float) -> torch.Tensor:
-        return torch.where(chosen, values, torch.full_like(values, identity)).to(device, images.dtype)
+        values = torch.where(chosen, values, torch.full_like(values, identity))
+        return values.to(device, images.dtype).view(-1, 1, 1, 1)
 
     colour = torch.rand(count, generator=generator) < recipe.p_color
     brightness = _uniform(-recipe.brightness, recipe.brightness, count, generator) * 255
@@ -241,30 +257,32 @@ def _photometric(images: torch.Tensor, recipe: Augment, generator: torch.Generat
     hue = torch.deg2rad(_uniform(-recipe.hue, recipe.hue, count, generator))
     gamma = torch.exp(_uniform(math.log(recipe.gamma[0]), math.log(recipe.gamma[1]), count, generator))
     if colour.any():
-        view = (-1, 1, 1, 1)
         if channels == 3 and (recipe.saturation or recipe.hue):
             mixing = _hue_saturation(torch.where(colour, hue, 0.0), torch.where(colour, saturation, 1.0))
             images = torch.einsum("nij,njhw->nihw", mixing.to(device, images.dtype), images)
-        mean = images.mean((1, 2, 3), keepdim=True)
-        images = (images - mean) * per_sample(contrast, colour, 1.0).view(view) + mean
-        images = images + per_sample(brightness, colour, 0.0).view(view)
+        # contrast around the image mean and brightness, as one multiply-add
+        scale = per_sample(contrast, colour, 1.0)
+        shift = images.mean((1, 2, 3), keepdim=True) * (1 - scale) + per_sample(brightness, colour, 0.0)
+        images = torch.addcmul(shift, images, scale)
         if recipe.gamma != (1.0, 1.0):
-            scaled = (images / 255).clamp(0, 1)
-            images = scaled.pow(per_sample(gamma, colour, 1.0).view(view)) * 255
+            images.clamp_(0, 255).div_(255).pow_(per_sample(gamma, colour, 1.0)).mul_(255)
 
     blurred = torch.rand(count, generator=generator) < recipe.p_blur
     sigma = _uniform(*recipe.blur_sigma, count, generator)
-    if blurred.any():
-        images = _gaussian_blur(images, torch.where(blurred, sigma, 0.0), recipe.blur_sigma[1])
+    if blurred.any():  # only the chosen samples: blur is the most expensive step
+        index = blurred.nonzero().squeeze(1).to(device)
+        images[index] = _gaussian_blur(images[index], sigma[blurred], recipe.blur_sigma[1])
 
     noisy = torch.rand(count, generator=generator) < recipe.p_noise
     std = _uniform(*recipe.noise_std, count, generator) * 255
     if noisy.any():
         seed = int(torch.randint(0, 2**62, (1,), generator=generator))
         noise_generator = torch.Generator(device).manual_seed(seed)  # drawn where the pixels are
-        noise = torch.randn(images.shape, generator=noise_generator, device=device, dtype=images.dtype)
-        images = images + noise * per_sample(std, noisy, 0.0).view(-1, 1, 1, 1)
-    return images.clamp(0, 255)
+        index = noisy.nonzero().squeeze(1).to(device)
+        chosen = images[index]
+        noise = torch.randn(chosen.shape, generator=noise_generator, device=device, dtype=images.dtype)
+        images[index] = chosen.addcmul_(noise, std[noisy].to(device, images.dtype).view(-1, 1, 1, 1))
+    return images.clamp_(0, 255)
 
 
 def _hue_saturation(hue: torch.Tensor, saturation: torch.Tensor) -> torch.Tensor:
