@@ -140,9 +140,9 @@ def augment_batch(
     matrices = _geometry(recipe, count, height, width, generator)
     outside = None
     if not torch.equal(matrices, torch.eye(3, dtype=matrices.dtype).expand_as(matrices)):
-        images, masks, outside = _warp(images.contiguous(), masks, matrices)
+        images, masks, outside = _warp(images, masks, matrices)  # a new, contiguous batch
     else:
-        images = images.contiguous().clone()  # the colour steps work in place on a batch of our own
+        images = images.clone(memory_format=torch.contiguous_format)  # colour steps work in place
     images = _photometric(images, recipe, generator)
     if outside is not None:
         fill = torch.as_tensor(fill, dtype=torch.float64).reshape(-1).expand(channels).tolist()
@@ -257,15 +257,20 @@ def _photometric(images: torch.Tensor, recipe: Augment, generator: torch.Generat
     hue = torch.deg2rad(_uniform(-recipe.hue, recipe.hue, count, generator))
     gamma = torch.exp(_uniform(math.log(recipe.gamma[0]), math.log(recipe.gamma[1]), count, generator))
     if colour.any():
+        # saturation, hue, contrast (around the image mean) and brightness are one affine colour map
+        # per sample, y = a·M·x + t: one batched matrix product and one addition
+        mixing = torch.eye(channels, dtype=torch.float64).expand(count, -1, -1)
         if channels == 3 and (recipe.saturation or recipe.hue):
             mixing = _hue_saturation(torch.where(colour, hue, 0.0), torch.where(colour, saturation, 1.0))
-            images = torch.einsum("nij,njhw->nihw", mixing.to(device, images.dtype), images)
-        # contrast around the image mean and brightness, as one multiply-add
-        scale = per_sample(contrast, colour, 1.0)
-        shift = images.mean((1, 2, 3), keepdim=True) * (1 - scale) + per_sample(brightness, colour, 0.0)
-        images = torch.addcmul(shift, images, scale)
-        if recipe.gamma != (1.0, 1.0):
-            images.clamp_(0, 255).div_(255).pow_(per_sample(gamma, colour, 1.0)).mul_(255)
+        mixing = mixing.to(device, images.dtype)
+        scale = per_sample(contrast, colour, 1.0).view(-1, 1, 1)
+        mean = (mixing @ images.mean((2, 3)).unsqueeze(-1)).mean(1, keepdim=True)  # the mean of M·x
+        shift = (1 - scale) * mean + per_sample(brightness, colour, 0.0).view(-1, 1, 1)
+        planes = images.reshape(count, channels, -1)
+        images = torch.bmm(scale * mixing, planes).add_(shift).view(images.shape).clamp_(0, 255)
+        if recipe.gamma != (1.0, 1.0):  # 255·(x/255)^g = x^g · 255^(1-g)
+            exponent = per_sample(gamma, colour, 1.0)
+            images.pow_(exponent).mul_(255 ** (1 - exponent))
 
     blurred = torch.rand(count, generator=generator) < recipe.p_blur
     sigma = _uniform(*recipe.blur_sigma, count, generator)
@@ -281,8 +286,9 @@ def _photometric(images: torch.Tensor, recipe: Augment, generator: torch.Generat
         index = noisy.nonzero().squeeze(1).to(device)
         chosen = images[index]
         noise = torch.randn(chosen.shape, generator=noise_generator, device=device, dtype=images.dtype)
-        images[index] = chosen.addcmul_(noise, std[noisy].to(device, images.dtype).view(-1, 1, 1, 1))
-    return images.clamp_(0, 255)
+        chosen.addcmul_(noise, std[noisy].to(device, images.dtype).view(-1, 1, 1, 1))
+        images[index] = chosen.clamp_(0, 255)
+    return images  # every step above keeps 0..255: bilinear and blur average, colour and noise clamp
 
 
 def _hue_saturation(hue: torch.Tensor, saturation: torch.Tensor) -> torch.Tensor:
