@@ -5,10 +5,13 @@ Run from the repository root: `.venv/bin/python bench/data.py [--trials 5] [--wo
 albumentations and opencv, and ../shared/datasets/camvid11). CamVid train split, 367 pairs 480×360,
 batch 16, the `default` preset. Both sides deliver the same thing: normalized float N×3×360×480 images
 and integer masks on the training device, shuffled, one epoch (every sample) per trial. Trials alternate
-(A, B, A, B, ...) and the table shows the median samples/s of each side.
+(A, B, A, B, ...) and the table shows the median samples/s of each side, and the CPU time (this process
+plus its DataLoader workers) per sample, which a busy machine disturbs less than wall-clock rates.
 
 - segwise: `load_data` (decoded once into the memory-mapped cache; the one-time decode is reported
-  separately) → `Batches` slicing → `augment_batch(..., "default")` in the main process;
+  separately) → `Batches` slicing → `augment_batch(..., "default")` → normalize, in the main process
+  (as the trainer does; torch's intra-op threads use the cores), and the same split by whole batches
+  across `--workers` DataLoader workers (one thread each), the peers' worker count;
 - peer (files): the usual pipeline: a Dataset that decodes each JPEG/PNG with OpenCV every time, resizes
   to the training size, applies an albumentations Compose, in a DataLoader with `--workers` workers;
 - peer (arrays): the same albumentations Compose over segwise's decoded arrays (no decoding), same
@@ -18,6 +21,7 @@ and integer masks on the training device, shuffled, one epoch (every sample) per
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import sys
 import time
@@ -147,6 +151,36 @@ def dataset_size(dataset) -> tuple[int, int]:
     return tuple(dataset.size) if hasattr(dataset, "size") else tuple(dataset.images.shape[1:3])
 
 
+class SegwiseBatchDataset(torch.utils.data.Dataset):
+    """segwise's batched path split across DataLoader workers: item k is the whole augmented batch k."""
+
+    def __init__(self, batches: Batches, seed: int) -> None:
+        order = torch.randperm(len(batches), generator=torch.Generator().manual_seed(seed))
+        count = batches.batches_per_epoch(drop_last=True)
+        self.batches, self.seed = batches, seed
+        self.indices = [order[k * BATCH : (k + 1) * BATCH] for k in range(count)]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int):
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + k)
+        images, masks = self.batches.prepare(self.indices[k])
+        images, masks = augment_batch(images, masks, "default", generator, self.batches.mean)
+        return self.batches.normalize(images), masks
+
+
+def segwise_workers_epoch(batches: Batches, workers: int, seed: int) -> int:
+    loader = torch.utils.data.DataLoader(
+        SegwiseBatchDataset(batches, seed), batch_size=None, num_workers=workers
+    )
+    seen = 0
+    for x, masks in loader:
+        seen += len(x)
+        assert x.shape[1] == 3 and masks.max() <= IGNORE_INDEX
+    return seen
+
+
 def segwise_epoch(batches: Batches, seed: int) -> int:
     generator = torch.Generator().manual_seed(seed)
     seen = 0
@@ -156,6 +190,12 @@ def segwise_epoch(batches: Batches, seed: int) -> int:
         seen += len(masks)
     assert x.shape[1] == 3 and masks.max() <= IGNORE_INDEX
     return seen
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and its finished children (the DataLoader workers, joined each epoch)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def main() -> None:
@@ -179,7 +219,10 @@ def main() -> None:
     mean, std = batches.mean, batches.std  # 1×3×1×1 on the 0..255 scale, shared by every side
     transform = albumentations_default(height, width, fill=mean.flatten().tolist())
     sides = {
-        "segwise (cache + batched augment_batch)": lambda seed: segwise_epoch(batches, seed),
+        "segwise: cache + augment_batch, main process": lambda seed: segwise_epoch(batches, seed),
+        f"segwise: cache + augment_batch, {args.workers} workers": lambda seed: segwise_workers_epoch(
+            batches, args.workers, seed
+        ),
         f"albumentations, decode files, {args.workers} workers": lambda seed: peer_epoch(
             FileDataset(data.train_pairs, data.size, transform), args.workers, seed, mean, std
         ),
@@ -188,13 +231,15 @@ def main() -> None:
         ),
     }
     rates: dict[str, list[float]] = {name: [] for name in sides}
+    cpu: dict[str, list[float]] = {name: [] for name in sides}
     for run in sides.values():  # warm-up: page cache, thread pools, allocator
         run(0)
     for trial in range(args.trials):
         for name, run in sides.items():  # interleaved
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), cpu_seconds()
             seen = run(trial + 1)
             rates[name].append(seen / (time.perf_counter() - start))
+            cpu[name].append((cpu_seconds() - start_cpu) * 1e3 / seen)
 
     ours = statistics.median(rates[next(iter(sides))])
     print(
@@ -202,12 +247,14 @@ def main() -> None:
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, albumentations {A.__version__}, CPU"
     )
     print(f"segwise load_data: first (decode into cache) {first_load:.1f}s, cached {cached_load:.2f}s\n")
-    print("| pipeline | samples/s (median) | all trials | segwise / this |")
-    print("|---|---:|---|---:|")
+    print("| pipeline | samples/s (median) | all trials | segwise main process / this | CPU ms per sample |")
+    print("|---|---:|---|---:|---:|")
     for name, values in rates.items():
         median = statistics.median(values)
         trials = ", ".join(f"{v:.0f}" for v in values)
-        print(f"| {name} | {median:.1f} | {trials} | {ours / median:.2f}× |")
+        print(
+            f"| {name} | {median:.1f} | {trials} | {ours / median:.2f}× | {statistics.median(cpu[name]):.1f} |"
+        )
 
 
 if __name__ == "__main__":
