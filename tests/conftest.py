@@ -17,6 +17,14 @@ from segwise.data.synthetic import write_synthetic_dataset
 TINY = {"encoder": "test_resnet", "options": {"decoder_channels": [32, 16, 16, 8, 8]}, "batch_size": 4}
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Decoded-data cache in a temporary folder, never the user's ~/.cache/segwise."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SEGWISE_CACHE_DIR", str(tmp_path_factory.mktemp("segwise-cache")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def shapes_data(tmp_path_factory) -> Path:
     """Synthetic multiclass data, 64×64: train/, val/ and test/ splits plus classes.txt."""

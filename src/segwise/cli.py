@@ -9,6 +9,7 @@ import argparse
 import os
 import sys
 
+from .config import AUGMENT_PRESETS
 from .errors import SegwiseError
 
 
@@ -194,6 +195,14 @@ def _command_check(args: argparse.Namespace) -> int:
     return report.exit_code
 
 
+def _command_show(args: argparse.Namespace) -> int:
+    from .data.show import write_augmented_grid
+
+    path = write_augmented_grid(args.data, args.output, args.augment, args.count, args.seed, args.size)
+    print(f"wrote {path}  ({args.count} augmented training samples, preset {args.augment})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="segwise",
@@ -224,7 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--val-fraction", type=float, help="held out when DATA has no val/ split (default 0.2)"
     )
-    train.add_argument("--augment", choices=["none", "flips"])
+    train.add_argument(
+        "--augment", choices=AUGMENT_PRESETS, help="augmentation preset (default: flips); see README"
+    )
     train.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"])
     train.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     train.add_argument("--seed", type=int)
@@ -352,6 +363,23 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--device", help="device to probe: auto, cpu, cuda or cuda:N")
     _add_data_options(plan)
     plan.set_defaults(handler=_command_plan)
+    show = commands.add_parser(
+        "show",
+        help="write a PNG grid of augmented training images beside their masks",
+        formatter_class=formatter,
+        description="Draw training samples through an augmentation preset and write image | mask cells "
+        "(masks in the class palette, void grey) as one PNG: see what the model will see.",
+        epilog="example:\n  segwise show data/cells -o show.png --augment heavy -n 16",
+    )
+    show.add_argument("data", help="dataset folder (same layout as for training)")
+    show.add_argument("-o", "--output", default="show.png", help="PNG to write (default: show.png)")
+    show.add_argument(
+        "--augment", choices=AUGMENT_PRESETS, default="default", help="preset to draw (default: default)"
+    )
+    show.add_argument("-n", "--count", type=int, default=16, help="samples in the grid (default 16)")
+    show.add_argument("--size", type=_size, help="training size H or HxW (default: the data's typical size)")
+    show.add_argument("--seed", type=int, default=0)
+    show.set_defaults(handler=_command_show)
     return parser
 
 

@@ -19,6 +19,8 @@ import yaml
 from .errors import SegwiseError
 from .io import atomic_path
 
+AUGMENT_PRESETS = ("none", "flips", "light", "default", "heavy")  # the keys of data.augment.PRESETS
+
 
 @dataclass
 class ModelConfig:
@@ -37,7 +39,7 @@ class TrainConfig:
     loss: str = "ce+dice"
     size: list[int] | None = None  # training [H, W]; None picks the dataset's typical size
     val_fraction: float = 0.2  # share held out when the data has no val/ split
-    augment: str = "flips"  # none | flips (h/v flips and, for square inputs, transposes)
+    augment: str = "flips"  # none | flips | light | default | heavy (see segwise.data.augment.PRESETS)
     precision: str = "auto"  # auto | bf16 | fp16 | fp32
     channels_last: bool = True
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -45,7 +47,7 @@ class TrainConfig:
     val_samples: int = 4  # image | truth | prediction panels written to val_samples/
 
     def __post_init__(self) -> None:
-        _check(self.augment in ("none", "flips"), "train.augment", self.augment, "none | flips")
+        _check(self.augment in AUGMENT_PRESETS, "train.augment", self.augment, " | ".join(AUGMENT_PRESETS))
         _check(
             self.precision in ("auto", "bf16", "fp16", "fp32"),
             "train.precision",

@@ -28,6 +28,7 @@ from PIL import Image
 
 from ..errors import SegwiseError
 from ..io import default_palette, read_image, read_mask
+from . import cache
 from .formats import ClassNames, DataSource, Pair, find_data, read_class_names
 
 __all__ = ["ClassInfo", "ClassNames", "SegmentationData", "discover_classes", "load_data", "read_class_names"]
@@ -376,11 +377,14 @@ def load_data(
     layout: str = "auto",
     categories: list[str] | None = None,
     mask_threshold: int | None = None,
+    use_cache: bool = True,
 ) -> SegmentationData:
     """Find, decode, check and cache a dataset. Pass `classes` to map masks to an existing run's classes.
 
     `layout` names the layout instead of detecting it (formats.LAYOUTS); `categories` picks COCO
     categories; `mask_threshold` makes every mask binary (stored value ≥ threshold is foreground).
+    Decoded arrays are kept in a cache folder (see `segwise.data.cache`) so later runs decode nothing;
+    `use_cache=False` decodes into memory and writes nothing.
 
     >>> data = load_data("data/camvid", size=(352, 480))  # doctest: +SKIP
     >>> data.classes.names, data.train_images.shape        # doctest: +SKIP
@@ -394,6 +398,51 @@ def load_data(
     else:
         train_pairs, val_pairs = _split(found.get("train", found.get("all", [])), val_fraction, seed)
 
+    options = {
+        "size": size,
+        "classes": cache.jsonable(classes),
+        "splits": [len(train_pairs), len(val_pairs)],
+        "layout": source.layout,
+        "categories": categories,
+        "mask_threshold": mask_threshold,
+    }
+    decoded = cache.cached(
+        root,
+        source.files(),  # every file the arrays depend on: class folders, COCO files, class names
+        options,
+        lambda: _decode(root, source, train_pairs, val_pairs, size, classes, mask_threshold),
+        enabled=use_cache,
+    )
+    classes = ClassInfo(**decoded.info["classes"])
+    size, in_channels = tuple(decoded.info["size"]), decoded.info["in_channels"]
+    train_images, train_masks = decoded.arrays["train_images"], decoded.arrays["train_masks"]
+    val_images, val_masks = decoded.arrays["val_images"], decoded.arrays["val_masks"]
+    return SegmentationData(
+        root=root,
+        classes=classes,
+        size=size,
+        in_channels=in_channels,
+        train_images=train_images,
+        train_masks=train_masks,
+        val_images=val_images,
+        val_masks=val_masks,
+        train_pairs=train_pairs,
+        val_pairs=val_pairs,
+        test_pairs=found.get("test", []),
+        source=source,
+    )
+
+
+def _decode(
+    root: Path,
+    source: DataSource,
+    train_pairs: list[Pair],
+    val_pairs: list[Pair],
+    size: tuple[int, int] | None,
+    classes: ClassInfo | None,
+    mask_threshold: int | None,
+) -> cache.Decoded:
+    """Decode, check and resize every pair; the result is what the cache stores."""
     raw = {
         "train": [read_pair(*p, source) for p in train_pairs],
         "val": [read_pair(*p, source) for p in val_pairs],
@@ -423,17 +472,12 @@ def load_data(
 
     train_images, train_masks = stack("train", train_pairs)
     val_images, val_masks = stack("val", val_pairs)
-    return SegmentationData(
-        root=root,
-        classes=classes,
-        size=size,
-        in_channels=in_channels,
-        train_images=train_images,
-        train_masks=train_masks,
-        val_images=val_images,
-        val_masks=val_masks,
-        train_pairs=train_pairs,
-        val_pairs=val_pairs,
-        test_pairs=found.get("test", []),
-        source=source,
+    return cache.Decoded(
+        {
+            "train_images": train_images,
+            "train_masks": train_masks,
+            "val_images": val_images,
+            "val_masks": val_masks,
+        },
+        {"classes": cache.jsonable(classes), "size": list(size), "in_channels": in_channels},
     )

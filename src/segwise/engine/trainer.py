@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from .. import run as runfolder
 from ..config import ClassesConfig, Config, PreprocessConfig, RunConfig, load_config
 from ..data import SegmentationData
-from ..data.augment import random_dihedral
+from ..data.augment import PerSampleBatches, augment_batch
 from ..data.dataset import IGNORE_INDEX
 from ..data.plan import loss_options, make_plan
 from ..errors import SegwiseError
@@ -121,8 +121,13 @@ def train(
     >>> segwise.load(result.run_dir).predict("new_cell.png")                  # doctest: +SKIP
 
     `config` is a Config or a plan YAML; keyword overrides set any model/train field by name.
+    `augment` is a preset name or, from Python, a per-sample transform such as an albumentations
+    `Compose` (run on the CPU in DataLoader workers instead of the on-device presets).
     """
     started = time.perf_counter()
+    transform = overrides.pop("augment") if callable(overrides.get("augment")) else None
+    if transform is not None:
+        overrides["augment"] = "none"  # the user's transform replaces the on-device presets
     planned = config is None  # no plan given: self-configure as `segwise plan` would (data/plan.py)
     if not isinstance(config, Config):
         config = load_config(config)
@@ -172,6 +177,7 @@ def train(
             "train_images": len(data_set.train_images),
             "val_images": len(data_set.val_images),
             "plan": asdict(config.data),
+            "augment_transform": None if transform is None else repr(transform),
         },
     )
     run_dir = runfolder.create_run_dir(runs_dir, name or Path(data).resolve().name)
@@ -183,6 +189,8 @@ def train(
     train_batches = Batches(
         data_set.train_images, data_set.train_masks, settings.batch_size, mean, std, device
     )
+    if transform is not None:
+        train_batches = PerSampleBatches(train_batches, transform)
     val_batches = Batches(data_set.val_images, data_set.val_masks, settings.batch_size, mean, std, device)
     steps_per_epoch = train_batches.batches_per_epoch(drop_last=True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
@@ -205,8 +213,7 @@ def train(
             total=steps_per_epoch, desc=f"epoch {epoch}/{settings.epochs}", leave=False, disable=not show_bar
         )
         for images, masks in train_batches.epoch(generator, drop_last=True):
-            if settings.augment == "flips":
-                images, masks = random_dihedral(images, masks, generator)
+            images, masks = augment_batch(images, masks, settings.augment, generator, train_batches.mean)
             x = train_batches.normalize(images)
             if settings.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)

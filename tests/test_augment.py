@@ -1,0 +1,272 @@
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from segwise.data.augment import PRESETS, Augment, PerSampleBatches, augment_batch
+from segwise.data.dataset import IGNORE_INDEX
+from segwise.errors import SegwiseError
+
+GEOMETRIC = {
+    "hflip": Augment(p_hflip=1.0),
+    "vflip": Augment(p_vflip=1.0),
+    "transpose": Augment(p_transpose=1.0),
+    "dihedral": PRESETS["flips"],
+    "rotate": Augment(p_affine=1.0, rotate=180),
+    "scale": Augment(p_affine=1.0, scale=(0.5, 2.0)),
+    "shear": Augment(p_affine=1.0, shear=30),
+    "translate": Augment(p_affine=1.0, translate=0.3),
+    "crop": Augment(p_crop=1.0, crop_area=(0.1, 0.9), crop_ratio=(0.5, 2.0)),
+}
+# every preset's geometry without its colour, blur and noise (which would blur the encoded coordinates)
+for name in ("light", "default", "heavy"):
+    GEOMETRIC[f"{name}-geometry"] = dataclasses.replace(PRESETS[name], p_color=0.0, p_blur=0.0, p_noise=0.0)
+
+
+def label_of(row: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
+    """A label that differs between neighbouring pixels in both directions, so any misalignment shows."""
+    return (row * 7 + col * 3) % 250
+
+
+def coordinate_batch(count: int, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images whose channels are each pixel's own (row, col); masks holding label_of(row, col)."""
+    rows, cols = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    image = torch.stack([rows, cols, torch.zeros_like(rows)]).float()
+    return image.expand(count, -1, -1, -1).clone(), label_of(rows, cols).expand(count, -1, -1).clone()
+
+
+@pytest.mark.parametrize("size", [(40, 40), (36, 60)], ids=["square", "rectangle"])
+@pytest.mark.parametrize("name", list(GEOMETRIC))
+def test_mask_stays_aligned_with_image_under_every_geometric_transform(name, size):
+    height, width = size
+    images, masks = coordinate_batch(8, height, width)
+    out_images, out_masks = augment_batch(images, masks, GEOMETRIC[name], torch.Generator().manual_seed(3))
+    assert out_images.shape == images.shape and out_masks.shape == masks.shape
+
+    valid = out_masks != IGNORE_INDEX
+    assert valid.float().mean() > 0.3  # most of the output still shows the image
+    row, col = out_images[:, 0], out_images[:, 1]  # the source coordinate, read back from the image
+    # nearest neighbour rounds the source coordinate; skip exact halfway points where rounding is a coin toss
+    decided = ((row.frac() - 0.5).abs() > 1e-3) & ((col.frac() - 0.5).abs() > 1e-3)
+    check = valid & decided
+    assert check.float().mean() > 0.25
+    expected = label_of(row.round().long(), col.round().long())
+    assert torch.equal(out_masks[check], expected[check])
+    if name != "transpose" or height == width:
+        assert not torch.equal(out_masks, masks)  # the transform did move pixels
+
+
+def test_pixels_from_outside_the_image_are_ignored_in_the_mask_and_filled_in_the_image():
+    images, masks = coordinate_batch(4, 32, 48)
+    images[:, 2] = 100.0
+    recipe = Augment(p_affine=1.0, scale=(0.5, 0.6))  # zooming out shows a frame around every sample
+    out_images, out_masks = augment_batch(images, masks, recipe, torch.Generator().manual_seed(0), fill=7.0)
+    outside = out_masks == IGNORE_INDEX
+    assert outside[:, 0, 0].all() and outside[:, -1, -1].all()
+    assert (out_images.permute(1, 0, 2, 3)[:, outside] == 7.0).all()
+    assert torch.allclose(out_images[:, 2][~outside], torch.tensor(100.0))
+
+
+def test_every_sample_draws_its_own_parameters():
+    images, masks = coordinate_batch(6, 32, 32)
+    out_images, out_masks = augment_batch(images, masks, "heavy", torch.Generator().manual_seed(1))
+    flattened = out_masks.flatten(1)
+    assert len({tuple(row.tolist()) for row in flattened}) == 6
+
+
+def test_same_seed_same_batch_and_next_draw_differs():
+    images = torch.rand(4, 3, 32, 48) * 255
+    masks = torch.randint(0, 5, (4, 32, 48))
+    first = augment_batch(images, masks, "default", torch.Generator().manual_seed(5))
+    second = augment_batch(images, masks, "default", torch.Generator().manual_seed(5))
+    assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+    generator = torch.Generator().manual_seed(5)
+    augment_batch(images, masks, "default", generator)
+    assert not torch.equal(augment_batch(images, masks, "default", generator)[0], first[0])
+
+
+def test_rectangles_are_never_transposed():
+    images, masks = coordinate_batch(8, 20, 30)
+    out_images, _ = augment_batch(images, masks, Augment(p_transpose=1.0), torch.Generator())
+    assert torch.equal(out_images, images)
+
+
+def test_photometric_transforms_keep_the_range_and_leave_masks_alone():
+    images = torch.rand(8, 3, 24, 40) * 255
+    masks = torch.randint(0, 4, (8, 24, 40))
+    recipe = dataclasses.replace(PRESETS["heavy"], p_hflip=0, p_vflip=0, p_transpose=0, p_affine=0, p_crop=0)
+    out_images, out_masks = augment_batch(images, masks, recipe, torch.Generator().manual_seed(2))
+    assert torch.equal(out_masks, masks)
+    assert out_images.min() >= 0 and out_images.max() <= 255
+    changed = (out_images - images).abs().flatten(1).amax(1) > 1
+    assert changed.sum() >= 6  # heavy changes colour in 90 % of samples
+
+
+def test_brightness_shifts_the_mean_and_contrast_keeps_it():
+    images = torch.full((16, 3, 8, 8), 100.0)
+    images[:, :, :4] = 60.0
+    masks = torch.zeros(16, 8, 8, dtype=torch.long)
+    brighter, _ = augment_batch(images, masks, Augment(p_color=1.0, brightness=0.2), torch.Generator())
+    shifts = brighter.mean((1, 2, 3)) - images.mean((1, 2, 3))
+    assert shifts.abs().max() <= 0.2 * 255 + 1e-3 and shifts.std() > 1
+    contrasted, _ = augment_batch(images, masks, Augment(p_color=1.0, contrast=0.5), torch.Generator())
+    assert torch.allclose(contrasted.mean((1, 2, 3)), images.mean((1, 2, 3)), atol=1e-3)
+
+
+def test_hue_and_saturation_keep_gray_pixels_gray():
+    images = torch.rand(4, 1, 16, 16).expand(-1, 3, -1, -1) * 255
+    masks = torch.zeros(4, 16, 16, dtype=torch.long)
+    recipe = Augment(p_color=1.0, hue=90, saturation=0.8)
+    out, _ = augment_batch(images, masks, recipe, torch.Generator())
+    assert torch.allclose(out, images, atol=1e-2)
+
+
+def test_blur_keeps_flat_images_flat_and_smooths_edges():
+    images = torch.zeros(4, 1, 16, 16)
+    images[..., 8:] = 200.0
+    masks = torch.zeros(4, 16, 16, dtype=torch.long)
+    out, _ = augment_batch(images, masks, Augment(p_blur=1.0, blur_sigma=(1.0, 2.0)), torch.Generator())
+    assert torch.allclose(out[..., :2], torch.zeros(1), atol=1e-2)  # far from the edge
+    assert (out[..., 7] > 1).all() and (out[..., 8] < 199).all()
+    assert torch.allclose(out.sum((-1, -2)), images.sum((-1, -2)), rtol=1e-4)  # blur moves, never adds
+
+
+def test_noise_has_the_drawn_strength():
+    images = torch.full((8, 3, 64, 64), 128.0)
+    masks = torch.zeros(8, 64, 64, dtype=torch.long)
+    out, _ = augment_batch(images, masks, Augment(p_noise=1.0, noise_std=(0.02, 0.04)), torch.Generator())
+    std = (out - images).flatten(1).std(1)
+    assert ((std > 0.02 * 255 * 0.9) & (std < 0.04 * 255 * 1.1)).all()
+
+
+def test_multilabel_masks_move_with_the_image():
+    images, masks = coordinate_batch(4, 32, 32)
+    planes = torch.stack([masks % 2, masks % 3], 1)  # N×K×H×W
+    _, out_single = augment_batch(images, masks, "heavy", torch.Generator().manual_seed(9))
+    _, out_planes = augment_batch(images, planes, "heavy", torch.Generator().manual_seed(9))
+    valid = out_single != IGNORE_INDEX
+    assert torch.equal(out_planes[:, 0][valid], out_single[valid] % 2)
+    assert (out_planes[:, 1][~valid] == IGNORE_INDEX).all()
+
+
+def test_none_preset_returns_the_batch_untouched_and_unknown_preset_fails():
+    images, masks = coordinate_batch(2, 16, 16)
+    out = augment_batch(images, masks, "none", torch.Generator())
+    assert out[0] is images and out[1] is masks
+    with pytest.raises(SegwiseError, match="unknown preset 'strong'.*none \\| flips \\| light"):
+        augment_batch(images, masks, "strong", torch.Generator())
+
+
+def test_config_accepts_exactly_the_presets():
+    from segwise.config import AUGMENT_PRESETS, TrainConfig
+
+    assert tuple(PRESETS) == AUGMENT_PRESETS
+    assert TrainConfig(augment="heavy").augment == "heavy"
+    with pytest.raises(SegwiseError, match="train.augment: 'strong' is not valid; expected none \\| flips"):
+        TrainConfig(augment="strong")
+
+
+def test_training_runs_with_a_preset_and_records_it(shapes_data, tmp_path):
+    import segwise
+
+    from .conftest import TINY
+
+    result = segwise.train(
+        shapes_data, runs_dir=tmp_path, epochs=2, augment="default", progress=False, **TINY
+    )
+    assert all(0 < row["train_loss"] < 10 for row in result.history)
+    assert (result.run_dir / "config.yaml").read_text().count("augment: default") == 1
+
+
+albumentations = pytest.importorskip("albumentations")
+
+
+def coordinate_arrays(count: int, height: int, width: int):
+    """uint8 arrays as the cache holds them: channel 0 = row, 1 = col, 2 = sample index; mask = label_of."""
+    rows, cols = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
+    images = np.stack([np.stack([rows, cols, np.full_like(rows, i)], -1) for i in range(count)])
+    masks = np.broadcast_to(
+        label_of(torch.from_numpy(rows), torch.from_numpy(cols)).numpy(), (count, height, width)
+    )
+    return images.astype(np.uint8), masks.astype(np.uint8).copy()
+
+
+def test_albumentations_compose_runs_per_sample_in_workers_and_keeps_masks_aligned():
+    from segwise.engine.trainer import Batches
+
+    images, masks = coordinate_arrays(16, 24, 32)
+    batches = Batches(images, masks, 4, [0.0] * 3, [1.0] * 3, torch.device("cpu"))
+    flip = PerSampleBatches(
+        batches, albumentations.Compose([albumentations.HorizontalFlip(p=0.5)]), workers=2
+    )
+    seen, patterns = [], []
+    for _ in range(3):
+        for out_images, out_masks in flip.epoch(torch.Generator().manual_seed(len(seen)), drop_last=True):
+            assert out_images.shape == (4, 3, 24, 32) and out_masks.dtype == torch.long
+            row, col = out_images[:, 0].long(), out_images[:, 1].long()
+            assert torch.equal(out_masks, label_of(row, col))  # the mask moved with the image
+            patterns.append(tuple((col[:, 0, 0] == 31).tolist()))
+            seen += out_images[:, 2, 0, 0].long().tolist()
+    assert sorted(seen) == sorted(list(range(16)) * 3)  # every sample once per epoch
+    # forked workers (and epochs) must not replay one random stream: 12 batches show varied flip patterns
+    assert len(set(patterns)) >= 6 and 12 <= sum(map(sum, patterns)) <= 36
+
+
+def test_albumentations_transforms_that_break_batches_fail_in_one_line():
+    from segwise.engine.trainer import Batches
+
+    images, masks = coordinate_arrays(4, 24, 32)
+    batches = Batches(images, masks, 2, [0.0] * 3, [1.0] * 3, torch.device("cpu"))
+    with pytest.raises(SegwiseError, match="remove Normalize"):
+        PerSampleBatches(batches, albumentations.Compose([albumentations.Normalize()]), workers=0)
+    with pytest.raises(SegwiseError, match=r"A.Resize\(24, 32\)"):
+        PerSampleBatches(batches, albumentations.Compose([albumentations.CenterCrop(16, 16)]), workers=0)
+
+
+def test_training_accepts_an_albumentations_compose(shapes_data, tmp_path):
+    import segwise
+
+    from .conftest import TINY
+
+    transform = albumentations.Compose(
+        [albumentations.HorizontalFlip(p=0.5), albumentations.RandomBrightnessContrast(p=0.5)]
+    )
+    result = segwise.train(
+        shapes_data, runs_dir=tmp_path, epochs=1, augment=transform, progress=False, **TINY
+    )
+    saved = (result.run_dir / "config.yaml").read_text()
+    assert "augment: none" in saved and "HorizontalFlip" in saved
+    assert 0 < result.history[0]["train_loss"] < 10
+
+
+def test_show_writes_a_grid_of_augmented_pairs_in_the_class_palette(shapes_data, tmp_path):
+    from PIL import Image
+
+    from segwise.data.synthetic import CLASS_NAMES
+    from segwise.io import default_palette
+
+    from .conftest import run_cli
+
+    out = tmp_path / "grid.png"
+    result = run_cli("show", str(shapes_data), "-o", str(out), "--augment", "heavy", "-n", "6")
+    assert result.returncode == 0, result.stderr
+    assert str(out) in result.stdout
+    grid = np.asarray(Image.open(out).convert("RGB"))
+    # 6 cells of 64×(64+4+64) in round(sqrt(3)) = 2 columns and 3 rows, 4-pixel gaps between them
+    assert grid.shape == (3 * 64 + 2 * 4, 2 * 132 + 4, 3)
+    masks = np.concatenate(
+        [grid[r * 68 : r * 68 + 64, c * 136 + 68 : c * 136 + 132] for r in range(3) for c in range(2)]
+    )
+    colours = {tuple(colour) for colour in masks.reshape(-1, 3)}
+    allowed = {tuple(colour) for colour in default_palette(len(CLASS_NAMES))} | {(128, 128, 128)}
+    assert colours <= allowed and len(colours) >= 4  # heavy zooms out and rotates: void appears too
+    assert (128, 128, 128) in colours
+
+
+def test_show_on_a_missing_folder_is_one_line_and_exit_2(tmp_path):
+    from .conftest import run_cli
+
+    result = run_cli("show", str(tmp_path / "nothing"))
+    assert result.returncode == 2 and "dataset folder not found" in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
