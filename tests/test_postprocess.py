@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from segwise.errors import SegwiseError
 from segwise.inference import postprocess
 
 
@@ -35,7 +36,7 @@ def test_threshold_multilabel_per_channel():
     out = postprocess.threshold_multilabel(probabilities, [0.1, 0.7])
     assert out.dtype == bool
     assert out.tolist() == [[[True, True]], [[False, False]]]
-    with pytest.raises(ValueError, match="between 0 and 1"):
+    with pytest.raises(SegwiseError, match="between 0 and 1"):
         postprocess.threshold_multilabel(probabilities, 1.5)
 
 

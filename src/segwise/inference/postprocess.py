@@ -27,6 +27,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import ndimage
 
+from ..errors import SegwiseError
+
 _EIGHT = np.ones((3, 3), dtype=bool)
 
 
@@ -46,6 +48,39 @@ class Component:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass
+class Steps:
+    """The post-processing a prediction goes through, in this order: decide, remove small, fill, largest.
+
+    `threshold` None takes the argmax; see `threshold()` for what a value means.
+    """
+
+    threshold: float | None = None
+    min_size: int | None = None
+    fill_holes: bool = False
+    largest: bool = False
+
+    def __post_init__(self) -> None:
+        if self.threshold is not None:
+            _check_probability(self.threshold)
+        if self.min_size is not None and self.min_size < 1:
+            raise SegwiseError(f"min_size {self.min_size} is not valid; expected an integer ≥ 1 (pixels)")
+
+    def __call__(self, probabilities: np.ndarray) -> np.ndarray:
+        """Class indices H×W from softmax probabilities C×H×W."""
+        if self.threshold is None:
+            mask = probabilities.argmax(0)
+        else:
+            mask = threshold(probabilities, self.threshold)
+        if self.min_size:
+            mask = remove_small(mask, self.min_size)
+        if self.fill_holes:
+            mask = fill_holes(mask)
+        if self.largest:
+            mask = keep_largest(mask)
+        return mask
 
 
 def threshold(probabilities: np.ndarray, value: float) -> np.ndarray:
@@ -74,7 +109,7 @@ def threshold_multilabel(probabilities: np.ndarray, value: float | Sequence[floa
 def remove_small(mask: np.ndarray, min_size: int) -> np.ndarray:
     """Remove the components of every non-background class with fewer than `min_size` pixels."""
     if min_size < 1:
-        raise ValueError(f"min_size must be ≥ 1, got {min_size}")
+        raise SegwiseError(f"min_size {min_size} is not valid; expected an integer ≥ 1 (pixels)")
     return _replace(mask, lambda sizes: sizes < min_size)
 
 
@@ -136,7 +171,7 @@ def crop_object(
         return None
     rows, cols = ndimage.find_objects(foreground.astype(np.int8))[0]
     crop = image[rows, cols].copy()
-    fill = np.asarray(background, dtype=image.dtype)[: image.shape[-1]]
+    fill = np.resize(np.asarray(background, dtype=image.dtype), image.shape[-1])  # gray takes the first
     crop[~foreground[rows, cols]] = fill
     return crop
 
@@ -147,7 +182,7 @@ def _classes(mask: np.ndarray) -> list[int]:
 
 def _check_probability(value: float) -> None:
     if not 0 <= value <= 1:
-        raise ValueError(f"threshold must be between 0 and 1, got {value}")
+        raise SegwiseError(f"threshold {value} is not valid; expected a probability between 0 and 1")
 
 
 def _replace(mask: np.ndarray, remove_where) -> np.ndarray:
