@@ -67,7 +67,12 @@ def _command_predict(args: argparse.Namespace) -> int:
 
     formats = parse_formats(args.format)  # a typo fails before the model loads
     with process_group() as (rank, world_size):
-        predictor = load(args.run, device=process_device(args.device))
+        if args.backend == "onnxruntime" or args.onnx:
+            from .inference.backends import load_onnx
+
+            predictor = load_onnx(args.run, args.onnx, device=process_device(args.device))
+        else:
+            predictor = load(args.run, device=process_device(args.device))
         threshold = args.threshold
         if threshold is None:
             threshold = saved_threshold(args.run, predictor)
@@ -89,6 +94,15 @@ def _command_predict(args: argparse.Namespace) -> int:
         total = total_over_processes(len(written))
     if rank == 0:
         print(f"wrote {total} file(s) to {args.output}")
+    return 0
+
+
+def _command_export(args: argparse.Namespace) -> int:
+    from .inference.backends import export_run
+
+    path, differences = export_run(args.run, args.format, args.output)
+    checks = ", ".join(f"{difference:.2g} at {h}×{w}" for (h, w), difference in differences)
+    print(f"wrote {path}  (parity with PyTorch, max abs difference of the logits: {checks})")
     return 0
 
 
@@ -232,7 +246,31 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--crop", action="store_true", help="also write NAME_crop.png: the objects' box on a white background"
     )
+    predict.add_argument(
+        "--backend",
+        choices=["torch", "onnxruntime"],
+        default="torch",
+        help="torch (default) or onnxruntime: the run's model.onnx from `segwise export` (or --onnx FILE)",
+    )
+    predict.add_argument("--onnx", metavar="FILE", help="ONNX file for --backend onnxruntime (implies it)")
     predict.set_defaults(handler=_command_predict)
+
+    export = commands.add_parser(
+        "export",
+        help="export a run's model to ONNX or TorchScript",
+        formatter_class=formatter,
+        description="Export the model with dynamic batch, height and width, checked against PyTorch at two "
+        "sizes (max abs difference of the logits ≤ 1e-4, else nothing is written). The file's metadata holds "
+        "the class names, palette, mean, std and input size. An ONNX export predicts through "
+        "`segwise predict RUN ... --backend onnxruntime`.",
+        epilog="example:\n  segwise export runs/cells --format onnx    # writes runs/cells/model.onnx",
+    )
+    export.add_argument("run", help="run folder written by `segwise train`")
+    export.add_argument("--format", choices=["onnx", "torchscript"], default="onnx", help="default: onnx")
+    export.add_argument(
+        "-o", "--output", help="file to write (default: RUN/model.onnx or RUN/model.torchscript.pt)"
+    )
+    export.set_defaults(handler=_command_export)
 
     demo = commands.add_parser(
         "demo",

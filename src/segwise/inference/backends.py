@@ -86,3 +86,47 @@ def load_onnx(run_dir: str | Path, onnx_file: str | Path | None = None, device: 
         path, config.model.get("in_channels", 3), len(config.classes.names), pick_device(device)
     )
     return Predictor(model, config, device)
+
+
+EXPORT_FILES = {"onnx": ONNX_FILE, "torchscript": "model.torchscript.pt"}
+
+
+def export_run(
+    run_dir: str | Path, format: str = "onnx", output: str | Path | None = None, atol: float = 1e-4
+) -> tuple[Path, list[tuple[tuple[int, int], float]]]:
+    """Export a run's model (dynamic H×W) and check it against PyTorch at two sizes before it lands.
+
+    The sizes are the run's input size (what the Predictor feeds) and an odd one beside it (a size no
+    stride divides, so the padding must stay dynamic). Returns the path and the max abs difference of
+    the logits at each size; a file over `atol` is never written. The preprocessing travels in the
+    file's metadata (class names, mean, std, input size as JSON strings).
+    """
+    import json
+
+    from ..io import atomic_path
+    from ..run import load_model
+    from .export import check_parity, export_onnx, export_torchscript
+
+    if format not in EXPORT_FILES:
+        raise SegwiseError(f"export format '{format}' not known; choose onnx or torchscript")
+    model, config = load_model(run_dir)
+    path = Path(output) if output is not None else Path(run_dir) / EXPORT_FILES[format]
+    if (path.suffix.lower() == ".onnx") != (format == "onnx"):
+        raise SegwiseError(
+            f"{path}: {format} exports need {'an' if format == 'onnx' else 'a non-'}.onnx file name; "
+            f"e.g. {path.with_suffix('.onnx' if format == 'onnx' else '.pt')}"
+        )
+    height, width = config.preprocess.input_size
+    sizes = [(height, width), (height + 13, width + 7)]
+    metadata = {
+        "segwise_classes": json.dumps(config.classes.names),
+        "segwise_palette": json.dumps(config.classes.palette),
+        "segwise_mean": json.dumps(config.preprocess.mean),
+        "segwise_std": json.dumps(config.preprocess.std),
+        "segwise_input_size": json.dumps(config.preprocess.input_size),
+    }
+    write = export_onnx if format == "onnx" else export_torchscript
+    with atomic_path(path) as tmp:
+        write(model, tmp, sample_size=(height, width), metadata=metadata)
+        differences = [(size, check_parity(model, tmp, sizes=[size], atol=atol)) for size in sizes]
+    return path, differences
