@@ -124,3 +124,9 @@ def test_missing_onnxruntime_names_the_extra(exported_run, tmp_path, capsys, mon
         ["predict", str(run), str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "--backend", "onnxruntime"]
     )
     assert "pip install 'segwise[onnx]'" in one_line_error(capsys, code)
+
+
+def test_export_help_has_an_example(capsys):
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
+    assert "example:" in capsys.readouterr().out
