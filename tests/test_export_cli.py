@@ -1,5 +1,7 @@
 """`segwise export` and the onnxruntime backend of `segwise predict`."""
 
+import contextlib
+import io
 import re
 import shutil
 import sys
@@ -14,8 +16,6 @@ from segwise.cli import main
 from segwise.inference.backends import load_onnx
 from segwise.io import read_mask
 
-from .conftest import run_cli
-
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
@@ -28,12 +28,13 @@ def one_line_error(capsys, code: int) -> str:
 
 @pytest.fixture(scope="module")
 def exported_run(trained_run, tmp_path_factory):
-    """A copy of the shared run (exports write into the run folder) exported with the CLI."""
+    """A copy of the shared run (exports write into the run folder) exported with the CLI's main()."""
     run = tmp_path_factory.mktemp("exported") / "run"
     shutil.copytree(trained_run, run)
-    result = run_cli("export", str(run), "--format", "onnx")
-    assert result.returncode == 0, result.stderr
-    return run, result.stdout
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):  # in process: an interpreter start costs ~10 s here
+        assert main(["export", str(run), "--format", "onnx"]) == 0
+    return run, stdout.getvalue()
 
 
 def test_export_writes_model_onnx_and_prints_parity_at_two_sizes(exported_run):
