@@ -1,7 +1,7 @@
 """Benchmark prediction's post-processing and backends against their peers, in one process.
 
 Run from the repository root: `.venv/bin/python bench/predict_outputs.py` (needs monai; the backend rows
-need onnx, onnxscript and onnxruntime). Cases run interleaved (A, B, A, B, …) and each time is the median;
+need onnx, onnxscript and onnxruntime). Cases run interleaved (A, B, A, B, …) and each time is the median (5 runs for hole filling, 3 for the backends);
 the script checks that both sides give the same result before timing them. Prints a Markdown table with
 ratio = peer time / segwise time (> 1 means segwise is faster).
 
@@ -101,7 +101,7 @@ def backend_rows() -> list[tuple]:
         ("onnxruntime, batch 1", run_batches(onnx_predictor, 1)),
         ("onnxruntime, batch 8", run_batches(onnx_predictor, 8)),
     ]
-    times = interleaved_medians([run_batches(torch_predictor, 1)] + [c for _, c in cases], 5)
+    times = interleaved_medians([run_batches(torch_predictor, 1)] + [c for _, c in cases], 3)
     return [
         (f"UNet-resnet18 256×256, 16 images: {name}", "PyTorch, batch 1", times[0], t)
         for (name, _), t in zip(cases, times[1:], strict=True)

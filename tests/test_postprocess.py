@@ -291,3 +291,12 @@ def test_functions_keep_dtype_and_do_not_modify_input():
         assert out.dtype == np.uint8
     assert postprocess.remove_small(mask, 5).tolist() == [[0, 0, 0, 0], [0, 0, 0, 0]]
     assert (mask == before).all()
+
+
+def test_fill_holes_agrees_with_scipy_on_random_binary_masks():
+    from scipy import ndimage
+
+    rng = np.random.default_rng(0)
+    for density in (0.3, 0.5, 0.7):
+        mask = rng.random((40, 60)) < density
+        assert (postprocess.fill_holes(mask) == ndimage.binary_fill_holes(mask)).all()
