@@ -300,3 +300,16 @@ def test_fill_holes_agrees_with_scipy_on_random_binary_masks():
     for density in (0.3, 0.5, 0.7):
         mask = rng.random((40, 60)) < density
         assert (postprocess.fill_holes(mask) == ndimage.binary_fill_holes(mask)).all()
+
+
+def test_remove_small_and_keep_largest_on_random_binary_masks_match_a_label_oracle():
+    from scipy import ndimage
+
+    rng = np.random.default_rng(1)
+    for density in (0.2, 0.45):
+        mask = rng.random((40, 60)) < density
+        labels, _ = ndimage.label(mask, structure=np.ones((3, 3)))
+        sizes = np.bincount(labels.ravel())
+        sizes[0] = 0
+        assert (postprocess.remove_small(mask, 4) == (sizes[labels] >= 4)).all()
+        assert (postprocess.keep_largest(mask) == (labels == sizes.argmax())).all()
