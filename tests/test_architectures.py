@@ -126,3 +126,14 @@ def test_fcn_resnet50_decoder_matches_torchvision():
     # torchvision's head ends in a 1×1 classifier, ours in the shared 3×3 head
     reference_head = n_parameters(reference.classifier) - n_parameters(reference.classifier[-1])
     assert n_parameters(model.decoder) == reference_head
+
+
+@pytest.mark.parametrize("size", [(8, 12), (7, 5), (1, 1), (13, 6)])
+def test_pspnet_pooling_equals_adaptive_average_pooling(size):
+    from segwise.models.pspnet import adaptive_avg_pool2d
+
+    x = torch.randn(2, 4, *size)
+    for bins in (1, 2, 3, 6):
+        assert torch.allclose(
+            adaptive_avg_pool2d(x, bins), torch.nn.functional.adaptive_avg_pool2d(x, bins), atol=1e-6
+        )

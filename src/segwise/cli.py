@@ -60,11 +60,54 @@ def _command_train(args: argparse.Namespace) -> int:
 
 def _command_predict(args: argparse.Namespace) -> int:
     from .inference import load
-    from .inference.writers import predict_to_folder
+    from .inference.postprocess import Steps
+    from .inference.writers import (
+        parse_formats,
+        predict_to_folder,
+        process_device,
+        process_group,
+        saved_threshold,
+        total_over_processes,
+    )
 
-    predictor = load(args.run, device=args.device)
-    written = predict_to_folder(predictor, args.inputs, args.output, progress=sys.stderr.isatty())
-    print(f"wrote {len(written)} mask(s) to {args.output}")
+    formats = parse_formats(args.format)  # a typo fails before the model loads
+    with process_group() as (rank, world_size):
+        if args.backend == "onnxruntime" or args.onnx:
+            from .inference.backends import load_onnx
+
+            predictor = load_onnx(args.run, args.onnx, device=process_device(args.device))
+        else:
+            predictor = load(args.run, device=process_device(args.device))
+        threshold = args.threshold
+        if threshold is None:
+            threshold = saved_threshold(args.run, predictor)
+            if threshold is not None and rank == 0:
+                print(
+                    f"foreground threshold {threshold} from {args.run}/threshold.json (--threshold overrides)"
+                )
+        written = predict_to_folder(
+            predictor,
+            args.inputs,
+            args.output,
+            progress=rank == 0 and sys.stderr.isatty(),
+            formats=formats,
+            steps=Steps(threshold, args.min_size, args.fill_holes, args.largest),
+            crop=args.crop,
+            batch_size=args.batch_size,
+            shard=(rank, world_size),
+        )
+        total = total_over_processes(len(written))
+    if rank == 0:
+        print(f"wrote {total} file(s) to {args.output}")
+    return 0
+
+
+def _command_export(args: argparse.Namespace) -> int:
+    from .inference.backends import export_run
+
+    path, differences = export_run(args.run, args.format, args.output)
+    checks = ", ".join(f"{difference:.2g} at {h}×{w}" for (h, w), difference in differences)
+    print(f"wrote {path}  (parity with PyTorch, max abs difference of the logits: {checks})")
     return 0
 
 
@@ -247,14 +290,62 @@ def build_parser() -> argparse.ArgumentParser:
         "predict",
         help="write masks for new images with a trained run",
         formatter_class=formatter,
-        description="Predict an index-PNG mask (class palette, the input's own size) for every input image.",
-        epilog="example:\n  segwise predict runs/cells new_images/ extra.png -o masks/",
+        description="Predict every input image at its own size (EXIF orientation applied): an index-PNG mask "
+        "in the class palette, or any of --format's outputs, optionally cleaned (--min-size, --fill-holes, "
+        "--largest). Under torchrun each process predicts a disjoint share of the inputs.",
+        epilog="example:\n  segwise predict runs/cells new_images/ extra.png -o masks/\n"
+        "  segwise predict runs/cells 'scans/**/*.tif' -o out --format png,overlay,json --min-size 50\n"
+        "  torchrun --nproc-per-node 4 -m segwise predict runs/cells big_folder/ -o out   # 4 processes",
     )
     predict.add_argument("run", help="run folder written by `segwise train`")
     predict.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
     predict.add_argument("-o", "--output", required=True, help="folder for the masks (created if missing)")
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    predict.add_argument(
+        "--format",
+        "--output-format",
+        default="png",
+        help="comma-separated outputs: png (index mask, default), overlay, rgba, npy, tiff (probabilities), "
+        "json (object boxes)",
+    )
+    predict.add_argument("--batch-size", type=int, default=1, help="images per forward pass (default 1)")
+    predict.add_argument(
+        "--threshold",
+        type=float,
+        help="binary: foreground where P > T (default: RUN/threshold.json if saved, else 0.5); "
+        "multiclass: pixels whose best probability is ≤ T become background",
+    )
+    predict.add_argument("--min-size", type=int, help="remove objects under N pixels (per class)")
+    predict.add_argument("--fill-holes", action="store_true", help="fill background holes inside objects")
+    predict.add_argument("--largest", action="store_true", help="keep only the largest object of each class")
+    predict.add_argument(
+        "--crop", action="store_true", help="also write NAME_crop.png: the objects' box on a white background"
+    )
+    predict.add_argument(
+        "--backend",
+        choices=["torch", "onnxruntime"],
+        default="torch",
+        help="torch (default) or onnxruntime: the run's model.onnx from `segwise export` (or --onnx FILE)",
+    )
+    predict.add_argument("--onnx", metavar="FILE", help="ONNX file for --backend onnxruntime (implies it)")
     predict.set_defaults(handler=_command_predict)
+
+    export = commands.add_parser(
+        "export",
+        help="export a run's model to ONNX or TorchScript",
+        formatter_class=formatter,
+        description="Export the model with dynamic batch, height and width, checked against PyTorch at two "
+        "sizes (max abs difference of the logits ≤ 1e-4, else nothing is written). The file's metadata holds "
+        "the class names, palette, mean, std and input size. An ONNX export predicts through "
+        "`segwise predict RUN ... --backend onnxruntime`.",
+        epilog="example:\n  segwise export runs/cells --format onnx    # writes runs/cells/model.onnx",
+    )
+    export.add_argument("run", help="run folder written by `segwise train`")
+    export.add_argument("--format", choices=["onnx", "torchscript"], default="onnx", help="default: onnx")
+    export.add_argument(
+        "-o", "--output", help="file to write (default: RUN/model.onnx or RUN/model.torchscript.pt)"
+    )
+    export.set_defaults(handler=_command_export)
 
     demo = commands.add_parser(
         "demo",

@@ -33,8 +33,9 @@ class SegmentationModel(nn.Module):
         height, width = x.shape[-2:]
         pad_h, pad_w = -height % self.stride, -width % self.stride
         top, left = pad_h // 2, pad_w // 2
-        if pad_h or pad_w:
-            x = F.pad(x, (left, pad_w - left, top, pad_h - top))
+        # Unconditional (a zero pad is a cheap copy): a branch on the size would be frozen into traced and
+        # exported graphs at the example input's size, and other sizes would then fail.
+        x = F.pad(x, (left, pad_w - left, top, pad_h - top))
         logits = self.head(self.decoder(self.encoder(x)))
         if logits.shape[-2:] != x.shape[-2:]:
             logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)

@@ -11,6 +11,24 @@ from ..errors import SegwiseError
 from .blocks import ConvBnReLU
 
 
+def _bin_weights(size: int, bins: int, like: torch.Tensor) -> torch.Tensor:
+    """bins×size averaging weights of adaptive average pooling: bin i covers [⌊i·size/bins⌋, ⌈(i+1)·size/bins⌉)."""
+    index = torch.arange(bins, device=like.device).unsqueeze(1)
+    start, end = (index * size) // bins, ((index + 1) * size + bins - 1) // bins
+    position = torch.arange(size, device=like.device)
+    inside = ((position >= start) & (position < end)).to(like.dtype)
+    return inside / inside.sum(dim=1, keepdim=True)
+
+
+def adaptive_avg_pool2d(x: torch.Tensor, bins: int) -> torch.Tensor:
+    """`F.adaptive_avg_pool2d(x, bins)` as two matrix products. ONNX has no adaptive pooling, and the
+    exporters' translations fix the input size (or fail) when it is not a multiple of `bins`; this form
+    keeps H and W dynamic in exported graphs and costs little next to the convolutions."""
+    rows = _bin_weights(x.shape[-2], bins, x)
+    columns = _bin_weights(x.shape[-1], bins, x)
+    return rows @ x @ columns.transpose(0, 1)
+
+
 class PyramidPooling(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, bins: int) -> None:
         super().__init__()
@@ -21,7 +39,7 @@ class PyramidPooling(nn.Module):
             self.conv = ConvBnReLU(in_channels, out_channels, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = self.conv(F.adaptive_avg_pool2d(x, self.bins))
+        pooled = self.conv(adaptive_avg_pool2d(x, self.bins))
         return F.interpolate(pooled, size=x.shape[-2:], mode="bilinear", align_corners=True)
 
 

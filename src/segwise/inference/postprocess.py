@@ -1,0 +1,236 @@
+"""Cleaning predicted masks and reading objects out of them.
+
+Conventions shared by every function here:
+
+- A mask is H×W class indices; class 0 is the background. A boolean H×W array is a binary mask
+  (True = foreground). Multilabel predictions are C×H×W boolean stacks: apply the functions to each
+  channel (`[fill_holes(channel) for channel in stack]`).
+- Components are 8-connected (pixels touching at a corner belong together, as in OpenCV's
+  `connectedComponents`); holes are therefore 4-connected background regions not reaching the border.
+- Removing a component (too small, or not the largest of its class) gives its pixels the majority
+  class among the pixels touching it from outside that are not removed themselves (ties: the lowest
+  class index; nothing left around it: background). In a binary mask that is always the background;
+  in a multiclass mask a speck of class 2 inside a class-1 region becomes class 1.
+- Filling holes gives background pixels enclosed by one class that class. Other classes enclosed by it
+  are objects, not holes, and stay.
+
+    >>> from segwise.inference import postprocess
+    >>> clean = postprocess.fill_holes(postprocess.remove_small(mask, 50))  # doctest: +SKIP
+    >>> boxes = postprocess.components(clean, probabilities, class_names)   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from ..errors import SegwiseError
+
+_EIGHT = np.ones((3, 3), dtype=bool)
+
+
+@dataclass
+class Component:
+    """One connected object: its class, box (x1, y1 exclusive: x1 − x0 is the width), area and score."""
+
+    id: int  # 1, 2, … over the whole image, by class then in scan order
+    class_index: int
+    class_name: str
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+    area: int  # pixels
+    score: float | None  # mean probability of its class over its pixels; None without probabilities
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Steps:
+    """The post-processing a prediction goes through, in this order: decide, remove small, fill, largest.
+
+    `threshold` None takes the argmax; see `threshold()` for what a value means.
+    """
+
+    threshold: float | None = None
+    min_size: int | None = None
+    fill_holes: bool = False
+    largest: bool = False
+
+    def __post_init__(self) -> None:
+        if self.threshold is not None:
+            _check_probability(self.threshold)
+        if self.min_size is not None and self.min_size < 1:
+            raise SegwiseError(f"min_size {self.min_size} is not valid; expected an integer ≥ 1 (pixels)")
+
+    def __call__(self, probabilities: np.ndarray) -> np.ndarray:
+        """Class indices H×W from softmax probabilities C×H×W."""
+        if self.threshold is None:
+            mask = probabilities.argmax(0)
+        else:
+            mask = threshold(probabilities, self.threshold)
+        if self.min_size:
+            mask = remove_small(mask, self.min_size)
+        if self.fill_holes:
+            mask = fill_holes(mask)
+        if self.largest:
+            mask = keep_largest(mask)
+        return mask
+
+
+def threshold(probabilities: np.ndarray, value: float) -> np.ndarray:
+    """Class indices H×W from softmax probabilities C×H×W with a decision threshold.
+
+    Two classes (binary): foreground (1) where P(class 1) > value, so 0.5 is the argmax.
+    More classes: the argmax, except pixels whose winning probability is ≤ value, which go to the
+    background (0): where the model is unsure, claim nothing.
+    """
+    _check_probability(value)
+    if probabilities.shape[0] == 2:
+        return (probabilities[1] > value).astype(np.int64)
+    mask = probabilities.argmax(0)
+    mask[probabilities.max(0) <= value] = 0
+    return mask
+
+
+def threshold_multilabel(probabilities: np.ndarray, value: float | Sequence[float]) -> np.ndarray:
+    """Boolean C×H×W from independent (sigmoid) probabilities C×H×W; `value` is one or one per channel."""
+    values = np.broadcast_to(np.asarray(value, dtype=np.float64), (probabilities.shape[0],))
+    for v in values:
+        _check_probability(float(v))
+    return probabilities > values[:, None, None]
+
+
+def remove_small(mask: np.ndarray, min_size: int) -> np.ndarray:
+    """Remove the components of every non-background class with fewer than `min_size` pixels."""
+    if min_size < 1:
+        raise SegwiseError(f"min_size {min_size} is not valid; expected an integer ≥ 1 (pixels)")
+    return _replace(mask, lambda sizes: sizes < min_size)
+
+
+def keep_largest(mask: np.ndarray) -> np.ndarray:
+    """Keep only the largest component of every non-background class (ties: the first in scan order)."""
+    return _replace(mask, lambda sizes: np.arange(len(sizes)) != sizes.argmax())
+
+
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """Give background pixels enclosed by one class (holes) that class."""
+    if mask.dtype == bool:
+        return mask | _holes(mask)
+    out = mask.copy()
+    for value in _classes(mask):
+        out[_holes(mask == value) & (mask == 0)] = value
+    return out
+
+
+def components(
+    mask: np.ndarray, probabilities: np.ndarray | None = None, class_names: Sequence[str] | None = None
+) -> list[Component]:
+    """Every 8-connected object of every non-background class, with its box, area and mean probability."""
+    mask = mask.astype(np.int64)
+    found: list[Component] = []
+    for value in _classes(mask):
+        labels, count = ndimage.label(mask == value, structure=_EIGHT)
+        areas = np.bincount(labels.ravel(), minlength=count + 1)
+        scores = (
+            ndimage.mean(probabilities[value], labels, np.arange(1, count + 1))
+            if probabilities is not None
+            else [None] * count
+        )
+        for index, box in enumerate(ndimage.find_objects(labels)):
+            found.append(
+                Component(
+                    id=len(found) + 1,
+                    class_index=int(value),
+                    class_name=class_names[value] if class_names is not None else str(value),
+                    x0=box[1].start,
+                    y0=box[0].start,
+                    x1=box[1].stop,
+                    y1=box[0].stop,
+                    area=int(areas[index + 1]),
+                    score=None if scores[index] is None else round(float(scores[index]), 6),
+                )
+            )
+    return found
+
+
+def crop_object(
+    image: np.ndarray, mask: np.ndarray, background: Sequence[int] = (255, 255, 255)
+) -> np.ndarray | None:
+    """The image inside the box of all foreground pixels, other pixels painted `background`.
+
+    None when the mask has no foreground. Combine with `keep_largest` to cut out a single object.
+    """
+    foreground = mask.astype(bool)
+    if not foreground.any():
+        return None
+    rows, cols = ndimage.find_objects(foreground.astype(np.int8))[0]
+    crop = image[rows, cols].copy()
+    fill = np.resize(np.asarray(background, dtype=image.dtype), image.shape[-1])  # gray takes the first
+    crop[~foreground[rows, cols]] = fill
+    return crop
+
+
+def _classes(mask: np.ndarray) -> list[int]:
+    """The non-background classes present (bincount: one pass, where np.unique sorts every pixel)."""
+    return [int(v) for v in np.flatnonzero(np.bincount(mask.ravel().astype(np.intp, copy=False))) if v != 0]
+
+
+def _holes(foreground: np.ndarray) -> np.ndarray:
+    """Background regions (4-connected) of a boolean mask that do not reach the border.
+
+    One labelling pass; scipy's binary_fill_holes floods by repeated dilation, which costs a pass per
+    pixel of the longest path through the background.
+    """
+    labels, count = ndimage.label(~foreground)
+    enclosed = np.ones(count + 1, dtype=bool)
+    enclosed[0] = False
+    for edge in (labels[0], labels[-1], labels[:, 0], labels[:, -1]):
+        enclosed[edge] = False
+    return enclosed[labels]
+
+
+def _check_probability(value: float) -> None:
+    if not 0 <= value <= 1:
+        raise SegwiseError(f"threshold {value} is not valid; expected a probability between 0 and 1")
+
+
+def _replace(mask: np.ndarray, remove_where) -> np.ndarray:
+    """Relabel the components that `remove_where(sizes)` selects (per class) by the surrounding majority.
+
+    `remove_where` gets the component sizes of one class (index 0 = component 1) and returns a boolean
+    array of those to remove. All removals are decided on the input mask first, so the result does not
+    depend on the order the classes are visited in.
+    """
+    binary = mask.dtype == bool
+    source = mask.astype(np.int64)
+    removed_parts: list[tuple[np.ndarray, tuple[slice, slice], int]] = []
+    removed = np.zeros(source.shape, dtype=bool)
+    for value in _classes(source):
+        labels, count = ndimage.label(source == value, structure=_EIGHT)
+        if count == 0:
+            continue
+        sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+        drop = np.flatnonzero(remove_where(sizes)) + 1
+        boxes = ndimage.find_objects(labels)
+        for label in drop:
+            removed_parts.append((labels, boxes[label - 1], int(label)))
+        drop_table = np.zeros(count + 1, dtype=bool)
+        drop_table[drop] = True
+        removed |= drop_table[labels]  # a lookup per pixel; np.isin would sort
+    out = source.copy()
+    height, width = source.shape
+    for labels, (rows, cols), label in removed_parts:
+        # Look one pixel beyond the component's box: its outside neighbours live there.
+        rows = slice(max(rows.start - 1, 0), min(rows.stop + 1, height))
+        cols = slice(max(cols.start - 1, 0), min(cols.stop + 1, width))
+        part = labels[rows, cols] == label
+        ring = ndimage.binary_dilation(part, structure=_EIGHT) & ~part & ~removed[rows, cols]
+        neighbours = source[rows, cols][ring]
+        out[rows, cols][part] = np.bincount(neighbours).argmax() if neighbours.size else 0
+    return out.astype(bool) if binary else out.astype(mask.dtype)
