@@ -2,8 +2,9 @@
 
 Run from the repository root: `.venv/bin/python bench/models.py [--repeats 5] [--size 256] [--batch 4]`
 (needs segmentation-models-pytorch). Same encoder (resnet34, random weights), same input, same process,
-fp32 on the CPU, training mode; the two models alternate (peer, segwise, peer, segwise, ...) so that load
-from other jobs hits both alike. Prints a Markdown table of median times and the ratio
+fp32 on the CPU, training mode; the two models alternate (peer, segwise, segwise, peer, ...) so that load
+from other jobs hits both alike, and each step is timed in process CPU time. Prints a Markdown table of
+median times and the ratio
 smp time / segwise time (> 1 means segwise is faster).
 """
 
@@ -37,10 +38,12 @@ PAIRS = {
 
 
 def training_step(model: torch.nn.Module, x: torch.Tensor) -> float:
-    start = time.perf_counter()
+    """CPU seconds of this process (all threads) for one step: on a machine shared with other jobs, wall
+    time mostly measures waiting for a core; CPU time measures the work."""
+    start = time.process_time()
     model.zero_grad(set_to_none=True)
     model(x).mean().backward()
-    return time.perf_counter() - start
+    return time.process_time() - start
 
 
 def compare(arch: str, encoder: str, x: torch.Tensor, classes: int, repeats: int) -> tuple[float, float]:
@@ -51,9 +54,9 @@ def compare(arch: str, encoder: str, x: torch.Tensor, classes: int, repeats: int
         assert peer(x).shape == ours(x).shape, arch
     training_step(peer, x), training_step(ours, x)  # warm-up (allocator, thread pool)
     times: dict[str, list[float]] = {"peer": [], "ours": []}
-    for _ in range(repeats):  # interleaved: A, B, A, B, ...
-        times["peer"].append(training_step(peer, x))
-        times["ours"].append(training_step(ours, x))
+    for i in range(repeats):  # interleaved, and who goes first alternates: A B, B A, A B, ...
+        for name in ("peer", "ours") if i % 2 == 0 else ("ours", "peer"):
+            times[name].append(training_step(peer if name == "peer" else ours, x))
     return statistics.median(times["peer"]), statistics.median(times["ours"])
 
 
@@ -69,9 +72,11 @@ def main() -> None:
     print(
         f"forward+backward, {args.encoder}, {args.batch}×3×{args.size}×{args.size}, fp32 CPU, "
         f"{torch.get_num_threads()} threads, torch {torch.__version__}, smp {smp.__version__}, "
-        f"median of {args.repeats} after one warm-up step each\n"
+        f"median CPU time of {args.repeats} after one warm-up step each\n"
     )
-    print("| architecture | smp class | smp median (ms) | segwise median (ms) | ratio (smp / segwise) |")
+    print(
+        "| architecture | smp class | smp median (CPU ms) | segwise median (CPU ms) | ratio (smp / segwise) |"
+    )
     print("|---|---|---:|---:|---:|")
     for arch in args.arch:
         peer, ours = compare(arch, args.encoder, x, classes=12, repeats=args.repeats)
