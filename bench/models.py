@@ -67,7 +67,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--encoder", default="resnet34")
     parser.add_argument("--arch", nargs="*", default=list(PAIRS), choices=list(PAIRS))
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads:  # one thread: no idle spinning of a thread pool in the CPU times on a busy machine
+        torch.set_num_threads(args.threads)
     x = torch.randn(args.batch, 3, args.size, args.size)
     print(
         f"forward+backward, {args.encoder}, {args.batch}×3×{args.size}×{args.size}, fp32 CPU, "
