@@ -2,9 +2,19 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import segwise
 from segwise.errors import SegwiseError
+
+# The smallest representative configuration of each architecture: timm's tiny `test_resnet` encoder, or
+# for those with their own encoder, a narrow 2015 U-Net and the 3-stage SegNet (its VGG16-bn is fixed).
+OWN_ENCODER_OPTIONS = {"unet_classic": {"encoder_width": 4}, "segnet": {"encoder_depth": 3}}
+
+
+def tiny(arch: str, **options) -> segwise.models.SegmentationModel:
+    defaults = OWN_ENCODER_OPTIONS.get(arch, {"encoder": "test_resnet"})
+    return segwise.create_model(arch, **{**defaults, **options})
 
 
 def n_parameters(model: torch.nn.Module) -> int:
@@ -13,7 +23,7 @@ def n_parameters(model: torch.nn.Module) -> int:
 
 @pytest.mark.parametrize("arch", segwise.list_models())
 def test_forward_backward_at_an_odd_size(arch):
-    model = segwise.create_model(arch, encoder="test_resnet", num_classes=4)
+    model = tiny(arch, num_classes=4)
     out = model(torch.randn(2, 3, 250, 333))
     assert out.shape == (2, 4, 250, 333)
     out.mean().backward()
@@ -22,11 +32,22 @@ def test_forward_backward_at_an_odd_size(arch):
 
 @pytest.mark.parametrize("arch", segwise.list_models())
 def test_jit_trace(arch):
-    model = segwise.create_model(arch, encoder="test_resnet", num_classes=3).eval()
+    model = tiny(arch, num_classes=3).eval()
     x = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
         traced = torch.jit.trace(model, x, check_trace=False)
         assert torch.allclose(traced(x), model(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", segwise.list_models())
+def test_saved_config_rebuilds_the_same_model(arch):
+    model = tiny(arch, num_classes=3, in_channels=1)
+    config = dict(model.config)
+    rebuilt = segwise.create_model(**config.pop("options"), **config)  # as segwise.load does
+    rebuilt.load_state_dict(model.state_dict())  # strict: the same parameters and buffers
+    x = torch.randn(1, 1, 45, 61)
+    with torch.no_grad():
+        assert torch.equal(rebuilt.eval()(x), model.eval()(x))
 
 
 def _ratio_to_smp(arch: str, encoder: str, smp_class: str, **options) -> float:
@@ -137,3 +158,166 @@ def test_pspnet_pooling_equals_adaptive_average_pooling(size):
         assert torch.allclose(
             adaptive_avg_pool2d(x, bins), torch.nn.functional.adaptive_avg_pool2d(x, bins), atol=1e-6
         )
+
+
+def _load_smp_weights(model, reference, renames: dict[str, str]) -> None:
+    """Copy smp's weights into ours: same tensors in the same order, names mapped by `renames`."""
+    state = {}
+    for key, value in reference.state_dict().items():
+        for old, new in renames.items():
+            key = key.replace(old, new)
+        state[key] = value
+    model.load_state_dict(state)
+
+
+SMP_RENAMES = {
+    "encoder.": "encoder.model.",
+    "segmentation_head.0.": "head.",
+    "attention.cSE.": "channel_gate.",
+    "attention.sSE.": "spatial_gate.",
+}
+
+
+def test_unetplusplus_equals_smp_given_the_same_weights():
+    smp = pytest.importorskip("segmentation_models_pytorch")
+    reference = smp.UnetPlusPlus("resnet34", encoder_weights=None, classes=2).eval()
+    model = segwise.create_model("unetplusplus", encoder="resnet34", num_classes=2).eval()
+    assert n_parameters(model) == n_parameters(reference)
+    _load_smp_weights(model, reference, {**SMP_RENAMES, "decoder.blocks.x_0_4.": "decoder.final.0."})
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        assert torch.allclose(model(x), reference(x), atol=1e-5)
+
+
+def test_unet_scse_attention_equals_smp_given_the_same_weights():
+    smp = pytest.importorskip("segmentation_models_pytorch")
+    reference = smp.Unet("resnet34", encoder_weights=None, classes=2, decoder_attention_type="scse").eval()
+    model = segwise.create_model("unet", encoder="resnet34", num_classes=2, decoder_attention="scse").eval()
+    # smp also builds an attention for the last block's missing skip that it never runs
+    unused = reference.decoder.blocks[-1].attention1
+    assert n_parameters(model) == n_parameters(reference) - n_parameters(unused)
+    assert n_parameters(model) / n_parameters(reference) == pytest.approx(1.0, abs=0.02)
+    reference.decoder.blocks[-1].attention1 = torch.nn.Identity()
+    _load_smp_weights(model, reference, SMP_RENAMES)
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        assert torch.allclose(model(x), reference(x), atol=1e-5)
+
+
+def test_unet_and_unetplusplus_option_mistakes():
+    with pytest.raises(
+        SegwiseError, match=r"decoder_attention 'cbam' unknown; choose one of \(None, 'scse'\)"
+    ):
+        segwise.create_model("unetplusplus", encoder="test_resnet", decoder_attention="cbam")
+    with pytest.raises(SegwiseError, match="unetplusplus: decoder_channels needs 5 entries"):
+        segwise.create_model("unetplusplus", encoder="test_resnet", decoder_channels=[8])
+
+
+def _paper_unet_parameters(in_channels: int, classes: int) -> int:
+    """The 2015 U-Net counted by hand: 3×3 convs without bias + BatchNorm, 2×2 up-convs, our 3×3 head."""
+
+    def double(cin: int, cout: int) -> int:
+        return 9 * cin * cout + 2 * cout + 9 * cout * cout + 2 * cout
+
+    widths = [64, 128, 256, 512, 1024]
+    encoder = sum(double(cin, cout) for cin, cout in zip([in_channels, *widths[:-1]], widths, strict=True))
+    decoder = sum(4 * c * (c // 2) + c // 2 + double(c, c // 2) for c in widths[:0:-1])
+    return encoder + decoder + 9 * 64 * classes + classes
+
+
+def test_unet_classic_is_the_2015_network_for_grayscale_input():
+    model = segwise.create_model("unet_classic", num_classes=2, in_channels=1)
+    assert n_parameters(model) == _paper_unet_parameters(1, 2) == pytest.approx(31.0e6, rel=0.01)
+    assert model.encoder.channels == [64, 128, 256, 512, 1024] and model.stride == 16
+    assert model.config["encoder"] == "unet_classic"
+    small = segwise.create_model("unet_classic", num_classes=3, in_channels=1, encoder_width=4)
+    for upsampling in ("transpose", "bilinear"):
+        small = segwise.create_model(
+            "unet_classic", num_classes=3, in_channels=1, encoder_width=4, decoder_upsampling=upsampling
+        )
+        out = small(torch.randn(1, 1, 37, 53))
+        out.mean().backward()
+        assert out.shape == (1, 3, 37, 53)
+
+
+def test_own_encoder_architectures_refuse_a_timm_encoder_and_missing_weights():
+    with pytest.raises(
+        SegwiseError, match="unet_classic: builds its own encoder 'unet_classic', got encoder 'resnet34'"
+    ):
+        segwise.create_model("unet_classic", encoder="resnet34")
+    with pytest.raises(SegwiseError, match="no pretrained weights"):
+        segwise.create_model("unet_classic", encoder_weights="imagenet")
+    with pytest.raises(SegwiseError, match=r"segnet: encoder_depth must be one of \(3, 4, 5\), got 2"):
+        segwise.create_model("segnet", encoder_depth=2)
+
+
+def test_segnet_vgg16_bn_has_the_papers_parameter_count():
+    model = segwise.create_model("segnet", num_classes=12)  # the paper's 11 CamVid classes + void
+    assert n_parameters(model) == pytest.approx(29.5e6, rel=0.02)
+    assert model.stride == 32 and model.encoder.channels == [64, 128, 256, 512, 512]
+
+
+def test_segnet_unpooling_places_values_at_the_encoders_argmax():
+    from segwise.models.segnet import MaxUnpool2d
+
+    x = torch.tensor([[[[1.0, 5.0, 0.0, 2.0], [3.0, 2.0, 7.0, 1.0]]]])
+    pooled, indices = F.max_pool2d(x, 2, return_indices=True)
+    assert MaxUnpool2d()(pooled, indices).tolist() == [[[[0.0, 5.0, 0.0, 0.0], [0.0, 0.0, 7.0, 0.0]]]]
+
+    model = tiny("segnet", num_classes=2).eval()
+    image = torch.randn(1, 3, 32, 48)
+    with torch.no_grad():
+        before_pool = model.encoder.model[:6](image)  # first stage, up to its max pooling
+        features = model.encoder(image)
+        unpooled = model.decoder.unpool(features[0], features[len(features) // 2])
+    window_max = F.max_pool2d(before_pool, 2)
+    at_max = before_pool == F.interpolate(window_max, scale_factor=2.0, mode="nearest")
+    assert torch.equal(F.avg_pool2d(unpooled, 2) * 4, window_max)  # each window keeps exactly its max...
+    assert not (unpooled != 0)[~at_max].any()  # ...at the position where the encoder found it
+    assert (F.avg_pool2d((unpooled != 0).float(), 2) * 4 <= 1).all()
+
+
+def _vgg16_bn_keys(source: str) -> dict[str, torch.Size]:
+    """The key names and shapes of timm's / torchvision's full vgg16_bn, built on the meta device (free)."""
+    with torch.device("meta"):
+        if source == "timm":
+            import timm
+
+            model = timm.create_model("vgg16_bn")
+        else:
+            model = pytest.importorskip("torchvision.models").vgg16_bn()
+    return {key: value.shape for key, value in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("source", ["timm", "torchvision"])
+def test_segnet_loads_vgg16_bn_weights_into_its_encoder(source, tmp_path):
+    from safetensors.torch import save_file
+
+    generator = torch.Generator().manual_seed(0)
+    state = {  # the feature tensors at their real names; the classifier too, small (it is ignored)
+        key: torch.rand(shape if key.startswith("features.") else (2,), generator=generator)
+        for key, shape in _vgg16_bn_keys(source).items()
+        if shape.numel() and key.split(".")[-1] != "num_batches_tracked"
+    }
+    save_file(state, str(tmp_path / "vgg16_bn.safetensors"))
+    torch.save(state, tmp_path / "vgg16_bn.pth")
+    for path in (tmp_path / "vgg16_bn.safetensors", tmp_path / "vgg16_bn.pth"):
+        model = segwise.create_model("segnet", encoder_depth=4, num_classes=2, encoder_weights=path)
+        own = model.encoder.model.state_dict()
+        assert torch.equal(own["0.weight"], state["features.0.weight"])
+        assert torch.equal(own["31.running_var"], state["features.31.running_var"])  # last BN of stage 4
+    gray = segwise.create_model("segnet", encoder_depth=3, in_channels=1, encoder_weights=path)
+    assert torch.allclose(gray.encoder.model[0].weight, state["features.0.weight"].sum(1, keepdim=True))
+    four = segwise.create_model("segnet", encoder_depth=3, in_channels=4, encoder_weights=path)
+    rgb = state["features.0.weight"]
+    assert torch.allclose(four.encoder.model[0].weight, torch.cat([rgb, rgb[:, :1]], 1) * 3 / 4)
+
+
+def test_segnet_refuses_weights_of_another_network(tmp_path):
+    torch.save({"features.0.weight": torch.zeros(8, 3, 3, 3)}, tmp_path / "other.pth")
+    with pytest.raises(
+        SegwiseError,
+        match=r"other.pth: weights do not fit segnet's VGG16-bn encoder: missing \d+ key\(s\).*"
+        r"wrong shape for 1 key\(s\), e.g. \['features.0.weight'\]",
+    ):
+        segwise.create_model("segnet", encoder_depth=3, encoder_weights=tmp_path / "other.pth")

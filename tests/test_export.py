@@ -8,6 +8,7 @@ import torch
 import segwise
 from segwise.errors import SegwiseError
 from segwise.inference.export import check_parity, export_onnx, export_torchscript
+from tests.test_architectures import tiny
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -21,11 +22,12 @@ SMALL = {
     "deeplabv3plus": {"decoder_channels": 16},
     "fcn": {"decoder_channels": 16},
     "pspnet": {"decoder_channels": 16},
+    "unetplusplus": {"decoder_channels": [16, 16, 8, 8, 8]},
 }
 
 
-def tiny(arch: str, **options) -> torch.nn.Module:
-    return segwise.create_model(arch, encoder="test_resnet", num_classes=3, **SMALL.get(arch, {}), **options)
+def small(arch: str) -> torch.nn.Module:
+    return tiny(arch, num_classes=3, **SMALL.get(arch, {}))
 
 
 # The exporter takes ~5-10 s of CPU per architecture: unet runs by default, the others as `slow`.
@@ -34,7 +36,7 @@ def tiny(arch: str, **options) -> torch.nn.Module:
 )
 def test_onnx_export_matches_pytorch_at_two_sizes(arch, tmp_path):
     onnx = pytest.importorskip("onnx")
-    model = tiny(arch).train()
+    model = small(arch).train()
     path = export_onnx(model, tmp_path / f"{arch}.onnx", metadata={"classes": '["bg", "cell", "edge"]'})
     assert model.training  # exported in eval mode, the caller's mode restored
     assert check_parity(model, path, sizes=SIZES, atol=1e-4) <= 1e-4
@@ -46,7 +48,7 @@ def test_onnx_export_matches_pytorch_at_two_sizes(arch, tmp_path):
 
 @pytest.mark.parametrize("arch", segwise.list_models())
 def test_torchscript_export_runs_at_any_size(arch, tmp_path):
-    model = tiny(arch)
+    model = small(arch)
     path = export_torchscript(model, tmp_path / f"{arch}.pt")
     assert check_parity(model, path, sizes=[*SIZES, (33, 45)], atol=1e-5) <= 1e-5
     assert check_parity(model, path, sizes=[(50, 50)], batch=1) <= 1e-5
@@ -54,7 +56,7 @@ def test_torchscript_export_runs_at_any_size(arch, tmp_path):
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated")
 def test_torchscript_keeps_the_training_mode_and_carries_metadata(tmp_path):
-    model = tiny("unet").train()
+    model = small("unet").train()
     path = export_torchscript(model, tmp_path / "m.pt", metadata={"classes": '["bg", "cell", "edge"]'})
     assert model.training
     files = {"classes": ""}
@@ -64,7 +66,7 @@ def test_torchscript_keeps_the_training_mode_and_carries_metadata(tmp_path):
 
 
 def test_parity_check_fails_when_the_export_differs(tmp_path):
-    model = tiny("fcn")
+    model = small("fcn")
     path = export_torchscript(model, tmp_path / "fcn.pt")
     with torch.no_grad():
         model.head.bias.add_(0.01)  # the model moved on after the export
@@ -78,7 +80,7 @@ def test_parity_check_fails_when_the_export_differs(tmp_path):
 
 
 def test_missing_onnx_packages_say_how_to_install_them(tmp_path, monkeypatch):
-    model = tiny("fcn")
+    model = small("fcn")
     monkeypatch.setitem(sys.modules, "onnxscript", None)  # as if not installed
     with pytest.raises(SegwiseError, match=r"ONNX export needs the package 'onnxscript'.*segwise\[onnx\]"):
         export_onnx(model, tmp_path / "m.onnx")

@@ -120,3 +120,22 @@ def test_frozen_encoder_keeps_norm_layers_in_eval_mode():
     assert model.decoder.training
     model.unfreeze_encoder()
     assert all(p.requires_grad for p in model.encoder.parameters()) and model.encoder.training
+
+
+def test_parameter_groups_hold_every_parameter_once_at_their_learning_rates():
+    model = segwise.create_model("unet", encoder="test_resnet", num_classes=2)
+    groups = model.parameter_groups(encoder_lr=1e-4, decoder_lr=1e-3)
+    assert [(g["name"], g["lr"]) for g in groups] == [("encoder", 1e-4), ("decoder", 1e-3)]
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert sorted(ids) == sorted(id(p) for p in model.parameters()) and len(ids) == len(set(ids))
+    assert {id(p) for p in groups[0]["params"]} == {id(p) for p in model.encoder.parameters()}
+    assert {id(p) for p in model.head.parameters()} <= {id(p) for p in groups[1]["params"]}
+
+    optimizer = torch.optim.SGD(groups, lr=1.0)  # the groups' own rates override the default
+    model.freeze_encoder()
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    model(torch.randn(2, 3, 32, 32)).mean().backward()
+    optimizer.step()
+    changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
+    assert changed and all(not name.startswith("encoder.") for name in changed)
+    assert [g["lr"] for g in optimizer.param_groups] == [1e-4, 1e-3]

@@ -25,7 +25,7 @@ AUGMENT_PRESETS = ("none", "flips", "light", "default", "heavy")  # the keys of 
 @dataclass
 class ModelConfig:
     arch: str = "unet"
-    encoder: str = "resnet34"
+    encoder: str | None = None  # None: the architecture's default (resnet34; segnet/unet_classic: their own)
     encoder_weights: str | None = None  # None, "imagenet" or a path to a state dict
     options: dict[str, Any] = field(default_factory=dict)  # the architecture's own, e.g. decoder_channels
 

@@ -41,6 +41,25 @@ class SegmentationModel(nn.Module):
             logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
         return logits[..., top : top + height, left : left + width]
 
+    def parameter_groups(self, encoder_lr: float, decoder_lr: float) -> list[dict]:
+        """Optimizer parameter groups for discriminative learning rates: the encoder's parameters at
+        `encoder_lr`, the decoder's and head's at `decoder_lr`; every parameter in exactly one group.
+
+        >>> optimizer = torch.optim.AdamW(model.parameter_groups(encoder_lr=1e-4, decoder_lr=1e-3))
+        >>> [group["name"] for group in optimizer.param_groups]
+        ['encoder', 'decoder']
+
+        Frozen encoder parameters stay in their group (the optimizer skips them while they have no
+        gradient), so `unfreeze_encoder()` later needs no new optimizer. A scheduler scales both rates.
+        """
+        encoder = list(self.encoder.parameters())
+        seen = {id(p) for p in encoder}
+        decoder = [p for p in self.parameters() if id(p) not in seen]
+        return [
+            {"params": encoder, "lr": encoder_lr, "name": "encoder"},
+            {"params": decoder, "lr": decoder_lr, "name": "decoder"},
+        ]
+
     def freeze_encoder(self) -> None:
         """Stop training the encoder; its norm layers stay in eval mode so their statistics hold."""
         self.encoder.requires_grad_(False)

@@ -30,3 +30,22 @@ class SeparableConv2d(nn.Sequential):
             ),
             nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=False),
         )
+
+
+class SCSE(nn.Module):
+    """Concurrent spatial and channel squeeze & excitation (Roy et al., 2018), as smp's `scse` attention:
+    the feature map reweighted per channel (from its global average) plus per pixel (from a 1×1 conv)."""
+
+    def __init__(self, channels: int, reduction: int = 16) -> None:
+        super().__init__()
+        self.channel_gate = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1),
+            nn.Conv2d(channels, max(1, channels // reduction), 1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(max(1, channels // reduction), channels, 1),
+            nn.Sigmoid(),
+        )
+        self.spatial_gate = nn.Sequential(nn.Conv2d(channels, 1, 1), nn.Sigmoid())
+
+    def forward(self, x):
+        return x * self.channel_gate(x) + x * self.spatial_gate(x)

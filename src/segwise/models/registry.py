@@ -17,11 +17,42 @@ from .fcn import FCNDecoder
 from .fpn import FPNDecoder
 from .linknet import LinknetDecoder
 from .pspnet import PSPDecoder
+from .segnet import SegNetDecoder, SegNetEncoder
 from .unet import UnetDecoder
+from .unet_classic import ClassicDecoder, ClassicEncoder
+from .unetplusplus import UnetPlusPlusDecoder
+
+DEFAULT_ENCODER = "resnet34"
 
 
-def _unet(encoder: Encoder, decoder_channels: list[int] | None = None, decoder_upsampling: str = "nearest"):
-    return UnetDecoder(encoder.channels, encoder.reductions, decoder_channels, decoder_upsampling)
+def _unet(
+    encoder: Encoder,
+    decoder_channels: list[int] | None = None,
+    decoder_upsampling: str = "nearest",
+    decoder_attention: str | None = None,
+):
+    return UnetDecoder(
+        encoder.channels, encoder.reductions, decoder_channels, decoder_upsampling, decoder_attention
+    )
+
+
+def _unetplusplus(
+    encoder: Encoder,
+    decoder_channels: list[int] | None = None,
+    decoder_upsampling: str = "nearest",
+    decoder_attention: str | None = None,
+):
+    return UnetPlusPlusDecoder(
+        encoder.channels, encoder.reductions, decoder_channels, decoder_upsampling, decoder_attention
+    )
+
+
+def _unet_classic(encoder: ClassicEncoder, encoder_width: int = 64, decoder_upsampling: str = "transpose"):
+    return ClassicDecoder(encoder.channels, decoder_upsampling)
+
+
+def _segnet(encoder: SegNetEncoder, encoder_depth: int = 5):
+    return SegNetDecoder(encoder.channels)
 
 
 def _fpn(
@@ -106,6 +137,16 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "fcn": _fcn,
     "linknet": _linknet,
     "pspnet": _pspnet,
+    "unetplusplus": _unetplusplus,
+    "unet_classic": _unet_classic,
+    "segnet": _segnet,
+}
+
+# Architectures that bring their own encoder instead of a timm one: the encoder name each accepts, and
+# the class built (like `Encoder`) from in_channels, weights and the `encoder_` options.
+OWN_ENCODERS: dict[str, tuple[str, Callable[..., nn.Module]]] = {
+    "unet_classic": ("unet_classic", ClassicEncoder),
+    "segnet": ("vgg16_bn", SegNetEncoder),
 }
 
 
@@ -116,7 +157,7 @@ def list_models(pattern: str = "*") -> list[str]:
 
 def create_model(
     arch: str = "unet",
-    encoder: str = "resnet34",
+    encoder: str | None = None,
     num_classes: int = 2,
     in_channels: int = 3,
     encoder_weights: str | Path | None = None,
@@ -128,6 +169,8 @@ def create_model(
     >>> model(torch.zeros(1, 1, 250, 333)).shape  # doctest: +SKIP
     torch.Size([1, 5, 250, 333])
 
+    `encoder`: a timm model name (default resnet34); `segnet` and `unet_classic` build their own encoder
+    (VGG16-bn with pooling indices, the 2015 contracting path) and accept only its name or None.
     `encoder_weights`: None (random), "imagenet" (timm's hub) or a path to a local state dict.
     `options` are the architecture's own (e.g. `decoder_channels`); unknown ones are an error.
     """
@@ -148,7 +191,19 @@ def create_model(
         for p in allowed
         if p.startswith("encoder_")
     }
-    backbone = Encoder(encoder, in_channels, encoder_weights, **encoder_options)
+    if arch in OWN_ENCODERS:
+        own, build_encoder = OWN_ENCODERS[arch]
+        if encoder not in (None, own):
+            raise SegwiseError(
+                f"{arch}: builds its own encoder '{own}', got encoder '{encoder}'; leave encoder unset "
+                f"(or use arch 'unet' for timm encoders)"
+            )
+        encoder = own
+    else:
+        encoder = encoder or DEFAULT_ENCODER
+        build_encoder = Encoder
+        encoder_options = {"name": encoder, **encoder_options}
+    backbone = build_encoder(in_channels=in_channels, weights=encoder_weights, **encoder_options)
     decoder = builder(backbone, **options)
     head = nn.Conv2d(decoder.out_channels, num_classes, kernel_size=3, padding=1)
     config = {
