@@ -75,17 +75,16 @@ def test_rows_come_out_in_order_once_each_with_a_bounded_band():
         shapes.append(tiles.shape)
         return probabilities(model)(tiles)
 
-    parts = list(
-        sliding_rows(
-            predict,
-            lambda top, bottom, left, right: x[:, top:bottom, left:right],
-            (200, 40),
-            (32, 32),
-            0.25,
-            "gaussian",
-            2,
-        )
+    rows = sliding_rows(
+        predict,
+        lambda top, bottom, left, right: x[:, top:bottom, left:right],
+        (200, 40),
+        (32, 32),
+        0.25,
+        "gaussian",
+        2,
     )
+    parts = [(start, probs.clone()) for start, probs in rows]  # yielded rows are views of the band
     starts = [start for start, _ in parts]
     assert starts[0] == 0 and starts == sorted(starts)
     assert sum(probs.shape[1] for _, probs in parts) == 200

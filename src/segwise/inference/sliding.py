@@ -90,6 +90,9 @@ def sliding_rows(
 ) -> Iterator[tuple[int, Tensor]]:
     """Yield (first row, probabilities K×rows×W) for finished rows, top to bottom, covering the image once.
 
+    The yielded tensor is a view of the band and is overwritten when the generator resumes: use or
+    copy it before asking for the next rows.
+
     `read_region(top, bottom, left, right)` returns that part of the image as C×h×w (0..255 float);
     `predict_tiles` maps tiles B×C×h×w to probabilities B×K×h×w. Tiles go through it `batch_size` at a
     time, several tile rows together when a row holds fewer tiles than a batch.
@@ -98,22 +101,22 @@ def sliding_rows(
     check_overlap(overlap)
     tile_h, tile_w = min(tile[0], height), min(tile[1], width)
     rows, cols = tile_starts(height, tile_h, overlap), tile_starts(width, tile_w, overlap)
+    # The band's top is the row of the previous batch's last tile; the batch being added takes the next
+    # `batch_size` tiles in row-major order. Those batch_size + 1 tiles span at most `extra` tile rows
+    # below the first, and the band holds exactly that many rows.
+    extra = (len(cols) + batch_size - 1) // len(cols)
+    capacity = tile_h + max(rows[min(j + extra, len(rows) - 1)] - rows[j] for j in range(len(rows)))
     weight: Tensor | None = None  # made on the model's output device
-    # Weighted probabilities of rows [top, top + band height), the weight sum as the last channel.
-    band: Tensor | None = None
+    band: Tensor | None = None  # weighted probabilities of rows [top, top + capacity); weight sum last
     top = 0
     pending: list[tuple[int, int, Tensor]] = []  # (row, column, tile) waiting for a full batch
 
     def flush() -> None:
         nonlocal weight, band
         probs = predict_tiles(torch.stack([tile for _, _, tile in pending]))
-        if weight is None:
-            weight = tile_weight(tile_h, tile_w, weighting).to(probs.device)
-        bottom = pending[-1][0] + tile_h
         if band is None:
-            band = probs.new_zeros(probs.shape[1] + 1, bottom - top, width)
-        elif top + band.shape[1] < bottom:  # the batch reached a new tile row: extend the band down
-            band = torch.cat([band, band.new_zeros(band.shape[0], bottom - top - band.shape[1], width)], 1)
+            weight = tile_weight(tile_h, tile_w, weighting).to(probs.device)
+            band = probs.new_zeros(probs.shape[1] + 1, capacity, width)
         for (y, x, _), tile_probs in zip(pending, probs, strict=True):
             target = band[:, y - top : y - top + tile_h, x : x + tile_w]
             target[:-1] += tile_probs * weight
@@ -121,12 +124,15 @@ def sliding_rows(
         pending.clear()
 
     def finish(stop: int) -> Iterator[tuple[int, Tensor]]:
-        """Hand out rows [top, stop): every tile touching them has been added."""
-        nonlocal band, top
+        """Hand out rows [top, stop) (every tile touching them has been added) and move the band down."""
+        nonlocal top
         if band is not None and stop > top:
             done = stop - top
-            yield top, band[:-1, :done] / band[-1:, :done]
-            band, top = band[:, done:], stop
+            band[:-1, :done] /= band[-1:, :done]
+            yield top, band[:-1, :done]
+            band[:, : capacity - done] = band[:, done:].clone()  # the clone: source and target overlap
+            band[:, capacity - done :] = 0
+            top = stop
 
     for y in rows:
         strip = read_region(y, y + tile_h, 0, width)
@@ -159,4 +165,4 @@ def predict_sliding(
         weighting,
         batch_size,
     )
-    return torch.cat([probs for _, probs in parts], 1)
+    return torch.cat([probs.clone() for _, probs in parts], 1)
