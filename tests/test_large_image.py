@@ -143,3 +143,36 @@ def test_peak_memory_does_not_grow_with_image_height(tmp_path):
     # more than the 256-row one; streamed, its peak is the short image's peak.
     assert tall - short < 8, (short, tall)
     assert tifffile.imread(tmp_path / "out2048.tif").shape == (2048, 512)
+
+
+def test_cli_predict_with_tta_tiles_and_a_large_tiff(trained_run, tmp_path, capsys):
+    from PIL import Image
+
+    from .conftest import run_cli
+
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    Image.fromarray(pixels(70, 90)).save(inputs / "small.png")
+    tifffile.imwrite(inputs / "slide.tif", pixels(150, 130), photometric="rgb", tile=(32, 32))
+    out = tmp_path / "out"
+    result = run_cli(
+        "predict", str(trained_run), str(inputs), "-o", str(out),
+        "--tta", "flips", "--tile", "48", "--overlap", "0.5", "--max-pixels", "10000", "--device", "cpu",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "wrote 2 mask(s)" in result.stdout
+    from segwise.inference import load
+
+    predictor = load(trained_run, device="cpu", tta="flips", tile=48, overlap=0.5)
+    small = np.asarray(Image.open(out / "small.png"))
+    assert np.array_equal(small, predictor.predict(inputs / "small.png"))
+    slide = tifffile.imread(out / "slide.tif")  # over --max-pixels: read by region, tiled TIFF out
+    assert np.array_equal(slide, predictor.predict(inputs / "slide.tif"))
+
+    from segwise.cli import main
+
+    for flag, value in (("--tile", "x"), ("--tta", "spin"), ("--overlap", "1.5")):
+        assert (
+            main(["predict", str(trained_run), str(inputs / "small.png"), "-o", str(out), flag, value]) == 2
+        )
+        assert flag in capsys.readouterr().err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -132,3 +133,24 @@ def test_tile_and_overlap_arguments():
         predict_sliding(lambda t: t, image(8, 8), (8, 8), overlap=1.0)
     with pytest.raises(SegwiseError, match="weighting"):
         tile_weight(8, 8, "triangle")
+
+
+@torch.no_grad()
+def test_predictor_tiles_at_native_resolution_and_switches_tiling_on_for_huge_images():
+    from tests.test_large_image import tiny_predictor
+
+    predictor = tiny_predictor(size=(48, 64))
+    array = np.random.default_rng(7).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    whole = predictor.predict_proba(array)  # the training size: no resize
+    np.testing.assert_allclose(predictor.predict_proba(array, tile="64x80"), whole, atol=1e-5)
+    big = np.random.default_rng(8).integers(0, 256, (100, 90, 3), dtype=np.uint8)
+    tiled = predictor.predict_proba(big, tile=(48, 64))
+    assert tiled.shape == (3, 100, 90)
+    np.testing.assert_allclose(tiled.sum(0), 1, atol=1e-5)
+    automatic = predictor.predict_proba(big, auto_tile_pixels=50 * 50)  # tile = the training size
+    np.testing.assert_allclose(automatic, tiled, atol=1e-6)
+    assert not np.allclose(predictor.predict_proba(big), tiled, atol=1e-3)  # below the limit: resized
+    with_tta = predictor.predict_proba(big, tile=(48, 64), tta="flips")
+    assert with_tta.shape == (3, 100, 90)
+    with pytest.raises(SegwiseError, match="--tile"):
+        predictor.predict_proba(big, tile="huge")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 from segwise.errors import SegwiseError
@@ -164,3 +167,35 @@ def test_presets_and_custom_lists():
         views_for("hflip,spin")
     with pytest.raises(SegwiseError, match="merge"):
         predict_tta(pointwise_model(), image(4, 4), views_for("flips"), merge="median")
+
+
+@torch.no_grad()
+def test_predictor_without_tta_keeps_the_softmax_of_resized_logits():
+    from tests.test_large_image import tiny_predictor
+
+    predictor = tiny_predictor(size=(32, 32))
+    array = np.random.default_rng(5).integers(0, 256, (45, 70, 3), dtype=np.uint8)
+    resized = torch.from_numpy(np.array(Image.fromarray(array).resize((32, 32), Image.BILINEAR)))
+    logits = predictor._logits(resized.permute(2, 0, 1)[None].float())
+    expected = F.interpolate(logits, size=(45, 70), mode="bilinear", align_corners=False).softmax(1)[0]
+    probs = predictor.predict_proba(array)
+    assert probs.shape == (3, 45, 70)
+    np.testing.assert_allclose(probs, expected.numpy(), atol=1e-5)
+
+
+@torch.no_grad()
+def test_predictor_tta_on_a_segwise_model():
+    from tests.test_large_image import tiny_predictor
+
+    predictor = tiny_predictor(size=(32, 48))
+    array = np.random.default_rng(6).integers(0, 256, (32, 48, 3), dtype=np.uint8)
+    x = torch.from_numpy(array).permute(2, 0, 1)[None].float()
+    flipped = predictor._logits(x.flip(-1)).softmax(1).flip(-1)
+    expected = (predictor._logits(x).softmax(1) + flipped)[0] / 2
+    probs = predictor.predict_proba(array, tta="identity,hflip")
+    np.testing.assert_allclose(probs, expected.numpy(), atol=1e-5)
+    d4 = predictor.predict_proba(array, tta="d4", merge="gmean")
+    assert d4.shape == (3, 32, 48) and np.isfinite(d4).all()
+    assert not np.allclose(d4, predictor.predict_proba(array), atol=1e-3)  # the views did something
+    with pytest.raises(SegwiseError, match="--tta"):
+        predictor.predict_proba(array, tta="spin")

@@ -57,10 +57,39 @@ def _command_predict(args: argparse.Namespace) -> int:
     from .inference import load
     from .inference.writers import predict_to_folder
 
-    predictor = load(args.run, device=args.device)
-    written = predict_to_folder(predictor, args.inputs, args.output, progress=sys.stderr.isatty())
+    predictor = load(args.run, device=args.device, **_inference_options(args))
+    inputs = args.inputs
+    # Issue 7a: TIFFs too large for memory are predicted by region and written as tiled TIFFs.
+    large = _large_tiffs(predictor, inputs)
+    if large:
+        from .inference.writers import collect_inputs
+
+        inputs = [path for path in collect_inputs(inputs) if path not in large]
+    written = (
+        predict_to_folder(predictor, inputs, args.output, progress=sys.stderr.isatty()) if inputs else []
+    )
+    for path in large:
+        from .inference.large import predict_large_tiff
+
+        written.append(predict_large_tiff(predictor, path, os.path.join(args.output, f"{path.stem}.tif")))
     print(f"wrote {len(written)} mask(s) to {args.output}")
     return 0
+
+
+def _inference_options(args: argparse.Namespace) -> dict:
+    """`segwise predict` TTA and tiling flags as `InferenceOptions` keywords (issue 7a)."""
+    options = {"tta": args.tta, "merge": args.merge, "tile": args.tile, "overlap": args.overlap}
+    return options | ({"auto_tile_pixels": args.max_pixels} if args.max_pixels else {})
+
+
+def _large_tiffs(predictor, inputs: list[str]) -> list:
+    """Inputs that are TIFFs above the automatic tiling limit: they never go through memory whole."""
+    from .inference.large import tiff_size
+    from .inference.writers import collect_inputs
+
+    sizes = {path: tiff_size(path) for path in collect_inputs(inputs)}
+    limit = predictor.options.auto_tile_pixels
+    return [path for path, size in sizes.items() if size is not None and size[0] * size[1] > limit]
 
 
 def _command_demo(args: argparse.Namespace) -> int:
@@ -179,6 +208,27 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
     predict.add_argument("-o", "--output", required=True, help="folder for the masks (created if missing)")
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    predict.add_argument(
+        "--tta",
+        default="none",
+        help="test-time augmentation: none (default), flips, d4, scales, or views like identity,hflip,blur",
+    )
+    predict.add_argument(
+        "--merge", default="mean", choices=["mean", "gmean", "max", "vote"], help="how TTA views merge"
+    )
+    predict.add_argument(
+        "--tile",
+        help="predict in tiles of H or HxW pixels at native resolution (default: automatic for huge images)",
+    )
+    predict.add_argument(
+        "--overlap", type=float, default=0.25, help="share of a tile its neighbour covers (0.25)"
+    )
+    predict.add_argument(
+        "--max-pixels",
+        type=int,
+        help="images above this many pixels are tiled at the training size; such TIFFs are read by region "
+        "and written as tiled TIFF masks (default 16777216 = 4096²)",
+    )
     predict.set_defaults(handler=_command_predict)
 
     demo = commands.add_parser(
