@@ -10,11 +10,15 @@ of each sliding-window implementation is measured in its own subprocess (peak RS
 (b) sliding window, same tile, overlap, Gaussian weighting and batch of tiles, the model returning
     probabilities for both.
 (c) with --camvid-run RUN: CamVid val mIoU with and without d4 TTA (skipped when the run is missing).
+(d) with --huge SIZE (e.g. 20000): a SIZE² RGB tiled TIFF is written to /tmp from a generator (never
+    whole in memory), predicted with `predict_large_tiff` in a fresh process, and that process's peak
+    RSS is reported (goal for 20000²: under 3 GiB).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import subprocess
 import sys
@@ -143,12 +147,59 @@ def bench_camvid(run: Path) -> list[tuple[str, float, float]] | None:
     return rows
 
 
+HUGE_SCRIPT = """
+import sys, time
+sys.path.insert(0, {src!r})
+import torch
+from segwise.config import ClassesConfig, PreprocessConfig, RunConfig, TrainConfig
+from segwise.inference.large import predict_large_tiff
+from segwise.inference.predictor import InferenceOptions, Predictor
+from segwise.io import default_palette
+from segwise.models import create_model
+
+torch.manual_seed(0)
+model = create_model("unet", "test_resnet", 5, 3, decoder_channels=[32, 16, 16, 8, 8])
+config = RunConfig(model.config, ClassesConfig([str(i) for i in range(5)], list(range(5)), default_palette(5)),
+                   PreprocessConfig([512, 512], [0.5] * 3, [0.25] * 3), TrainConfig())
+predictor = Predictor(model, config, "cpu", InferenceOptions(tile=(512, 512), overlap=0.25))
+start = time.perf_counter()
+predict_large_tiff(predictor, {source!r}, {target!r})
+seconds = time.perf_counter() - start
+peak = int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1])
+print(peak / 2**20, seconds)
+"""
+
+
+def bench_huge(size: int) -> tuple[float, float]:
+    """Peak RSS (GiB) and seconds of predicting a size² RGB TIFF with a small U-Net, tile 512, overlap 0.25."""
+    import numpy as np
+    import tifffile
+
+    source, target = Path(f"/tmp/segwise_huge_{size}.tif"), Path(f"/tmp/segwise_huge_{size}_mask.tif")
+    if not source.is_file():
+        tile = 512
+        yy, xx = np.mgrid[0:tile, 0:tile]
+
+        def tiles():  # a smooth pattern with discs, tile by tile: compressible, never whole in memory
+            for index in range(math.ceil(size / tile) ** 2):
+                disc = ((yy - 256) ** 2 + (xx - 256) ** 2 < (40 + index % 200) ** 2).astype(np.uint8)
+                yield np.stack([(yy // 2 + index) % 256, (xx // 2) % 256, disc * 200], -1).astype(np.uint8)
+
+        tifffile.imwrite(source, tiles(), shape=(size, size, 3), dtype=np.uint8, tile=(tile, tile),
+                         photometric="rgb", compression="zlib", bigtiff=True)  # fmt: skip
+    code = HUGE_SCRIPT.format(src=str(ROOT / "src"), source=str(source), target=str(target))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    peak, seconds = map(float, result.stdout.split()[-2:])
+    return peak, seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--camvid-run", type=Path, help="run folder trained on CamVid for part (c)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["tta", "sliding"])
     parser.add_argument("--sliding-size", type=int, default=1024)
+    parser.add_argument("--huge", type=int, help="(d): predict a HUGE×HUGE TIFF and report peak RSS")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU\n")
@@ -167,6 +218,11 @@ def main() -> None:
         print(
             f"\npeak RSS growth of one sliding-window run: MONAI {memory['monai']:.0f} MiB, "
             f"segwise {memory['segwise']:.0f} MiB (ratio {memory['monai'] / max(memory['segwise'], 1e-9):.2f}×)"
+        )
+    if args.huge:
+        peak, seconds = bench_huge(args.huge)
+        print(
+            f"\n{args.huge}×{args.huge} RGB TIFF → tiled TIFF mask: peak RSS {peak:.2f} GiB, {seconds:.0f} s"
         )
     if args.camvid_run:
         rows = bench_camvid(args.camvid_run)

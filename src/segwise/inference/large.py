@@ -49,14 +49,15 @@ def open_regions(
 ) -> tuple[tuple[int, int], Callable[[int, int, int, int], torch.Tensor]]:
     """(height, width) of a TIFF and a reader of its regions as uint8 tensors `channels`×h×w.
 
-    Only the bytes of the region are read: a memory map for uncompressed contiguous data, else zarr
-    chunks (one per TIFF tile or strip).
+    Only the bytes of the region's rows are read: by file offset for uncompressed contiguous data (not
+    a memory map: mapped pages count in the process's RSS once touched), else through zarr chunks, one
+    per TIFF tile or strip.
     """
     path = Path(path)
     try:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0].levels[0]
-            axes, dtype, contiguous = series.axes, series.dtype, series.dataoffset is not None
+            axes, dtype, shape, offset = series.axes, series.dtype, series.shape, series.dataoffset
     except (tifffile.TiffFileError, OSError, ValueError, IndexError) as error:
         raise SegwiseError(f"{path}: cannot read TIFF ({error}); replace or remove the file") from None
     if axes not in ("YX", "YXS") or dtype != np.uint8:
@@ -64,16 +65,22 @@ def open_regions(
             f"{path}: large-image prediction reads 8-bit gray or RGB(A) TIFFs with interleaved samples, "
             f"this one has axes {axes} and {dtype}; convert it (e.g. with vips or tifffile) first"
         )
-    if contiguous:
-        pixels = tifffile.memmap(path, mode="r")
-    else:
+    height, width = shape[:2]
+    samples = shape[2] if len(shape) == 3 else 1
+    if offset is None:
         pixels = zarr.open(tifffile.imread(path, aszarr=True, level=0), mode="r")
-    height, width = pixels.shape[:2]
+
+    def rows(top: int, bottom: int) -> np.ndarray:
+        if offset is None:
+            return np.asarray(pixels[top:bottom])
+        with open(path, "rb") as handle:
+            handle.seek(offset + top * width * samples)
+            return np.fromfile(handle, np.uint8, (bottom - top) * width * samples)
 
     def read(top: int, bottom: int, left: int, right: int) -> torch.Tensor:
-        region = np.asarray(pixels[top:bottom, left:right])
-        region = match_channels(region if region.ndim == 3 else region[..., None], channels, path)
-        return torch.from_numpy(np.array(region)).permute(2, 0, 1)  # a copy: memory maps are read-only
+        region = rows(top, bottom).reshape(bottom - top, width, samples)[:, left:right]
+        region = np.require(match_channels(region, channels, path), requirements=["C", "W"])  # copy if needed
+        return torch.from_numpy(region).permute(2, 0, 1)
 
     return (height, width), read
 
