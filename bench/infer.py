@@ -158,7 +158,11 @@ from segwise.io import default_palette
 from segwise.models import create_model
 
 torch.manual_seed(0)
-model = create_model("unet", "test_resnet", 5, 3, decoder_channels=[32, 16, 16, 8, 8])
+if {model!r} == "unet":
+    model = create_model("unet", "test_resnet", 5, 3, decoder_channels=[32, 16, 16, 8, 8])
+else:  # a 1×1 convolution: the pipeline's own memory and time, without a network's per-tile cost
+    model = torch.nn.Conv2d(3, 5, 1)
+    model.num_classes, model.config = 5, dict(in_channels=3, num_classes=5)
 config = RunConfig(model.config, ClassesConfig([str(i) for i in range(5)], list(range(5)), default_palette(5)),
                    PreprocessConfig([512, 512], [0.5] * 3, [0.25] * 3), TrainConfig())
 predictor = Predictor(model, config, "cpu", InferenceOptions(tile=(512, 512), overlap=0.25))
@@ -170,8 +174,8 @@ print(peak / 2**20, seconds)
 """
 
 
-def bench_huge(size: int) -> tuple[float, float]:
-    """Peak RSS (GiB) and seconds of predicting a size² RGB TIFF with a small U-Net, tile 512, overlap 0.25."""
+def bench_huge(size: int, model: str) -> tuple[float, float]:
+    """Peak RSS (GiB) and seconds of predicting a size² RGB TIFF (tile 512, overlap 0.25, 5 classes)."""
     import numpy as np
     import tifffile
 
@@ -187,7 +191,7 @@ def bench_huge(size: int) -> tuple[float, float]:
 
         tifffile.imwrite(source, tiles(), shape=(size, size, 3), dtype=np.uint8, tile=(tile, tile),
                          photometric="rgb", compression="zlib", bigtiff=True)  # fmt: skip
-    code = HUGE_SCRIPT.format(src=str(ROOT / "src"), source=str(source), target=str(target))
+    code = HUGE_SCRIPT.format(src=str(ROOT / "src"), source=str(source), target=str(target), model=model)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     peak, seconds = map(float, result.stdout.split()[-2:])
     return peak, seconds
@@ -200,6 +204,7 @@ def main() -> None:
     parser.add_argument("--skip", nargs="*", default=[], choices=["tta", "sliding"])
     parser.add_argument("--sliding-size", type=int, default=1024)
     parser.add_argument("--huge", type=int, help="(d): predict a HUGE×HUGE TIFF and report peak RSS")
+    parser.add_argument("--huge-model", choices=["unet", "pointwise"], default="unet", help="model for (d)")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU\n")
@@ -220,9 +225,9 @@ def main() -> None:
             f"segwise {memory['segwise']:.0f} MiB (ratio {memory['monai'] / max(memory['segwise'], 1e-9):.2f}×)"
         )
     if args.huge:
-        peak, seconds = bench_huge(args.huge)
+        peak, seconds = bench_huge(args.huge, args.huge_model)
         print(
-            f"\n{args.huge}×{args.huge} RGB TIFF → tiled TIFF mask: peak RSS {peak:.2f} GiB, {seconds:.0f} s"
+            f"\n{args.huge}×{args.huge} RGB TIFF → tiled TIFF mask, {args.huge_model} model: peak RSS {peak:.2f} GiB, {seconds:.0f} s"
         )
     if args.camvid_run:
         rows = bench_camvid(args.camvid_run)
