@@ -154,9 +154,9 @@ def predict_sliding(
     weighting: str = "gaussian",
     batch_size: int = 4,
 ) -> Tensor:
-    """Stitched probabilities K×H×W for one image C×H×W (0..255 float) held in memory."""
+    """Stitched probabilities K×H×W for one image C×H×W (0..255, any dtype) held in memory."""
     height, width = image.shape[-2:]
-    parts = sliding_rows(
+    rows = sliding_rows(
         predict_tiles,
         lambda top, bottom, left, right: image[:, top:bottom, left:right],
         (height, width),
@@ -165,4 +165,9 @@ def predict_sliding(
         weighting,
         batch_size,
     )
-    return torch.cat([probs.clone() for _, probs in parts], 1)
+    stitched = None  # filled band by band: the result is the only image-sized float tensor
+    for top, probs in rows:
+        if stitched is None:
+            stitched = probs.new_empty(probs.shape[0], height, width)
+        stitched[:, top : top + probs.shape[1]] = probs
+    return stitched
