@@ -109,10 +109,11 @@ def sliding_rows(
     weight: Tensor | None = None  # made on the model's output device
     band: Tensor | None = None  # weighted probabilities of rows [top, top + capacity); weight sum last
     top = 0
+    filled = 0  # band rows [0, filled) hold sums; the rest are zeros
     pending: list[tuple[int, int, Tensor]] = []  # (row, column, tile) waiting for a full batch
 
     def flush() -> None:
-        nonlocal weight, band
+        nonlocal weight, band, filled
         probs = predict_tiles(torch.stack([tile for _, _, tile in pending]))
         if band is None:
             weight = tile_weight(tile_h, tile_w, weighting).to(probs.device)
@@ -121,18 +122,20 @@ def sliding_rows(
             target = band[:, y - top : y - top + tile_h, x : x + tile_w]
             target[:-1] += tile_probs * weight
             target[-1] += weight
+        filled = max(filled, pending[-1][0] - top + tile_h)
         pending.clear()
 
     def finish(stop: int) -> Iterator[tuple[int, Tensor]]:
         """Hand out rows [top, stop) (every tile touching them has been added) and move the band down."""
-        nonlocal top
+        nonlocal top, filled
         if band is not None and stop > top:
             done = stop - top
             band[:-1, :done] /= band[-1:, :done]
             yield top, band[:-1, :done]
-            band[:, : capacity - done] = band[:, done:].clone()  # the clone: source and target overlap
-            band[:, capacity - done :] = 0
-            top = stop
+            if filled > done:  # only rows holding sums move up; the clone: source and target overlap
+                band[:, : filled - done] = band[:, done:filled].clone()
+            band[:, max(filled - done, 0) : filled] = 0
+            top, filled = stop, max(filled - done, 0)
 
     for y in rows:
         strip = read_region(y, y + tile_h, 0, width)
