@@ -160,6 +160,8 @@ def test_presets_and_custom_lists():
     assert [v.name for v in views_for("none")] == ["identity"]
     assert len(views_for("d4")) == 8
     assert [v.name for v in views_for("identity,hflip,blur")] == ["identity", "hflip", "blur"]
+    assert [v.name for v in views_for("custom:identity,rot90")] == ["identity", "rot90"]
+    assert [v.name for v in views_for("transpose")] == ["transpose"]
     assert [v.name for v in views_for(["hflip", "hflip"])] == ["hflip"]
     with pytest.raises(SegwiseError, match="unknown preset"):
         views_for("d8")

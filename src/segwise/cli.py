@@ -211,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--tta",
         default="none",
-        help="test-time augmentation: none (default), flips, d4, scales, or views like identity,hflip,blur",
+        help="test-time augmentation: none (default), flips, d4, scales, or custom:VIEW,... e.g. custom:identity,hflip,blur",
     )
     predict.add_argument(
         "--merge", default="mean", choices=["mean", "gmean", "max", "vote"], help="how TTA views merge"

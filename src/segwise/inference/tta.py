@@ -123,19 +123,23 @@ _PRESET_VIEWS = {
 
 
 def views_for(preset: str | Sequence[str]) -> list[View]:
-    """The views of a preset (none, flips, d4, scales), or of a list of view names (the custom preset).
+    """The views of a preset (none, flips, d4, scales) or of a custom list of view names.
 
-    A string with commas (`"identity,hflip,blur"`) is a custom list too, as the CLI passes it.
+    A custom list is a sequence of names or, as the CLI passes it, a comma-separated string, optionally
+    after `custom:` (`"custom:identity,hflip,blur"`); a single view name is a list of one.
     """
-    if isinstance(preset, str) and "," not in preset:
-        if preset not in _PRESET_VIEWS:
+    if isinstance(preset, str):
+        if preset in _PRESET_VIEWS:
+            return [VIEWS[name] for name in _PRESET_VIEWS[preset]]
+        text = preset.removeprefix("custom:")
+        if "," not in text and text not in VIEWS:
             raise SegwiseError(
                 f"--tta {preset}: unknown preset; use one of {', '.join(PRESETS[:-1])} "
-                f"or a comma-separated list of views from {', '.join(VIEWS)}"
+                f"or custom:VIEW,VIEW,... with views from {', '.join(VIEWS)}"
             )
-        names = _PRESET_VIEWS[preset]
+        names = [name.strip() for name in text.split(",")]
     else:
-        names = [n.strip() for n in preset.split(",")] if isinstance(preset, str) else list(preset)
+        names = list(preset)
     unknown = [name for name in names if name not in VIEWS]
     if unknown or not names:
         raise SegwiseError(
