@@ -62,6 +62,7 @@ def _command_predict(args: argparse.Namespace) -> int:
     from .inference import load
     from .inference.postprocess import Steps
     from .inference.writers import (
+        collect_inputs,
         parse_formats,
         predict_to_folder,
         process_device,
@@ -72,12 +73,13 @@ def _command_predict(args: argparse.Namespace) -> int:
 
     formats = parse_formats(args.format)  # a typo fails before the model loads
     with process_group() as (rank, world_size):
+        device, options = process_device(args.device), _inference_options(args)
         if args.backend == "onnxruntime" or args.onnx:
             from .inference.backends import load_onnx
 
-            predictor = load_onnx(args.run, args.onnx, device=process_device(args.device))
+            predictor = load_onnx(args.run, args.onnx, device=device, **options)
         else:
-            predictor = load(args.run, device=process_device(args.device))
+            predictor = load(args.run, device=device, **options)
         threshold = args.threshold
         if threshold is None:
             threshold = saved_threshold(args.run, predictor)
@@ -85,17 +87,30 @@ def _command_predict(args: argparse.Namespace) -> int:
                 print(
                     f"foreground threshold {threshold} from {args.run}/threshold.json (--threshold overrides)"
                 )
-        written = predict_to_folder(
-            predictor,
-            args.inputs,
-            args.output,
-            progress=rank == 0 and sys.stderr.isatty(),
-            formats=formats,
-            steps=Steps(threshold, args.min_size, args.fill_holes, args.largest),
-            crop=args.crop,
-            batch_size=args.batch_size,
-            shard=(rank, world_size),
+        inputs = args.inputs
+        # Issue 7a: TIFFs too large for memory are predicted by region and written as tiled TIFF masks.
+        large = _large_tiffs(predictor, inputs)
+        if large:
+            inputs = [path for path in collect_inputs(inputs) if path not in large]
+        written = (
+            predict_to_folder(
+                predictor,
+                inputs,
+                args.output,
+                progress=rank == 0 and sys.stderr.isatty(),
+                formats=formats,
+                steps=Steps(threshold, args.min_size, args.fill_holes, args.largest),
+                crop=args.crop,
+                batch_size=args.batch_size,
+                shard=(rank, world_size),
+            )
+            if inputs
+            else []
         )
+        for path in sorted(large)[rank::world_size]:
+            from .inference.large import predict_large_tiff
+
+            written.append(predict_large_tiff(predictor, path, os.path.join(args.output, f"{path.stem}.tif")))
         total = total_over_processes(len(written))
     if rank == 0:
         print(f"wrote {total} file(s) to {args.output}")
@@ -109,6 +124,22 @@ def _command_export(args: argparse.Namespace) -> int:
     checks = ", ".join(f"{difference:.2g} at {h}×{w}" for (h, w), difference in differences)
     print(f"wrote {path}  (parity with PyTorch, max abs difference of the logits: {checks})")
     return 0
+
+
+def _inference_options(args: argparse.Namespace) -> dict:
+    """`segwise predict` TTA and tiling flags as `InferenceOptions` keywords (issue 7a)."""
+    options = {"tta": args.tta, "merge": args.merge, "tile": args.tile, "overlap": args.overlap}
+    return options | ({"auto_tile_pixels": args.max_pixels} if args.max_pixels else {})
+
+
+def _large_tiffs(predictor, inputs: list[str]) -> list:
+    """Inputs that are TIFFs above the automatic tiling limit: they never go through memory whole."""
+    from .inference.large import tiff_size
+    from .inference.writers import collect_inputs
+
+    sizes = {path: tiff_size(path) for path in collect_inputs(inputs)}
+    limit = predictor.options.auto_tile_pixels
+    return [path for path, size in sizes.items() if size is not None and size[0] * size[1] > limit]
 
 
 def _command_demo(args: argparse.Namespace) -> int:
@@ -328,6 +359,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="torch (default) or onnxruntime: the run's model.onnx from `segwise export` (or --onnx FILE)",
     )
     predict.add_argument("--onnx", metavar="FILE", help="ONNX file for --backend onnxruntime (implies it)")
+    predict.add_argument(
+        "--tta",
+        default="none",
+        help="test-time augmentation: none (default), flips, d4, scales, or custom:VIEW,... e.g. custom:identity,hflip,blur",
+    )
+    predict.add_argument(
+        "--merge", default="mean", choices=["mean", "gmean", "max", "vote"], help="how TTA views merge"
+    )
+    predict.add_argument(
+        "--tile",
+        help="predict in tiles of H or HxW pixels at native resolution (default: automatic for huge images)",
+    )
+    predict.add_argument(
+        "--overlap", type=float, default=0.25, help="share of a tile its neighbour covers (0.25)"
+    )
+    predict.add_argument(
+        "--max-pixels",
+        type=int,
+        help="images above this many pixels are tiled at the training size; such TIFFs are read by region "
+        "and written as tiled TIFF masks (default 16777216 = 4096²)",
+    )
     predict.set_defaults(handler=_command_predict)
 
     export = commands.add_parser(

@@ -18,7 +18,7 @@ from ..config import RunConfig
 from ..engine.devices import pick_device
 from ..errors import SegwiseError
 from ..run import CONFIG
-from .predictor import Predictor
+from .predictor import InferenceOptions, Predictor
 
 ONNX_FILE = "model.onnx"  # where `segwise export RUN --format onnx` writes by default
 INSTALL_HINT = "pip install 'segwise[onnx]'"
@@ -68,7 +68,9 @@ class OnnxRuntimeModel(torch.nn.Module):
         return torch.from_numpy(logits).to(x.device)
 
 
-def load_onnx(run_dir: str | Path, onnx_file: str | Path | None = None, device: str = "auto") -> Predictor:
+def load_onnx(
+    run_dir: str | Path, onnx_file: str | Path | None = None, device: str = "auto", **options
+) -> Predictor:
     """A Predictor running `onnx_file` (default RUN/model.onnx) with the run's preprocessing and classes."""
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG).is_file():
@@ -85,7 +87,7 @@ def load_onnx(run_dir: str | Path, onnx_file: str | Path | None = None, device: 
     model = OnnxRuntimeModel(
         path, config.model.get("in_channels", 3), len(config.classes.names), pick_device(device)
     )
-    return Predictor(model, config, device)
+    return Predictor(model, config, device, InferenceOptions(**options))
 
 
 EXPORT_FILES = {"onnx": ONNX_FILE, "torchscript": "model.torchscript.pt"}

@@ -3,11 +3,20 @@
 Each image goes through the preprocessing the model was trained with (channels, resize to the training
 resolution, normalization); the logits are resized back to the image's own size before the argmax,
 so the mask always matches the input pixel for pixel.
+
+Test-time augmentation (`tta=`) and tiles (`tile=`) are options of `predict_proba` (defaults in
+`InferenceOptions`). TTA views see the image at the training resolution, like the plain prediction.
+Tiles are different: with tiling the image is processed at its native resolution and each tile is fed
+at tile size (the model pads to its stride itself), because a huge image shrunk to the training size
+keeps nothing of its detail. So tile models trained at the data's own scale (crops or tiles of large
+images), and pick a tile at least the training size. Tiling switches on by itself, with the training
+size as the tile, when an image holds more than `auto_tile_pixels` pixels.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +30,30 @@ from ..engine.devices import pick_device
 from ..io import read_image
 from ..models import SegmentationModel
 from ..run import load_model
+from .sliding import check_overlap, parse_tile, predict_sliding
+from .tta import DEFAULT_BATCH_PIXELS, predict_tta, views_for
 
 ImageLike = str | Path | np.ndarray | Image.Image
+
+
+@dataclass(frozen=True)
+class InferenceOptions:
+    """How `predict_proba` runs: TTA views and merge, tiles, and memory budgets."""
+
+    tta: str | tuple[str, ...] = "none"  # none | flips | d4 | scales, or view names (see tta.VIEWS)
+    merge: str = "mean"  # mean | gmean | max | vote, over the views' probabilities
+    tile: tuple[int, int] | None = None  # H, W; None: whole image at the training size (or automatic)
+    overlap: float = 0.25  # share of a tile its neighbour covers
+    weighting: str = "gaussian"  # gaussian | constant
+    tile_batch: int = 4  # tiles per forward pass
+    auto_tile_pixels: int = 4096 * 4096  # images above this are tiled even without `tile`
+    max_batch_pixels: int = DEFAULT_BATCH_PIXELS  # pixels per forward pass across TTA views
+
+    def checked(self) -> InferenceOptions:
+        """The same options with the tile parsed; a bad value raises SegwiseError naming the flag."""
+        views_for(self.tta)
+        check_overlap(self.overlap)
+        return replace(self, tile=None if self.tile is None else parse_tile(self.tile))
 
 
 class Predictor:
@@ -33,8 +64,13 @@ class Predictor:
     """
 
     def __init__(
-        self, model: SegmentationModel | torch.nn.Module, config: RunConfig, device: str = "auto"
+        self,
+        model: SegmentationModel | torch.nn.Module,
+        config: RunConfig,
+        device: str = "auto",
+        options: InferenceOptions | None = None,
     ) -> None:
+        self.options = (options or InferenceOptions()).checked()
         self.device = pick_device(device)
         self.model = model.to(self.device).eval()
         self.config = config
@@ -59,50 +95,95 @@ class Predictor:
         source = Path(image) if isinstance(image, (str, Path)) else Path("<array>")
         return match_channels(array, self.model.in_channels, source)
 
-    def _model_input(self, array: np.ndarray) -> torch.Tensor:
-        """1×C×h×w normalized input for an H×W×C uint8 image."""
+    def _logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits for images N×C×H×W in 0..255 (any float dtype, any device)."""
+        return self.model((images.to(self.device, torch.float32) - self._mean) / self._std).float()
+
+    def tile_predictor(self, options: InferenceOptions):
+        """Probabilities B×K×h×w for tiles B×C×h×w (0..255, any dtype): normalization and TTA included."""
+        views = views_for(options.tta)
+        return lambda tiles: predict_tta(
+            self._logits,
+            tiles.to(self.device, torch.float32),
+            views,
+            options.merge,
+            max_batch_pixels=options.max_batch_pixels,
+        )
+
+    def tile_for(self, height: int, width: int, options: InferenceOptions) -> tuple[int, int] | None:
+        """The tile an image of this size is predicted with, or None for the whole image."""
+        if options.tile is None and height * width > options.auto_tile_pixels:
+            return tuple(self.config.preprocess.input_size)
+        return options.tile
+
+    @torch.no_grad()
+    def predict_proba(self, image: ImageLike, **options) -> np.ndarray:
+        """Class probabilities C×H×W (float32) at the image's own size.
+
+        Keyword options override the predictor's `InferenceOptions`, e.g. `tta="d4", tile=512`.
+        """
+        settings = replace(self.options, **options).checked() if options else self.options
+        array = self._as_array(image)
+        height, width = array.shape[:2]
+        tile = self.tile_for(height, width, settings)
+        if tile is not None:
+            pixels = torch.from_numpy(array).permute(2, 0, 1)  # stays uint8 on the CPU; tiles move alone
+            probs = predict_sliding(
+                self.tile_predictor(settings),
+                pixels,
+                tile,
+                settings.overlap,
+                settings.weighting,
+                settings.tile_batch,
+            )
+            return probs.cpu().numpy()
         resized = resize_image(array, tuple(self.config.preprocess.input_size))  # exactly as in training
         x = torch.from_numpy(resized).to(self.device).permute(2, 0, 1)[None].float()
-        return (x - self._mean) / self._std
+        return self._resize_back(self.tile_predictor(settings)(x), height, width)
 
-    def _probabilities(self, logits: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
-        """1×C×h×w logits → C×H×W probabilities at the image's size."""
-        logits = logits.float()
-        if logits.shape[-2:] != size:
-            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
-        return logits.softmax(1)[0].cpu().numpy()
-
-    @torch.no_grad()
-    def predict_proba(self, image: ImageLike) -> np.ndarray:
-        """Class probabilities C×H×W (float32) at the image's own size."""
-        array = self._as_array(image)
-        return self._probabilities(self.model(self._model_input(array)), array.shape[:2])
+    def _resize_back(self, probs: torch.Tensor, height: int, width: int) -> np.ndarray:
+        """1×K×h×w probabilities → K×H×W at the image's size."""
+        if probs.shape[-2:] != (height, width):
+            # Resized as log-probabilities and renormalized: for a single view this is exactly the
+            # softmax of the bilinearly resized logits, and merged views stay a distribution.
+            log_probs = probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
+            probs = F.interpolate(
+                log_probs, size=(height, width), mode="bilinear", align_corners=False
+            ).softmax(1)
+        return probs[0].cpu().numpy()
 
     @torch.no_grad()
-    def predict_proba_batch(self, images: Sequence[ImageLike]) -> list[np.ndarray]:
-        """`[predict_proba(image) for image in images]`, inputs of the same model size in one forward pass."""
+    def predict_proba_batch(self, images: Sequence[ImageLike], **options) -> list[np.ndarray]:
+        """`[predict_proba(image, **options) for image in images]`, the untiled images in one forward
+        pass (TTA views included: they are resized to the training size, so any sizes batch together)."""
+        settings = replace(self.options, **options).checked() if options else self.options
         arrays = [self._as_array(image) for image in images]
-        inputs = [self._model_input(array) for array in arrays]
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for index, x in enumerate(inputs):
-            groups.setdefault(tuple(x.shape), []).append(index)
-        results: list[np.ndarray] = [np.empty(0)] * len(arrays)
-        for indices in groups.values():
-            logits = self.model(torch.cat([inputs[i] for i in indices]))
-            for row, i in enumerate(indices):
-                results[i] = self._probabilities(logits[row : row + 1], arrays[i].shape[:2])
+        results: list[np.ndarray | None] = [None] * len(arrays)
+        whole = []
+        for index, array in enumerate(arrays):
+            if self.tile_for(*array.shape[:2], settings) is None:
+                whole.append(index)
+            else:  # tiled at native resolution: one image at a time, its tiles batched inside
+                results[index] = self.predict_proba(array, **options)
+        if whole:
+            size = tuple(self.config.preprocess.input_size)
+            x = torch.stack([torch.from_numpy(resize_image(arrays[i], size)) for i in whole])
+            probs = self.tile_predictor(settings)(x.to(self.device).permute(0, 3, 1, 2).float())
+            for row, index in enumerate(whole):
+                results[index] = self._resize_back(probs[row : row + 1], *arrays[index].shape[:2])
         return results
 
-    def predict(self, image: ImageLike) -> np.ndarray:
-        """Class indices H×W (int64) at the image's own size."""
-        return self.predict_proba(image).argmax(0)
+    def predict(self, image: ImageLike, **options) -> np.ndarray:
+        """Class indices H×W (int64) at the image's own size; options as for `predict_proba`."""
+        return self.predict_proba(image, **options).argmax(0)
 
 
-def load(run_dir: str | Path, device: str = "auto") -> Predictor:
-    """Load a trained run for prediction.
+def load(run_dir: str | Path, device: str = "auto", **options) -> Predictor:
+    """Load a trained run for prediction; keyword options set its `InferenceOptions`.
 
-    >>> predictor = segwise.load("runs/cells")   # doctest: +SKIP
-    >>> mask = predictor.predict("new.png")      # H×W class indices
+    >>> predictor = segwise.load("runs/cells", tta="flips")   # doctest: +SKIP
+    >>> mask = predictor.predict("new.png")                    # H×W class indices
+    >>> mask = predictor.predict("slide.tif", tile=1024)       # tiled at native resolution
     """
     model, config = load_model(run_dir)
-    return Predictor(model, config, device)
+    return Predictor(model, config, device, InferenceOptions(**options))

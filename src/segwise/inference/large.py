@@ -1,0 +1,153 @@
+"""Images too large for memory: read by region, predicted in tile rows, written as a tiled TIFF.
+
+A 20000×20000 RGB slide is 1.2 GB of pixels and, as float probabilities of five classes, 8 GB more.
+Here neither ever exists whole: the TIFF is opened lazily (memory-mapped when uncompressed and
+contiguous, else through tifffile's zarr view, which decodes only the TIFF tiles or strips a region
+touches), `sliding.sliding_rows` keeps one tile-row band of accumulators and hands out finished rows,
+and the mask goes to disk as 256×256 TIFF tiles from a generator as soon as a full row of them is done.
+Peak memory is set by the width of the image and the tile height, not by the image's area.
+
+>>> predict_large_tiff(predictor, "slide.tif", "slide_mask.tif", tile=(1024, 1024))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import tifffile
+import torch
+import zarr
+
+from ..data.dataset import match_channels
+from ..errors import SegwiseError
+from ..io import atomic_path
+from .predictor import InferenceOptions, Predictor
+from .sliding import sliding_rows
+
+OUTPUT_TILE = 256  # TIFF tiles must be multiples of 16; 256 is what viewers such as QuPath expect
+TIFF_SUFFIXES = (".tif", ".tiff")
+
+
+def tiff_size(path: str | Path) -> tuple[int, int] | None:
+    """Height and width of a TIFF's first image from its header (no pixels read), or None if not a TIFF."""
+    path = Path(path)
+    if path.suffix.lower() not in TIFF_SUFFIXES:
+        return None
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.series[0].levels[0]
+            axes = page.axes
+            return page.shape[axes.index("Y")], page.shape[axes.index("X")]
+    except (tifffile.TiffFileError, OSError, ValueError, IndexError):
+        return None
+
+
+def open_regions(
+    path: str | Path, channels: int
+) -> tuple[tuple[int, int], Callable[[int, int, int, int], torch.Tensor]]:
+    """(height, width) of a TIFF and a reader of its regions as uint8 tensors `channels`×h×w.
+
+    Only the bytes of the region's rows are read: by file offset for uncompressed contiguous data (not
+    a memory map: mapped pages count in the process's RSS once touched), else through zarr chunks, one
+    per TIFF tile or strip.
+    """
+    path = Path(path)
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0].levels[0]
+            axes, dtype, shape, offset = series.axes, series.dtype, series.shape, series.dataoffset
+    except (tifffile.TiffFileError, OSError, ValueError, IndexError) as error:
+        raise SegwiseError(f"{path}: cannot read TIFF ({error}); replace or remove the file") from None
+    if axes not in ("YX", "YXS") or dtype != np.uint8:
+        raise SegwiseError(
+            f"{path}: large-image prediction reads 8-bit gray or RGB(A) TIFFs with interleaved samples, "
+            f"this one has axes {axes} and {dtype}; convert it (e.g. with vips or tifffile) first"
+        )
+    height, width = shape[:2]
+    samples = shape[2] if len(shape) == 3 else 1
+    if offset is None:
+        pixels = zarr.open(tifffile.imread(path, aszarr=True, level=0), mode="r")
+
+    def rows(top: int, bottom: int) -> np.ndarray:
+        if offset is None:
+            return np.asarray(pixels[top:bottom])
+        with open(path, "rb") as handle:
+            handle.seek(offset + top * width * samples)
+            return np.fromfile(handle, np.uint8, (bottom - top) * width * samples)
+
+    def read(top: int, bottom: int, left: int, right: int) -> torch.Tensor:
+        region = rows(top, bottom).reshape(bottom - top, width, samples)[:, left:right]
+        region = np.require(match_channels(region, channels, path), requirements=["C", "W"])  # copy if needed
+        return torch.from_numpy(region).permute(2, 0, 1)
+
+    return (height, width), read
+
+
+def _mask_tiles(rows: Iterator[tuple[int, torch.Tensor]], width: int) -> Iterator[np.ndarray]:
+    """TIFF tiles of the argmax mask, row-major, from finished probability rows as they come."""
+    pending = np.empty((0, width), np.uint8)  # finished mask rows not yet written: under a tile row + a band
+    for _, probs in rows:
+        pending = np.concatenate([pending, probs.argmax(0).to(torch.uint8).cpu().numpy()])
+        while pending.shape[0] >= OUTPUT_TILE:
+            yield from _cut(pending[:OUTPUT_TILE], width)
+            pending = pending[OUTPUT_TILE:]
+    if pending.shape[0]:
+        yield from _cut(pending, width)
+
+
+def _cut(strip: np.ndarray, width: int) -> Iterator[np.ndarray]:
+    padded = np.zeros((OUTPUT_TILE, OUTPUT_TILE), np.uint8)
+    for left in range(0, width, OUTPUT_TILE):
+        piece = strip[:, left : left + OUTPUT_TILE]
+        if piece.shape == padded.shape:
+            yield piece
+        else:  # edge tiles are stored full size; the part outside the image is ignored by readers
+            padded[:] = 0
+            padded[: piece.shape[0], : piece.shape[1]] = piece
+            yield padded.copy()
+
+
+def predict_large_tiff(
+    predictor: Predictor,
+    source: str | Path,
+    target: str | Path,
+    options: InferenceOptions | None = None,
+) -> Path:
+    """Predict a TIFF of any size tile by tile and write the index mask as a tiled, palettised TIFF.
+
+    Tiles default to the training size (see `Predictor` on tiles and resolution); TTA applies per tile.
+    """
+    source, target = Path(source), Path(target)
+    settings = (options or predictor.options).checked()
+    (height, width), read = open_regions(source, predictor.model.in_channels)
+    if predictor.model.num_classes > 256:
+        raise SegwiseError(f"{source}: TIFF masks hold at most 256 classes; predict to probabilities instead")
+    tile = settings.tile or tuple(predictor.config.preprocess.input_size)
+    with torch.no_grad():
+        rows = sliding_rows(
+            predictor.tile_predictor(settings),
+            read,
+            (height, width),
+            tile,
+            settings.overlap,
+            settings.weighting,
+            settings.tile_batch,
+        )
+        colormap = np.zeros((3, 256), np.uint16)
+        for index, colour in enumerate(predictor.palette[:256]):
+            colormap[:, index] = np.asarray(colour, np.uint16) * 257  # 8-bit colour → 16-bit TIFF colormap
+        with atomic_path(target) as tmp:
+            tifffile.imwrite(
+                tmp,
+                _mask_tiles(rows, width),
+                shape=(height, width),
+                dtype=np.uint8,
+                tile=(OUTPUT_TILE, OUTPUT_TILE),
+                photometric="palette",
+                colormap=colormap,
+                compression="zlib",
+                bigtiff=height * width > 2**31,
+            )
+    return target
