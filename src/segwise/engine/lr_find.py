@@ -57,7 +57,7 @@ def lr_range_test(
     start_lr: float = 1e-7,
     end_lr: float = 10.0,
     steps: int = 100,
-    smoothing: float = 0.98,
+    smoothing: float = 0.8,  # light: a heavier average lags decades of LR behind the raw loss
     diverge: float = 4.0,
 ) -> LRFinding:
     """Run the range test on `model` with the optimizer `settings` name; the model comes back untouched."""
