@@ -197,14 +197,13 @@ def train(
     if resume is not None:
         run_dir = Path(resume)
         given = sorted(key for key, value in overrides.items() if value is not None)
-        if config is not None or given or not (run_dir / runfolder.CONFIG).is_file():
+        if not (run_dir / runfolder.CONFIG).is_file():
             raise SegwiseError(
-                f"{run_dir}: --resume continues a run folder with its own config and data; "
-                + (
-                    f"drop {given or ['the config']}"
-                    if run_dir.is_dir()
-                    else "pass a folder written by `segwise train`"
-                )
+                f"{run_dir / runfolder.CONFIG}: missing; --resume needs a run folder written by `segwise train`"
+            )
+        if config is not None or given:
+            raise SegwiseError(
+                f"{run_dir}: --resume continues a run with its own config and data; drop {given or ['--config']}"
             )
         run_config = RunConfig.load(run_dir / runfolder.CONFIG)
         checkpoint = load_checkpoint(run_dir)
