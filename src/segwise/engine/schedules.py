@@ -74,12 +74,13 @@ def warmup_cosine(
 def poly(
     optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int, power: float = 0.9
 ) -> torch.optim.lr_scheduler.LRScheduler:
-    """DeepLab's poly decay, (1 - step/total)^0.9, after the same linear warm-up as `warmup_cosine`."""
+    """DeepLab's poly decay, (1 - progress)^0.9 from the peak to 0, after the same linear warm-up as
+    `warmup_cosine`."""
 
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / (warmup_steps + 1)
-        return max(0.0, 1 - step / max(1, total_steps)) ** power
+        return max(0.0, 1 - (step - warmup_steps) / max(1, total_steps - warmup_steps)) ** power
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
