@@ -153,7 +153,7 @@ def find_lr(
     from ..losses import build_loss
     from ..models import create_model
     from .devices import autocast_dtype, pick_device
-    from .schedules import encoder_decoder_groups
+    from .schedules import default_encoder_lr_scale, encoder_decoder_groups
     from .trainer import Batches, normalization
 
     if not isinstance(config, Config):
@@ -178,7 +178,7 @@ def find_lr(
         model.to(memory_format=torch.channels_last)
     mean, std = normalization(model, data_set, pretrained)
     batches = Batches(data_set.train_images, data_set.train_masks, settings.batch_size, mean, std, device)
-    scale = settings.encoder_lr_scale or (0.1 if pretrained else 1.0)
+    scale = settings.encoder_lr_scale or default_encoder_lr_scale(pretrained)
     finding = lr_range_test(
         model,
         batches,

@@ -16,6 +16,11 @@ OPTIMIZERS = ("adamw", "sgd", "adam")
 SCHEDULES = ("one_cycle", "cosine", "poly")
 
 
+def default_encoder_lr_scale(pretrained: bool) -> float:
+    """A pretrained encoder already holds good features: move it at a tenth of the decoder's rate."""
+    return 0.1 if pretrained else 1.0
+
+
 def encoder_decoder_groups(model: nn.Module, encoder_lr_scale: float) -> list[dict]:
     """Encoder parameters in one group (at `encoder_lr_scale` of the peak LR), everything else in another.
 

@@ -39,7 +39,13 @@ from ..report.plots import plot_curves, sample_panel, write_sample_panels
 from . import distributed
 from .checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from .devices import autocast_dtype, pick_device
-from .schedules import build_optimizer, build_scheduler, encoder_decoder_groups, one_cycle  # noqa: F401
+from .schedules import (  # noqa: F401 (one_cycle: imported from here by older code)
+    build_optimizer,
+    build_scheduler,
+    default_encoder_lr_scale,
+    encoder_decoder_groups,
+    one_cycle,
+)
 
 
 @dataclass
@@ -239,7 +245,7 @@ def train(
         mean, std = normalization(model, data_set, pretrained)
         # Defaults that depend on the model are settled now and stored, so a resume needs no guessing.
         if settings.encoder_lr_scale is None:
-            settings = dataclasses.replace(settings, encoder_lr_scale=0.1 if pretrained else 1.0)
+            settings = dataclasses.replace(settings, encoder_lr_scale=default_encoder_lr_scale(pretrained))
     else:
         model = _build_model(run_config.model)
         mean, std = run_config.preprocess.mean, run_config.preprocess.std
