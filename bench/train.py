@@ -195,11 +195,13 @@ def main() -> None:
     parser.add_argument("--synthetic-train", type=int, default=320, help="training images (val: a quarter)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--skip-quality", action="store_true")
+    parser.add_argument("--skip-speed", action="store_true")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
-    speed(device, batch=8, size=256, rounds=args.rounds, steps=args.steps)
+    if not args.skip_speed:
+        speed(device, batch=8, size=256, rounds=args.rounds, steps=args.steps)
     if not args.skip_quality:
         quality(
             args.epochs, batch=8, size=args.synthetic_size, train_images=args.synthetic_train, device=device
