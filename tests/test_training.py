@@ -1,6 +1,7 @@
 import csv
 
 import numpy as np
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -26,6 +27,7 @@ def test_run_folder_holds_config_weights_metrics_curves_and_samples(trained_run)
         "last.pt",
         "metrics.csv",
         "curves.png",
+        "lr.png",
         "val_samples",
     } <= names
     config = RunConfig.load(trained_run / "config.yaml")
@@ -108,3 +110,197 @@ def test_every_batch_of_an_epoch_is_yielded_and_counted():
             sizes = [len(masks) for _, masks in batches.epoch(torch.Generator().manual_seed(0), drop_last)]
             assert len(sizes) == batches.batches_per_epoch(drop_last)
             assert sum(sizes) == count - (drop_last and count % batch_size == 1 and count > batch_size)
+
+
+class _ScriptedMatrix:
+    def __init__(self, miou: float) -> None:
+        self.miou = miou
+
+    def mean_iou(self) -> float:
+        return self.miou
+
+    def pixel_accuracy(self) -> float:
+        return self.miou
+
+
+def _scripted_validation(monkeypatch, losses: list[float], mious: list[float]) -> None:
+    """Validation returns these values epoch by epoch, so the monitor's course is known in advance."""
+    from segwise.engine import trainer
+
+    scripted = iter(zip(losses, mious, strict=True))
+
+    def fake_evaluate(*args, **kwargs):
+        loss, miou = next(scripted)
+        return loss, _ScriptedMatrix(miou)
+
+    monkeypatch.setattr(trainer, "_evaluate", fake_evaluate)
+
+
+def test_early_stopping_stops_after_patience_epochs_without_a_min_delta_improvement(
+    shapes_data, tmp_path, monkeypatch
+):
+    # val_loss: epoch 2 improves by 0.1 (> min_delta), epochs 3 and 4 by less than 0.05: stop after 4.
+    _scripted_validation(monkeypatch, [1.0, 0.9, 0.88, 0.87, 0.1, 0.1], [0.1] * 6)
+    result = segwise.train(
+        shapes_data,
+        runs_dir=tmp_path,
+        epochs=6,
+        monitor="val_loss",
+        patience=2,
+        min_delta=0.05,
+        progress=False,
+        **TINY,
+    )
+    assert [row["epoch"] for row in result.history] == [1, 2, 3, 4]
+    assert result.best_epoch == 2
+    state = torch.load(result.run_dir / "last.pt", weights_only=True)
+    assert state["stopped"] and state["best_epoch"] == 2 and state["epoch"] == 4
+
+
+def test_best_weights_follow_the_monitor_in_max_mode(shapes_data, tmp_path, monkeypatch):
+    _scripted_validation(monkeypatch, [1.0, 1.0, 1.0], [0.2, 0.5, 0.4])
+    result = segwise.train(shapes_data, runs_dir=tmp_path, epochs=3, patience=5, progress=False, **TINY)
+    assert len(result.history) == 3 and result.best_epoch == 2 and result.best_miou == 0.5
+    assert torch.load(result.run_dir / "last.pt", weights_only=True)["best_epoch"] == 2
+
+
+def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
+    shapes_data, tmp_path, monkeypatch
+):
+    from segwise.engine import trainer
+    from segwise.errors import SegwiseError
+    from segwise.losses import build_loss
+
+    calls = [0]
+
+    def exploding_loss(spec):
+        loss = build_loss(spec)
+
+        def wrapped(logits, masks):
+            calls[0] += torch.is_grad_enabled()
+            value = loss(logits, masks)
+            return value * float("nan") if calls[0] > 5 else value  # 4 steps an epoch: NaN in epoch 2
+
+        return wrapped
+
+    monkeypatch.setattr(trainer, "build_loss", exploding_loss)
+    with pytest.raises(SegwiseError, match="loss became nan at epoch 2.*last good epoch \\(1\\)"):
+        segwise.train(shapes_data, runs_dir=tmp_path, name="nan", epochs=3, progress=False, **TINY)
+    run_dir = tmp_path / "nan"
+    state = torch.load(run_dir / "last.pt", weights_only=True)
+    assert state["epoch"] == 1 and all(
+        torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point()
+    )
+    assert len(load_file(str(run_dir / "model.safetensors"))) > 0
+    with open(run_dir / "metrics.csv") as handle:
+        assert [row["epoch"] for row in csv.DictReader(handle)] == ["1"]
+
+
+def test_frozen_encoder_stays_unchanged_and_trains_after_unfreezing(shapes_data, tmp_path):
+    from segwise.models import create_model
+
+    torch.manual_seed(0)  # the trainer seeds the same way before building its model
+    initial = create_model("unet", encoder="test_resnet", num_classes=5, **TINY["options"]).state_dict()
+    for epochs, encoder_moves in ((1, False), (2, True)):
+        run_dir = segwise.train(
+            shapes_data, runs_dir=tmp_path, epochs=epochs, freeze_encoder_epochs=1, progress=False, **TINY
+        ).run_dir
+        trained = torch.load(run_dir / "last.pt", weights_only=True)["model"]
+        encoder_same = all(torch.equal(trained[k], initial[k]) for k in initial if k.startswith("encoder."))
+        decoder_same = all(torch.equal(trained[k], initial[k]) for k in initial if k.startswith("decoder."))
+        assert encoder_same != encoder_moves and not decoder_same  # BN statistics included
+
+
+def test_every_option_together_trains_and_is_recorded(shapes_data, tmp_path):
+    options = {
+        "optimizer": "sgd",
+        "schedule": "cosine",
+        "warmup_epochs": 0.5,
+        "encoder_lr_scale": 0.1,
+        "clip_grad_norm": 1.0,
+        "accumulate": 2,
+        "ema_decay": 0.5,
+        "progressive_resize": [0.5, 1.0],
+        "tensorboard": True,
+    }
+    result = segwise.train(
+        shapes_data, runs_dir=tmp_path, epochs=2, lr=0.01, progress=False, **TINY, **options
+    )
+    assert all(np.isfinite(row["train_loss"]) for row in result.history)
+    state = torch.load(result.run_dir / "last.pt", weights_only=True)
+    assert state["step"] == 2 * 2  # 4 batches an epoch, 2 per optimizer step
+    assert [group["lr"] for group in state["optimizer"]["param_groups"]] == pytest.approx(
+        [0.1 * state["optimizer"]["param_groups"][1]["lr"], state["optimizer"]["param_groups"][1]["lr"]]
+    )
+    saved = load_file(str(result.run_dir / "model.safetensors"))  # the EMA weights are what is kept
+    ema = {k.removeprefix("module."): v for k, v in state["ema"].items() if k != "n_averaged"}
+    if result.best_epoch == 2:
+        assert all(torch.equal(saved[k], ema[k]) for k in saved)
+    assert any((result.run_dir / "tensorboard").iterdir())
+    recorded = RunConfig.load(result.run_dir / "config.yaml").train
+    assert {key: getattr(recorded, key) for key in options} == options
+
+
+def test_schedules_warm_up_decay_and_keep_the_encoder_share():
+    from segwise.engine.schedules import build_optimizer, build_scheduler
+
+    for name in ("one_cycle", "cosine", "poly"):
+        encoder, decoder = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
+        groups = [{"params": [encoder], "lr_scale": 0.1}, {"params": [decoder], "lr_scale": 1.0}]
+        optimizer = build_optimizer(groups, "adamw", 1e-2, 0.0)
+        scheduler = build_scheduler(optimizer, name, 1e-2, total_steps=20, warmup_steps=4)
+        rates = []
+        for _ in range(20):
+            rates.append([group["lr"] for group in optimizer.param_groups])
+            optimizer.step()
+            scheduler.step()
+        encoder_rates, decoder_rates = np.array(rates).T
+        assert np.allclose(encoder_rates, 0.1 * decoder_rates)
+        peak = int(np.argmax(decoder_rates))
+        assert 0 < peak < 10 and decoder_rates.max() == pytest.approx(1e-2, rel=0.05), name
+        assert np.all(np.diff(decoder_rates[: peak + 1]) > 0) and np.all(np.diff(decoder_rates[peak:]) <= 0)
+        assert decoder_rates[-1] < 0.1 * decoder_rates.max()
+
+
+def test_progressive_resizing_shrinks_images_and_masks_together():
+    from segwise.config import TrainConfig
+    from segwise.engine.trainer import _resize_fraction, resize_batch
+
+    settings = TrainConfig(epochs=5, progressive_resize=[0.5, 1.0])
+    assert [_resize_fraction(settings, epoch) for epoch in range(1, 6)] == [0.5, 0.5, 0.5, 1.0, 1.0]
+    images = torch.rand(2, 3, 64, 48) * 255
+    masks = torch.randint(0, 3, (2, 64, 48))
+    masks[:, :4] = 255
+    small_images, small_masks = resize_batch(images, masks, 0.5)
+    assert small_images.shape == (2, 3, 32, 24) and small_masks.shape == (2, 32, 24)
+    assert set(small_masks.unique().tolist()) <= {0, 1, 2, 255} and small_masks.dtype == torch.long
+
+
+@pytest.mark.parametrize(
+    "key, value, hint",
+    [
+        ("optimizer", "rmsprop", "adamw | sgd | adam"),
+        ("schedule", "step", "one_cycle | cosine | poly"),
+        ("freeze_encoder_epochs", 40, "between 0 and train.epochs"),
+        ("accumulate", 0, "≥ 1"),
+        ("ema_decay", 1.5, "between 0 and 1"),
+        ("progressive_resize", [0.0, 1.0], "fractions in (0, 1]"),
+        ("monitor", "val_dice", "val_miou | val_loss"),
+        ("patience", 0, "≥ 1"),
+        ("lr", "fast", "positive number or auto"),
+    ],
+)
+def test_invalid_training_options_fail_with_the_key_and_the_fix(key, value, hint):
+    from segwise.config import load_config
+    from segwise.errors import SegwiseError
+
+    with pytest.raises(
+        SegwiseError, match=f"train.{key}.*{hint}".replace("|", "\\|").replace("(", "\\(").replace(")", "\\)")
+    ):
+        load_config(**{key: value})
+
+
+def test_learning_rate_from_yaml_text_is_a_number():
+    from segwise.config import TrainConfig
+
+    assert TrainConfig(lr="1e-3").lr == 1e-3 and TrainConfig(lr="auto").lr == "auto"

@@ -26,15 +26,38 @@ def _size(text: str) -> list[int]:
     return parts
 
 
+def _lr(text: str) -> float | str:
+    """A positive number or 'auto' (the LR range test picks it)."""
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a learning rate; use a positive number or auto")
+    return value
+
+
+def _fractions(text: str) -> list[float]:
+    try:
+        return [float(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a list of fractions; use e.g. 0.5,1.0") from None
+
+
 def _command_train(args: argparse.Namespace) -> int:
     from .engine import train
 
+    if (args.data is None) == (args.resume is None):
+        raise SegwiseError("train: pass DATA to start a run, or --resume RUN (without DATA) to continue one")
     result = train(
         args.data,
         args.config,
         runs_dir=args.runs_dir,
         name=args.name,
         progress=not args.quiet,
+        resume=args.resume,
         arch=args.arch,
         encoder=args.encoder,
         encoder_weights=args.encoder_weights,
@@ -51,10 +74,65 @@ def _command_train(args: argparse.Namespace) -> int:
         categories=args.categories,
         mask_threshold=args.mask_threshold,
         weighting=args.weighting,
+        **_training_options(args),
+    )
+    if int(os.environ.get("RANK", 0)) == 0:  # under torchrun, one line from rank 0 only
+        print(
+            f"run folder: {result.run_dir}  (best val mIoU {result.best_miou:.4f} at epoch {result.best_epoch})"
+        )
+    return 0
+
+
+# Flag name → TrainConfig field, for the training-engine options (issue 6); None means "not given".
+_TRAINING_FLAGS = (
+    "optimizer",
+    "schedule",
+    "warmup_epochs",
+    "encoder_lr_scale",
+    "freeze_encoder_epochs",
+    "clip_grad_norm",
+    "accumulate",
+    "ema_decay",
+    "progressive_resize",
+    "monitor",
+    "monitor_mode",
+    "patience",
+    "min_delta",
+)
+
+
+def _training_options(args: argparse.Namespace) -> dict:
+    options = {name: getattr(args, name) for name in _TRAINING_FLAGS}
+    for flag in ("compile", "sync_batchnorm", "tensorboard", "deterministic"):
+        options[flag] = True if getattr(args, flag) else None
+    return options
+
+
+def _command_lr_find(args: argparse.Namespace) -> int:
+    from .engine.lr_find import find_lr
+
+    finding = find_lr(
+        args.data,
+        args.config,
+        output=args.output,
+        steps=args.steps,
+        start_lr=args.start_lr,
+        end_lr=args.end_lr,
+        arch=args.arch,
+        encoder=args.encoder,
+        encoder_weights=args.encoder_weights,
+        batch_size=args.batch_size,
+        size=args.size,
+        precision=args.precision,
+        device=args.device,
+        optimizer=args.optimizer,
+        seed=args.seed,
     )
     print(
-        f"run folder: {result.run_dir}  (best val mIoU {result.best_miou:.4f} at epoch {result.best_epoch})"
+        f"suggested lr {finding.suggestion:.3g} (steepest descent of the smoothed loss; "
+        f"{len(finding.lrs)} steps from {finding.lrs[0]:.1e} to {finding.lrs[-1]:.1e})"
     )
+    print(f"wrote {args.output}; train with --lr {finding.suggestion:.3g}, or --lr auto to rerun the test")
     return 0
 
 
@@ -291,9 +369,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="train a model on DATA/images + DATA/masks",
         formatter_class=formatter,
         description="Train a model; classes, resolution and normalization come from the data.",
-        epilog="example:\n  segwise train data/cells --encoder resnet18 --epochs 20 --size 256",
+        epilog="examples:\n  segwise train data/cells --encoder resnet18 --epochs 20 --size 256\n"
+        "  segwise train --resume runs/cells            # continue a killed run where it stopped\n"
+        "  torchrun --nproc-per-node 2 -m segwise train data/cells   # data-parallel, batch size per process",
     )
-    train.add_argument("data", help="folder with images/ and masks/ (optionally train/ and val/ inside)")
+    train.add_argument(
+        "data", nargs="?", help="folder with images/ and masks/ (optionally train/ and val/ inside)"
+    )
     train.add_argument("-c", "--config", help="plan YAML with `model:` and `train:` sections")
     train.add_argument("--name", help="run name (default: the data folder's name); never overwrites a run")
     train.add_argument("--runs-dir", default="runs", help="where run folders go (default: runs)")
@@ -302,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--encoder-weights", help="none (default), imagenet, or a path to a state dict")
     train.add_argument("--epochs", type=int)
     train.add_argument("--batch-size", type=int)
-    train.add_argument("--lr", type=float, help="peak learning rate of the one-cycle schedule")
+    train.add_argument("--lr", type=_lr, help="peak learning rate, or auto (LR range test; default 1e-3)")
     train.add_argument("--size", type=_size, help="training size H or HxW (default: the data's typical size)")
     train.add_argument(
         "--val-fraction", type=float, help="held out when DATA has no val/ split (default 0.2)"
@@ -315,7 +397,56 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int)
     train.add_argument("-q", "--quiet", action="store_true", help="print nothing but the result")
     _add_data_options(train)
+    train.add_argument("--resume", metavar="RUN", help="continue RUN from its last checkpoint (no DATA)")
+    train.add_argument("--optimizer", choices=["adamw", "sgd", "adam"], help="default adamw; sgd is Nesterov")
+    train.add_argument("--schedule", choices=["one_cycle", "cosine", "poly"], help="default one_cycle")
+    train.add_argument("--warmup-epochs", type=float, help="cosine/poly linear warm-up (default 1)")
+    train.add_argument(
+        "--encoder-lr-scale", type=float, help="encoder LR = lr × this (default 0.1 pretrained)"
+    )
+    train.add_argument("--freeze-encoder-epochs", type=int, help="train decoder and head only for N epochs")
+    train.add_argument("--clip-grad-norm", type=float, help="clip the gradient norm to this")
+    train.add_argument("--accumulate", type=int, help="micro-batches per optimizer step (default 1)")
+    train.add_argument("--ema-decay", type=float, help="keep an EMA of the weights, e.g. 0.999; it is saved")
+    train.add_argument(
+        "--progressive-resize", type=_fractions, help="size fraction per epoch phase, e.g. 0.5,1.0"
+    )
+    train.add_argument("--compile", action="store_true", help="torch.compile the model")
+    train.add_argument(
+        "--monitor", choices=["val_miou", "val_loss", "val_pixel_accuracy", "train_loss"], help="best-by"
+    )
+    train.add_argument("--monitor-mode", choices=["auto", "max", "min"])
+    train.add_argument("--patience", type=int, help="stop after N epochs without improvement")
+    train.add_argument("--min-delta", type=float, help="smallest change that counts as improvement")
+    train.add_argument("--sync-batchnorm", action="store_true", help="torchrun on GPUs: SyncBatchNorm")
+    train.add_argument("--tensorboard", action="store_true", help="also log to RUN/tensorboard/")
+    train.add_argument("--deterministic", action="store_true", help="reproducible kernels (slower)")
     train.set_defaults(handler=_command_train)
+
+    lr_find = commands.add_parser(
+        "lr-find",
+        help="LR range test: plot loss against learning rate and suggest one",
+        formatter_class=formatter,
+        description="Train a fresh model for up to --steps batches while the learning rate grows "
+        "exponentially; plot the smoothed loss and suggest the LR of its steepest descent.",
+        epilog="example:\n  segwise lr-find data/cells --encoder resnet18 -o lr_find.png",
+    )
+    lr_find.add_argument("data", help="folder with images/ and masks/")
+    lr_find.add_argument("-c", "--config", help="plan YAML with `model:` and `train:` sections")
+    lr_find.add_argument("-o", "--output", default="lr_find.png", help="plot (default: lr_find.png)")
+    lr_find.add_argument("--steps", type=int, default=100, help="at most this many batches (default 100)")
+    lr_find.add_argument("--start-lr", type=float, default=1e-7)
+    lr_find.add_argument("--end-lr", type=float, default=10.0)
+    lr_find.add_argument("--arch")
+    lr_find.add_argument("--encoder")
+    lr_find.add_argument("--encoder-weights", help="none (default), imagenet, or a path to a state dict")
+    lr_find.add_argument("--optimizer", choices=["adamw", "sgd", "adam"])
+    lr_find.add_argument("--batch-size", type=int)
+    lr_find.add_argument("--size", type=_size)
+    lr_find.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"])
+    lr_find.add_argument("--device")
+    lr_find.add_argument("--seed", type=int)
+    lr_find.set_defaults(handler=_command_lr_find)
 
     predict = commands.add_parser(
         "predict",
@@ -535,7 +666,8 @@ def main(argv: list[str] | None = None) -> int:
     except SegwiseError as error:
         if os.environ.get("SEGWISE_DEBUG"):
             raise
-        print(f"segwise: error: {error}", file=sys.stderr)
+        if int(os.environ.get("RANK", 0)) == 0:  # under torchrun every process fails alike; one line
+            print(f"segwise: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("segwise: interrupted", file=sys.stderr)

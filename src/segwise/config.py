@@ -34,7 +34,7 @@ class ModelConfig:
 class TrainConfig:
     epochs: int = 30
     batch_size: int = 8
-    lr: float = 1e-3
+    lr: float | str = 1e-3  # peak learning rate, or "auto": the LR range test picks it (engine/lr_find.py)
     weight_decay: float = 1e-4
     loss: str = "ce+dice"
     size: list[int] | None = None  # training [H, W]; None picks the dataset's typical size
@@ -45,6 +45,24 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 0
     val_samples: int = 4  # image | truth | prediction panels written to val_samples/
+    optimizer: str = "adamw"  # adamw | sgd (Nesterov) | adam
+    momentum: float = 0.9  # sgd only
+    schedule: str = "one_cycle"  # one_cycle | cosine (linear warm-up, cosine decay) | poly
+    warmup_epochs: float = 1.0  # cosine and poly: linear warm-up length (one-cycle warms up over 25 %)
+    encoder_lr_scale: float | None = None  # encoder LR = lr × this; None: 0.1 if pretrained, else 1.0
+    freeze_encoder_epochs: int = 0  # train only decoder and head for the first N epochs
+    clip_grad_norm: float | None = None  # clip the global gradient norm to this
+    accumulate: int = 1  # micro-batches per optimizer step (effective batch = batch_size × accumulate)
+    ema_decay: float | None = None  # e.g. 0.999: evaluate and save an exponential moving average of weights
+    progressive_resize: list[float] | None = None  # e.g. [0.5, 1.0]: size fraction per equal epoch phase
+    compile: bool = False  # torch.compile the model for training
+    monitor: str = "val_miou"  # metrics.csv column that picks the best weights and drives early stopping
+    monitor_mode: str = "auto"  # max | min | auto (min for losses, max otherwise)
+    patience: int | None = None  # early stopping: epochs without improvement before stopping
+    min_delta: float = 0.0  # an improvement must beat the best by more than this
+    sync_batchnorm: bool = False  # DDP: batch-norm statistics over all processes
+    tensorboard: bool = False  # also log to RUN/tensorboard/
+    deterministic: bool = False  # torch.use_deterministic_algorithms: reproducible, a little slower
 
     def __post_init__(self) -> None:
         _check(self.augment in AUGMENT_PRESETS, "train.augment", self.augment, " | ".join(AUGMENT_PRESETS))
@@ -56,7 +74,17 @@ class TrainConfig:
         )
         _check(self.epochs >= 1, "train.epochs", self.epochs, "an integer ≥ 1")
         _check(self.batch_size >= 1, "train.batch_size", self.batch_size, "an integer ≥ 1")
-        _check(self.lr > 0, "train.lr", self.lr, "a positive number")
+        if isinstance(self.lr, str) and self.lr != "auto":
+            try:  # YAML reads 1e-3 (no dot) as a string
+                self.lr = float(self.lr)
+            except ValueError:
+                pass
+        _check(
+            self.lr == "auto" or (not isinstance(self.lr, str) and self.lr > 0),
+            "train.lr",
+            self.lr,
+            "a positive number or auto",
+        )
         _check(0 < self.val_fraction < 1, "train.val_fraction", self.val_fraction, "a number between 0 and 1")
         if self.size is not None:
             _check(
@@ -65,6 +93,70 @@ class TrainConfig:
                 self.size,
                 "[height, width], each ≥ 8",
             )
+        _check(
+            self.optimizer in ("adamw", "sgd", "adam"),
+            "train.optimizer",
+            self.optimizer,
+            "adamw | sgd | adam",
+        )
+        _check(
+            self.schedule in ("one_cycle", "cosine", "poly"),
+            "train.schedule",
+            self.schedule,
+            "one_cycle | cosine | poly",
+        )
+        _check(self.warmup_epochs >= 0, "train.warmup_epochs", self.warmup_epochs, "a number ≥ 0")
+        _check(
+            self.encoder_lr_scale is None or self.encoder_lr_scale > 0,
+            "train.encoder_lr_scale",
+            self.encoder_lr_scale,
+            "a positive number (or null for the default)",
+        )
+        _check(
+            0 <= self.freeze_encoder_epochs <= self.epochs,
+            "train.freeze_encoder_epochs",
+            self.freeze_encoder_epochs,
+            f"an integer between 0 and train.epochs ({self.epochs})",
+        )
+        _check(
+            self.clip_grad_norm is None or self.clip_grad_norm > 0,
+            "train.clip_grad_norm",
+            self.clip_grad_norm,
+            "a positive number or null",
+        )
+        _check(self.accumulate >= 1, "train.accumulate", self.accumulate, "an integer ≥ 1")
+        _check(
+            self.ema_decay is None or 0 < self.ema_decay < 1,
+            "train.ema_decay",
+            self.ema_decay,
+            "a number between 0 and 1 (e.g. 0.999) or null",
+        )
+        if self.progressive_resize is not None:
+            _check(
+                len(self.progressive_resize) >= 1 and all(0 < f <= 1 for f in self.progressive_resize),
+                "train.progressive_resize",
+                self.progressive_resize,
+                "a list of size fractions in (0, 1], one per epoch phase, e.g. [0.5, 1.0]",
+            )
+        _check(
+            self.monitor in ("val_miou", "val_loss", "val_pixel_accuracy", "train_loss"),
+            "train.monitor",
+            self.monitor,
+            "val_miou | val_loss | val_pixel_accuracy | train_loss",
+        )
+        _check(
+            self.monitor_mode in ("auto", "max", "min"),
+            "train.monitor_mode",
+            self.monitor_mode,
+            "auto | max | min",
+        )
+        _check(
+            self.patience is None or self.patience >= 1,
+            "train.patience",
+            self.patience,
+            "an integer ≥ 1 or null",
+        )
+        _check(self.min_delta >= 0, "train.min_delta", self.min_delta, "a number ≥ 0")
 
 
 WEIGHTINGS = ("none", "inverse", "one_minus", "median_frequency")

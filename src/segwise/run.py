@@ -1,10 +1,14 @@
 """The run folder, `runs/<name>/`, and what lives in it.
 
     config.yaml        everything to rebuild the model and its preprocessing (RunConfig)
-    model.safetensors  best weights by validation mIoU (safetensors: loading runs no code)
-    last.pt            full training state after the last epoch (loaded with weights_only=True)
+    model.safetensors  best weights by the monitored metric (default val mIoU; the EMA weights when
+                       EMA is on); safetensors: loading runs no code
+    last.pt            full training state after the last epoch: model, optimizer, scheduler, scaler,
+                       EMA, RNG states, epoch, step, history (engine/checkpoint.py; weights_only=True)
     metrics.csv        one row per epoch
     curves.png         loss and mIoU per epoch
+    lr.png             learning rate per epoch
+    tensorboard/       only with --tensorboard
     val_samples/       image | truth | prediction panels
 
 Every file is written under a temporary name and renamed, so a crash never leaves a torn file.

@@ -1,12 +1,18 @@
 """The training loop: read it top to bottom.
 
-data (decoded once) → batches sliced from uint8 tensors → augment on device → normalize → model
-→ loss → AdamW + one-cycle → per-epoch validation (confusion matrix) → run folder.
+data (decoded once) → batches sliced from uint8 tensors (this process's shard) → augment on device →
+(progressive resize) → normalize → model → loss → optimizer step (accumulation, clipping, EMA) →
+schedule → per-epoch validation (confusion matrix, reduced over processes) → best/last checkpoints,
+metrics.csv, curves → early stopping. Options live in TrainConfig; the pieces in schedules.py,
+checkpoint.py, distributed.py and lr_find.py.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import math
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -15,20 +21,32 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from .. import run as runfolder
-from ..config import ClassesConfig, Config, PreprocessConfig, RunConfig, load_config
-from ..data import SegmentationData
+from ..config import ClassesConfig, Config, DataConfig, PreprocessConfig, RunConfig, TrainConfig, load_config
+from ..data import SegmentationData, load_data
 from ..data.augment import PerSampleBatches, augment_batch
 from ..data.dataset import IGNORE_INDEX
 from ..data.plan import loss_options, make_plan
 from ..errors import SegwiseError
 from ..losses import build_loss
 from ..metrics import ConfusionMatrix
-from ..models import create_model
+from ..models import SegmentationModel, create_model
+from ..report.figures import plot_lr
 from ..report.plots import plot_curves, sample_panel, write_sample_panels
+from . import distributed
+from .checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from .devices import autocast_dtype, pick_device
+from .schedules import (  # noqa: F401 (one_cycle: imported from here by older code)
+    build_optimizer,
+    build_scheduler,
+    default_encoder_lr_scale,
+    encoder_decoder_groups,
+    one_cycle,
+)
 
 
 @dataclass
@@ -43,10 +61,19 @@ class TrainResult:
 class Batches:
     """Shuffled mini-batches sliced straight from the decoded uint8 arrays: no decoding, no workers."""
 
-    def __init__(self, images: np.ndarray, masks: np.ndarray, batch_size: int, mean, std, device) -> None:
+    def __init__(
+        self,
+        images: np.ndarray,
+        masks: np.ndarray,
+        batch_size: int,
+        mean,
+        std,
+        device,
+        process: distributed.Process = distributed.SINGLE,
+    ) -> None:
         self.images = torch.from_numpy(images)  # N×H×W×C uint8
         self.masks = torch.from_numpy(masks)  # N×H×W uint8 class indices
-        self.batch_size, self.device = batch_size, device
+        self.batch_size, self.device, self.process = batch_size, device, process
         self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255
         self.std = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255
 
@@ -61,22 +88,28 @@ class Batches:
         return (images - self.mean) / self.std
 
     def epoch(self, generator: torch.Generator | None, drop_last: bool):
-        order = (
-            torch.randperm(len(self), generator=generator)
-            if generator is not None
-            else torch.arange(len(self))
-        )
-        for start in range(0, self.batches_per_epoch(drop_last) * self.batch_size, self.batch_size):
+        """This process's batches: a shuffled, sharded order with `generator`, else every sample once in
+        order (validation; each process takes every world_size-th, no padding, so nothing counts twice)."""
+        if generator is not None:
+            order = distributed.shard(torch.randperm(len(self), generator=generator), self.process)
+        else:
+            order = torch.arange(len(self))[self.process.rank :: self.process.world_size]
+        for start in range(0, self._batch_count(len(order), drop_last) * self.batch_size, self.batch_size):
             yield self.prepare(order[start : start + self.batch_size])
 
     def batches_per_epoch(self, drop_last: bool) -> int:
-        """Batches in one epoch; with `drop_last`, a trailing single sample is skipped (batch norm cannot
-        train on one sample) unless it is the whole dataset."""
-        full, rest = divmod(len(self), self.batch_size)
+        """Training batches of one process in one epoch (every process gets the same number)."""
+        return self._batch_count(-(-len(self) // self.process.world_size), drop_last)
+
+    def _batch_count(self, count: int, drop_last: bool) -> int:
+        """With `drop_last`, a trailing single sample is skipped (batch norm cannot train on one sample)
+        unless it is the whole dataset."""
+        full, rest = divmod(count, self.batch_size)
         return full + (rest > 1 or (rest == 1 and (not drop_last or full == 0)))
 
 
 def _evaluate(model, batches: Batches, loss_fn, num_classes: int, dtype, channels_last: bool):
+    """Validation loss and confusion matrix over every process's share of the validation set."""
     model.eval()
     matrix = ConfusionMatrix(num_classes, batches.device)
     total_loss, count = 0.0, 0
@@ -87,40 +120,76 @@ def _evaluate(model, batches: Batches, loss_fn, num_classes: int, dtype, channel
             total_loss += float(loss_fn(logits, masks)) * len(masks)
             count += len(masks)
             matrix.update(logits.argmax(1), masks)
+    matrix.all_reduce()
+    total_loss, count = distributed.all_sum(total_loss, count, device=batches.device)
     return total_loss / max(count, 1), matrix
-
-
-def one_cycle(
-    optimizer: torch.optim.Optimizer, lr: float, total_steps: int
-) -> torch.optim.lr_scheduler.LRScheduler:
-    """One-cycle with a quarter of the steps warming up; torch's OneCycleLR divides by zero when a phase
-    is shorter than one step, so a very short run (a smoke test, a tiny dataset) keeps the LR constant."""
-    if total_steps < 4:
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    return torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=lr, total_steps=total_steps, pct_start=max(0.25, 2 / total_steps)
-    )
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
+def model_loss(net, batches: Batches, images, masks, loss_fn, dtype, channels_last: bool) -> torch.Tensor:
+    """Normalize → (channels-last) → model under autocast → loss in fp32: one training forward pass."""
+    x = batches.normalize(images)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with _autocast(batches.device, dtype):
+        logits = net(x)
+    return loss_fn(logits.float(), masks)
+
+
+def resize_batch(images: torch.Tensor, masks: torch.Tensor, fraction: float):
+    """Progressive resizing on the device: images bilinear (antialiased), masks nearest (labels stay labels)."""
+    if fraction == 1.0:
+        return images, masks
+    size = [max(8, round(side * fraction)) for side in images.shape[-2:]]
+    images = F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
+    masks = F.interpolate(masks[:, None].float(), size=size, mode="nearest")[:, 0].long()
+    return images, masks
+
+
+def _resize_fraction(settings: TrainConfig, epoch: int) -> float:
+    """The epochs split into equal phases, one per entry of `progressive_resize` (e.g. half size, then full)."""
+    fractions = settings.progressive_resize or [1.0]
+    return fractions[min(len(fractions) - 1, (epoch - 1) * len(fractions) // settings.epochs)]
+
+
+def _better(value: float, best: float | None, settings: TrainConfig) -> bool:
+    if best is None:
+        return not math.isnan(value)
+    mode = settings.monitor_mode
+    if mode == "auto":
+        mode = "min" if settings.monitor.endswith("loss") else "max"
+    return value > best + settings.min_delta if mode == "max" else value < best - settings.min_delta
+
+
+def _build_model(spec: dict, encoder_weights=None) -> SegmentationModel:
+    return create_model(
+        **{k: v for k, v in spec.items() if k != "options"},
+        encoder_weights=encoder_weights,
+        **spec["options"],
+    )
+
+
 def train(
-    data: str | Path,
+    data: str | Path | None = None,
     config: Config | str | Path | None = None,
     *,
     runs_dir: str | Path = "runs",
     name: str | None = None,
     progress: bool = True,
+    resume: str | Path | None = None,
     **overrides: Any,
 ) -> TrainResult:
     """Train a model on the images and masks in `data` and write a run folder.
 
     >>> result = segwise.train("data/cells", epochs=20, encoder="resnet18")  # doctest: +SKIP
     >>> segwise.load(result.run_dir).predict("new_cell.png")                  # doctest: +SKIP
+    >>> segwise.train(resume=result.run_dir)  # a killed run continues from its last epoch  # doctest: +SKIP
 
     `config` is a Config or a plan YAML; keyword overrides set any model/train field by name.
+    `resume` continues a run folder from its last checkpoint with the run's own config and data.
     `augment` is a preset name or, from Python, a per-sample transform such as an albumentations
     `Compose` (run on the CPU in DataLoader workers instead of the on-device presets).
     """
@@ -128,157 +197,307 @@ def train(
     transform = overrides.pop("augment") if callable(overrides.get("augment")) else None
     if transform is not None:
         overrides["augment"] = "none"  # the user's transform replaces the on-device presets
-    planned = config is None  # no plan given: self-configure as `segwise plan` would (data/plan.py)
-    if not isinstance(config, Config):
-        config = load_config(config)
-    config = config.override(**overrides)
-    settings = config.train
-    device = pick_device(settings.device)
+    checkpoint, run_dir, planned = None, None, False
+    if resume is not None:
+        run_dir = Path(resume)
+        given = sorted(key for key, value in overrides.items() if value is not None)
+        if not (run_dir / runfolder.CONFIG).is_file():
+            raise SegwiseError(
+                f"{run_dir / runfolder.CONFIG}: missing; --resume needs a run folder written by `segwise train`"
+            )
+        if config is not None or given:
+            raise SegwiseError(
+                f"{run_dir}: --resume continues a run with its own config and data; drop {given or ['--config']}"
+            )
+        run_config = RunConfig.load(run_dir / runfolder.CONFIG)
+        checkpoint = load_checkpoint(run_dir)
+        settings, data = run_config.train, run_config.data["root"]
+        data_options = DataConfig(**run_config.data.get("plan", {}))  # how the run read its data
+    else:
+        planned = config is None  # no plan given: self-configure as `segwise plan` would (data/plan.py)
+        if not isinstance(config, Config):
+            config = load_config(config)
+        config = config.override(**overrides)
+        settings = config.train
+    if settings.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to be deterministic
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.manual_seed(settings.seed)
+    process, device = distributed.setup(pick_device(settings.device))
     dtype = autocast_dtype(device, settings.precision)
-    say = print if progress else (lambda *a, **k: None)
+    say = print if progress and process.is_main else (lambda *a, **k: None)
+    if settings.sync_batchnorm and process.distributed and device.type != "cuda":
+        raise SegwiseError("train.sync_batchnorm: torch's SyncBatchNorm runs on GPUs only; drop it on CPU")
 
     build_loss(settings.loss)  # a misspelt loss fails before any data is read or folder made
-    plan = make_plan(data, None if planned else config, str(device), **(overrides if planned else {}))
-    config, settings, data_set = plan.config, plan.config.train, plan.data
-    for note in plan.notes if planned else []:
-        say(f"plan: {note}")
-    torch.manual_seed(settings.seed)  # after the batch-size probe, so a probe never changes the run
+    if checkpoint is None:
+        plan = make_plan(data, None if planned else config, str(device), **(overrides if planned else {}))
+        config, settings, data_set, data_options = plan.config, plan.config.train, plan.data, plan.config.data
+        for note in plan.notes if planned else []:
+            say(f"plan: {note}")
+        torch.manual_seed(settings.seed)  # after the batch-size probe, so a probe never changes the run
+    else:
+        data_set = load_data(
+            data,
+            tuple(run_config.preprocess.input_size),
+            settings.val_fraction,
+            settings.seed,
+            layout=data_options.layout,
+            categories=data_options.categories,
+            mask_threshold=data_options.mask_threshold,
+        )
     classes = data_set.classes
     if classes.multilabel:
         raise SegwiseError(
             f"{data}: multilabel masks (one channel per class) load, check and plan, but the trainer "
             "trains binary/multiclass data only so far; merge the labels into one index mask per image"
         )
-    loss_fn = build_loss(settings.loss, **loss_options(settings.loss, config.data.class_weights))
-    model = create_model(
-        config.model.arch,
-        encoder=config.model.encoder,
-        num_classes=classes.num_classes,
-        in_channels=data_set.in_channels,
-        encoder_weights=config.model.encoder_weights,
-        **config.model.options,
-    )
-    mean, std = config.data.mean, config.data.std  # chosen by the plan
-    run_config = RunConfig(
-        model=model.config,
-        classes=ClassesConfig(
-            classes.names,
-            classes.values,
-            classes.palette,
-            classes.ignore_value,
-            classes.colours,
-            classes.threshold,
-            classes.multilabel,
-        ),
-        preprocess=PreprocessConfig(list(data_set.size), mean, std),
-        train=settings,
-        data={
-            "root": str(Path(data).resolve()),
-            "train_images": len(data_set.train_images),
-            "val_images": len(data_set.val_images),
-            "plan": asdict(config.data),
-            "augment_transform": None if transform is None else repr(transform),
-        },
-    )
-    run_dir = runfolder.create_run_dir(runs_dir, name or Path(data).resolve().name)
-    run_config.save(run_dir / runfolder.CONFIG)
+    loss_fn = build_loss(settings.loss, **loss_options(settings.loss, data_options.class_weights))
+    if checkpoint is None:
+        pretrained = config.model.encoder_weights is not None
+        model = create_model(
+            config.model.arch,
+            encoder=config.model.encoder,
+            num_classes=classes.num_classes,
+            in_channels=data_set.in_channels,
+            encoder_weights=config.model.encoder_weights,
+            **config.model.options,
+        )
+        mean, std = data_options.mean, data_options.std  # chosen by the plan
+        # Defaults that depend on the model are settled now and stored, so a resume needs no guessing.
+        if settings.encoder_lr_scale is None:
+            settings = dataclasses.replace(settings, encoder_lr_scale=default_encoder_lr_scale(pretrained))
+    else:
+        model = _build_model(run_config.model)
+        mean, std = run_config.preprocess.mean, run_config.preprocess.std
 
     model.to(device)
     if settings.channels_last:
         model.to(memory_format=torch.channels_last)
+    if settings.sync_batchnorm and process.distributed:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     train_batches = Batches(
-        data_set.train_images, data_set.train_masks, settings.batch_size, mean, std, device
+        data_set.train_images, data_set.train_masks, settings.batch_size, mean, std, device, process
     )
     if transform is not None:
         train_batches = PerSampleBatches(train_batches, transform)
-    val_batches = Batches(data_set.val_images, data_set.val_masks, settings.batch_size, mean, std, device)
-    steps_per_epoch = train_batches.batches_per_epoch(drop_last=True)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    scheduler = one_cycle(optimizer, settings.lr, settings.epochs * steps_per_epoch)
+    val_batches = Batches(
+        data_set.val_images, data_set.val_masks, settings.batch_size, mean, std, device, process
+    )
+    groups = encoder_decoder_groups(model, settings.encoder_lr_scale or 1.0)
+    if settings.lr == "auto":
+        from .lr_find import lr_range_test
+
+        finding = lr_range_test(model, train_batches, loss_fn, groups, settings, dtype, process)
+        settings = dataclasses.replace(settings, lr=finding.suggestion)
+        say(f"segwise: lr-find suggests lr {finding.suggestion:.3g} (steepest descent of the smoothed loss)")
+    steps_per_epoch = -(-train_batches.batches_per_epoch(drop_last=True) // settings.accumulate)
+    optimizer = build_optimizer(
+        groups, settings.optimizer, settings.lr, settings.weight_decay, settings.momentum
+    )
+    scheduler = build_scheduler(
+        optimizer,
+        settings.schedule,
+        settings.lr,
+        settings.epochs * steps_per_epoch,
+        round(settings.warmup_epochs * steps_per_epoch),
+    )
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    ema = (
+        AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(settings.ema_decay), use_buffers=True)
+        if settings.ema_decay
+        else None
+    )
     generator = torch.Generator().manual_seed(settings.seed)
 
-    say(
-        f"segwise: training {model.config['arch']}/{model.config['encoder']} on {len(train_batches)} images "
-        f"({len(val_batches)} val) at {data_set.size[0]}×{data_set.size[1]}, {classes.num_classes} classes, "
-        f"{device.type} {str(dtype).replace('torch.', '') if dtype else 'fp32'} → {run_dir}"
-    )
     history: list[dict] = []
-    best_miou, best_epoch = -1.0, 0
-    show_bar = progress and sys.stderr.isatty()
-    for epoch in range(1, settings.epochs + 1):
-        model.train()
-        epoch_start, seen, running = time.perf_counter(), 0, 0.0
-        bar = tqdm(
-            total=steps_per_epoch, desc=f"epoch {epoch}/{settings.epochs}", leave=False, disable=not show_bar
+    best_value, best_epoch, bad_epochs, step, first_epoch = None, 0, 0, 0, 1
+    if checkpoint is None:
+        run_config = RunConfig(
+            model=model.config,
+            classes=ClassesConfig(
+                classes.names,
+                classes.values,
+                classes.palette,
+                classes.ignore_value,
+                classes.colours,
+                classes.threshold,
+                classes.multilabel,
+            ),
+            preprocess=PreprocessConfig(list(data_set.size), mean, std),
+            train=settings,
+            data={
+                "root": str(Path(data).resolve()),
+                "train_images": len(data_set.train_images),
+                "val_images": len(data_set.val_images),
+                "plan": asdict(data_options),
+                "augment_transform": None if transform is None else repr(transform),
+            },
         )
-        for images, masks in train_batches.epoch(generator, drop_last=True):
+        if process.is_main:
+            run_dir = runfolder.create_run_dir(runs_dir, name or Path(data).resolve().name)
+            run_config.save(run_dir / runfolder.CONFIG)
+        run_dir = distributed.broadcast(run_dir, process)
+    else:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        scaler.load_state_dict(checkpoint["scaler"])
+        if ema is not None:
+            ema.load_state_dict(checkpoint["ema"])
+        restore_rng_state(checkpoint["rng"], generator)
+        history, step = checkpoint["history"], checkpoint["step"]
+        best_value, best_epoch, bad_epochs = (
+            checkpoint["best_value"],
+            checkpoint["best_epoch"],
+            checkpoint["bad_epochs"],
+        )
+        first_epoch = checkpoint["epoch"] + 1
+        if checkpoint["stopped"]:
+            first_epoch = settings.epochs + 1
+    writer = None
+    if settings.tensorboard and process.is_main:
+        from torch.utils.tensorboard import SummaryWriter  # imported only when asked for: it is slow
+
+        writer = SummaryWriter(run_dir / "tensorboard", purge_step=first_epoch)
+
+    say(
+        f"segwise: {'resuming at epoch ' + str(first_epoch) + ' of ' if checkpoint else 'training '}"
+        f"{model.config['arch']}/{model.config['encoder']} on {len(train_batches)} images "
+        f"({len(val_batches)} val) at {data_set.size[0]}×{data_set.size[1]}, {classes.num_classes} classes, "
+        f"{device.type} {str(dtype).replace('torch.', '') if dtype else 'fp32'}"
+        f"{f' ×{process.world_size} processes' if process.distributed else ''} → {run_dir}"
+    )
+    show_bar = progress and process.is_main and sys.stderr.isatty()
+    net, net_frozen = None, None
+    for epoch in range(first_epoch, settings.epochs + 1):
+        # Freezing changes the trainable set, which DDP and torch.compile fix when built: rebuild then.
+        frozen = epoch <= settings.freeze_encoder_epochs
+        if frozen != net_frozen:
+            model.freeze_encoder() if frozen else model.unfreeze_encoder()
+            net, net_frozen = distributed.wrap(model, process, device), frozen
+            if settings.compile:
+                net = torch.compile(net)
+        fraction = _resize_fraction(settings, epoch)
+        net.train()
+        epoch_start, seen, running = time.perf_counter(), 0, 0.0
+        batch_count = train_batches.batches_per_epoch(drop_last=True)
+        bar = tqdm(
+            total=batch_count, desc=f"epoch {epoch}/{settings.epochs}", leave=False, disable=not show_bar
+        )
+        for index, (images, masks) in enumerate(train_batches.epoch(generator, drop_last=True)):
             images, masks = augment_batch(images, masks, settings.augment, generator, train_batches.mean)
-            x = train_batches.normalize(images)
-            if settings.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with _autocast(device, dtype):
-                logits = model(x)
-            loss = loss_fn(logits.float(), masks)
-            if not torch.isfinite(loss):
+            images, masks = resize_batch(images, masks, fraction)
+            last_micro = (index + 1) % settings.accumulate == 0 or index + 1 == batch_count
+            # DDP all-reduces gradients on every backward; between optimizer steps that is wasted.
+            sync = net.no_sync() if process.distributed and not last_micro else contextlib.nullcontext()
+            with sync:
+                loss = model_loss(net, train_batches, images, masks, loss_fn, dtype, settings.channels_last)
+                scaler.scale(loss / settings.accumulate).backward()
+            # Summed over processes, so every process sees the same value and stops together.
+            loss_sum, count = distributed.all_sum(loss.item() * len(masks), len(masks), device=device)
+            if not math.isfinite(loss_sum):
                 raise SegwiseError(
-                    f"{run_dir}: loss became {float(loss)} at epoch {epoch}; the last good weights are kept there; "
-                    "lower --lr or use --precision fp32"
+                    f"{run_dir}: loss became {loss_sum / count} at epoch {epoch}; stopped, last.pt and "
+                    f"model.safetensors keep the last good epoch ({epoch - 1}); lower --lr or use --precision fp32"
                 )
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            running += loss.item() * len(masks)
-            seen += len(masks)
+            if last_micro:
+                if settings.clip_grad_norm:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), settings.clip_grad_norm)
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                if ema is not None:
+                    ema.update_parameters(model)
+                step += 1
+            running += loss_sum
+            seen += count
             bar.update(1)
-            bar.set_postfix(loss=f"{running / seen:.4f}")
+            bar.set_postfix(
+                loss=f"{running / seen:.4f}",
+                img_s=f"{seen / (time.perf_counter() - epoch_start):.1f}",
+                **({settings.monitor: f"{best_value:.4f}"} if best_value is not None else {}),
+            )
         bar.close()
         train_seconds = time.perf_counter() - epoch_start
+        evaluated = ema.module if ema is not None else model
         val_loss, matrix = _evaluate(
-            model, val_batches, loss_fn, classes.num_classes, dtype, settings.channels_last
+            evaluated, val_batches, loss_fn, classes.num_classes, dtype, settings.channels_last
         )
-        miou = matrix.mean_iou()
         history.append(
             {
                 "epoch": epoch,
                 "train_loss": round(running / max(seen, 1), 6),
                 "val_loss": round(val_loss, 6),
-                "val_miou": round(miou, 6),
+                "val_miou": round(matrix.mean_iou(), 6),
                 "val_pixel_accuracy": round(matrix.pixel_accuracy(), 6),
-                "lr": scheduler.get_last_lr()[0],
+                "lr": scheduler.get_last_lr()[-1],  # the decoder's (the last group); the encoder's is scaled
                 "images_per_s": round(seen / train_seconds, 2),
                 "seconds": round(time.perf_counter() - epoch_start, 2),
             }
         )
-        if miou > best_miou:
-            best_miou, best_epoch = miou, epoch
-            runfolder.save_weights(model, run_dir / runfolder.WEIGHTS)
-        runfolder.save_checkpoint(
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(),
-                "epoch": epoch,
-                "history": history,
-                "best_miou": best_miou,
-            },
-            run_dir / runfolder.LAST,
-        )
-        runfolder.write_metrics(history, run_dir / runfolder.METRICS)
-        plot_curves(history, run_dir / runfolder.CURVES)
         row = history[-1]
+        improved = _better(row[settings.monitor], best_value, settings)
+        if improved:
+            best_value, best_epoch, bad_epochs = row[settings.monitor], epoch, 0
+        else:
+            bad_epochs += 1
+        stop = settings.patience is not None and bad_epochs >= settings.patience
+        if process.is_main:
+            if improved:
+                runfolder.save_weights(evaluated, run_dir / runfolder.WEIGHTS)
+            save_checkpoint(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "ema": ema.state_dict() if ema is not None else None,
+                    "rng": rng_state(generator),
+                    "epoch": epoch,
+                    "step": step,
+                    "history": history,
+                    "best_value": best_value,
+                    "best_epoch": best_epoch,
+                    "bad_epochs": bad_epochs,
+                    "stopped": stop,
+                },
+                run_dir,
+            )
+            runfolder.write_metrics(history, run_dir / runfolder.METRICS)
+            plot_curves(history, run_dir / runfolder.CURVES)
+            plot_lr(history, run_dir / "lr.png")
+            if writer is not None:
+                for key, value in row.items():
+                    if key != "epoch":
+                        writer.add_scalar(key, value, epoch)
+                writer.flush()
         say(
             f"epoch {epoch:3d}/{settings.epochs}  train loss {row['train_loss']:.4f}  val loss {row['val_loss']:.4f}  "
-            f"val mIoU {miou:.4f}{' *' if best_epoch == epoch else ''}  {row['images_per_s']:.1f} img/s  "
+            f"val mIoU {row['val_miou']:.4f}{' *' if improved else ''}  {row['images_per_s']:.1f} img/s  "
             f"{row['seconds']:.1f}s"
         )
+        if stop:
+            say(
+                f"segwise: early stopping at epoch {epoch}: {settings.monitor} has not improved for "
+                f"{settings.patience} epochs (best {best_value:.4f} at epoch {best_epoch})"
+            )
+            break
+    if writer is not None:
+        writer.close()
 
-    _write_val_samples(run_dir, model, val_batches, data_set, settings, dtype)
+    if process.is_main:
+        _write_val_samples(run_dir, model, val_batches, data_set, settings, dtype)
+    distributed.teardown()
     seconds = time.perf_counter() - started
-    say(f"segwise: best val mIoU {best_miou:.4f} at epoch {best_epoch}; {seconds:.0f}s; run folder {run_dir}")
+    best_miou = history[best_epoch - 1]["val_miou"] if best_epoch else float("nan")
+    images_per_s = np.mean([row["images_per_s"] for row in history]) if history else 0.0
+    say(
+        f"segwise: best epoch {best_epoch} ({settings.monitor} {best_value}), val mIoU {best_miou:.4f}; "
+        f"{seconds:.0f}s, {images_per_s:.1f} img/s; run folder {run_dir}"
+    )
     return TrainResult(run_dir, best_epoch, best_miou, history, seconds)
 
 
