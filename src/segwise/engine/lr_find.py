@@ -149,22 +149,22 @@ def find_lr(
     >>> finding.suggestion                                                     # doctest: +SKIP
     """
     from ..config import Config, load_config
-    from ..data import load_data
+    from ..data.plan import loss_options, make_plan
     from ..losses import build_loss
     from ..models import create_model
     from .devices import autocast_dtype, pick_device
     from .schedules import default_encoder_lr_scale, encoder_decoder_groups
-    from .trainer import Batches, normalization
+    from .trainer import Batches
 
+    planned = config is None  # no plan given: self-configure exactly as `segwise train` does
     if not isinstance(config, Config):
         config = load_config(config)
-    config = config.override(**overrides)
-    settings = config.train
+    device = pick_device(config.override(**overrides).train.device)
+    plan = make_plan(data, None if planned else config, str(device), **overrides)
+    config, settings, data_set = plan.config, plan.config.train, plan.data
     torch.manual_seed(settings.seed)
-    device = pick_device(settings.device)
     dtype = autocast_dtype(device, settings.precision)
-    loss_fn = build_loss(settings.loss)
-    data_set = load_data(data, settings.size, settings.val_fraction, settings.seed)
+    loss_fn = build_loss(settings.loss, **loss_options(settings.loss, config.data.class_weights))
     pretrained = config.model.encoder_weights is not None
     model = create_model(
         config.model.arch,
@@ -176,7 +176,7 @@ def find_lr(
     ).to(device)
     if settings.channels_last:
         model.to(memory_format=torch.channels_last)
-    mean, std = normalization(model, data_set, pretrained)
+    mean, std = config.data.mean, config.data.std  # chosen by the plan, as in training
     batches = Batches(data_set.train_images, data_set.train_masks, settings.batch_size, mean, std, device)
     scale = settings.encoder_lr_scale or default_encoder_lr_scale(pretrained)
     finding = lr_range_test(

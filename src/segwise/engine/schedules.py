@@ -22,16 +22,14 @@ def default_encoder_lr_scale(pretrained: bool) -> float:
 
 
 def encoder_decoder_groups(model: nn.Module, encoder_lr_scale: float) -> list[dict]:
-    """Encoder parameters in one group (at `encoder_lr_scale` of the peak LR), everything else in another.
-
-    Stand-in for `SegmentationModel.parameter_groups(...)` (issue 3): swap it in here when it lands.
-    Frozen parameters are included: an optimizer only skips them while their grad is None.
+    """The model's encoder and decoder parameter groups (`SegmentationModel.parameter_groups`), each
+    with its LR as a share of the peak LR (`lr_scale`): the optimizer and every schedule multiply the
+    peak LR by it, so the encoder keeps its share through warm-up and decay. Frozen parameters stay in
+    their group: an optimizer only skips them while their grad is None.
     """
-    encoder = {id(p) for p in model.encoder.parameters()}
-    rest = [p for p in model.parameters() if id(p) not in encoder]
     return [
-        {"params": list(model.encoder.parameters()), "lr_scale": encoder_lr_scale, "name": "encoder"},
-        {"params": rest, "lr_scale": 1.0, "name": "decoder"},
+        {"params": group["params"], "name": group["name"], "lr_scale": group["lr"]}
+        for group in model.parameter_groups(encoder_lr=encoder_lr_scale, decoder_lr=1.0)
     ]
 
 
