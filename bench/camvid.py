@@ -78,7 +78,13 @@ def main() -> None:
     train_seconds = time.perf_counter() - started
     predictor = segwise.load(result.run_dir)
     evaluation = evaluate_split(predictor, split_pairs(args.data, "val"))
-    names = predictor.config.classes.names
+    names = list(predictor.config.classes.names)
+    # Without class_dict.csv support in the loader the classes are named class_0..class_11: take
+    # the names (Void included) from class_dict.csv, row i naming stored value i.
+    rows = (Path(args.data) / "class_dict.csv").read_text().splitlines()[1:]
+    dict_names = [row.split(",")[0] for row in rows if row.strip()]
+    values = predictor.config.classes.values
+    names = [dict_names[v] if v < len(dict_names) else name for v, name in zip(values, names, strict=True)]
     full_miou, ious = miou_without_void(evaluation.matrix.matrix.cpu(), names)
     images_per_s = sum(row["images_per_s"] for row in result.history) / len(result.history)
     print()

@@ -369,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="train a model on DATA/images + DATA/masks",
         formatter_class=formatter,
         description="Train a model; classes, resolution and normalization come from the data.",
-        epilog="examples:\n  segwise train data/cells --encoder resnet18 --epochs 20 --size 256\n"
+        epilog="example:\n  segwise train data/cells --encoder resnet18 --epochs 20 --size 256\n"
         "  segwise train --resume runs/cells            # continue a killed run where it stopped\n"
         "  torchrun --nproc-per-node 2 -m segwise train data/cells   # data-parallel, batch size per process",
     )
