@@ -179,9 +179,6 @@ def test_training_runs_with_a_preset_and_records_it(shapes_data, tmp_path):
     assert (result.run_dir / "config.yaml").read_text().count("augment: default") == 1
 
 
-albumentations = pytest.importorskip("albumentations")
-
-
 def coordinate_arrays(count: int, height: int, width: int):
     """uint8 arrays as the cache holds them: channel 0 = row, 1 = col, 2 = sample index; mask = label_of."""
     rows, cols = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
@@ -193,6 +190,7 @@ def coordinate_arrays(count: int, height: int, width: int):
 
 
 def test_albumentations_compose_runs_per_sample_in_workers_and_keeps_masks_aligned():
+    albumentations = pytest.importorskip("albumentations")  # a bench/dev extra
     from segwise.engine.trainer import Batches
 
     images, masks = coordinate_arrays(16, 24, 32)
@@ -214,6 +212,7 @@ def test_albumentations_compose_runs_per_sample_in_workers_and_keeps_masks_align
 
 
 def test_albumentations_transforms_that_break_batches_fail_in_one_line():
+    albumentations = pytest.importorskip("albumentations")  # a bench/dev extra
     from segwise.engine.trainer import Batches
 
     images, masks = coordinate_arrays(4, 24, 32)
@@ -225,6 +224,7 @@ def test_albumentations_transforms_that_break_batches_fail_in_one_line():
 
 
 def test_training_accepts_an_albumentations_compose(shapes_data, tmp_path):
+    albumentations = pytest.importorskip("albumentations")  # a bench/dev extra
     import segwise
 
     from .conftest import TINY
