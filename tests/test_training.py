@@ -7,6 +7,7 @@ from safetensors.torch import load_file
 
 import segwise
 from segwise.config import RunConfig
+from segwise.errors import SegwiseError
 from segwise.run import load_model
 
 from .conftest import TINY
@@ -304,3 +305,21 @@ def test_learning_rate_from_yaml_text_is_a_number():
     from segwise.config import TrainConfig
 
     assert TrainConfig(lr="1e-3").lr == 1e-3 and TrainConfig(lr="auto").lr == "auto"
+
+
+def test_tensorboard_without_its_package_fails_in_one_line_before_any_run_folder(
+    shapes_data, tmp_path, monkeypatch
+):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *args: None if name == "tensorboard" else find_spec(name, *args),
+    )
+    with pytest.raises(SegwiseError, match=r"segwise\[tensorboard\]"):
+        segwise.train(
+            shapes_data, runs_dir=tmp_path / "runs", epochs=1, tensorboard=True, progress=False, **TINY
+        )
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.util
 import math
 import os
 import sys
@@ -228,6 +229,10 @@ def train(
     say = print if progress and process.is_main else (lambda *a, **k: None)
     if settings.sync_batchnorm and process.distributed and device.type != "cuda":
         raise SegwiseError("train.sync_batchnorm: torch's SyncBatchNorm runs on GPUs only; drop it on CPU")
+    if settings.tensorboard and importlib.util.find_spec("tensorboard") is None:  # before any folder is made
+        raise SegwiseError(
+            "train.tensorboard needs the tensorboard package; pip install 'segwise[tensorboard]' or drop --tensorboard"
+        )
 
     build_loss(settings.loss)  # a misspelt loss fails before any data is read or folder made
     if checkpoint is None:
