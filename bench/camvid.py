@@ -77,7 +77,8 @@ def main() -> None:
     )
     train_seconds = time.perf_counter() - started
     predictor = segwise.load(result.run_dir)
-    evaluation = evaluate_split(predictor, split_pairs(args.data, "val"))
+    pairs, source = split_pairs(args.data, "val")
+    evaluation = evaluate_split(predictor, pairs, source=source)
     names = list(predictor.config.classes.names)
     # Without class_dict.csv support in the loader the classes are named class_0..class_11: take
     # the names (Void included) from class_dict.csv, row i naming stored value i.
