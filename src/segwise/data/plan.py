@@ -87,15 +87,7 @@ def make_plan(
     if size is None:
         size = planned_size(data, options, MAX_SIDE.get(dev.type, 1024))
         notes.append(f"size {size[0]}×{size[1]}: median aspect ratio and area, long side ≤ {max(size)}")
-    data_set = load_data(
-        data,
-        tuple(size),
-        settings.val_fraction,
-        settings.seed,
-        layout=options.layout,
-        categories=options.categories,
-        mask_threshold=options.mask_threshold,
-    )
+    data_set = load_planned_data(data, size, settings.val_fraction, settings.seed, options)
     classes = data_set.classes
     _check_recorded(options, data_set)
     notes.append(
@@ -138,6 +130,22 @@ def make_plan(
         layout=data_set.source.layout if data_set.source else options.layout,
     )
     return Plan(planned, data_set, notes)
+
+
+def load_planned_data(
+    data: str | Path, size, val_fraction: float, seed: int, options: DataConfig
+) -> SegmentationData:
+    """Load `data` the way a plan reads it (layout, COCO categories, mask threshold): planning and
+    `train --resume` both read through here, so a resumed run sees the data its plan saw."""
+    return load_data(
+        data,
+        tuple(size),
+        val_fraction,
+        seed,
+        layout=options.layout,
+        categories=options.categories,
+        mask_threshold=options.mask_threshold,
+    )
 
 
 def write_plan(plan: Plan, path: str | Path) -> Path:

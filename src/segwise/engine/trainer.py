@@ -28,10 +28,10 @@ from tqdm.auto import tqdm
 
 from .. import run as runfolder
 from ..config import ClassesConfig, Config, DataConfig, PreprocessConfig, RunConfig, TrainConfig, load_config
-from ..data import SegmentationData, load_data
+from ..data import SegmentationData
 from ..data.augment import PerSampleBatches, augment_batch
 from ..data.dataset import IGNORE_INDEX
-from ..data.plan import loss_options, make_plan
+from ..data.plan import load_planned_data, loss_options, make_plan
 from ..errors import SegwiseError
 from ..losses import build_loss
 from ..metrics import ConfusionMatrix
@@ -242,14 +242,8 @@ def train(
             say(f"plan: {note}")
         torch.manual_seed(settings.seed)  # after the batch-size probe, so a probe never changes the run
     else:
-        data_set = load_data(
-            data,
-            tuple(run_config.preprocess.input_size),
-            settings.val_fraction,
-            settings.seed,
-            layout=data_options.layout,
-            categories=data_options.categories,
-            mask_threshold=data_options.mask_threshold,
+        data_set = load_planned_data(
+            data, run_config.preprocess.input_size, settings.val_fraction, settings.seed, data_options
         )
     classes = data_set.classes
     if classes.multilabel:
