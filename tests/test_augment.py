@@ -132,6 +132,29 @@ def test_blur_keeps_flat_images_flat_and_smooths_edges():
     assert torch.allclose(out.sum((-1, -2)), images.sum((-1, -2)), rtol=1e-4)  # blur moves, never adds
 
 
+def test_blur_equals_a_2d_convolution_with_each_samples_gaussian():
+    """The shifted-sum blur against the textbook definition: replicate padding, then one 2-D Gaussian
+    kernel per sample (the outer product of the 1-D kernel), as a plain convolution."""
+    import math
+
+    import torch.nn.functional as F
+
+    from segwise.data.augment import _gaussian_blur
+
+    images = torch.rand(3, 2, 20, 27) * 255
+    sigma = torch.tensor([0.3, 0.8, 1.5], dtype=torch.float64)
+    radius = math.ceil(3 * 1.5)
+    out = _gaussian_blur(images, sigma, 1.5)
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    for sample in range(3):
+        line = torch.exp(-(offsets**2) / (2 * sigma[sample] ** 2))
+        kernel = torch.outer(line, line) / line.sum() ** 2
+        padded = F.pad(images[sample : sample + 1].double(), (radius,) * 4, mode="replicate")
+        weight = kernel.expand(2, 1, -1, -1)
+        expected = F.conv2d(padded, weight, groups=2)[0].float()
+        assert torch.allclose(out[sample], expected, atol=1e-3), sample
+
+
 def test_noise_has_the_drawn_strength():
     images = torch.full((8, 3, 64, 64), 128.0)
     masks = torch.zeros(8, 64, 64, dtype=torch.long)

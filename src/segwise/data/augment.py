@@ -270,8 +270,10 @@ def _photometric(images: torch.Tensor, recipe: Augment, generator: torch.Generat
         planes = images.reshape(count, channels, -1)
         images = torch.bmm(scale * mixing, planes).add_(shift).view(images.shape).clamp_(0, 255)
         if recipe.gamma != (1.0, 1.0):  # 255·(x/255)^g = x^g · 255^(1-g)
-            exponent = per_sample(gamma, colour, 1.0)
-            images.pow_(exponent).mul_(255 ** (1 - exponent))
+            # sample by sample: pow with one scalar exponent is faster than with a broadcast tensor
+            for sample in colour.nonzero().flatten().tolist():
+                exponent = float(gamma[sample])
+                images[sample].pow_(exponent).mul_(255 ** (1 - exponent)).clamp_(max=255)  # rounding
 
     blurred = torch.rand(count, generator=generator) < recipe.p_blur
     sigma = _uniform(*recipe.blur_sigma, count, generator)
@@ -284,11 +286,9 @@ def _photometric(images: torch.Tensor, recipe: Augment, generator: torch.Generat
     if noisy.any():
         seed = int(torch.randint(0, 2**62, (1,), generator=generator))
         noise_generator = torch.Generator(device).manual_seed(seed)  # drawn where the pixels are
-        index = noisy.nonzero().squeeze(1).to(device)
-        chosen = images[index]
-        noise = torch.randn(chosen.shape, generator=noise_generator, device=device, dtype=images.dtype)
-        chosen.addcmul_(noise, std[noisy].to(device, images.dtype).view(-1, 1, 1, 1))
-        images[index] = chosen.clamp_(0, 255)
+        for sample in noisy.nonzero().flatten().tolist():  # in place: no copy of the chosen samples
+            noise = torch.randn(images.shape[1:], generator=noise_generator, device=device, dtype=images.dtype)
+            images[sample].add_(noise, alpha=float(std[sample])).clamp_(0, 255)
     return images  # every step above keeps 0..255: bilinear and blur average, colour and noise clamp
 
 
@@ -311,19 +311,25 @@ def _hue_saturation(hue: torch.Tensor, saturation: torch.Tensor) -> torch.Tensor
 
 
 def _gaussian_blur(images: torch.Tensor, sigma: torch.Tensor, max_sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur with one sigma per sample (0 = untouched), as two grouped convolutions."""
-    count, channels, height, width = images.shape
+    """Separable Gaussian blur with one sigma per sample (0 = untouched), edges replicated.
+
+    Each pass is a weighted sum of shifted views (one multiply-add per tap): on a CPU this is about six
+    times faster than the same kernels as a grouped convolution, whose depthwise path is slow there.
+    """
+    count = images.shape[0]
     radius = max(1, math.ceil(3 * max_sigma))
     offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
     kernels = torch.exp(-(offsets**2) / (2 * sigma.clamp(min=1e-3).view(-1, 1) ** 2))
     kernels = (kernels / kernels.sum(1, keepdim=True)).to(images.device, images.dtype)
-    weight = kernels.repeat_interleave(channels, 0).view(count * channels, 1, 1, -1)
-    planes = images.reshape(1, count * channels, height, width)
-    groups = count * channels
-    planes = F.conv2d(F.pad(planes, (radius, radius, 0, 0), mode="replicate"), weight, groups=groups)
-    weight = weight.view(groups, 1, -1, 1)
-    planes = F.conv2d(F.pad(planes, (0, 0, radius, radius), mode="replicate"), weight, groups=groups)
-    return planes.view(count, channels, height, width)
+    taps = kernels.view(count, 1, 1, 1, -1).unbind(-1)  # one count×1×1×1 weight per offset
+    for dim in (-1, -2):
+        size = images.shape[dim]
+        padding = (radius, radius, 0, 0) if dim == -1 else (0, 0, radius, radius)
+        padded = F.pad(images, padding, mode="replicate")
+        images = padded.narrow(dim, 0, size) * taps[0]
+        for offset, weight in enumerate(taps[1:], start=1):
+            images.addcmul_(padded.narrow(dim, offset, size), weight)
+    return images
 
 
 def random_dihedral(
