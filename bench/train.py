@@ -63,13 +63,21 @@ def peer_model(classes: int, device) -> torch.nn.Module:
     return smp.Unet("resnet34", encoder_weights=None, classes=classes).to(device)
 
 
-def peer_step(batches: Batches, images, masks, device, classes: int):
-    """The loop users copy: fp32, contiguous NCHW, AdamW, cross-entropy."""
+def peer_step(batches: Batches, images, masks, device, classes: int, dtype=None, channels_last=False):
+    """The loop users copy: fp32, contiguous NCHW, AdamW, cross-entropy. With `dtype` and
+    `channels_last` (the --ablation row) the same loop with only autocast and channels-last added."""
     model = peer_model(classes, device).train()
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
 
     def step() -> None:
-        loss = F.cross_entropy(model(batches.normalize(images)), masks, ignore_index=255)
+        x = batches.normalize(images)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), masks, ignore_index=255)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -86,7 +94,7 @@ def timed(step, steps: int) -> tuple[float, float]:
     return (time.perf_counter() - wall) / steps, (time.process_time() - cpu) / steps
 
 
-def speed(device, batch: int, size: int, rounds: int, steps: int) -> None:
+def speed(device, batch: int, size: int, rounds: int, steps: int, ablation: bool) -> None:
     torch.manual_seed(0)
     classes = 12
     images = torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8).numpy()
@@ -94,32 +102,35 @@ def speed(device, batch: int, size: int, rounds: int, steps: int) -> None:
     batches = Batches(images, masks, batch, [0.45] * 3, [0.25] * 3, device)
     x, y = batches.prepare(torch.arange(batch))
     ours, dtype = segwise_step(batches, x, y, device, classes, total_steps=(rounds + 1) * steps + 10)
-    peer = peer_step(batches, x, y, device, classes)
-    for step in (ours, peer):  # warm-up: allocator, oneDNN primitives, cuDNN autotuning
-        timed(step, 2)
-    times: dict[str, list[tuple[float, float]]] = {"segwise": [], "peer": []}
-    for _ in range(rounds):
-        times["segwise"].append(timed(ours, steps))
-        times["peer"].append(timed(peer, steps))
-    (ours_wall, ours_cpu), (peer_wall, peer_cpu) = (
-        [statistics.median(t[i] for t in times[side]) for i in (0, 1)] for side in ("segwise", "peer")
-    )
     precision = str(dtype).replace("torch.", "") if dtype else "fp32"
+    loops = {
+        f"segwise default (unet/resnet34, {precision}, channels-last, ce+dice, AdamW + one-cycle)": ours,
+        "plain fp32 loop, smp.Unet('resnet34'), AdamW, CE": peer_step(batches, x, y, device, classes),
+    }
+    if ablation and dtype is not None:
+        name = f"the plain loop with only {precision} autocast + channels-last added"
+        loops[name] = peer_step(batches, x, y, device, classes, dtype, channels_last=True)
+    for step in loops.values():  # warm-up: allocator, oneDNN primitives, cuDNN autotuning
+        timed(step, 2)
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in loops}
+    for _ in range(rounds):
+        for name, step in loops.items():  # interleaved: the machine's noise spreads evenly
+            times[name].append(timed(step, steps))
+    medians = {
+        name: [statistics.median(t[i] for t in values) for i in (0, 1)] for name, values in times.items()
+    }
     print(f"\n## training step, batch {batch} at {size}×{size}, {device}, {torch.get_num_threads()} threads")
     print(f"median of {rounds} interleaved measurements of {steps} steps each\n")
     print("| loop | wall s/step | images/s (wall) | CPU s/step | images per CPU-s |")
     print("|---|---:|---:|---:|---:|")
-    print(
-        f"| segwise default (unet/resnet34, {precision}, channels-last, ce+dice, AdamW + one-cycle) "
-        f"| {ours_wall:.3f} | {batch / ours_wall:.2f} | {ours_cpu:.3f} | {batch / ours_cpu:.2f} |"
-    )
-    print(
-        f"| plain fp32 loop, smp.Unet('resnet34'), AdamW, CE "
-        f"| {peer_wall:.3f} | {batch / peer_wall:.2f} | {peer_cpu:.3f} | {batch / peer_cpu:.2f} |"
-    )
+    for name, (wall, cpu) in medians.items():
+        print(f"| {name} | {wall:.3f} | {batch / wall:.2f} | {cpu:.3f} | {batch / cpu:.2f} |")
+    (ours_wall, ours_cpu), (peer_wall, peer_cpu) = list(medians.values())[:2]
     print(
         f"\nratio segwise / peer: {peer_wall / ours_wall:.2f}× (wall), {peer_cpu / ours_cpu:.2f}× (CPU time)"
     )
+    for name, (wall, cpu) in list(medians.items())[2:]:
+        print(f"ratio {name} / peer: {peer_wall / wall:.2f}× (wall), {peer_cpu / cpu:.2f}× (CPU time)")
 
 
 def peer_train(data_dir: Path, epochs: int, batch: int, device) -> list[float]:
@@ -196,12 +207,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--skip-quality", action="store_true")
     parser.add_argument("--skip-speed", action="store_true")
+    parser.add_argument(
+        "--ablation",
+        action="store_true",
+        help="add the plain loop with only autocast + channels-last: what precision and layout alone give",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
     if not args.skip_speed:
-        speed(device, batch=8, size=256, rounds=args.rounds, steps=args.steps)
+        speed(device, batch=8, size=256, rounds=args.rounds, steps=args.steps, ablation=args.ablation)
     if not args.skip_quality:
         quality(
             args.epochs, batch=8, size=args.synthetic_size, train_images=args.synthetic_train, device=device
