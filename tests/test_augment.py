@@ -293,3 +293,22 @@ def test_show_on_a_missing_folder_is_one_line_and_exit_2(tmp_path):
     result = run_cli("show", str(tmp_path / "nothing"))
     assert result.returncode == 2 and "dataset folder not found" in result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("preset", ["flips", "light", "default", "heavy"])
+@pytest.mark.parametrize("size", [(12, 12), (10, 14)])
+def test_samples_that_only_flip_are_copied_exactly_as_resampling_would_give(preset, size):
+    """Flip/transpose-only samples skip grid_sample; the batch must equal resampling every sample."""
+    from segwise.data.augment import _apply_geometry, _geometry, _warp
+
+    height, width = size
+    images = torch.rand(32, 3, height, width) * 255
+    masks = torch.randint(0, 5, (32, height, width))
+    matrices = _geometry(PRESETS[preset], 32, height, width, torch.Generator().manual_seed(3))
+    fast_images, fast_masks, fast_outside = _apply_geometry(images, masks, matrices)
+    slow_images, slow_masks, slow_outside = _warp(images.clone(), masks, matrices)
+    assert torch.allclose(fast_images, slow_images, atol=1e-3)
+    assert torch.equal(fast_masks, slow_masks)
+    assert torch.equal(torch.zeros_like(slow_outside) if fast_outside is None else fast_outside, slow_outside)
+    flipped = (fast_images - images).abs().flatten(1).amax(1) > 0
+    assert flipped.any()  # the draw did move some samples

@@ -138,12 +138,7 @@ def augment_batch(
         return images, masks
     count, channels, height, width = images.shape
     matrices = _geometry(recipe, count, height, width, generator)
-    outside = None
-    if not torch.equal(matrices, torch.eye(3, dtype=matrices.dtype).expand_as(matrices)):
-        # grid_sample on a CPU is almost twice as slow on channels-last input (what slicing N×H×W×C gives)
-        images, masks, outside = _warp(images.contiguous(), masks, matrices)  # returns a new batch
-    else:
-        images = images.clone(memory_format=torch.contiguous_format)  # colour steps work in place
+    images, masks, outside = _apply_geometry(images, masks, matrices)  # a new batch: colour works in place
     images = _photometric(images, recipe, generator)
     if outside is not None:
         fill = torch.as_tensor(fill, dtype=torch.float64).reshape(-1).expand(channels).tolist()
@@ -204,6 +199,50 @@ def _geometry(recipe: Augment, count: int, height: int, width: int, generator) -
     centre_y = (torch.rand(count, generator=generator, dtype=torch.float64) - 0.5) * (1 - crop_h) * height
     crop = matrix(crop_w, zero, zero, crop_h, centre_x, centre_y)
     return crop @ affine @ dihedral
+
+
+def _apply_geometry(
+    images: torch.Tensor, masks: torch.Tensor, matrices: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """A new contiguous batch with every sample moved by its map, and where the source lay outside.
+
+    A sample whose map is a flip or transpose (or nothing) moves whole pixels: it is copied exactly, by
+    indexing. Only the others are resampled, because `grid_sample` is most of augmentation's cost on a
+    CPU (and almost twice as slow on the channels-last layout that slicing N×H×W×C gives).
+    """
+    linear, shift = matrices[:, :2, :2], matrices[:, :2, 2]
+    moves_pixels = ((linear.abs() == 1) | (linear == 0)).flatten(1).all(1) & (shift == 0).all(1)
+    if not moves_pixels.any():
+        return _warp(images.contiguous(), masks, matrices)
+    moved_images = images.clone(memory_format=torch.contiguous_format)
+    moved_masks = masks.clone()
+    for sample in moves_pixels.nonzero().flatten().tolist():
+        if not torch.equal(linear[sample], torch.eye(2, dtype=linear.dtype)):  # read from the input:
+            moved = _dihedral(images[sample], masks[sample], linear[sample])  # the copy would alias
+            moved_images[sample], moved_masks[sample] = moved
+    if moves_pixels.all():
+        return moved_images, moved_masks, None
+    resampled = moves_pixels.logical_not()
+    index = resampled.nonzero().flatten().to(images.device)
+    warped, warped_masks, warped_outside = _warp(moved_images[index], moved_masks[index], matrices[resampled])
+    moved_images[index], moved_masks[index] = warped, warped_masks
+    outside = torch.zeros((len(images), *images.shape[-2:]), dtype=torch.bool, device=images.device)
+    outside[index] = warped_outside
+    return moved_images, moved_masks, outside
+
+
+def _dihedral(image: torch.Tensor, mask: torch.Tensor, linear: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One sample moved by a map whose 2×2 part holds only 0 and ±1: source = linear · output (centred).
+
+    Without a transpose, output (x, y) reads source (a·x, d·y): a flip of each axis whose entry is −1.
+    With one, it reads (b·y, c·x): the transposed image, flipped along x where c = −1, along y where b = −1.
+    """
+    (a, b), (c, d) = linear.tolist()
+    if b != 0:
+        image, mask = image.transpose(-1, -2), mask.transpose(-1, -2)
+        a, d = c, b
+    dims = [dim for dim, entry in ((-1, a), (-2, d)) if entry < 0]
+    return (image.flip(dims), mask.flip(dims)) if dims else (image, mask)
 
 
 def _warp(
@@ -330,26 +369,6 @@ def _gaussian_blur(images: torch.Tensor, sigma: torch.Tensor, max_sigma: float) 
         for offset, weight in enumerate(taps[1:], start=1):
             images.addcmul_(padded.narrow(dim, offset, size), weight)
     return images
-
-
-def random_dihedral(
-    images: torch.Tensor, masks: torch.Tensor, generator: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random horizontal flip, vertical flip and (square inputs) transpose per sample: the 8 symmetries
-    of the square. Images N×C×H×W, masks N×H×W; the same draw moves image and mask together."""
-    count = images.shape[0]
-    draws = torch.rand(3, count, generator=generator).lt(0.5).to(images.device)
-
-    def apply(flag: torch.Tensor, transform) -> None:
-        nonlocal images, masks
-        images = torch.where(flag.view(-1, 1, 1, 1), transform(images), images)
-        masks = torch.where(flag.view(-1, 1, 1), transform(masks), masks)
-
-    apply(draws[0], lambda t: t.flip(-1))
-    apply(draws[1], lambda t: t.flip(-2))
-    if images.shape[-1] == images.shape[-2]:
-        apply(draws[2], lambda t: t.transpose(-1, -2))
-    return images, masks
 
 
 class PerSampleBatches:
