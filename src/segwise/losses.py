@@ -77,7 +77,9 @@ def _softmax_counts(
     weight = valid.to(probs.dtype)
     predicted = torch.einsum("nkp,np->k", probs, weight)
     picked = probs.gather(1, label.unsqueeze(1)).squeeze(1) * weight
-    tp = torch.zeros(k, dtype=probs.dtype, device=probs.device).index_add(0, label.flatten(), picked.flatten())
+    tp = torch.zeros(k, dtype=probs.dtype, device=probs.device).index_add(
+        0, label.flatten(), picked.flatten()
+    )
     actual = torch.bincount(label[valid], minlength=k).to(probs.dtype)
     return tp, predicted, actual
 

@@ -231,7 +231,9 @@ def _apply_geometry(
     return moved_images, moved_masks, outside
 
 
-def _dihedral(image: torch.Tensor, mask: torch.Tensor, linear: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _dihedral(
+    image: torch.Tensor, mask: torch.Tensor, linear: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One sample moved by a map whose 2×2 part holds only 0 and ±1: source = linear · output (centred).
 
     Without a transpose, output (x, y) reads source (a·x, d·y): a flip of each axis whose entry is −1.
@@ -326,7 +328,9 @@ def _photometric(images: torch.Tensor, recipe: Augment, generator: torch.Generat
         seed = int(torch.randint(0, 2**62, (1,), generator=generator))
         noise_generator = torch.Generator(device).manual_seed(seed)  # drawn where the pixels are
         for sample in noisy.nonzero().flatten().tolist():  # in place: no copy of the chosen samples
-            noise = torch.randn(images.shape[1:], generator=noise_generator, device=device, dtype=images.dtype)
+            noise = torch.randn(
+                images.shape[1:], generator=noise_generator, device=device, dtype=images.dtype
+            )
             images[sample].add_(noise, alpha=float(std[sample])).clamp_(0, 255)
     return images  # every step above keeps 0..255: bilinear and blur average, colour and noise clamp
 

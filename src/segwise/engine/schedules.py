@@ -39,9 +39,10 @@ def build_optimizer(
     """AdamW (default), SGD with Nesterov momentum, or Adam; each group at `lr × lr_scale`."""
     groups = [{**group, "lr": lr * group.get("lr_scale", 1.0)} for group in groups]
     # torch's fused kernels update every parameter in one pass (CPU and CUDA); elsewhere its default
-    fused = all(
-        p.device.type in ("cpu", "cuda") and p.is_floating_point() for g in groups for p in g["params"]
-    ) or None
+    fused = (
+        all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for g in groups for p in g["params"])
+        or None
+    )
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, fused=fused)
     if name == "adam":
