@@ -263,10 +263,10 @@ def _warp(
     planes = masks if masks.dim() == 4 else masks.unsqueeze(1)
     # labels shifted by one, so that the zero padding marks pixels whose nearest source is outside
     shifted = F.grid_sample(
-        planes.float() + 1, grid, mode="nearest", padding_mode="zeros", align_corners=False
+        planes.float().add_(1), grid, mode="nearest", padding_mode="zeros", align_corners=False
     )
     outside = shifted[:, 0] == 0
-    warped = (shifted.to(masks.dtype) - 1).masked_fill_(outside.unsqueeze(1), IGNORE_INDEX)
+    warped = shifted.sub_(1).masked_fill_(outside.unsqueeze(1), IGNORE_INDEX).to(masks.dtype)
     return images, warped if masks.dim() == 4 else warped.squeeze(1), outside
 
 
