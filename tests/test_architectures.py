@@ -184,9 +184,11 @@ def test_unetplusplus_equals_smp_given_the_same_weights():
     model = segwise.create_model("unetplusplus", encoder="resnet34", num_classes=2).eval()
     assert n_parameters(model) == n_parameters(reference)
     _load_smp_weights(model, reference, {**SMP_RENAMES, "decoder.blocks.x_0_4.": "decoder.final.0."})
-    x = torch.randn(1, 3, 64, 96)
+    # in float64: the decoder sums in another order than smp (conv_after_upsampling), so float32
+    # differs in the last digits across its 15 blocks; the function itself must be the same
+    x = torch.randn(1, 3, 64, 96, dtype=torch.float64)
     with torch.no_grad():
-        assert torch.allclose(model(x), reference(x), atol=1e-5)
+        assert torch.allclose(model.double()(x), reference.double()(x), atol=1e-9)
 
 
 def test_unet_scse_attention_equals_smp_given_the_same_weights():
@@ -199,9 +201,9 @@ def test_unet_scse_attention_equals_smp_given_the_same_weights():
     assert n_parameters(model) / n_parameters(reference) == pytest.approx(1.0, abs=0.02)
     reference.decoder.blocks[-1].attention1 = torch.nn.Identity()
     _load_smp_weights(model, reference, SMP_RENAMES)
-    x = torch.randn(1, 3, 64, 96)
+    x = torch.randn(1, 3, 64, 96, dtype=torch.float64)  # float64: see the U-Net++ test above
     with torch.no_grad():
-        assert torch.allclose(model(x), reference(x), atol=1e-5)
+        assert torch.allclose(model.double()(x), reference.double()(x), atol=1e-9)
 
 
 def test_unet_and_unetplusplus_option_mistakes():
@@ -321,3 +323,20 @@ def test_segnet_refuses_weights_of_another_network(tmp_path):
         r"wrong shape for 1 key\(s\), e.g. \['features.0.weight'\]",
     ):
         segwise.create_model("segnet", encoder_depth=3, encoder_weights=tmp_path / "other.pth")
+
+
+@pytest.mark.parametrize("skip_channels", [0, 3])
+def test_conv_after_upsampling_equals_convolving_the_upsampled_concatenation(skip_channels):
+    """The decoder's phase-split convolution against its definition, at an odd size, in float64."""
+    import torch.nn.functional as F
+
+    from segwise.models.unet import conv_after_upsampling
+
+    x = torch.randn(2, 5, 7, 9, dtype=torch.float64)
+    skip = torch.randn(2, skip_channels, 14, 18, dtype=torch.float64) if skip_channels else None
+    weight = torch.randn(4, 5 + skip_channels, 3, 3, dtype=torch.float64)
+    upsampled = F.interpolate(x, scale_factor=2.0, mode="nearest")
+    if skip is not None:
+        upsampled = torch.cat([upsampled, skip], 1)
+    expected = F.conv2d(upsampled, weight, padding=1)
+    assert torch.allclose(conv_after_upsampling(x, skip, weight), expected, atol=1e-12)
