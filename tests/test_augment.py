@@ -298,7 +298,7 @@ def test_show_on_a_missing_folder_is_one_line_and_exit_2(tmp_path):
 @pytest.mark.parametrize("preset", ["flips", "light", "default", "heavy"])
 @pytest.mark.parametrize("size", [(12, 12), (10, 14)])
 def test_samples_that_only_flip_are_copied_exactly_as_resampling_would_give(preset, size):
-    """Flip/transpose-only samples skip grid_sample; the batch must equal resampling every sample."""
+    """A batch whose maps only flip or transpose skips grid_sample; it must equal resampling it."""
     from segwise.data.augment import _apply_geometry, _geometry, _warp
 
     height, width = size

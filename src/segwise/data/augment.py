@@ -206,29 +206,23 @@ def _apply_geometry(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """A new contiguous batch with every sample moved by its map, and where the source lay outside.
 
-    A sample whose map is a flip or transpose (or nothing) moves whole pixels: it is copied exactly, by
-    indexing. Only the others are resampled, because `grid_sample` is most of augmentation's cost on a
-    CPU (and almost twice as slow on the channels-last layout that slicing N×H×W×C gives).
+    When every map is a flip or transpose (or nothing), as with the `flips` preset, whole pixels move:
+    the batch is copied exactly by indexing, five times faster than resampling it. Otherwise the whole
+    batch goes through one `grid_sample` (on a CPU splitting off the few flip-only samples costs more
+    in copies than it saves); it gets a contiguous NCHW batch, almost twice as fast there as the
+    channels-last layout that slicing N×H×W×C gives.
     """
     linear, shift = matrices[:, :2, :2], matrices[:, :2, 2]
     moves_pixels = ((linear.abs() == 1) | (linear == 0)).flatten(1).all(1) & (shift == 0).all(1)
-    if not moves_pixels.any():
+    if not moves_pixels.all():
         return _warp(images.contiguous(), masks, matrices)
     moved_images = images.clone(memory_format=torch.contiguous_format)
     moved_masks = masks.clone()
-    for sample in moves_pixels.nonzero().flatten().tolist():
+    for sample in range(len(images)):
         if not torch.equal(linear[sample], torch.eye(2, dtype=linear.dtype)):  # read from the input:
             moved = _dihedral(images[sample], masks[sample], linear[sample])  # the copy would alias
             moved_images[sample], moved_masks[sample] = moved
-    if moves_pixels.all():
-        return moved_images, moved_masks, None
-    resampled = moves_pixels.logical_not()
-    index = resampled.nonzero().flatten().to(images.device)
-    warped, warped_masks, warped_outside = _warp(moved_images[index], moved_masks[index], matrices[resampled])
-    moved_images[index], moved_masks[index] = warped, warped_masks
-    outside = torch.zeros((len(images), *images.shape[-2:]), dtype=torch.bool, device=images.device)
-    outside[index] = warped_outside
-    return moved_images, moved_masks, outside
+    return moved_images, moved_masks, None
 
 
 def _dihedral(
