@@ -61,6 +61,7 @@ def test_image_wise_reduction_averages_each_images_score():
     assert matrix.iou().tolist() == pytest.approx([2 / 3, 1 / 2])
     rows = matrix.per_image_stats()
     assert rows[0] == {"pixels": 2, "pixel_accuracy": 1.0, "mean_iou": 1.0, "iou": [1.0, None]}
+    assert matrix.image_mean_iou(0) == 1.0 and matrix.image_mean_iou(-1) == pytest.approx(1 / 4)
     assert rows[1]["pixel_accuracy"] == 0.5
     with pytest.raises(SegwiseError, match="per_image=True"):
         ConfusionMatrix(2).iou("image")

@@ -164,9 +164,7 @@ def evaluate_split(
         boundary.update(torch.from_numpy(prediction)[None], target)
         for threshold, counts in by_threshold.items():
             counts.update(torch.from_numpy(probabilities[1] > threshold).long()[None], target)
-        single = ConfusionMatrix(classes.num_classes)
-        single.update(torch.from_numpy(prediction)[None], target)
-        score = single.mean_iou()
+        score = matrix.image_mean_iou(-1)
         worst.append(Sample(image_path.stem, score, image, truth, prediction))
         worst = sorted(worst, key=lambda s: (not math.isnan(s.mean_iou), s.mean_iou))[:worst_k]
     thresholds = {t: float(counts.dice()[1]) for t, counts in by_threshold.items()} if binary else None

@@ -165,6 +165,12 @@ class ConfusionMatrix:
             return float(self.iou().nanmean())
         return float(self.counts("image").iou().nanmean(-1).nanmean())
 
+    def image_mean_iou(self, image: int) -> float:
+        """The mIoU of one image (its index in update order; -1 for the latest); needs per_image=True."""
+        if not self.per_image:
+            raise SegwiseError("image-wise scores need ConfusionMatrix(..., per_image=True)")
+        return float(self._counts_of(self.image_matrices[image]).iou().nanmean())
+
     def frequency_weighted_iou(self) -> float:
         """Σ_c freq_c · IoU_c with freq_c = (TP + FN)_c / counted pixels: IoU weighted by true pixel share."""
         counts = self.counts()
