@@ -274,6 +274,10 @@ def test_torchrun_two_processes_match_one(trained_run, tmp_path):
         assert (
             read_mask(tmp_path / "two" / f"img{i}.png") == read_mask(tmp_path / "one" / f"img{i}.png")
         ).all()
+        # Same images, same model; the two runs use different thread counts (and, with bf16 autocast,
+        # different oneDNN blockings), so a float16 probability may land one rounding step apart.
         np.testing.assert_allclose(
-            np.load(tmp_path / "two" / f"img{i}_proba.npy"), np.load(tmp_path / "one" / f"img{i}_proba.npy")
+            np.load(tmp_path / "two" / f"img{i}_proba.npy"),
+            np.load(tmp_path / "one" / f"img{i}_proba.npy"),
+            atol=1e-3,
         )

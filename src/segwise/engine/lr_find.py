@@ -151,10 +151,9 @@ def find_lr(
     from ..config import Config, load_config
     from ..data.plan import loss_options, make_plan
     from ..losses import build_loss
-    from ..models import create_model
     from .devices import autocast_dtype, pick_device
     from .schedules import default_encoder_lr_scale, encoder_decoder_groups
-    from .trainer import Batches
+    from .trainer import Batches, planned_model
 
     planned = config is None  # no plan given: self-configure exactly as `segwise train` does
     if not isinstance(config, Config):
@@ -166,14 +165,7 @@ def find_lr(
     dtype = autocast_dtype(device, settings.precision)
     loss_fn = build_loss(settings.loss, **loss_options(settings.loss, config.data.class_weights))
     pretrained = config.model.encoder_weights is not None
-    model = create_model(
-        config.model.arch,
-        encoder=config.model.encoder,
-        num_classes=data_set.classes.num_classes,
-        in_channels=data_set.in_channels,
-        encoder_weights=config.model.encoder_weights,
-        **config.model.options,
-    ).to(device)
+    model = planned_model(config, data_set).to(device)
     if settings.channels_last:
         model.to(memory_format=torch.channels_last)
     mean, std = config.data.mean, config.data.std  # chosen by the plan, as in training

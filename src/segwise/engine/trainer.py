@@ -166,6 +166,19 @@ def _better(value: float, best: float | None, settings: TrainConfig) -> bool:
     return value > best + settings.min_delta if mode == "max" else value < best - settings.min_delta
 
 
+def planned_model(config: Config, data_set: SegmentationData) -> SegmentationModel:
+    """The fresh model of a planned run: architecture, encoder, weights and options from the config,
+    classes and input channels from the loaded data (what `train` and `lr-find` both build)."""
+    return create_model(
+        config.model.arch,
+        encoder=config.model.encoder,
+        num_classes=data_set.classes.num_classes,
+        in_channels=data_set.in_channels,
+        encoder_weights=config.model.encoder_weights,
+        **config.model.options,
+    )
+
+
 def _build_model(spec: dict, encoder_weights=None) -> SegmentationModel:
     return create_model(
         **{k: v for k, v in spec.items() if k != "options"},
@@ -255,14 +268,7 @@ def train(
     loss_fn = build_loss(settings.loss, **loss_options(settings.loss, data_options.class_weights))
     if checkpoint is None:
         pretrained = config.model.encoder_weights is not None
-        model = create_model(
-            config.model.arch,
-            encoder=config.model.encoder,
-            num_classes=classes.num_classes,
-            in_channels=data_set.in_channels,
-            encoder_weights=config.model.encoder_weights,
-            **config.model.options,
-        )
+        model = planned_model(config, data_set)
         mean, std = data_options.mean, data_options.std  # chosen by the plan
         # Defaults that depend on the model are settled now and stored, so a resume needs no guessing.
         if settings.encoder_lr_scale is None:
