@@ -207,10 +207,10 @@ def _apply_geometry(
     """A new contiguous batch with every sample moved by its map, and where the source lay outside.
 
     When every map is a flip or transpose (or nothing), as with the `flips` preset, whole pixels move:
-    the batch is copied exactly by indexing, five times faster than resampling it. Otherwise the whole
-    batch goes through one `grid_sample` (on a CPU splitting off the few flip-only samples costs more
-    in copies than it saves); it gets a contiguous NCHW batch, almost twice as fast there as the
-    channels-last layout that slicing N×H×W×C gives.
+    the batch is copied exactly by indexing (3–4× faster augmentation than resampling it, see
+    BENCHMARKS.md). Otherwise the whole batch goes through one `grid_sample` (on a CPU splitting off
+    the few flip-only samples costs more in copies than it saves); it gets a contiguous NCHW batch,
+    almost twice as fast there as the channels-last layout that slicing N×H×W×C gives.
     """
     linear, shift = matrices[:, :2, :2], matrices[:, :2, 2]
     moves_pixels = ((linear.abs() == 1) | (linear == 0)).flatten(1).all(1) & (shift == 0).all(1)
