@@ -9,7 +9,8 @@ and integer masks on the training device, shuffled, one epoch (every sample) per
 plus its DataLoader workers) per sample, which a busy machine disturbs less than wall-clock rates.
 
 - segwise: `load_data` (decoded once into the memory-mapped cache; the one-time decode is reported
-  separately) → `Batches` slicing → `augment_batch(..., "default")` → normalize, in the main process
+  separately) → `Batches` slicing → `Batches.augment(..., "default")` (augment_batch with the
+  normalization folded in), in the main process
   (as the trainer does; torch's intra-op threads use the cores), and the same split by whole batches
   across `--workers` DataLoader workers (one thread each), the peers' worker count;
 - peer (files): the usual pipeline: a Dataset that decodes each JPEG/PNG with OpenCV every time, resizes
@@ -36,7 +37,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from segwise.data import load_data  # noqa: E402
-from segwise.data.augment import PRESETS, augment_batch  # noqa: E402
+from segwise.data.augment import PRESETS  # noqa: E402
 from segwise.data.dataset import IGNORE_INDEX  # noqa: E402
 from segwise.engine.trainer import Batches  # noqa: E402
 
@@ -166,8 +167,7 @@ class SegwiseBatchDataset(torch.utils.data.Dataset):
     def __getitem__(self, k: int):
         generator = torch.Generator().manual_seed(self.seed * 100_003 + k)
         images, masks = self.batches.prepare(self.indices[k])
-        images, masks = augment_batch(images, masks, "default", generator, self.batches.mean)
-        return self.batches.normalize(images), masks
+        return self.batches.augment(images, masks, "default", generator)
 
 
 def segwise_workers_epoch(batches: Batches, workers: int, seed: int) -> int:
@@ -185,8 +185,7 @@ def segwise_epoch(batches: Batches, seed: int) -> int:
     generator = torch.Generator().manual_seed(seed)
     seen = 0
     for images, masks in batches.epoch(generator, drop_last=True):
-        images, masks = augment_batch(images, masks, "default", generator, batches.mean)
-        x = batches.normalize(images)
+        x, masks = batches.augment(images, masks, "default", generator)
         seen += len(masks)
     assert x.shape[1] == 3 and masks.max() <= IGNORE_INDEX
     return seen

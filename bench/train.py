@@ -50,7 +50,7 @@ def segwise_step(batches: Batches, images, masks, device, classes: int, total_st
     model.train()
 
     def step() -> None:
-        loss = model_loss(model, batches, images, masks, loss_fn, dtype, channels_last=True)
+        loss = model_loss(model, batches.normalize(images), masks, loss_fn, dtype, channels_last=True)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

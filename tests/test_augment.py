@@ -305,10 +305,39 @@ def test_samples_that_only_flip_are_copied_exactly_as_resampling_would_give(pres
     images = torch.rand(32, 3, height, width) * 255
     masks = torch.randint(0, 5, (32, height, width))
     matrices = _geometry(PRESETS[preset], 32, height, width, torch.Generator().manual_seed(3))
-    fast_images, fast_masks, fast_outside = _apply_geometry(images, masks, matrices)
-    slow_images, slow_masks, slow_outside = _warp(images.clone(), masks, matrices)
+    fast_images, fast_masks, fast_inside = _apply_geometry(images, masks, matrices)
+    slow_images, slow_masks, slow_inside = _warp(images.clone(), masks, matrices)
     assert torch.allclose(fast_images, slow_images, atol=1e-3)
     assert torch.equal(fast_masks, slow_masks)
-    assert torch.equal(torch.zeros_like(slow_outside) if fast_outside is None else fast_outside, slow_outside)
+    assert torch.equal(torch.ones_like(slow_inside) if fast_inside is None else fast_inside, slow_inside)
     flipped = (fast_images - images).abs().flatten(1).amax(1) > 0
     assert flipped.any()  # the draw did move some samples
+
+
+@pytest.mark.parametrize("preset", ["flips", "default", "heavy"])
+def test_normalizing_inside_augmentation_equals_normalizing_after_it(preset):
+    """augment_batch(..., mean, std) folds gamma's gain, the fill and the normalization into one pass;
+    it must give (augment_batch(...) − mean) / std for the same draw, fill included."""
+    images = torch.rand(8, 3, 24, 40) * 255
+    masks = torch.randint(0, 4, (8, 24, 40))
+    mean = torch.tensor([120.0, 110.0, 100.0]).view(1, 3, 1, 1)
+    std = torch.tensor([60.0, 55.0, 50.0]).view(1, 3, 1, 1)
+    fill = torch.tensor([7.0, 8.0, 9.0])
+    plain, plain_masks = augment_batch(images, masks, preset, torch.Generator().manual_seed(4), fill)
+    normalized, normalized_masks = augment_batch(
+        images, masks, preset, torch.Generator().manual_seed(4), fill, mean, std
+    )
+    assert torch.equal(plain_masks, normalized_masks)
+    assert torch.allclose(normalized, (plain - mean) / std, atol=1e-4)
+    outside = normalized_masks == IGNORE_INDEX
+    if preset != "flips":
+        assert outside.any()
+    expected_fill = ((fill.view(3, 1) - mean.view(3, 1)) / std.view(3, 1)).expand(3, int(outside.sum()))
+    assert torch.allclose(normalized.permute(1, 0, 2, 3)[:, outside], expected_fill, atol=1e-5)
+
+
+def test_none_preset_still_normalizes_when_asked():
+    images, masks = coordinate_batch(2, 16, 16)
+    mean, std = torch.full((1, 1, 1, 1), 10.0), torch.full((1, 1, 1, 1), 4.0)
+    out, out_masks = augment_batch(images, masks, "none", torch.Generator(), 0.0, mean, std)
+    assert torch.allclose(out, (images - 10) / 4) and out_masks is masks

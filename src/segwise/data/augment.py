@@ -125,25 +125,42 @@ def augment_batch(
     preset: str | Augment,
     generator: torch.Generator,
     fill: float | torch.Tensor = 0.0,
+    mean: torch.Tensor | None = None,
+    std: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Augment a batch: images N×C×H×W float on the 0..255 scale, masks N×H×W (or N×K×H×W) integers.
 
     Every sample draws its own parameters from `generator` (a CPU generator: the draws are a few numbers
     per sample; only the noise is drawn on the images' device). `fill` (a number or one value per
     channel, e.g. the normalization mean × 255) is what the image shows where the transform looks
-    outside it; the mask holds IGNORE_INDEX there.
+    outside it; the mask holds IGNORE_INDEX there. With `mean` and `std` (per channel, 0..255 scale)
+    the images come back normalized, (x − mean) / std, what the trainer feeds the model: the
+    normalization then shares the pass that finishes the colour transforms and the fill.
     """
     recipe = resolve(preset)
     if recipe == PRESETS["none"]:
-        return images, masks
+        return (images, masks) if mean is None else ((images - mean) / std, masks)
     count, channels, height, width = images.shape
     matrices = _geometry(recipe, count, height, width, generator)
-    images, masks, outside = _apply_geometry(images, masks, matrices)  # a new batch: colour works in place
-    images = _photometric(images, recipe, generator)
-    if outside is not None:
-        fill = torch.as_tensor(fill, dtype=torch.float64).reshape(-1).expand(channels).tolist()
-        for channel, value in enumerate(fill):
-            images[:, channel].masked_fill_(outside, value)
+    images, masks, inside = _apply_geometry(images, masks, matrices)  # a new batch: colour works in place
+    images, gain = _photometric(images, recipe, generator)
+    # What is left is one affine map per sample and channel, out = x·gain·scale + offset (scale and
+    # offset normalize, or are 1 and 0), and the fill where the source was outside. As arithmetic,
+    # (map(x) − fill')·inside + fill', these are two or three vectorized passes, where a masked fill
+    # of the channels alone costs more on a CPU.
+    scale = torch.ones(1, channels, 1, 1, device=images.device) if std is None else 1 / std
+    offset = torch.zeros_like(scale) if mean is None else -mean / std
+    fill = torch.as_tensor(fill, dtype=images.dtype, device=images.device).reshape(1, -1, 1, 1)
+    fill_out = (fill * scale + offset).expand_as(scale) if inside is not None else torch.zeros_like(scale)
+    factor = gain.to(images.device, images.dtype).view(-1, 1, 1, 1) * scale
+    if mean is not None or inside is not None or bool((gain != 1).any()):
+        torch.addcmul(offset - fill_out, images, factor, out=images)
+    if inside is not None:
+        images.mul_(inside)
+        if bool(fill_out.ne(0).any()):
+            images.add_(fill_out)
+    if mean is None and bool((gain != 1).any()):
+        images.clamp_(0, 255)  # x^g·255^(1−g) can round a hair above 255
     return images, masks
 
 
@@ -204,7 +221,8 @@ def _geometry(recipe: Augment, count: int, height: int, width: int, generator) -
 def _apply_geometry(
     images: torch.Tensor, masks: torch.Tensor, matrices: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """A new contiguous batch with every sample moved by its map, and where the source lay outside.
+    """A new contiguous batch with every sample moved by its map, and where the source lay inside the
+    image (N×1×H×W, 1 inside, 0 outside; None when every pixel is).
 
     When every map is a flip or transpose (or nothing), as with the `flips` preset, whole pixels move:
     the batch is copied exactly by indexing (3–4× faster augmentation than resampling it, see
@@ -244,7 +262,7 @@ def _dihedral(
 def _warp(
     images: torch.Tensor, masks: torch.Tensor, matrices: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One grid for the batch; images bilinear, masks nearest; returns where the source is outside too."""
+    """One grid for the batch; images bilinear, masks nearest; returns where the source is inside too."""
     count, _, height, width = images.shape
     # pixel-centred coordinates → grid_sample's normalized ones: u = x / (W/2) with align_corners=False
     half = torch.tensor([width / 2, height / 2], dtype=torch.float64)
@@ -259,9 +277,10 @@ def _warp(
     shifted = F.grid_sample(
         planes.float().add_(1), grid, mode="nearest", padding_mode="zeros", align_corners=False
     )
-    outside = shifted[:, 0] == 0
-    warped = shifted.sub_(1).masked_fill_(outside.unsqueeze(1), IGNORE_INDEX).to(masks.dtype)
-    return images, warped if masks.dim() == 4 else warped.squeeze(1), outside
+    inside = shifted[:, :1].clamp(max=1)
+    # inside: label + 1 + I − (I + 1) = the label; outside: 0 + I − 0 = I (IGNORE_INDEX); exact in float
+    warped = shifted.add_(IGNORE_INDEX).sub_(inside, alpha=IGNORE_INDEX + 1).to(masks.dtype)
+    return images, warped if masks.dim() == 4 else warped.squeeze(1), inside
 
 
 def _affine_grid(theta: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -277,8 +296,11 @@ def _affine_grid(theta: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return grid
 
 
-def _photometric(images: torch.Tensor, recipe: Augment, generator: torch.Generator) -> torch.Tensor:
-    """Colour, blur and noise, in place on `images` (a batch augment_batch owns)."""
+def _photometric(
+    images: torch.Tensor, recipe: Augment, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Colour, blur and noise, in place on `images` (a batch augment_batch owns), less one factor per
+    sample: the result is images × gain (N values), which augment_batch applies in its last pass."""
     count, channels = images.shape[:2]
     device = images.device
 
@@ -292,6 +314,7 @@ def _photometric(images: torch.Tensor, recipe: Augment, generator: torch.Generat
     saturation = 1 + _uniform(-recipe.saturation, recipe.saturation, count, generator)
     hue = torch.deg2rad(_uniform(-recipe.hue, recipe.hue, count, generator))
     gamma = torch.exp(_uniform(math.log(recipe.gamma[0]), math.log(recipe.gamma[1]), count, generator))
+    gain = torch.ones(count, dtype=torch.float64)
     if colour.any():
         # saturation, hue, contrast (around the image mean) and brightness are one affine colour map
         # per sample, y = a·M·x + t: one batched matrix product and one addition
@@ -303,12 +326,12 @@ def _photometric(images: torch.Tensor, recipe: Augment, generator: torch.Generat
         mean = (mixing @ images.mean((2, 3)).unsqueeze(-1)).mean(1, keepdim=True)  # the mean of M·x
         shift = (1 - scale) * mean + per_sample(brightness, colour, 0.0).view(-1, 1, 1)
         planes = images.reshape(count, channels, -1)
-        images = torch.bmm(scale * mixing, planes).add_(shift).view(images.shape).clamp_(0, 255)
-        if recipe.gamma != (1.0, 1.0):  # 255·(x/255)^g = x^g · 255^(1-g)
+        images = torch.baddbmm(shift, scale * mixing, planes).view(images.shape).clamp_(0, 255)
+        if recipe.gamma != (1.0, 1.0):  # 255·(x/255)^g = x^g · 255^(1-g): the factor goes into gain
             # sample by sample: pow with one scalar exponent is faster than with a broadcast tensor
             for sample in colour.nonzero().flatten().tolist():
-                exponent = float(gamma[sample])
-                images[sample].pow_(exponent).mul_(255 ** (1 - exponent)).clamp_(max=255)  # rounding
+                images[sample].pow_(float(gamma[sample]))
+                gain[sample] = 255 ** (1 - gamma[sample])
 
     blurred = torch.rand(count, generator=generator) < recipe.p_blur
     sigma = _uniform(*recipe.blur_sigma, count, generator)
@@ -325,8 +348,10 @@ def _photometric(images: torch.Tensor, recipe: Augment, generator: torch.Generat
             noise = torch.randn(
                 images.shape[1:], generator=noise_generator, device=device, dtype=images.dtype
             )
-            images[sample].add_(noise, alpha=float(std[sample])).clamp_(0, 255)
-    return images  # every step above keeps 0..255: bilinear and blur average, colour and noise clamp
+            top = 255 / float(gain[sample])  # 0..255 once the gain is applied
+            images[sample].add_(noise, alpha=float(std[sample] / gain[sample])).clamp_(0, top)
+    # every step above keeps 0..255 (after the gain): bilinear and blur average, colour and noise clamp
+    return images, gain
 
 
 def _hue_saturation(hue: torch.Tensor, saturation: torch.Tensor) -> torch.Tensor:

@@ -84,7 +84,8 @@ def lr_range_test(
                 lr = start_lr * factor ** len(lrs)
                 for group in optimizer.param_groups:
                     group["lr"] = lr * group.get("lr_scale", 1.0)
-                loss = model_loss(net, batches, images, masks, loss_fn, dtype, settings.channels_last)
+                x = batches.normalize(images)
+                loss = model_loss(net, x, masks, loss_fn, dtype, settings.channels_last)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)

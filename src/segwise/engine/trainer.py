@@ -1,7 +1,7 @@
 """The training loop: read it top to bottom.
 
-data (decoded once) → batches sliced from uint8 tensors (this process's shard) → augment on device →
-(progressive resize) → normalize → model → loss → optimizer step (accumulation, clipping, EMA) →
+data (decoded once) → batches sliced from uint8 tensors (this process's shard) → augment and normalize
+on device → (progressive resize) → model → loss → optimizer step (accumulation, clipping, EMA) →
 schedule → per-epoch validation (confusion matrix, reduced over processes) → best/last checkpoints,
 metrics.csv, curves → early stopping. Options live in TrainConfig; the pieces in schedules.py,
 checkpoint.py, distributed.py and lr_find.py.
@@ -83,11 +83,21 @@ class Batches:
         return len(self.images)
 
     def prepare(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        images = self.images[index].to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
-        return images, self.masks[index].to(self.device, non_blocking=True).long()
+        """Images N×C×H×W float (0..255, contiguous) and masks N×H×W int64 of the samples `index`."""
+        # index_select, not fancy indexing: ten times faster on the cache's rows on a CPU
+        images = self.images.index_select(0, index).to(self.device, non_blocking=True)
+        # one pass converts to float and reorders to N×C×H×W, the layout grid_sample reads fastest
+        batch = torch.empty(images.shape[0], images.shape[3], *images.shape[1:3], device=self.device)
+        batch.copy_(images.permute(0, 3, 1, 2))
+        return batch, self.masks.index_select(0, index).to(self.device, non_blocking=True).long()
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         return torch.addcmul(self._shift, images, self._scale)  # (images − mean) / std
+
+    def augment(self, images: torch.Tensor, masks: torch.Tensor, preset, generator: torch.Generator):
+        """Augmented with `preset` and normalized, the normalization folded into augmentation's last
+        pass: what training feeds the model. Pixels from outside an image show the mean (0 once normalized)."""
+        return augment_batch(images, masks, preset, generator, self.mean, self.mean, self.std)
 
     def epoch(self, generator: torch.Generator | None, drop_last: bool):
         """This process's batches: a shuffled, sharded order with `generator`, else every sample once in
@@ -131,12 +141,11 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
-def model_loss(net, batches: Batches, images, masks, loss_fn, dtype, channels_last: bool) -> torch.Tensor:
-    """Normalize → (channels-last) → model under autocast → loss in fp32: one training forward pass."""
-    x = batches.normalize(images)
+def model_loss(net, x: torch.Tensor, masks, loss_fn, dtype, channels_last: bool) -> torch.Tensor:
+    """Normalized images → (channels-last) → model under autocast → loss in fp32: one training forward pass."""
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    with _autocast(batches.device, dtype):
+    with _autocast(x.device, dtype):
         logits = net(x)
     return loss_fn(logits.float(), masks)
 
@@ -392,13 +401,13 @@ def train(
             total=batch_count, desc=f"epoch {epoch}/{settings.epochs}", leave=False, disable=not show_bar
         )
         for index, (images, masks) in enumerate(train_batches.epoch(generator, drop_last=True)):
-            images, masks = augment_batch(images, masks, settings.augment, generator, train_batches.mean)
-            images, masks = resize_batch(images, masks, fraction)
+            x, masks = train_batches.augment(images, masks, settings.augment, generator)
+            x, masks = resize_batch(x, masks, fraction)
             last_micro = (index + 1) % settings.accumulate == 0 or index + 1 == batch_count
             # DDP all-reduces gradients on every backward; between optimizer steps that is wasted.
             sync = net.no_sync() if process.distributed and not last_micro else contextlib.nullcontext()
             with sync:
-                loss = model_loss(net, train_batches, images, masks, loss_fn, dtype, settings.channels_last)
+                loss = model_loss(net, x, masks, loss_fn, dtype, settings.channels_last)
                 scaler.scale(loss / settings.accumulate).backward()
             # Summed over processes, so every process sees the same value and stops together.
             loss_sum, count = distributed.all_sum(loss.item() * len(masks), len(masks), device=device)
