@@ -17,6 +17,9 @@ plus its DataLoader workers) per sample, which a busy machine disturbs less than
   to the training size, applies an albumentations Compose, in a DataLoader with `--workers` workers;
 - peer (arrays): the same albumentations Compose over segwise's decoded arrays (no decoding), same
   workers: separates what the cache saves from what batched augmentation saves.
+
+Like `segwise train` on a CPU, the process first sets glibc to reuse freed large blocks
+(`segwise.engine.devices.keep_freed_memory`); it applies to every pipeline here, the peers included.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import numpy as np  # noqa: E402
 from segwise.data import load_data  # noqa: E402
 from segwise.data.augment import PRESETS  # noqa: E402
 from segwise.data.dataset import IGNORE_INDEX  # noqa: E402
+from segwise.engine.devices import keep_freed_memory  # noqa: E402
 from segwise.engine.trainer import Batches  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared/datasets/camvid11"
@@ -206,6 +210,9 @@ def main() -> None:
         print(f"skipped: {DATA} not found (CamVid 11-class data, see ../shared/datasets/README.md)")
         return
 
+    # what `segwise train` does on a CPU; process-wide, so the peers (their main process, and their
+    # workers, forked from it) get it too
+    keep_freed_memory()
     start = time.perf_counter()
     load_data(DATA, use_cache=False)  # what every run would pay without the cache: decode + resize
     decode_seconds = time.perf_counter() - start

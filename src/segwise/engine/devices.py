@@ -1,7 +1,10 @@
-"""Choosing the device and the mixed-precision dtype the hardware actually supports."""
+"""Choosing the device and the mixed-precision dtype the hardware actually supports, and the one
+allocator setting a CPU training run needs."""
 
 from __future__ import annotations
 
+import ctypes
+import platform
 from functools import cache
 from pathlib import Path
 
@@ -45,3 +48,24 @@ def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype
     if precision == "bf16" or (precision == "auto" and cpu_has_fast_bf16()):
         return torch.bfloat16
     return None
+
+
+@cache
+def keep_freed_memory() -> bool:
+    """Have glibc keep freed large blocks for reuse instead of returning them to the system at once.
+
+    By default glibc serves every allocation above 32 MB (a 16×3×360×480 float batch is 33 MB) with a
+    fresh mmap and unmaps it when freed, so each new batch tensor on a CPU costs thousands of page
+    faults and the kernel zeroing its pages: 15–30 % of the augmentation path's time here
+    (bench/data.py). This is the effect of the jemalloc/tcmalloc preload that PyTorch's CPU tuning
+    guide recommends, set from inside the process; the process keeps its peak memory instead of
+    returning it. True when set; a no-op (False) without glibc (macOS, Windows, musl).
+    """
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    trim_threshold, mmap_threshold = -1, -3  # M_TRIM_THRESHOLD, M_MMAP_THRESHOLD from malloc.h
+    return bool(libc.mallopt(mmap_threshold, 1 << 30)) and bool(libc.mallopt(trim_threshold, 1 << 30))

@@ -152,7 +152,7 @@ def find_lr(
     from ..config import Config, load_config
     from ..data.plan import loss_options, make_plan
     from ..losses import build_loss
-    from .devices import autocast_dtype, pick_device
+    from .devices import autocast_dtype, keep_freed_memory, pick_device
     from .schedules import default_encoder_lr_scale, encoder_decoder_groups
     from .trainer import Batches, planned_model
 
@@ -160,6 +160,8 @@ def find_lr(
     if not isinstance(config, Config):
         config = load_config(config)
     device = pick_device(config.override(**overrides).train.device)
+    if device.type == "cpu":
+        keep_freed_memory()
     plan = make_plan(data, None if planned else config, str(device), **overrides)
     config, settings, data_set = plan.config, plan.config.train, plan.data
     torch.manual_seed(settings.seed)

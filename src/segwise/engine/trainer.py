@@ -40,7 +40,7 @@ from ..report.figures import plot_lr
 from ..report.plots import plot_curves, sample_panel, write_sample_panels
 from . import distributed
 from .checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
-from .devices import autocast_dtype, pick_device
+from .devices import autocast_dtype, keep_freed_memory, pick_device
 from .schedules import (  # noqa: F401 (one_cycle: imported from here by older code)
     build_optimizer,
     build_scheduler,
@@ -248,6 +248,8 @@ def train(
         torch.use_deterministic_algorithms(True, warn_only=True)
     torch.manual_seed(settings.seed)
     process, device = distributed.setup(pick_device(settings.device))
+    if device.type == "cpu":
+        keep_freed_memory()  # every batch tensor would otherwise be fresh pages
     dtype = autocast_dtype(device, settings.precision)
     say = print if progress and process.is_main else (lambda *a, **k: None)
     if settings.sync_batchnorm and process.distributed and device.type != "cuda":
