@@ -144,7 +144,7 @@ def test_blur_equals_a_2d_convolution_with_each_samples_gaussian():
     images = torch.rand(3, 2, 20, 27) * 255
     sigma = torch.tensor([0.3, 0.8, 1.5], dtype=torch.float64)
     radius = math.ceil(3 * 1.5)
-    out = _gaussian_blur(images, sigma, 1.5)
+    out = _gaussian_blur(images, sigma)
     offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
     for sample in range(3):
         line = torch.exp(-(offsets**2) / (2 * sigma[sample] ** 2))

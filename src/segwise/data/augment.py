@@ -335,9 +335,8 @@ def _photometric(
 
     blurred = torch.rand(count, generator=generator) < recipe.p_blur
     sigma = _uniform(*recipe.blur_sigma, count, generator)
-    if blurred.any():  # only the chosen samples: blur is the most expensive step
-        index = blurred.nonzero().squeeze(1).to(device)
-        images[index] = _gaussian_blur(images[index], sigma[blurred], recipe.blur_sigma[1])
+    for sample in blurred.nonzero().flatten().tolist():  # one by one: each sample's kernel its own size
+        images[sample] = _gaussian_blur(images[sample : sample + 1], sigma[sample : sample + 1])[0]
 
     noisy = torch.rand(count, generator=generator) < recipe.p_noise
     std = _uniform(*recipe.noise_std, count, generator) * 255
@@ -372,14 +371,15 @@ def _hue_saturation(hue: torch.Tensor, saturation: torch.Tensor) -> torch.Tensor
     return torch.linalg.inv(to_yiq) @ chroma @ to_yiq
 
 
-def _gaussian_blur(images: torch.Tensor, sigma: torch.Tensor, max_sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur with one sigma per sample (0 = untouched), edges replicated.
+def _gaussian_blur(images: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Separable Gaussian blur with one sigma per sample, edges replicated, kernels cut at 3 sigma of
+    the largest.
 
     Each pass is a weighted sum of shifted views (one multiply-add per tap): on a CPU this is about six
     times faster than the same kernels as a grouped convolution, whose depthwise path is slow there.
     """
     count = images.shape[0]
-    radius = max(1, math.ceil(3 * max_sigma))
+    radius = max(1, math.ceil(3 * float(sigma.max())))
     offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
     kernels = torch.exp(-(offsets**2) / (2 * sigma.clamp(min=1e-3).view(-1, 1) ** 2))
     kernels = (kernels / kernels.sum(1, keepdim=True)).to(images.device, images.dtype)
