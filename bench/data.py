@@ -5,8 +5,9 @@ Run from the repository root: `.venv/bin/python bench/data.py [--trials 5] [--wo
 albumentations and opencv, and ../shared/datasets/camvid11). CamVid train split, 367 pairs 480×360,
 batch 16, the `default` preset. Both sides deliver the same thing: normalized float N×3×360×480 images
 and integer masks on the training device, shuffled, one epoch (every sample) per trial. Trials alternate
-(A, B, A, B, ...) and the table shows the median samples/s of each side, and the CPU time (this process
-plus its DataLoader workers) per sample, which a busy machine disturbs less than wall-clock rates.
+(A, B, A, B, ...) and the table shows the median samples/s of each side, the ratios (of the medians,
+and the median of each round's ratio), and the CPU time (this process plus its DataLoader workers) per
+sample, which a busy machine disturbs less than wall-clock rates.
 
 - segwise: `load_data` (decoded once into the memory-mapped cache; the one-time decode is reported
   separately) → `Batches` slicing → `Batches.augment(..., "default")` (augment_batch with the
@@ -248,7 +249,8 @@ def main() -> None:
             rates[name].append(seen / (time.perf_counter() - start))
             cpu[name].append((cpu_seconds() - start_cpu) * 1e3 / seen)
 
-    ours = statistics.median(rates[next(iter(sides))])
+    ours_name = next(iter(sides))
+    ours = statistics.median(rates[ours_name])
     print(
         f"CamVid train: {len(data.train_images)} pairs at {height}×{width}, batch {BATCH}, preset default; "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, albumentations {A.__version__}, CPU"
@@ -256,13 +258,20 @@ def main() -> None:
     print(
         f"segwise load_data: decoding (no cache) {decode_seconds:.1f}s, from the cache {cached_seconds:.2f}s\n"
     )
-    print("| pipeline | samples/s (median) | all trials | segwise main process / this | CPU ms per sample |")
-    print("|---|---:|---|---:|---:|")
+    # "paired": the median over trials of segwise's rate over this pipeline's rate in the same round,
+    # run seconds apart; it cancels the host's slow spells, which span neighbouring trials
+    print(
+        "| pipeline | samples/s (median) | all trials | segwise main process / this | paired | "
+        "CPU ms per sample |"
+    )
+    print("|---|---:|---|---:|---:|---:|")
     for name, values in rates.items():
         median = statistics.median(values)
         trials = ", ".join(f"{v:.0f}" for v in values)
+        paired = statistics.median(a / b for a, b in zip(rates[ours_name], values, strict=True))
         print(
-            f"| {name} | {median:.1f} | {trials} | {ours / median:.2f}× | {statistics.median(cpu[name]):.1f} |"
+            f"| {name} | {median:.1f} | {trials} | {ours / median:.2f}× | {paired:.2f}× | "
+            f"{statistics.median(cpu[name]):.1f} |"
         )
 
 

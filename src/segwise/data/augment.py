@@ -4,8 +4,9 @@ Geometry (flips, transposes, rotation, scale, shear, translation, random resized
 sample into one affine map from output pixels to source pixels and applied with one sampling grid
 and `F.grid_sample` for the batch: bilinear for images, nearest for masks, on the same grid
 (`align_corners=False` in both), so image and mask stay aligned to the pixel. An output pixel whose
-nearest source pixel lies outside the image becomes `IGNORE_INDEX` in the mask and `fill` in the image. Then colour (brightness, contrast, saturation, hue, gamma), blur and
-noise, each drawn per sample.
+nearest source pixel lies outside the image becomes `IGNORE_INDEX` in the mask and `fill` in the
+image. Then colour (brightness, contrast, saturation, hue, gamma), blur and noise, each drawn per
+sample, and, when asked, the normalization, folded into the last pass.
 
     >>> images, masks = augment_batch(images, masks, "default", torch.Generator().manual_seed(0))  # doctest: +SKIP
 """
@@ -151,7 +152,7 @@ def augment_batch(
     scale = torch.ones(1, channels, 1, 1, device=images.device) if std is None else 1 / std
     offset = torch.zeros_like(scale) if mean is None else -mean / std
     fill = torch.as_tensor(fill, dtype=images.dtype, device=images.device).reshape(1, -1, 1, 1)
-    fill_out = (fill * scale + offset).expand_as(scale) if inside is not None else torch.zeros_like(scale)
+    fill_out = fill * scale + offset if inside is not None else torch.zeros_like(scale)
     factor = gain.to(images.device, images.dtype).view(-1, 1, 1, 1) * scale
     if mean is not None or inside is not None or bool((gain != 1).any()):
         torch.addcmul(offset - fill_out, images, factor, out=images)
