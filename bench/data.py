@@ -10,9 +10,9 @@ and the median of each round's ratio), and the CPU time (this process plus its D
 sample, which a busy machine disturbs less than wall-clock rates.
 
 - segwise: `load_data` (decoded once into the memory-mapped cache; the one-time decode is reported
-  separately) → `Batches.augmented_epoch(generator, "default")`, as the trainer runs it: `Batches`
-  slicing → `augment_batch` with the normalization folded in, two batches in flight in background
-  threads of the main process (torch's intra-op threads use the cores); and whole batches split
+  separately) → `Batches` slicing → `Batches.augment(..., "default")` (augment_batch with the
+  normalization folded in), in the main process
+  (as the trainer does; torch's intra-op threads use the cores), and the same split by whole batches
   across `--workers` DataLoader workers (one thread each), the peers' worker count;
 - peer (files): the usual pipeline: a Dataset that decodes each JPEG/PNG with OpenCV every time, resizes
   to the training size, applies an albumentations Compose, in a DataLoader with `--workers` workers;
@@ -189,9 +189,10 @@ def segwise_workers_epoch(batches: Batches, workers: int, seed: int) -> int:
 def segwise_epoch(batches: Batches, seed: int) -> int:
     generator = torch.Generator().manual_seed(seed)
     seen = 0
-    for x, masks in batches.augmented_epoch(generator, "default"):  # as the trainer: 2 batches ahead
-        assert x.shape[1] == 3 and len(masks) == len(x)
-        seen += len(x)
+    for images, masks in batches.epoch(generator, drop_last=True):
+        x, masks = batches.augment(images, masks, "default", generator)
+        seen += len(masks)
+    assert x.shape[1] == 3 and masks.max() <= IGNORE_INDEX
     return seen
 
 

@@ -341,24 +341,3 @@ def test_keep_freed_memory_lets_large_tensors_reuse_their_pages():
     for _ in range(8):
         torch.empty(size, dtype=torch.uint8).fill_(1)
     assert resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before < 2 * fresh  # not 8 × fresh
-
-
-def test_augmented_epoch_gives_the_same_batches_however_many_run_ahead():
-    """Each batch has its own generator seeded up front: threads ahead change the timing, not the data."""
-    from segwise.engine.trainer import Batches
-
-    images = np.random.default_rng(0).integers(0, 256, (11, 24, 32, 3), dtype=np.uint8)
-    masks = np.random.default_rng(1).integers(0, 4, (11, 24, 32), dtype=np.uint8)
-    batches = Batches(images, masks, 4, [0.5] * 3, [0.25] * 3, torch.device("cpu"))
-    runs = {
-        ahead: list(batches.augmented_epoch(torch.Generator().manual_seed(7), "heavy", ahead=ahead))
-        for ahead in (0, 1, 2, 3)
-    }
-    assert len(runs[0]) == batches.batches_per_epoch(drop_last=True) == 3  # 4 + 4 + 3 samples
-    for ahead in (1, 2, 3):
-        for (x, y), (x0, y0) in zip(runs[ahead], runs[0], strict=True):
-            assert torch.equal(x, x0) and torch.equal(y, y0)
-    again = list(batches.augmented_epoch(torch.Generator().manual_seed(8), "heavy"))
-    assert not torch.equal(again[0][0], runs[0][0][0])  # another epoch's seed, other batches
-    plain = torch.cat([batches.prepare(torch.arange(11))[0]]).mean()
-    assert abs(float(torch.cat([x for x, _ in runs[2]]).mean()) - float((plain - 127.5) / 63.75)) < 0.5

@@ -417,12 +417,6 @@ class PerSampleBatches:
     def __len__(self) -> int:
         return len(self.batches)
 
-    def augmented_epoch(self, generator: torch.Generator, preset, ahead: int = 0):
-        """The transform's batches, then `preset` on the device and the normalization, one by one (the
-        DataLoader workers already run ahead)."""
-        for images, masks in self.epoch(generator, drop_last=True):
-            yield self.batches.augment(images, masks, preset, generator)
-
     def epoch(self, generator: torch.Generator, drop_last: bool):
         count, size = self.batches.batches_per_epoch(drop_last), self.batches.batch_size
         order = torch.randperm(len(self), generator=generator)  # the same rule as Batches.epoch

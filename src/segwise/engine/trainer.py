@@ -9,7 +9,6 @@ checkpoint.py, distributed.py and lr_find.py.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import dataclasses
 import importlib.util
@@ -17,7 +16,6 @@ import math
 import os
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -59,9 +57,6 @@ class TrainResult:
     best_miou: float
     history: list[dict]
     seconds: float
-
-
-AUGMENT_AHEAD = 2  # training batches augmented in background threads ahead of the one in use
 
 
 class Batches:
@@ -107,44 +102,12 @@ class Batches:
     def epoch(self, generator: torch.Generator | None, drop_last: bool):
         """This process's batches: a shuffled, sharded order with `generator`, else every sample once in
         order (validation; each process takes every world_size-th, no padding, so nothing counts twice)."""
-        for index in self._indices(generator, drop_last):
-            yield self.prepare(index)
-
-    def augmented_epoch(self, generator: torch.Generator, preset, ahead: int = AUGMENT_AHEAD):
-        """This process's shuffled training batches, augmented and normalized, with up to `ahead` of
-        them prepared in background threads while the caller trains on the current one.
-
-        On a CPU one batch's augmentation keeps both cores busy only about two thirds of the time
-        (noise draws and small steps run serially); two batches in flight fill the gaps (about 1.4×
-        the batches a second, bench/data.py). Each batch draws from its own generator, seeded from
-        `generator` up front, so the batches are the same however the threads are scheduled.
-        """
-        indices = list(self._indices(generator, drop_last=True))
-        seeds = torch.randint(0, 2**62, (len(indices),), generator=generator).tolist()
-
-        def make(index: torch.Tensor, seed: int):
-            images, masks = self.prepare(index)
-            return self.augment(images, masks, preset, torch.Generator().manual_seed(seed))
-
-        if ahead < 1:
-            yield from (make(index, seed) for index, seed in zip(indices, seeds, strict=True))
-            return
-        with ThreadPoolExecutor(ahead, thread_name_prefix="segwise-augment") as pool:
-            pending = collections.deque()
-            for index, seed in zip(indices, seeds, strict=True):
-                pending.append(pool.submit(make, index, seed))
-                if len(pending) > ahead:
-                    yield pending.popleft().result()
-            while pending:
-                yield pending.popleft().result()
-
-    def _indices(self, generator: torch.Generator | None, drop_last: bool):
         if generator is not None:
             order = distributed.shard(torch.randperm(len(self), generator=generator), self.process)
         else:
             order = torch.arange(len(self))[self.process.rank :: self.process.world_size]
         for start in range(0, self._batch_count(len(order), drop_last) * self.batch_size, self.batch_size):
-            yield order[start : start + self.batch_size]
+            yield self.prepare(order[start : start + self.batch_size])
 
     def batches_per_epoch(self, drop_last: bool) -> int:
         """Training batches of one process in one epoch (every process gets the same number)."""
@@ -439,7 +402,8 @@ def train(
         bar = tqdm(
             total=batch_count, desc=f"epoch {epoch}/{settings.epochs}", leave=False, disable=not show_bar
         )
-        for index, (x, masks) in enumerate(train_batches.augmented_epoch(generator, settings.augment)):
+        for index, (images, masks) in enumerate(train_batches.epoch(generator, drop_last=True)):
+            x, masks = train_batches.augment(images, masks, settings.augment, generator)
             x, masks = resize_batch(x, masks, fraction)
             last_micro = (index + 1) % settings.accumulate == 0 or index + 1 == batch_count
             # DDP all-reduces gradients on every backward; between optimizer steps that is wasted.
