@@ -153,6 +153,7 @@ def bench_camvid(run: Path) -> list[tuple[str, float, float]] | None:
     """CamVid val mIoU without and with d4 TTA (and the seconds each took)."""
     from dataclasses import replace
 
+    from segwise.data.formats import read_class_names
     from segwise.evaluate import evaluate_split, split_pairs
     from segwise.inference import load
 
@@ -170,8 +171,8 @@ def bench_camvid(run: Path) -> list[tuple[str, float, float]] | None:
     pairs, source = split_pairs(root, "val")
     # A run trained before Void was read from class_dict.csv has Void as a class named class_11:
     # name classes from the file so the score leaves Void out either way.
-    table = root / "class_dict.csv"
-    file_names = [row.split(",")[0] for row in table.read_text().splitlines()[1:]] if table.is_file() else []
+    table = read_class_names(root)
+    file_names = table.names if table is not None else []
     names = [
         file_names[v] if v < len(file_names) else name
         for v, name in zip(predictor.config.classes.values, predictor.config.classes.names, strict=True)

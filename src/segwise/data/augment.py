@@ -151,16 +151,19 @@ def augment_batch(
     # of the channels alone costs more on a CPU.
     scale = torch.ones(1, channels, 1, 1, device=images.device) if std is None else 1 / std
     offset = torch.zeros_like(scale) if mean is None else -mean / std
-    fill = torch.as_tensor(fill, dtype=images.dtype, device=images.device).reshape(1, -1, 1, 1)
-    fill_out = fill * scale + offset if inside is not None else torch.zeros_like(scale)
     factor = gain.to(images.device, images.dtype).view(-1, 1, 1, 1) * scale
-    if mean is not None or inside is not None or bool((gain != 1).any()):
+    gained = bool((gain != 1).any())
+    if inside is None:
+        if mean is not None or gained:
+            torch.addcmul(offset, images, factor, out=images)
+    else:
+        fill = torch.as_tensor(fill, dtype=images.dtype, device=images.device).reshape(1, -1, 1, 1)
+        fill_out = fill * scale + offset  # the fill in output units
         torch.addcmul(offset - fill_out, images, factor, out=images)
-    if inside is not None:
         images.mul_(inside)
         if bool(fill_out.ne(0).any()):
             images.add_(fill_out)
-    if mean is None and bool((gain != 1).any()):
+    if mean is None and gained:
         images.clamp_(0, 255)  # x^g·255^(1−g) can round a hair above 255
     return images, masks
 

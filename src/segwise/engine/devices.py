@@ -51,17 +51,22 @@ def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype
 
 
 @cache
-def keep_freed_memory() -> bool:
-    """Have glibc keep freed large blocks for reuse instead of returning them to the system at once.
+def keep_freed_memory(device: torch.device | str = "cpu") -> bool:
+    """For batches on a CPU `device`: have glibc keep freed large blocks for reuse instead of returning
+    them to the system at once.
 
     By default glibc serves every allocation above 32 MB (a 16×3×360×480 float batch is 33 MB) with a
     fresh mmap and unmaps it when freed, so each new batch tensor on a CPU costs thousands of page
-    faults and the kernel zeroing its pages: 15–30 % of the augmentation path's time here
-    (bench/data.py). This is the effect of the jemalloc/tcmalloc preload that PyTorch's CPU tuning
-    guide recommends, set from inside the process; the process keeps its peak memory instead of
-    returning it. True when set; a no-op (False) without glibc (macOS, Windows, musl).
+    faults and the kernel zeroing its pages: 100 → 62 ms a batch of the CamVid augmentation path here
+    (BENCHMARKS.md, issue 4). This is the effect of the jemalloc/tcmalloc preload that PyTorch's CPU
+    tuning guide recommends, set from inside the process; the process keeps its peak memory instead of
+    returning it. True when set; a no-op (False) for a GPU device or without glibc (macOS, Windows, musl).
     """
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    if (
+        torch.device(device).type != "cpu"
+        or platform.system() != "Linux"
+        or platform.libc_ver()[0] != "glibc"
+    ):
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")

@@ -160,8 +160,7 @@ def find_lr(
     if not isinstance(config, Config):
         config = load_config(config)
     device = pick_device(config.override(**overrides).train.device)
-    if device.type == "cpu":
-        keep_freed_memory()
+    keep_freed_memory(device)
     plan = make_plan(data, None if planned else config, str(device), **overrides)
     config, settings, data_set = plan.config, plan.config.train, plan.data
     torch.manual_seed(settings.seed)

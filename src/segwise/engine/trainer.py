@@ -248,8 +248,7 @@ def train(
         torch.use_deterministic_algorithms(True, warn_only=True)
     torch.manual_seed(settings.seed)
     process, device = distributed.setup(pick_device(settings.device))
-    if device.type == "cpu":
-        keep_freed_memory()  # every batch tensor would otherwise be fresh pages
+    keep_freed_memory(device)  # on a CPU every batch tensor would otherwise be fresh pages
     dtype = autocast_dtype(device, settings.precision)
     say = print if progress and process.is_main else (lambda *a, **k: None)
     if settings.sync_batchnorm and process.distributed and device.type != "cuda":
