@@ -13,10 +13,13 @@ sample, and, when asked, the normalization, folded into the last pass.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -132,40 +135,133 @@ def augment_batch(
     """Augment a batch: images N×C×H×W float on the 0..255 scale, masks N×H×W (or N×K×H×W) integers.
 
     Every sample draws its own parameters from `generator` (a CPU generator: the draws are a few numbers
-    per sample; only the noise is drawn on the images' device). `fill` (a number or one value per
-    channel, e.g. the normalization mean × 255) is what the image shows where the transform looks
-    outside it; the mask holds IGNORE_INDEX there. With `mean` and `std` (per channel, 0..255 scale)
-    the images come back normalized, (x − mean) / std, what the trainer feeds the model: the
-    normalization then shares the pass that finishes the colour transforms and the fill.
+    per sample; the noise is drawn on the images' device, from a seed drawn per sample). `fill` (a number
+    or one value per channel, e.g. the normalization mean × 255) is what the image shows where the
+    transform looks outside it; the mask holds IGNORE_INDEX there. With `mean` and `std` (per channel,
+    0..255 scale) the images come back normalized, (x − mean) / std, what the trainer feeds the model:
+    the normalization then shares the pass that finishes the fill.
+
+    All random numbers are drawn first, so the work can be split: on a CPU each intra-op thread
+    augments its own chunk of samples (see `_in_chunks`), and the result is the same however the batch
+    is split. New tensors come back; the inputs are left as they are.
     """
     recipe = resolve(preset)
     if recipe == PRESETS["none"]:
         return (images, masks) if mean is None else ((images - mean) / std, masks)
     count, channels, height, width = images.shape
-    matrices = _geometry(recipe, count, height, width, generator)
-    images, masks, inside = _apply_geometry(images, masks, matrices)  # a new batch: colour works in place
-    images, gain = _photometric(images, recipe, generator)
-    # What is left is one affine map per sample and channel, out = x·gain·scale + offset (scale and
-    # offset normalize, or are 1 and 0), and the fill where the source was outside. As arithmetic,
-    # (map(x) − fill')·inside + fill', these are two or three vectorized passes, where a masked fill
-    # of the channels alone costs more on a CPU.
-    scale = torch.ones(1, channels, 1, 1, device=images.device) if std is None else 1 / std
-    offset = torch.zeros_like(scale) if mean is None else -mean / std
-    factor = gain.to(images.device, images.dtype).view(-1, 1, 1, 1) * scale
-    gained = bool((gain != 1).any())
-    if inside is None:
-        if mean is not None or gained:
-            torch.addcmul(offset, images, factor, out=images)
-    else:
-        fill = torch.as_tensor(fill, dtype=images.dtype, device=images.device).reshape(1, -1, 1, 1)
-        fill_out = fill * scale + offset  # the fill in output units
-        torch.addcmul(offset - fill_out, images, factor, out=images)
-        images.mul_(inside)
-        if bool(fill_out.ne(0).any()):
-            images.add_(fill_out)
-    if mean is None and gained:
-        images.clamp_(0, 255)  # x^g·255^(1−g) can round a hair above 255
-    return images, masks
+    draw = _draw(recipe, count, channels, height, width, generator)
+    device, dtype = images.device, images.dtype
+    # The last pass is one affine map per channel, out = x·scale + offset (the normalization, or 1 and
+    # 0), with the fill where the source was outside: (x·scale + offset − fill')·inside + fill', where
+    # fill' is the fill in output units. As arithmetic these are two or three vectorized passes, where a
+    # masked fill of the channels alone costs more on a CPU.
+    normalize = mean is not None
+    scale = 1 / std if normalize else torch.ones(1, channels, 1, 1, device=device, dtype=dtype)
+    offset = -mean / std if normalize else torch.zeros_like(scale)
+    fill = torch.as_tensor(fill, dtype=dtype, device=device).reshape(1, -1, 1, 1) * scale + offset
+    out_images = torch.empty(count, channels, height, width, device=device, dtype=dtype)
+    out_masks = torch.empty(masks.shape, device=device, dtype=masks.dtype)
+
+    def augment_rows(rows: slice) -> None:
+        moved, _, inside = _apply_geometry(images[rows], masks[rows], draw.geometry[rows], out_masks[rows])
+        result, out = _photometric(moved, draw[rows], out_images[rows]), out_images[rows]
+        if inside is None:
+            if normalize:
+                torch.addcmul(offset, result, scale, out=out)
+            elif result is not out:
+                out.copy_(result)
+            return
+        torch.addcmul(offset - fill, result, scale, out=out)
+        out.mul_(inside)
+        if bool(fill.ne(0).any()):
+            out.add_(fill)
+
+    _in_chunks(augment_rows, count, device)
+    return out_images, out_masks
+
+
+@dataclass(frozen=True)
+class _Draw:
+    """Every random number of one batch, a row per sample; `draw[rows]` is the draw of those samples."""
+
+    geometry: torch.Tensor  # N×3×3 maps from output to source pixels (see _geometry)
+    coloured: torch.Tensor  # N: colour and gamma drawn
+    mixing: torch.Tensor  # N×C×C hue and saturation (the identity where not coloured)
+    contrast: torch.Tensor  # N factors around the image mean (1 where not coloured)
+    brightness: torch.Tensor  # N shifts on the 0..255 scale (0 where not coloured)
+    gamma: torch.Tensor  # N exponents (1 where not coloured)
+    blur: torch.Tensor  # N Gaussian sigmas in pixels (0: not blurred)
+    noise: torch.Tensor  # N standard deviations on the 0..255 scale (0: no noise)
+    seed: torch.Tensor  # N seeds, one noise generator per sample
+
+    def __getitem__(self, rows: slice) -> _Draw:
+        return _Draw(*(getattr(self, field.name)[rows] for field in fields(self)))
+
+
+def _draw(recipe: Augment, count: int, channels: int, height: int, width: int, generator) -> _Draw:
+    """Every parameter is drawn for every sample whether or not its transform is applied, so a sample's
+    draw does not depend on the others'."""
+    geometry = _geometry(recipe, count, height, width, generator)
+    coloured = torch.rand(count, generator=generator) < recipe.p_color
+    brightness = _uniform(-recipe.brightness, recipe.brightness, count, generator) * 255
+    contrast = 1 + _uniform(-recipe.contrast, recipe.contrast, count, generator)
+    saturation = 1 + _uniform(-recipe.saturation, recipe.saturation, count, generator)
+    hue = torch.deg2rad(_uniform(-recipe.hue, recipe.hue, count, generator))
+    gamma = torch.exp(_uniform(math.log(recipe.gamma[0]), math.log(recipe.gamma[1]), count, generator))
+    mixing = torch.eye(channels, dtype=torch.float64).expand(count, -1, -1)
+    if channels == 3 and (recipe.saturation or recipe.hue):
+        mixing = _hue_saturation(torch.where(coloured, hue, 0.0), torch.where(coloured, saturation, 1.0))
+    blurred = torch.rand(count, generator=generator) < recipe.p_blur
+    sigma = _uniform(*recipe.blur_sigma, count, generator)
+    noisy = torch.rand(count, generator=generator) < recipe.p_noise
+    std = _uniform(*recipe.noise_std, count, generator) * 255
+    seed = torch.randint(0, 2**62, (count,), generator=generator)
+    return _Draw(
+        geometry,
+        coloured,
+        mixing,
+        torch.where(coloured, contrast, 1.0),
+        torch.where(coloured, brightness, 0.0),
+        torch.where(coloured, gamma, 1.0),
+        torch.where(blurred, sigma, 0.0),
+        torch.where(noisy, std, 0.0),
+        seed,
+    )
+
+
+_pools: dict[int, ThreadPoolExecutor] = {}
+_pools_lock = threading.Lock()
+
+
+def _in_chunks(work: Callable[[slice], None], count: int, device: torch.device) -> None:
+    """`work(rows)` over the batch's rows: on a CPU with several intra-op threads, one chunk of samples
+    per thread, each in its own thread with single-threaded operations; elsewhere in one piece.
+
+    Splitting samples rather than every operation keeps both cores busy through the per-sample steps
+    (gamma, blur, noise: one generator each) and the many small operations between the large ones; on
+    CamVid batches it augments about 10 % faster (BENCHMARKS.md). Two threads that each ran multi-threaded
+    operations would have their OpenMP teams spin against each other: a new thread takes its number of
+    OpenMP threads from the global setting at its first operation, so the pool's threads start (and stay)
+    single-threaded while it is 1, and the caller's setting comes back afterwards.
+    """
+    threads = torch.get_num_threads() if device.type == "cpu" else 1
+    chunks = min(threads, count)
+    if chunks < 2 or not _pools_lock.acquire(blocking=False):  # busy in another thread: in one piece
+        work(slice(0, count))
+        return
+    try:
+        if chunks not in _pools:
+            _pools[chunks] = ThreadPoolExecutor(chunks, thread_name_prefix="segwise-augment")
+        bounds = [count * chunk // chunks for chunk in range(chunks + 1)]
+        torch.set_num_threads(1)
+        try:
+            pending = [_pools[chunks].submit(work, slice(a, b)) for a, b in itertools.pairwise(bounds)]
+            for future in pending:
+                future.result()
+        finally:
+            torch.set_num_threads(threads)
+    finally:
+        _pools_lock.release()
 
 
 def _uniform(low: float, high: float, count: int, generator: torch.Generator) -> torch.Tensor:
@@ -223,10 +319,11 @@ def _geometry(recipe: Augment, count: int, height: int, width: int, generator) -
 
 
 def _apply_geometry(
-    images: torch.Tensor, masks: torch.Tensor, matrices: torch.Tensor
+    images: torch.Tensor, masks: torch.Tensor, matrices: torch.Tensor, out_masks: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """A new contiguous batch with every sample moved by its map, and where the source lay inside the
-    image (N×1×H×W, 1 inside, 0 outside; None when every pixel is).
+    """A new contiguous batch with every sample moved by its map, the moved masks (in `out_masks` when
+    given), and where the source lay inside the image (N×1×H×W, 1 inside, 0 outside; None when every
+    pixel is).
 
     When every map is a flip or transpose (or nothing), as with the `flips` preset, whole pixels move:
     the batch is copied exactly by indexing (3–4× faster augmentation than resampling it, see
@@ -237,9 +334,9 @@ def _apply_geometry(
     linear, shift = matrices[:, :2, :2], matrices[:, :2, 2]
     moves_pixels = ((linear.abs() == 1) | (linear == 0)).flatten(1).all(1) & (shift == 0).all(1)
     if not moves_pixels.all():
-        return _warp(images.contiguous(), masks, matrices)
+        return _warp(images.contiguous(), masks, matrices, out_masks)
     moved_images = images.clone(memory_format=torch.contiguous_format)
-    moved_masks = masks.clone()
+    moved_masks = masks.clone() if out_masks is None else out_masks.copy_(masks)
     for sample in range(len(images)):
         if not torch.equal(linear[sample], torch.eye(2, dtype=linear.dtype)):  # read from the input:
             moved = _dihedral(images[sample], masks[sample], linear[sample])  # the copy would alias
@@ -264,7 +361,7 @@ def _dihedral(
 
 
 def _warp(
-    images: torch.Tensor, masks: torch.Tensor, matrices: torch.Tensor
+    images: torch.Tensor, masks: torch.Tensor, matrices: torch.Tensor, out_masks: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One grid for the batch; images bilinear, masks nearest; returns where the source is inside too."""
     count, _, height, width = images.shape
@@ -283,8 +380,9 @@ def _warp(
     )
     inside = shifted[:, :1].clamp(max=1)
     # inside: label + 1 + I − (I + 1) = the label; outside: 0 + I − 0 = I (IGNORE_INDEX); exact in float
-    warped = shifted.add_(IGNORE_INDEX).sub_(inside, alpha=IGNORE_INDEX + 1).to(masks.dtype)
-    return images, warped if masks.dim() == 4 else warped.squeeze(1), inside
+    warped = shifted.add_(IGNORE_INDEX).sub_(inside, alpha=IGNORE_INDEX + 1)
+    warped = warped if masks.dim() == 4 else warped.squeeze(1)
+    return images, warped.to(masks.dtype) if out_masks is None else out_masks.copy_(warped), inside
 
 
 def _affine_grid(theta: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -300,61 +398,55 @@ def _affine_grid(theta: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return grid
 
 
-def _photometric(
-    images: torch.Tensor, recipe: Augment, generator: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Colour, blur and noise, in place on `images` (a batch augment_batch owns), less one factor per
-    sample: the result is images × gain (N values), which augment_batch applies in its last pass."""
+_GAMMA_STEPS = 4  # gamma is looked up in a table with this many entries per grey level
+
+
+def _photometric(images: torch.Tensor, draw: _Draw, out: torch.Tensor) -> torch.Tensor:
+    """Colour and gamma, blur and noise of `images` (a batch augment_batch owns); returns the result:
+    `out` where colour wrote it there, else `images`, changed in place."""
     count, channels = images.shape[:2]
-    device = images.device
+    device, dtype = images.device, images.dtype
 
-    def per_sample(values: torch.Tensor, chosen: torch.Tensor, identity: float) -> torch.Tensor:
-        values = torch.where(chosen, values, torch.full_like(values, identity))
-        return values.to(device, images.dtype).view(-1, 1, 1, 1)
+    def per_sample(values: torch.Tensor) -> torch.Tensor:
+        return values.to(device, dtype).view(-1, 1, 1)
 
-    colour = torch.rand(count, generator=generator) < recipe.p_color
-    brightness = _uniform(-recipe.brightness, recipe.brightness, count, generator) * 255
-    contrast = 1 + _uniform(-recipe.contrast, recipe.contrast, count, generator)
-    saturation = 1 + _uniform(-recipe.saturation, recipe.saturation, count, generator)
-    hue = torch.deg2rad(_uniform(-recipe.hue, recipe.hue, count, generator))
-    gamma = torch.exp(_uniform(math.log(recipe.gamma[0]), math.log(recipe.gamma[1]), count, generator))
-    gain = torch.ones(count, dtype=torch.float64)
-    if colour.any():
-        # saturation, hue, contrast (around the image mean) and brightness are one affine colour map
-        # per sample, y = a·M·x + t: one batched matrix product and one addition
-        mixing = torch.eye(channels, dtype=torch.float64).expand(count, -1, -1)
-        if channels == 3 and (recipe.saturation or recipe.hue):
-            mixing = _hue_saturation(torch.where(colour, hue, 0.0), torch.where(colour, saturation, 1.0))
-        mixing = mixing.to(device, images.dtype)
-        scale = per_sample(contrast, colour, 1.0).view(-1, 1, 1)
+    if draw.coloured.any():
+        # Saturation, hue, contrast (around the image mean) and brightness are one affine colour map per
+        # sample, y = a·M·x + t: one batched matrix product into `out`. Gamma, 255·(y/255)^g, is then
+        # looked up in a table per sample, as OpenCV does on uint8 images, at a quarter of a grey level
+        # (within 0.3 of the exact power; a third of the CPU time of `pow`): the map scales y to table
+        # steps and adds one half, so that the conversion to integers rounds to the nearest entry.
+        lookup = draw.gamma != 1
+        steps = per_sample(torch.where(lookup, float(_GAMMA_STEPS), 1.0))
+        mixing, contrast = draw.mixing.to(device, dtype), per_sample(draw.contrast)
         mean = (mixing @ images.mean((2, 3)).unsqueeze(-1)).mean(1, keepdim=True)  # the mean of M·x
-        shift = (1 - scale) * mean + per_sample(brightness, colour, 0.0).view(-1, 1, 1)
-        planes = images.reshape(count, channels, -1)
-        images = torch.baddbmm(shift, scale * mixing, planes).view(images.shape).clamp_(0, 255)
-        if recipe.gamma != (1.0, 1.0):  # 255·(x/255)^g = x^g · 255^(1-g): the factor goes into gain
-            # sample by sample: pow with one scalar exponent is faster than with a broadcast tensor
-            for sample in colour.nonzero().flatten().tolist():
-                images[sample].pow_(float(gamma[sample]))
-                gain[sample] = 255 ** (1 - gamma[sample])
+        shift = steps * ((1 - contrast) * mean + per_sample(draw.brightness)) + per_sample(lookup / 2)
+        torch.baddbmm(
+            shift,
+            steps * contrast * mixing,
+            images.view(count, channels, -1),
+            out=out.view(count, channels, -1),
+        )
+        entries = torch.arange(255 * _GAMMA_STEPS + 1, device=device, dtype=torch.float64)
+        for sample in draw.coloured.nonzero().flatten().tolist():  # (a clamp to per-sample bounds is slow)
+            if not lookup[sample]:
+                out[sample].clamp_(0, 255)
+                continue
+            out[sample].clamp_(0, len(entries) - 1)
+            table = (255 * (entries / (len(entries) - 1)) ** float(draw.gamma[sample])).to(dtype)
+            index = out[sample].to(torch.int32).view(-1)
+            torch.index_select(table, 0, index, out=out[sample].view(-1))
+        images = out
 
-    blurred = torch.rand(count, generator=generator) < recipe.p_blur
-    sigma = _uniform(*recipe.blur_sigma, count, generator)
-    for sample in blurred.nonzero().flatten().tolist():  # one by one: each sample's kernel its own size
-        images[sample] = _gaussian_blur(images[sample : sample + 1], sigma[sample : sample + 1])[0]
+    for sample in draw.blur.nonzero().flatten().tolist():  # one by one: each sample's kernel its own size
+        images[sample] = _gaussian_blur(images[sample : sample + 1], draw.blur[sample : sample + 1])[0]
 
-    noisy = torch.rand(count, generator=generator) < recipe.p_noise
-    std = _uniform(*recipe.noise_std, count, generator) * 255
-    if noisy.any():
-        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-        noise_generator = torch.Generator(device).manual_seed(seed)  # drawn where the pixels are
-        for sample in noisy.nonzero().flatten().tolist():  # in place: no copy of the chosen samples
-            noise = torch.randn(
-                images.shape[1:], generator=noise_generator, device=device, dtype=images.dtype
-            )
-            top = 255 / float(gain[sample])  # 0..255 once the gain is applied
-            images[sample].add_(noise, alpha=float(std[sample] / gain[sample])).clamp_(0, top)
-    # every step above keeps 0..255 (after the gain): bilinear and blur average, colour and noise clamp
-    return images, gain
+    for sample in draw.noise.nonzero().flatten().tolist():  # in place: no copy of the chosen samples
+        generator = torch.Generator(device).manual_seed(int(draw.seed[sample]))  # drawn where the pixels are
+        noise = torch.randn(images.shape[1:], generator=generator, device=device, dtype=dtype)
+        images[sample].add_(noise, alpha=float(draw.noise[sample])).clamp_(0, 255)
+    # every step above keeps 0..255: bilinear and blur average, colour and noise clamp, the table maps to it
+    return images
 
 
 def _hue_saturation(hue: torch.Tensor, saturation: torch.Tensor) -> torch.Tensor:
