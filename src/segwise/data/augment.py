@@ -199,8 +199,7 @@ class _Draw:
 
 
 def _draw(recipe: Augment, count: int, channels: int, height: int, width: int, generator) -> _Draw:
-    """Every parameter is drawn for every sample whether or not its transform is applied, so a sample's
-    draw does not depend on the others'."""
+    """Like _geometry's, every parameter is drawn for every sample, applied or not."""
     geometry = _geometry(recipe, count, height, width, generator)
     coloured = torch.rand(count, generator=generator) < recipe.p_color
     brightness = _uniform(-recipe.brightness, recipe.brightness, count, generator) * 255
@@ -229,8 +228,18 @@ def _draw(recipe: Augment, count: int, channels: int, height: int, width: int, g
     )
 
 
-_pools: dict[int, ThreadPoolExecutor] = {}
+_pools: dict[int, ThreadPoolExecutor] = {}  # by thread count
 _pools_lock = threading.Lock()
+
+
+def _forget_pools() -> None:
+    """A forked child has none of its parent's threads: its pools would never run a task."""
+    global _pools_lock
+    _pools.clear()
+    _pools_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pools)
 
 
 def _in_chunks(work: Callable[[slice], None], count: int, device: torch.device) -> None:
