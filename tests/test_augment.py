@@ -167,29 +167,6 @@ def test_gamma_is_the_power_law_of_the_input_rounded_to_a_quarter_grey_level():
     assert out[0, 0, 0, 0] == 0 and out[0, 0, 0, 5] == 255
 
 
-def test_the_result_does_not_depend_on_how_many_threads_share_the_batch():
-    """On a CPU the batch is split into one chunk per intra-op thread; every random number is drawn
-    before the split (the noise from one seed per sample), so any split gives the same batch, and the
-    caller's thread setting comes back."""
-    images = torch.rand(7, 3, 24, 40) * 255
-    masks = torch.randint(0, 4, (7, 24, 40))
-    mean, std = torch.full((1, 3, 1, 1), 120.0), torch.full((1, 3, 1, 1), 60.0)
-    threads = torch.get_num_threads()
-    results = []
-    try:
-        for count in (1, 2, 3):
-            torch.set_num_threads(count)
-            generator = torch.Generator().manual_seed(11)
-            results.append(augment_batch(images, masks, "heavy", generator, mean, mean, std))
-            assert torch.get_num_threads() == count
-    finally:
-        torch.set_num_threads(threads)
-    for out_images, out_masks in results[1:]:
-        assert torch.equal(out_masks, results[0][1])
-        assert torch.allclose(out_images, results[0][0], atol=1e-5)
-    assert not torch.equal(results[0][1], masks)
-
-
 def test_noise_has_the_drawn_strength():
     images = torch.full((8, 3, 64, 64), 128.0)
     masks = torch.zeros(8, 64, 64, dtype=torch.long)
@@ -376,22 +353,3 @@ def test_none_preset_still_normalizes_when_asked():
     mean, std = torch.full((1, 1, 1, 1), 10.0), torch.full((1, 1, 1, 1), 4.0)
     out, out_masks = augment_batch(images, masks, "none", torch.Generator(), 0.0, mean, std)
     assert torch.allclose(out, (images - 10) / 4) and out_masks is masks
-
-
-def test_a_forked_child_augments_with_its_own_threads():
-    """The chunks' thread pool does not survive a fork: a child process must not wait on the parent's
-    threads, which it does not have."""
-    import multiprocessing
-
-    if torch.get_num_threads() < 2:
-        torch.set_num_threads(2)
-    images, masks = coordinate_batch(4, 16, 16)
-    expected = augment_batch(images, masks, "default", torch.Generator().manual_seed(1))  # pool started
-    with multiprocessing.get_context("fork").Pool(1) as pool:
-        got = pool.apply_async(_augment_in_child, (images, masks)).get(timeout=60)
-    assert torch.equal(got[1], expected[1]) and torch.allclose(got[0], expected[0], atol=1e-5)
-
-
-def _augment_in_child(images, masks):
-    torch.set_num_threads(2)
-    return augment_batch(images, masks, "default", torch.Generator().manual_seed(1))

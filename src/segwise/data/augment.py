@@ -13,13 +13,10 @@ sample, and, when asked, the normalization, folded into the last pass.
 
 from __future__ import annotations
 
-import itertools
 import math
 import os
-import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -140,49 +137,36 @@ def augment_batch(
     transform looks outside it; the mask holds IGNORE_INDEX there. With `mean` and `std` (per channel,
     0..255 scale) the images come back normalized, (x − mean) / std, what the trainer feeds the model:
     the normalization then shares the pass that finishes the fill.
-
-    All random numbers are drawn first, so the work can be split: on a CPU each intra-op thread
-    augments its own chunk of samples (see `_in_chunks`), and the result is the same however the batch
-    is split. New tensors come back; the inputs are left as they are.
     """
     recipe = resolve(preset)
     if recipe == PRESETS["none"]:
         return (images, masks) if mean is None else ((images - mean) / std, masks)
     count, channels, height, width = images.shape
     draw = _draw(recipe, count, channels, height, width, generator)
-    device, dtype = images.device, images.dtype
-    # The last pass is one affine map per channel, out = x·scale + offset (the normalization, or 1 and
-    # 0), with the fill where the source was outside: (x·scale + offset − fill')·inside + fill', where
-    # fill' is the fill in output units. As arithmetic these are two or three vectorized passes, where a
-    # masked fill of the channels alone costs more on a CPU.
-    normalize = mean is not None
-    scale = 1 / std if normalize else torch.ones(1, channels, 1, 1, device=device, dtype=dtype)
-    offset = -mean / std if normalize else torch.zeros_like(scale)
-    fill = torch.as_tensor(fill, dtype=dtype, device=device).reshape(1, -1, 1, 1) * scale + offset
-    out_images = torch.empty(count, channels, height, width, device=device, dtype=dtype)
-    out_masks = torch.empty(masks.shape, device=device, dtype=masks.dtype)
-
-    def augment_rows(rows: slice) -> None:
-        moved, _, inside = _apply_geometry(images[rows], masks[rows], draw.geometry[rows], out_masks[rows])
-        result, out = _photometric(moved, draw[rows], out_images[rows]), out_images[rows]
-        if inside is None:
-            if normalize:
-                torch.addcmul(offset, result, scale, out=out)
-            elif result is not out:
-                out.copy_(result)
-            return
-        torch.addcmul(offset - fill, result, scale, out=out)
-        out.mul_(inside)
-        if bool(fill.ne(0).any()):
-            out.add_(fill)
-
-    _in_chunks(augment_rows, count, device)
-    return out_images, out_masks
+    images, masks, inside = _apply_geometry(images, masks, draw.geometry)  # new: the rest is in place
+    images = _photometric(images, draw)
+    # What is left is one affine map per channel, out = x·scale + offset (scale and offset normalize,
+    # or are 1 and 0), and the fill where the source was outside. As arithmetic, (x·scale + offset −
+    # fill')·inside + fill' with fill' the fill in output units, these are two or three vectorized
+    # passes, where a masked fill of the channels alone costs more on a CPU.
+    scale = torch.ones(1, channels, 1, 1, device=images.device) if std is None else 1 / std
+    offset = torch.zeros_like(scale) if mean is None else -mean / std
+    if inside is None:
+        if mean is not None:
+            torch.addcmul(offset, images, scale, out=images)
+    else:
+        fill = torch.as_tensor(fill, dtype=images.dtype, device=images.device).reshape(1, -1, 1, 1)
+        fill_out = fill * scale + offset
+        torch.addcmul(offset - fill_out, images, scale, out=images)
+        images.mul_(inside)
+        if bool(fill_out.ne(0).any()):
+            images.add_(fill_out)
+    return images, masks
 
 
 @dataclass(frozen=True)
 class _Draw:
-    """Every random number of one batch, a row per sample; `draw[rows]` is the draw of those samples."""
+    """Every random number of one batch, drawn before anything is applied: a row per sample."""
 
     geometry: torch.Tensor  # N×3×3 maps from output to source pixels (see _geometry)
     coloured: torch.Tensor  # N: colour and gamma drawn
@@ -193,9 +177,6 @@ class _Draw:
     blur: torch.Tensor  # N Gaussian sigmas in pixels (0: not blurred)
     noise: torch.Tensor  # N standard deviations on the 0..255 scale (0: no noise)
     seed: torch.Tensor  # N seeds, one noise generator per sample
-
-    def __getitem__(self, rows: slice) -> _Draw:
-        return _Draw(*(getattr(self, field.name)[rows] for field in fields(self)))
 
 
 def _draw(recipe: Augment, count: int, channels: int, height: int, width: int, generator) -> _Draw:
@@ -226,51 +207,6 @@ def _draw(recipe: Augment, count: int, channels: int, height: int, width: int, g
         torch.where(noisy, std, 0.0),
         seed,
     )
-
-
-_pools: dict[int, ThreadPoolExecutor] = {}  # by thread count
-_pools_lock = threading.Lock()
-
-
-def _forget_pools() -> None:
-    """A forked child has none of its parent's threads: its pools would never run a task."""
-    global _pools_lock
-    _pools.clear()
-    _pools_lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_forget_pools)
-
-
-def _in_chunks(work: Callable[[slice], None], count: int, device: torch.device) -> None:
-    """`work(rows)` over the batch's rows: on a CPU with several intra-op threads, one chunk of samples
-    per thread, each in its own thread with single-threaded operations; elsewhere in one piece.
-
-    Splitting samples rather than every operation keeps both cores busy through the per-sample steps
-    (gamma, blur, noise: one generator each) and the many small operations between the large ones; on
-    CamVid batches it augments about 10 % faster (BENCHMARKS.md). Two threads that each ran multi-threaded
-    operations would have their OpenMP teams spin against each other: a new thread takes its number of
-    OpenMP threads from the global setting at its first operation, so the pool's threads start (and stay)
-    single-threaded while it is 1, and the caller's setting comes back afterwards.
-    """
-    threads = torch.get_num_threads() if device.type == "cpu" else 1
-    chunks = min(threads, count)
-    if chunks < 2 or not _pools_lock.acquire(blocking=False):  # busy in another thread: in one piece
-        work(slice(0, count))
-        return
-    try:
-        if chunks not in _pools:
-            _pools[chunks] = ThreadPoolExecutor(chunks, thread_name_prefix="segwise-augment")
-        bounds = [count * chunk // chunks for chunk in range(chunks + 1)]
-        torch.set_num_threads(1)
-        try:
-            pending = [_pools[chunks].submit(work, slice(a, b)) for a, b in itertools.pairwise(bounds)]
-            for future in pending:
-                future.result()
-        finally:
-            torch.set_num_threads(threads)
-    finally:
-        _pools_lock.release()
 
 
 def _uniform(low: float, high: float, count: int, generator: torch.Generator) -> torch.Tensor:
@@ -328,11 +264,10 @@ def _geometry(recipe: Augment, count: int, height: int, width: int, generator) -
 
 
 def _apply_geometry(
-    images: torch.Tensor, masks: torch.Tensor, matrices: torch.Tensor, out_masks: torch.Tensor | None = None
+    images: torch.Tensor, masks: torch.Tensor, matrices: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """A new contiguous batch with every sample moved by its map, the moved masks (in `out_masks` when
-    given), and where the source lay inside the image (N×1×H×W, 1 inside, 0 outside; None when every
-    pixel is).
+    """A new contiguous batch with every sample moved by its map, and where the source lay inside the
+    image (N×1×H×W, 1 inside, 0 outside; None when every pixel is).
 
     When every map is a flip or transpose (or nothing), as with the `flips` preset, whole pixels move:
     the batch is copied exactly by indexing (3–4× faster augmentation than resampling it, see
@@ -343,9 +278,9 @@ def _apply_geometry(
     linear, shift = matrices[:, :2, :2], matrices[:, :2, 2]
     moves_pixels = ((linear.abs() == 1) | (linear == 0)).flatten(1).all(1) & (shift == 0).all(1)
     if not moves_pixels.all():
-        return _warp(images.contiguous(), masks, matrices, out_masks)
+        return _warp(images.contiguous(), masks, matrices)
     moved_images = images.clone(memory_format=torch.contiguous_format)
-    moved_masks = masks.clone() if out_masks is None else out_masks.copy_(masks)
+    moved_masks = masks.clone()
     for sample in range(len(images)):
         if not torch.equal(linear[sample], torch.eye(2, dtype=linear.dtype)):  # read from the input:
             moved = _dihedral(images[sample], masks[sample], linear[sample])  # the copy would alias
@@ -370,7 +305,7 @@ def _dihedral(
 
 
 def _warp(
-    images: torch.Tensor, masks: torch.Tensor, matrices: torch.Tensor, out_masks: torch.Tensor | None = None
+    images: torch.Tensor, masks: torch.Tensor, matrices: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One grid for the batch; images bilinear, masks nearest; returns where the source is inside too."""
     count, _, height, width = images.shape
@@ -389,9 +324,8 @@ def _warp(
     )
     inside = shifted[:, :1].clamp(max=1)
     # inside: label + 1 + I − (I + 1) = the label; outside: 0 + I − 0 = I (IGNORE_INDEX); exact in float
-    warped = shifted.add_(IGNORE_INDEX).sub_(inside, alpha=IGNORE_INDEX + 1)
-    warped = warped if masks.dim() == 4 else warped.squeeze(1)
-    return images, warped.to(masks.dtype) if out_masks is None else out_masks.copy_(warped), inside
+    warped = shifted.add_(IGNORE_INDEX).sub_(inside, alpha=IGNORE_INDEX + 1).to(masks.dtype)
+    return images, warped if masks.dim() == 4 else warped.squeeze(1), inside
 
 
 def _affine_grid(theta: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -410,9 +344,9 @@ def _affine_grid(theta: torch.Tensor, height: int, width: int) -> torch.Tensor:
 _GAMMA_STEPS = 4  # gamma is looked up in a table with this many entries per grey level
 
 
-def _photometric(images: torch.Tensor, draw: _Draw, out: torch.Tensor) -> torch.Tensor:
-    """Colour and gamma, blur and noise of `images` (a batch augment_batch owns); returns the result:
-    `out` where colour wrote it there, else `images`, changed in place."""
+def _photometric(images: torch.Tensor, draw: _Draw) -> torch.Tensor:
+    """Colour and gamma, blur and noise of `images` (a batch augment_batch owns, changed in place; colour
+    makes a new one)."""
     count, channels = images.shape[:2]
     device, dtype = images.device, images.dtype
 
@@ -421,7 +355,7 @@ def _photometric(images: torch.Tensor, draw: _Draw, out: torch.Tensor) -> torch.
 
     if draw.coloured.any():
         # Saturation, hue, contrast (around the image mean) and brightness are one affine colour map per
-        # sample, y = a·M·x + t: one batched matrix product into `out`. Gamma, 255·(y/255)^g, is then
+        # sample, y = a·M·x + t: one batched matrix product. Gamma, 255·(y/255)^g, is then
         # looked up in a table per sample, as OpenCV does on uint8 images, at a quarter of a grey level
         # (within 0.3 of the exact power; a third of the CPU time of `pow`): the map scales y to table
         # steps and adds one half, so that the conversion to integers rounds to the nearest entry.
@@ -430,12 +364,8 @@ def _photometric(images: torch.Tensor, draw: _Draw, out: torch.Tensor) -> torch.
         mixing, contrast = draw.mixing.to(device, dtype), per_sample(draw.contrast)
         mean = (mixing @ images.mean((2, 3)).unsqueeze(-1)).mean(1, keepdim=True)  # the mean of M·x
         shift = steps * ((1 - contrast) * mean + per_sample(draw.brightness)) + per_sample(lookup / 2)
-        torch.baddbmm(
-            shift,
-            steps * contrast * mixing,
-            images.view(count, channels, -1),
-            out=out.view(count, channels, -1),
-        )
+        out = torch.baddbmm(shift, steps * contrast * mixing, images.view(count, channels, -1))
+        out = out.view(images.shape)
         entries = torch.arange(255 * _GAMMA_STEPS + 1, device=device, dtype=torch.float64)
         for sample in draw.coloured.nonzero().flatten().tolist():  # (a clamp to per-sample bounds is slow)
             if not lookup[sample]:
