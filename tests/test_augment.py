@@ -156,15 +156,18 @@ def test_blur_equals_a_2d_convolution_with_each_samples_gaussian():
 
 
 def test_gamma_is_the_power_law_of_the_input_rounded_to_a_quarter_grey_level():
-    images = torch.rand(2, 3, 40, 50) * 255
-    images[0, 0, 0, :6] = torch.tensor([0.0, 0.1, 0.13, 254.8, 254.9, 255.0])  # both ends of the table
+    random = torch.Generator().manual_seed(0)
+    entries = torch.randint(0, 1021, (2, 3, 40, 50), generator=random)  # table entries (quarter levels)
+    entries[0, 0, 0, :2] = torch.tensor([0, 1020])  # both ends of the table
+    # each input within a tenth of a step of its entry, so that no rounding is a coin toss
+    offsets = (torch.rand(entries.shape, generator=random) - 0.5) * 0.2
+    images = ((entries + offsets) / 4).clamp(0, 255)
     masks = torch.zeros(2, 40, 50, dtype=torch.long)
     out, _ = augment_batch(images, masks, Augment(p_color=1.0, gamma=(0.8, 0.8)), torch.Generator())
-    rounded = (images * 4).round() / 4
-    assert torch.allclose(out, 255 * (rounded / 255) ** 0.8, atol=1e-3)
+    assert torch.allclose(out, 255 * (entries / 1020) ** 0.8, atol=1e-3)
     exact = 255 * (images / 255) ** 0.8
     assert ((out - exact).abs()[images >= 1] <= 0.3).all()
-    assert out[0, 0, 0, 0] == 0 and out[0, 0, 0, 5] == 255
+    assert out[0, 0, 0, 0] == 0 and out[0, 0, 0, 1] == 255
 
 
 def test_noise_has_the_drawn_strength():
