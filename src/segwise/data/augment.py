@@ -139,18 +139,18 @@ def augment_batch(
     the normalization then shares the pass that finishes the fill.
     """
     recipe = resolve(preset)
-    if recipe == PRESETS["none"]:
-        return (images, masks) if mean is None else ((images - mean) / std, masks)
     count, channels, height, width = images.shape
+    # the normalization as one affine map per channel, x·scale + offset (1 and 0 without it)
+    scale = torch.ones(1, channels, 1, 1, device=images.device) if std is None else 1 / std
+    offset = torch.zeros_like(scale) if mean is None else -mean / std
+    if recipe == PRESETS["none"]:
+        return (images, masks) if mean is None else (torch.addcmul(offset, images, scale), masks)
     draw = _draw(recipe, count, channels, height, width, generator)
     images, masks, inside = _apply_geometry(images, masks, draw.geometry)  # new: the rest is in place
     images = _photometric(images, draw)
-    # What is left is one affine map per channel, out = x·scale + offset (scale and offset normalize,
-    # or are 1 and 0), and the fill where the source was outside. As arithmetic, (x·scale + offset −
-    # fill')·inside + fill' with fill' the fill in output units, these are two or three vectorized
-    # passes, where a masked fill of the channels alone costs more on a CPU.
-    scale = torch.ones(1, channels, 1, 1, device=images.device) if std is None else 1 / std
-    offset = torch.zeros_like(scale) if mean is None else -mean / std
+    # What is left is that map and the fill where the source was outside. As arithmetic, (x·scale +
+    # offset − fill')·inside + fill' with fill' the fill in output units, these are two or three
+    # vectorized passes, where a masked fill of the channels alone costs more on a CPU.
     if inside is None:
         if mean is not None:
             torch.addcmul(offset, images, scale, out=images)
