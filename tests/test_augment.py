@@ -114,12 +114,22 @@ def test_brightness_shifts_the_mean_and_contrast_keeps_it():
     assert torch.allclose(contrasted.mean((1, 2, 3)), images.mean((1, 2, 3)), atol=1e-3)
 
 
+def quarter_levels(shape, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs on the 0..255 scale, each within a tenth of a quarter grey level of one (the colour
+    tables' resolution), so that no rounding is a coin toss; and those quarter levels (0..1020)."""
+    random = torch.Generator().manual_seed(seed)
+    entries = torch.randint(0, 1021, shape, generator=random)
+    offsets = (torch.rand(shape, generator=random) - 0.5) * 0.2
+    return ((entries + offsets) / 4).clamp(0, 255), entries
+
+
 def test_hue_and_saturation_keep_gray_pixels_gray():
-    images = torch.rand(4, 1, 16, 16).expand(-1, 3, -1, -1) * 255
+    gray, entries = quarter_levels((4, 1, 16, 16), seed=1)
+    images = gray.expand(-1, 3, -1, -1)
     masks = torch.zeros(4, 16, 16, dtype=torch.long)
     recipe = Augment(p_color=1.0, hue=90, saturation=0.8)
     out, _ = augment_batch(images, masks, recipe, torch.Generator())
-    assert torch.allclose(out, images, atol=1e-2)
+    assert torch.equal(out, (entries / 4).expand(-1, 3, -1, -1))  # gray, at the tables' quarter levels
 
 
 def test_blur_keeps_flat_images_flat_and_smooths_edges():
@@ -156,18 +166,24 @@ def test_blur_equals_a_2d_convolution_with_each_samples_gaussian():
 
 
 def test_gamma_is_the_power_law_of_the_input_rounded_to_a_quarter_grey_level():
-    random = torch.Generator().manual_seed(0)
-    entries = torch.randint(0, 1021, (2, 3, 40, 50), generator=random)  # table entries (quarter levels)
-    entries[0, 0, 0, :2] = torch.tensor([0, 1020])  # both ends of the table
-    # each input within a tenth of a step of its entry, so that no rounding is a coin toss
-    offsets = (torch.rand(entries.shape, generator=random) - 0.5) * 0.2
-    images = ((entries + offsets) / 4).clamp(0, 255)
+    images, entries = quarter_levels((2, 3, 40, 50), seed=0)
+    images[0, 0, 0, :2], entries[0, 0, 0, :2] = torch.tensor([0.0, 255.0]), torch.tensor([0, 1020])
     masks = torch.zeros(2, 40, 50, dtype=torch.long)
     out, _ = augment_batch(images, masks, Augment(p_color=1.0, gamma=(0.8, 0.8)), torch.Generator())
     assert torch.allclose(out, 255 * (entries / 1020) ** 0.8, atol=1e-3)
     exact = 255 * (images / 255) ** 0.8
     assert ((out - exact).abs()[images >= 1] <= 0.3).all()
     assert out[0, 0, 0, 0] == 0 and out[0, 0, 0, 1] == 255
+
+
+def test_colour_tables_cover_inputs_outside_the_range_and_clamp_them():
+    """The tables span what the colour maps reach from the batch's actual values, so a stray input
+    (below 0 or above 255) is clamped like any other, not looked up in another sample's table."""
+    images, entries = quarter_levels((3, 3, 8, 9), seed=2)
+    images[0, 0, 0, :2], entries[0, 0, 0, :2] = torch.tensor([-40.0, 300.0]), torch.tensor([0, 1020])
+    masks = torch.zeros(3, 8, 9, dtype=torch.long)
+    out, _ = augment_batch(images, masks, Augment(p_color=1.0), torch.Generator())  # identity colour
+    assert torch.equal(out, entries / 4)
 
 
 def test_noise_has_the_drawn_strength():
