@@ -198,3 +198,17 @@ def colorize(mask: np.ndarray, palette: list[list[int]], ignore_index: int | Non
     if ignore_index is not None and 0 <= ignore_index < 256:
         table[ignore_index] = (128, 128, 128)
     return table[mask.astype(np.int64).clip(0, 255)]
+
+
+def label_colours(
+    planes: np.ndarray, palette: list[list[int]], ignore_index: int | None = None
+) -> np.ndarray:
+    """Multilabel masks C×H×W (1 where a label is present) → RGB uint8 H×W×3: each pixel the mean
+    colour of its labels, black where it has none, grey where every plane is `ignore_index`."""
+    present = (planes == 1).astype(np.float32)
+    colours = np.asarray(palette, dtype=np.float32)[: len(planes)]
+    total = np.einsum("chw,ck->hwk", present, colours)
+    rgb = np.rint(total / np.maximum(present.sum(0), 1)[..., None]).astype(np.uint8)
+    if ignore_index is not None:
+        rgb[(planes == ignore_index).all(0)] = (128, 128, 128)
+    return rgb

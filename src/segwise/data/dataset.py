@@ -55,8 +55,9 @@ class ClassInfo:
     multilabel: bool = False
 
     def __post_init__(self) -> None:
-        if not self.palette:
-            self.palette = default_palette(len(self.names))
+        if not self.palette:  # multilabel: every label is a thing, none drawn black like "nothing"
+            count = len(self.names)
+            self.palette = default_palette(count + 1)[1:] if self.multilabel else default_palette(count)
 
     @property
     def num_classes(self) -> int:
