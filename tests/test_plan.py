@@ -22,7 +22,7 @@ from segwise.data.plan import (
 from segwise.errors import SegwiseError
 from segwise.losses import build_loss
 
-from .conftest import TINY, run_cli, write_pair
+from .conftest import TINY, run_cli
 from .test_data import SHARED, needs_shared
 
 TINY_MODEL = {"encoder": TINY["encoder"], "options": TINY["options"]}
@@ -147,21 +147,6 @@ def test_training_uses_the_plan_and_records_class_weights(shapes_data, tmp_path)
     saved = RunConfig.load(run / "config.yaml")
     assert saved.data["plan"]["class_weights"] == plan.config.data.class_weights
     assert saved.train.batch_size == 4 and saved.preprocess.mean == plan.config.data.mean
-
-
-def test_training_refuses_multilabel_data_with_a_clear_message(tmp_path):
-    import shutil
-
-    for index in range(3):
-        write_pair(tmp_path, f"s{index}")
-        for name in ("road", "car"):  # masks/<class>/: one binary mask per class
-            (tmp_path / "masks" / name).mkdir(exist_ok=True)
-            shutil.copy(tmp_path / "masks" / f"s{index}.png", tmp_path / "masks" / name / f"s{index}.png")
-        (tmp_path / "masks" / f"s{index}.png").unlink()
-    with pytest.raises(SegwiseError, match="multilabel masks .* trainer trains binary/multiclass data only"):
-        segwise.train(
-            tmp_path, runs_dir=tmp_path / "runs", progress=False, epochs=1, batch_size=2, **TINY_MODEL
-        )
 
 
 def test_plan_cli_writes_a_plan_train_accepts(shapes_data, tmp_path):

@@ -174,8 +174,8 @@ def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_good_chec
 
     calls = [0]
 
-    def exploding_loss(spec):
-        loss = build_loss(spec)
+    def exploding_loss(spec, **options):
+        loss = build_loss(spec, **options)
 
         def wrapped(logits, masks):
             calls[0] += torch.is_grad_enabled()

@@ -461,9 +461,10 @@ class PerSampleBatches:
     """Training batches augmented sample by sample on the CPU by a user's transform, for example an
     albumentations `Compose`, in DataLoader workers that read the decoded (cached) arrays.
 
-    The transform is called as `transform(image=HxWxC uint8, mask=HxW uint8)` and must return a dict
-    with `image` and `mask` of the same height and width (no Normalize, no ToTensorV2: segwise
-    normalizes on the device). Everything else (shuffling, batch count, normalization) is the wrapped
+    The transform is called as `transform(image=HxWxC uint8, mask=HxW uint8)` (multilabel: mask
+    HxWxC, one channel per label, as albumentations takes them) and must return a dict with `image`
+    and `mask` of the same height and width (no Normalize, no ToTensorV2: segwise normalizes on the
+    device). Everything else (shuffling, batch count, normalization) is the wrapped
     `Batches`'.
     """
 
@@ -508,6 +509,9 @@ class _TransformedSamples(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, mask = np.asarray(self.images[index]), np.asarray(self.masks[index])
+        planes = mask.ndim == 3  # multilabel C×H×W: albumentations takes (and returns) H×W×C
+        if planes:
+            mask = np.ascontiguousarray(mask.transpose(1, 2, 0))
         out = self.transform(image=image, mask=mask)
         got_image, got_mask = out.get("image"), out.get("mask")
         if not (isinstance(got_image, np.ndarray) and got_image.dtype == np.uint8):
@@ -524,6 +528,7 @@ class _TransformedSamples(torch.utils.data.Dataset):
                 f"{image.shape[1]}) or A.PadIfNeeded"
             )
         got_image = got_image if got_image.ndim == 3 else got_image[..., None]
+        got_mask = got_mask.transpose(2, 0, 1) if planes else got_mask
         return torch.from_numpy(np.ascontiguousarray(got_image)), torch.from_numpy(
             np.ascontiguousarray(got_mask)
         )

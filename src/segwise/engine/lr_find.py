@@ -150,7 +150,7 @@ def find_lr(
     >>> finding.suggestion                                                     # doctest: +SKIP
     """
     from ..config import Config, load_config
-    from ..data.plan import loss_options, make_plan
+    from ..data.plan import loss_mode, loss_options, make_plan
     from ..losses import build_loss
     from .devices import autocast_dtype, keep_freed_memory, pick_device
     from .schedules import default_encoder_lr_scale, encoder_decoder_groups
@@ -165,7 +165,11 @@ def find_lr(
     config, settings, data_set = plan.config, plan.config.train, plan.data
     torch.manual_seed(settings.seed)
     dtype = autocast_dtype(device, settings.precision)
-    loss_fn = build_loss(settings.loss, **loss_options(settings.loss, config.data.class_weights))
+    loss_fn = build_loss(
+        settings.loss,
+        mode=loss_mode(data_set.classes),
+        **loss_options(settings.loss, config.data.class_weights),
+    )
     pretrained = config.model.encoder_weights is not None
     model = planned_model(config, data_set).to(device)
     if settings.channels_last:

@@ -31,10 +31,10 @@ from ..config import ClassesConfig, Config, DataConfig, PreprocessConfig, RunCon
 from ..data import SegmentationData
 from ..data.augment import PerSampleBatches, augment_batch
 from ..data.dataset import IGNORE_INDEX
-from ..data.plan import load_planned_data, loss_options, make_plan
+from ..data.plan import load_planned_data, loss_mode, loss_options, make_plan
 from ..errors import SegwiseError
 from ..losses import build_loss
-from ..metrics import ConfusionMatrix
+from ..metrics import ConfusionMatrix, MultilabelConfusionMatrix
 from ..models import SegmentationModel, create_model
 from ..report.figures import plot_lr
 from ..report.plots import plot_curves, sample_panel, write_sample_panels
@@ -120,10 +120,18 @@ class Batches:
         return full + (rest > 1 or (rest == 1 and (not drop_last or full == 0)))
 
 
-def _evaluate(model, batches: Batches, loss_fn, num_classes: int, dtype, channels_last: bool):
+def predicted(logits: torch.Tensor, multilabel: bool) -> torch.Tensor:
+    """The predicted masks: the top class of each pixel, or (multilabel) every label whose logit is
+    positive (probability above one half), N×C×H×W of 0/1."""
+    return (logits > 0).long() if multilabel else logits.argmax(1)
+
+
+def _evaluate(
+    model, batches: Batches, loss_fn, num_classes: int, multilabel: bool, dtype, channels_last: bool
+):
     """Validation loss and confusion matrix over every process's share of the validation set."""
     model.eval()
-    matrix = ConfusionMatrix(num_classes, batches.device)
+    matrix = (MultilabelConfusionMatrix if multilabel else ConfusionMatrix)(num_classes, batches.device)
     total_loss, count = 0.0, 0
     with torch.no_grad(), _autocast(batches.device, dtype):
         for images, masks in batches.epoch(None, drop_last=False):
@@ -131,7 +139,7 @@ def _evaluate(model, batches: Batches, loss_fn, num_classes: int, dtype, channel
             logits = model(x.contiguous(memory_format=torch.channels_last) if channels_last else x).float()
             total_loss += float(loss_fn(logits, masks)) * len(masks)
             count += len(masks)
-            matrix.update(logits.argmax(1), masks)
+            matrix.update(predicted(logits, multilabel), masks)
     matrix.all_reduce()
     total_loss, count = distributed.all_sum(total_loss, count, device=batches.device)
     return total_loss / max(count, 1), matrix
@@ -151,13 +159,15 @@ def model_loss(net, x: torch.Tensor, masks, loss_fn, dtype, channels_last: bool)
 
 
 def resize_batch(images: torch.Tensor, masks: torch.Tensor, fraction: float):
-    """Progressive resizing on the device: images bilinear (antialiased), masks nearest (labels stay labels)."""
+    """Progressive resizing on the device: images bilinear (antialiased), masks nearest (labels stay
+    labels); masks N×H×W, or N×C×H×W (multilabel)."""
     if fraction == 1.0:
         return images, masks
     size = [max(8, round(side * fraction)) for side in images.shape[-2:]]
     images = F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
-    masks = F.interpolate(masks[:, None].float(), size=size, mode="nearest")[:, 0].long()
-    return images, masks
+    planes = masks if masks.dim() == 4 else masks[:, None]
+    planes = F.interpolate(planes.float(), size=size, mode="nearest").long()
+    return images, planes if masks.dim() == 4 else planes[:, 0]
 
 
 def _resize_fraction(settings: TrainConfig, epoch: int) -> float:
@@ -270,12 +280,9 @@ def train(
             data, run_config.preprocess.input_size, settings.val_fraction, settings.seed, data_options
         )
     classes = data_set.classes
-    if classes.multilabel:
-        raise SegwiseError(
-            f"{data}: multilabel masks (one channel per class) load, check and plan, but the trainer "
-            "trains binary/multiclass data only so far; merge the labels into one index mask per image"
-        )
-    loss_fn = build_loss(settings.loss, **loss_options(settings.loss, data_options.class_weights))
+    loss_fn = build_loss(
+        settings.loss, mode=loss_mode(classes), **loss_options(settings.loss, data_options.class_weights)
+    )
     if checkpoint is None:
         pretrained = config.model.encoder_weights is not None
         model = planned_model(config, data_set)
@@ -440,7 +447,13 @@ def train(
         train_seconds = time.perf_counter() - epoch_start
         evaluated = ema.module if ema is not None else model
         val_loss, matrix = _evaluate(
-            evaluated, val_batches, loss_fn, classes.num_classes, dtype, settings.channels_last
+            evaluated,
+            val_batches,
+            loss_fn,
+            classes.num_classes,
+            classes.multilabel,
+            dtype,
+            settings.channels_last,
         )
         history.append(
             {
@@ -528,7 +541,8 @@ def _write_val_samples(
     model.eval()
     images, masks = batches.prepare(torch.arange(count))
     with torch.no_grad(), _autocast(batches.device, dtype):
-        predictions = model(batches.normalize(images)).float().argmax(1).cpu().numpy()
+        logits = model(batches.normalize(images)).float()
+        predictions = predicted(logits, data_set.classes.multilabel).cpu().numpy()
     panels = [
         sample_panel(
             data_set.val_images[i],

@@ -10,7 +10,7 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ..io import atomic_path, colorize, write_image  # noqa: E402
+from ..io import atomic_path, colorize, label_colours, write_image  # noqa: E402
 
 
 def plot_curves(history: list[dict], path: Path) -> None:
@@ -34,12 +34,13 @@ def plot_curves(history: list[dict], path: Path) -> None:
 def sample_panel(
     image: np.ndarray, truth: np.ndarray, prediction: np.ndarray, palette: list[list[int]], ignore_index: int
 ) -> np.ndarray:
-    """image | truth | prediction side by side, uint8 H×3W×3 (void pixels grey)."""
+    """image | truth | prediction side by side, uint8 H×3W×3 (void pixels grey); multilabel masks
+    (C×H×W) show each pixel in the mean colour of its labels."""
     rgb = np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image[..., :3]
     gap = np.full((image.shape[0], 4, 3), 255, dtype=np.uint8)
+    draw = label_colours if truth.ndim == 3 else colorize
     return np.concatenate(
-        [rgb, gap, colorize(truth, palette, ignore_index), gap, colorize(prediction, palette, ignore_index)],
-        axis=1,
+        [rgb, gap, draw(truth, palette, ignore_index), gap, draw(prediction, palette, ignore_index)], axis=1
     )
 
 
