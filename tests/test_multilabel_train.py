@@ -1,5 +1,6 @@
 """Training on multilabel data (one binary mask per class, labels may overlap): one sigmoid per label."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from segwise.data import load_data
 from segwise.data.augment import PerSampleBatches
 from segwise.engine.trainer import Batches, resize_batch
 
-from .conftest import TINY
+from .conftest import TINY, run_cli
 
 LABELS = ["blue", "red"]  # sorted, as the layout names them from masks/<label>/ folders
 
@@ -43,10 +44,11 @@ def multilabel_data(tmp_path_factory) -> Path:
     return write_multilabel_data(tmp_path_factory.mktemp("multilabel"), count=16)
 
 
-def test_training_learns_overlapping_labels(multilabel_data, tmp_path):
-    result = segwise.train(
+@pytest.fixture(scope="module")
+def multilabel_run(multilabel_data, tmp_path_factory):
+    return segwise.train(
         multilabel_data,
-        runs_dir=tmp_path / "runs",
+        runs_dir=tmp_path_factory.mktemp("runs"),
         progress=False,
         epochs=12,
         lr=0.01,
@@ -54,6 +56,10 @@ def test_training_learns_overlapping_labels(multilabel_data, tmp_path):
         val_samples=2,
         **TINY,
     )
+
+
+def test_training_learns_overlapping_labels(multilabel_run):
+    result = multilabel_run
     saved = RunConfig.load(result.run_dir / "config.yaml")
     assert saved.classes.multilabel and saved.classes.names == LABELS
     assert saved.model["num_classes"] == 2  # one output per label, no background channel
@@ -101,3 +107,29 @@ def test_lr_find_runs_on_multilabel_data(multilabel_data, tmp_path):
 
     finding = find_lr(multilabel_data, output=tmp_path / "lr.png", steps=20, **TINY)
     assert 0 < finding.suggestion < 10 and len(finding.losses) == 20
+
+
+def test_eval_and_predict_a_multilabel_run_end_to_end(multilabel_run, multilabel_data, tmp_path):
+    """train → `segwise eval` (scored per label) → `segwise predict` (one mask per label, in the
+    masks/<label>/ layout, so the predictions load back as multilabel training data)."""
+    run = multilabel_run.run_dir
+    result = run_cli("eval", str(run), str(multilabel_data), "--split", "all")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((run / "eval" / "all" / "metrics.json").read_text())
+    assert list(metrics["per_class"]) == LABELS
+    assert metrics["overall"]["mean_iou"] > 0.6, metrics["overall"]
+    assert (run / "eval" / "all" / "confusion.png").stat().st_size > 0
+
+    out = tmp_path / "predicted"
+    result = run_cli("predict", str(run), str(multilabel_data / "images"), "-o", str(out / "masks"))
+    assert result.returncode == 0, result.stderr
+    for label in LABELS:
+        files = sorted((out / "masks" / label).glob("*.png"))
+        assert len(files) == 16 and set(np.unique(np.asarray(Image.open(files[0])))) <= {0, 255}
+    (out / "images").symlink_to(multilabel_data / "images")
+    again = load_data(out, val_fraction=0.25)
+    assert again.mode == "multilabel" and again.classes.names == LABELS
+    # the predicted planes agree with the truth on most pixels (the labels are colours)
+    truth = load_data(multilabel_data, val_fraction=0.25)
+    agreement = (again.train_masks == truth.train_masks).mean()
+    assert agreement > 0.9, agreement

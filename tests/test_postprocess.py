@@ -313,3 +313,47 @@ def test_remove_small_and_keep_largest_on_random_binary_masks_match_a_label_orac
         sizes[0] = 0
         assert (postprocess.remove_small(mask, 4) == (sizes[labels] >= 4)).all()
         assert (postprocess.keep_largest(mask) == (labels == sizes.argmax())).all()
+
+
+def test_steps_multilabel_thresholds_and_cleans_each_label_on_its_own():
+    # Label 0: a ring around a hole, a speck, a block. Label 1 overlaps label 0's speck and block.
+    label0 = grid("0000000000\n0111000000\n0101001000\n0111000000\n0000001111\n0000001111")
+    label1 = grid("0000000000\n0000000000\n0000001000\n0000000000\n0000000111\n0000000000")
+    probabilities = np.stack([np.where(label0 == 1, 0.9, 0.1), np.where(label1 == 1, 0.7, 0.5)])
+    # A softmax reading would argmax these into H×W indices; multilabel keeps one plane per label.
+    mask = postprocess.Steps(multilabel=True)(probabilities)
+    assert mask.dtype == bool and mask.shape == (2, 6, 10)
+    assert (mask == np.stack([label0, label1]).astype(bool)).all()  # 0.5 itself is not present
+    cleaned = postprocess.Steps(min_size=2, fill_holes=True, largest=True, multilabel=True)(probabilities)
+    expected = [
+        postprocess.keep_largest(postprocess.fill_holes(postprocess.remove_small(plane.astype(bool), 2)))
+        for plane in (label0, label1)
+    ]
+    assert (cleaned == np.stack(expected)).all()
+    # Label 0: the speck goes, the filled ring (9 pixels) outgrows the block (8); label 1 keeps its line.
+    assert (
+        cleaned[0].astype(int).tolist()
+        == grid("0000000000\n0111000000\n0111000000\n0111000000\n0000000000\n0000000000").tolist()
+    )
+    assert (
+        cleaned[1].astype(int).tolist()
+        == grid("0000000000\n0000000000\n0000000000\n0000000000\n0000000111\n0000000000").tolist()
+    )
+    strict = postprocess.Steps(threshold=0.8, multilabel=True)(probabilities)
+    assert (strict[0] == label0.astype(bool)).all() and not strict[1].any()
+
+
+def test_label_components_lists_every_labels_objects_even_overlapping():
+    planes = np.zeros((2, 4, 6), bool)
+    planes[0, :2, :2] = True  # label 0 (no background label: its objects count)
+    planes[0, 3, 5] = True
+    planes[1, :3, :3] = True  # overlaps label 0's first object
+    probabilities = np.stack([np.full((4, 6), 0.8), np.full((4, 6), 0.6)])
+    found = postprocess.label_components(planes, probabilities, ["road", "car"])
+    assert [(c.id, c.class_index, c.class_name, c.area) for c in found] == [
+        (1, 0, "road", 4),
+        (2, 0, "road", 1),
+        (3, 1, "car", 9),
+    ]
+    assert (found[2].x0, found[2].y0, found[2].x1, found[2].y1) == (0, 0, 3, 3)
+    assert [c.score for c in found] == [0.8, 0.8, 0.6]

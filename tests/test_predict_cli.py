@@ -159,6 +159,7 @@ def test_shards_are_disjoint_and_complete(predictor, tmp_path):
 def test_saved_threshold_only_for_binary_runs(tmp_path):
     class Binary:
         class_names = ["background", "cell"]
+        multilabel = False
 
     assert saved_threshold(tmp_path, Binary()) is None
     (tmp_path / "threshold.json").write_text('{"threshold": 0.3, "dice": 0.9, "split": "val"}')

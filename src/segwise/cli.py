@@ -475,7 +475,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--threshold",
         type=float,
         help="binary: foreground where P > T (default: RUN/threshold.json if saved, else 0.5); "
-        "multiclass: pixels whose best probability is ≤ T become background",
+        "multiclass: pixels whose best probability is ≤ T become background; multilabel: each "
+        "label present where its P > T (default 0.5)",
     )
     predict.add_argument("--min-size", type=int, help="remove objects under N pixels (per class)")
     predict.add_argument("--fill-holes", action="store_true", help="fill background holes inside objects")

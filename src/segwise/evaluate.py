@@ -1,11 +1,15 @@
 """Evaluating a trained run on image/mask pairs, at each image's own resolution.
 
 `evaluate_split` gives the confusion matrix (dataset-level and per image), the worst images for a
-gallery, boundary scores and, for binary runs, the best foreground threshold by Dice. `write_evaluation` writes it all into a folder (by default `RUN/eval/<split>/`):
+gallery, boundary scores and, for binary runs, the best foreground threshold by Dice. Multilabel runs
+(one mask per class) are scored per label, a label predicted where its probability exceeds 0.5.
+`write_evaluation` writes it all into a folder (by default `RUN/eval/<split>/`):
 
     metrics.json        every metric, overall and per class (by name), and the confusion matrix
+                        (multilabel: one 2×2 matrix per label)
     per_image.csv       one row per image: pixels, pixel accuracy, mIoU, IoU of each class
-    confusion.png       confusion matrix, each row divided by its class's support
+    confusion.png       confusion matrix, each row divided by its class's support (multilabel: one
+                        row per label with its true/false positive and negative rates)
     iou_per_class.png   per-class IoU bar chart
     worst.png           the k worst images by mIoU: image | truth | prediction | error map
 """
@@ -27,7 +31,7 @@ from .data.formats import DataSource, Pair, find_data
 from .errors import SegwiseError
 from .inference import Predictor
 from .io import atomic_path
-from .metrics import BoundaryScores, ConfusionMatrix
+from .metrics import BoundaryScores, ConfusionMatrix, MultilabelConfusionMatrix
 
 EVAL_DIR = "eval"
 METRICS_JSON, PER_IMAGE_CSV, CONFUSION_PNG, IOU_PNG, WORST_PNG = (
@@ -39,11 +43,12 @@ METRICS_JSON, PER_IMAGE_CSV, CONFUSION_PNG, IOU_PNG, WORST_PNG = (
 )
 THRESHOLD_JSON = "threshold.json"  # written into the run folder by `segwise eval --save-threshold`
 THRESHOLDS = [round(t, 2) for t in np.arange(0.05, 0.96, 0.05)]
+MULTILABEL_THRESHOLD = 0.5  # a label is predicted where its own (sigmoid) probability exceeds this
 
 
 @dataclass
 class Sample:
-    """One evaluated image, kept only for the worst-k gallery."""
+    """One evaluated image, kept only for the worst-k gallery (multilabel: truth and prediction C×H×W)."""
 
     name: str
     mean_iou: float
@@ -89,8 +94,9 @@ def metrics_dict(
     images: int | None = None,
 ) -> dict:
     """Every metric of the metrics module for one confusion matrix, overall and per class by name."""
-    support = matrix.matrix.sum(1)
-    predicted = matrix.matrix.sum(0)
+    counts = matrix.counts()  # per class, for the multiclass C×C and the multilabel C×2×2 matrix alike
+    support = counts.tp + counts.fn
+    predicted = counts.tp + counts.fp
     scores = {
         "iou": matrix.iou(),
         "dice": matrix.dice(),
@@ -124,12 +130,15 @@ def metrics_dict(
         }
         for index, name in enumerate(names)
     }
+    confusion = {"rows": "truth", "columns": "prediction", "counts": matrix.matrix.tolist()}
+    if isinstance(matrix, MultilabelConfusionMatrix):  # counts[c] = label c's [[TN, FP], [FN, TP]]
+        confusion = {"labels": names, "rows": "truth 0/1", "columns": "prediction 0/1", **confusion}
     result = {
         "images": images,
-        "pixels": int(matrix.matrix.sum()),
+        "pixels": matrix.pixels(),
         "overall": overall,
         "per_class": per_class,
-        "confusion_matrix": {"rows": "truth", "columns": "prediction", "counts": matrix.matrix.tolist()},
+        "confusion_matrix": confusion,
     }
     if best_threshold is not None:
         result["best_threshold"] = {"threshold": best_threshold[0], "dice": _number(best_threshold[1])}
@@ -149,16 +158,20 @@ def evaluate_split(
     if not pairs:
         raise SegwiseError("no image/mask pairs to evaluate; pick a split that holds images")
     classes = ClassInfo(**asdict(predictor.config.classes))
-    binary = classes.num_classes == 2
-    matrix = ConfusionMatrix(classes.num_classes, per_image=True)
-    boundary = BoundaryScores(classes.num_classes)
+    binary = classes.mode == "binary"  # a 2-label multilabel run has no single foreground to threshold
+    counter = MultilabelConfusionMatrix if classes.multilabel else ConfusionMatrix
+    matrix = counter(classes.num_classes, per_image=True)
+    boundary = BoundaryScores(classes.num_classes, multilabel=classes.multilabel)
     by_threshold = {t: ConfusionMatrix(2) for t in THRESHOLDS} if binary else {}
     worst: list[Sample] = []
     for image_path, mask_path in tqdm(pairs, desc="evaluating", disable=not progress, leave=False):
         image, mask = read_pair(image_path, mask_path, source)
         truth = classes.to_indices(mask, mask_path)
         probabilities = predictor.predict_proba(image)
-        prediction = probabilities.argmax(0)
+        if classes.multilabel:  # labels are independent: each is present or not on its own
+            prediction = (probabilities > MULTILABEL_THRESHOLD).astype(np.uint8)
+        else:
+            prediction = probabilities.argmax(0)
         target = torch.from_numpy(truth)[None]
         matrix.update(torch.from_numpy(prediction)[None], target)
         boundary.update(torch.from_numpy(prediction)[None], target)
@@ -213,13 +226,16 @@ def write_json(data: dict, path: Path) -> None:
 
 def write_evaluation(evaluation: Evaluation, predictor: Predictor, out: Path) -> dict:
     """Write metrics.json, per_image.csv and the figures into `out`; return the metrics dictionary."""
-    from .report.figures import plot_confusion, plot_iou_bars, plot_worst
+    from .report.figures import plot_confusion, plot_iou_bars, plot_label_confusion, plot_worst
 
     out.mkdir(parents=True, exist_ok=True)
     metrics = evaluation.metrics()
     write_json(metrics, out / METRICS_JSON)
     write_per_image_csv(evaluation, out / PER_IMAGE_CSV)
-    plot_confusion(evaluation.matrix.matrix.numpy(), evaluation.names, out / CONFUSION_PNG)
+    if isinstance(evaluation.matrix, MultilabelConfusionMatrix):
+        plot_label_confusion(evaluation.matrix.matrix.numpy(), evaluation.names, out / CONFUSION_PNG)
+    else:
+        plot_confusion(evaluation.matrix.matrix.numpy(), evaluation.names, out / CONFUSION_PNG)
     plot_iou_bars({name: c["iou"] for name, c in metrics["per_class"].items()}, out / IOU_PNG)
     if evaluation.worst:
         plot_worst(evaluation.worst, predictor.config.classes.palette, IGNORE_INDEX, out / WORST_PNG)

@@ -184,6 +184,14 @@ class ConfusionMatrix:
         """Correctly predicted pixels of a matrix, or of each of N matrices."""
         return matrices.diagonal(dim1=-2, dim2=-1).sum(-1)
 
+    def _pixels(self, matrices: torch.Tensor) -> torch.Tensor:
+        """Counted pixels of a matrix, or of each of N matrices."""
+        return matrices.sum((-2, -1))
+
+    def pixels(self) -> int:
+        """Pixels counted so far (ignored pixels are never counted)."""
+        return int(self._pixels(self.matrix))
+
     def pixel_accuracy(self) -> float:
         """Correct pixels / counted pixels (ignored pixels are never counted)."""
         total = self.matrix.sum()
@@ -193,7 +201,9 @@ class ConfusionMatrix:
         """One row per image for reports: pixels counted, pixel accuracy, mIoU and per-class IoU (None if absent)."""
         counts = self.counts("image")
         ious = counts.iou()
-        pixels = self.image_matrices.flatten(1).sum(1)
+        pixels = self._pixels(self.image_matrices)
+        # Accuracy is over every counted decision, as in pixel_accuracy (multilabel: one per label).
+        decisions = self.image_matrices.flatten(1).sum(1)
         correct = self._correct(self.image_matrices)
         rows = []
         for image in range(len(pixels)):
@@ -201,8 +211,8 @@ class ConfusionMatrix:
             rows.append(
                 {
                     "pixels": int(pixels[image]),
-                    "pixel_accuracy": float(correct[image]) / float(pixels[image])
-                    if pixels[image] > 0
+                    "pixel_accuracy": float(correct[image]) / float(decisions[image])
+                    if decisions[image] > 0
                     else float("nan"),
                     "mean_iou": float(iou.nanmean()),
                     "iou": [None if torch.isnan(v) else float(v) for v in iou],
@@ -215,7 +225,8 @@ class MultilabelConfusionMatrix(ConfusionMatrix):
     """One 2×2 matrix per label, `matrix[c, t, p]`, for N×C×H×W predictions and targets in {0, 1}.
 
     The target may hold `ignore_index` per element. Every score of ConfusionMatrix applies per label
-    (the positive class of each label's 2×2 matrix); pixel_accuracy is over all counted elements.
+    (the positive class of each label's 2×2 matrix); pixel_accuracy is over all counted elements
+    (pixel × label decisions), while `pixels()` counts pixels, each once.
     """
 
     def _shape(self) -> tuple[int, ...]:
@@ -240,6 +251,11 @@ class MultilabelConfusionMatrix(ConfusionMatrix):
 
     def _correct(self, matrices: torch.Tensor) -> torch.Tensor:
         return (matrices[..., 0, 0] + matrices[..., 1, 1]).sum(-1)
+
+    def _pixels(self, matrices: torch.Tensor) -> torch.Tensor:
+        # Every label's 2×2 matrix counts each pixel once; summing all C would count it C times.
+        # Exact while void covers whole pixels (augmentation padding, the only void multilabel has).
+        return matrices.sum((-2, -1)).amax(-1)
 
 
 def _erode(masks: torch.Tensor, width: int) -> torch.Tensor:
@@ -275,21 +291,43 @@ class BoundaryScores:
     F1 = 2PR / (P + R). Pixels whose truth is ignored are left out of every count, and the edge of an
     ignored region is not a contour (the class beyond it is unknown). Counts are kept
     per image, so both the dataset-level and the image-wise reductions are available.
+
+    `multilabel=True` takes N×C×H×W masks of 0/1 (target: `ignore_index` per element) instead of
+    N×H×W class indices; each label's mask is scored on its own, as each class's is.
     """
 
-    def __init__(self, num_classes: int, tolerance: int = 2, ignore_index: int = IGNORE_INDEX) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        tolerance: int = 2,
+        ignore_index: int = IGNORE_INDEX,
+        multilabel: bool = False,
+    ) -> None:
         if tolerance < 1:
             raise SegwiseError(f"boundary tolerance must be at least 1 pixel, got {tolerance}")
         self.num_classes, self.tolerance, self.ignore_index = num_classes, tolerance, ignore_index
+        self.multilabel = multilabel
         # Per image and class: intersection, union, matched prediction contour, prediction contour,
         # matched truth contour, truth contour.
         self.image_counts = torch.zeros(0, num_classes, 6, dtype=torch.int64)
 
     @torch.no_grad()
     def update(self, prediction: torch.Tensor, target: torch.Tensor) -> None:
-        """Add N×H×W predicted and true class indices."""
-        void = (target == self.ignore_index).unsqueeze(1)
-        truth, predicted = _one_hot(target, self.num_classes), _one_hot(prediction, self.num_classes)
+        """Add N×H×W predicted and true class indices (multilabel: N×C×H×W masks of 0/1)."""
+        if prediction.shape != target.shape:
+            raise SegwiseError(
+                f"prediction shape {tuple(prediction.shape)} differs from target {tuple(target.shape)}"
+            )
+        if self.multilabel:
+            if target.dim() != 4 or target.shape[1] != self.num_classes:
+                raise SegwiseError(
+                    f"multilabel target must be N×{self.num_classes}×H×W, got {tuple(target.shape)}"
+                )
+            void = target == self.ignore_index
+            truth, predicted = target == 1, prediction != 0  # as MultilabelConfusionMatrix counts them
+        else:
+            void = (target == self.ignore_index).unsqueeze(1)
+            truth, predicted = _one_hot(target, self.num_classes), _one_hot(prediction, self.num_classes)
         truth_band = _inner_boundary(truth, self.tolerance, void)
         predicted_band = _inner_boundary(predicted, self.tolerance, void)
         truth_contour = _inner_boundary(truth, 1, void)

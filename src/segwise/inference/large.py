@@ -7,11 +7,15 @@ touches), `sliding.sliding_rows` keeps one tile-row band of accumulators and han
 and the mask goes to disk as 256×256 TIFF tiles from a generator as soon as a full row of them is done.
 Peak memory is set by the width of the image and the tile height, not by the image's area.
 
+Multilabel runs write an H×W×C TIFF instead, one 0/255 channel per label (present where P > 0.5): the
+multi-channel TIFF masks that training reads as multilabel data.
+
 >>> predict_large_tiff(predictor, "slide.tif", "slide_mask.tif", tile=(1024, 1024))  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -85,11 +89,28 @@ def open_regions(
     return (height, width), read
 
 
-def _mask_tiles(rows: Iterator[tuple[int, torch.Tensor]], width: int) -> Iterator[np.ndarray]:
-    """TIFF tiles of the argmax mask, row-major, from finished probability rows as they come."""
-    pending = np.empty((0, width), np.uint8)  # finished mask rows not yet written: under a tile row + a band
+def _class_indices(probs: torch.Tensor) -> np.ndarray:
+    """K×h×w softmax probabilities → h×w class indices."""
+    return probs.argmax(0).to(torch.uint8).cpu().numpy()
+
+
+def _label_channels(probs: torch.Tensor) -> np.ndarray:
+    """C×h×w sigmoid probabilities → h×w×C, 255 where a label is present."""
+    return ((probs > 0.5).to(torch.uint8) * 255).permute(1, 2, 0).cpu().numpy()
+
+
+def _mask_tiles(
+    rows: Iterator[tuple[int, torch.Tensor]],
+    width: int,
+    decide: Callable[[torch.Tensor], np.ndarray],
+    channels: tuple[int, ...] = (),
+) -> Iterator[np.ndarray]:
+    """TIFF tiles of the mask `decide` makes of finished probability rows (h×w, or h×w×`channels`),
+    row-major, as the rows come."""
+    # Finished mask rows not yet written: under a tile row + a band.
+    pending = np.empty((0, width, *channels), np.uint8)
     for _, probs in rows:
-        pending = np.concatenate([pending, probs.argmax(0).to(torch.uint8).cpu().numpy()])
+        pending = np.concatenate([pending, decide(probs)])
         while pending.shape[0] >= OUTPUT_TILE:
             yield from _cut(pending[:OUTPUT_TILE], width)
             pending = pending[OUTPUT_TILE:]
@@ -98,7 +119,7 @@ def _mask_tiles(rows: Iterator[tuple[int, torch.Tensor]], width: int) -> Iterato
 
 
 def _cut(strip: np.ndarray, width: int) -> Iterator[np.ndarray]:
-    padded = np.zeros((OUTPUT_TILE, OUTPUT_TILE), np.uint8)
+    padded = np.zeros((OUTPUT_TILE, OUTPUT_TILE, *strip.shape[2:]), np.uint8)
     for left in range(0, width, OUTPUT_TILE):
         piece = strip[:, left : left + OUTPUT_TILE]
         if piece.shape == padded.shape:
@@ -115,14 +136,15 @@ def predict_large_tiff(
     target: str | Path,
     options: InferenceOptions | None = None,
 ) -> Path:
-    """Predict a TIFF of any size tile by tile and write the index mask as a tiled, palettised TIFF.
+    """Predict a TIFF of any size tile by tile and write the index mask as a tiled, palettised TIFF
+    (multilabel runs: an H×W×C TIFF, 255 where a label is present).
 
     Tiles default to the training size (see `Predictor` on tiles and resolution); TTA applies per tile.
     """
     source, target = Path(source), Path(target)
     settings = (options or predictor.options).checked()
     (height, width), read = open_regions(source, predictor.model.in_channels)
-    if predictor.model.num_classes > 256:
+    if predictor.model.num_classes > 256 and not predictor.multilabel:
         raise SegwiseError(f"{source}: TIFF masks hold at most 256 classes; predict to probabilities instead")
     tile = settings.tile or tuple(predictor.config.preprocess.input_size)
     with torch.no_grad():
@@ -135,19 +157,26 @@ def predict_large_tiff(
             settings.weighting,
             settings.tile_batch,
         )
-        colormap = np.zeros((3, 256), np.uint16)
-        for index, colour in enumerate(predictor.palette[:256]):
-            colormap[:, index] = np.asarray(colour, np.uint16) * 257  # 8-bit colour → 16-bit TIFF colormap
+        if predictor.multilabel:
+            channels = (len(predictor.class_names),)
+            tiles = _mask_tiles(rows, width, _label_channels, channels)
+            layout = {"photometric": "minisblack", "planarconfig": "contig"}
+        else:
+            channels = ()
+            tiles = _mask_tiles(rows, width, _class_indices)
+            colormap = np.zeros((3, 256), np.uint16)
+            for index, colour in enumerate(predictor.palette[:256]):  # 8-bit colour → 16-bit TIFF colormap
+                colormap[:, index] = np.asarray(colour, np.uint16) * 257
+            layout = {"photometric": "palette", "colormap": colormap}
         with atomic_path(target) as tmp:
             tifffile.imwrite(
                 tmp,
-                _mask_tiles(rows, width),
-                shape=(height, width),
+                tiles,
+                shape=(height, width, *channels),
                 dtype=np.uint8,
                 tile=(OUTPUT_TILE, OUTPUT_TILE),
-                photometric="palette",
-                colormap=colormap,
                 compression="zlib",
-                bigtiff=height * width > 2**31,
+                bigtiff=math.prod((height, width, *channels)) > 2**31,
+                **layout,
             )
     return target

@@ -3,8 +3,9 @@
 Conventions shared by every function here:
 
 - A mask is H×W class indices; class 0 is the background. A boolean H×W array is a binary mask
-  (True = foreground). Multilabel predictions are C×H×W boolean stacks: apply the functions to each
-  channel (`[fill_holes(channel) for channel in stack]`).
+  (True = foreground). Multilabel predictions are C×H×W boolean stacks, one plane per label (no
+  background label): apply the functions to each plane (`[fill_holes(plane) for plane in stack]`);
+  `Steps(multilabel=True)` and `label_components` do so.
 - Components are 8-connected (pixels touching at a corner belong together, as in OpenCV's
   `connectedComponents`); holes are therefore 4-connected background regions not reaching the border.
 - Removing a component (too small, or not the largest of its class) gives its pixels the majority
@@ -54,13 +55,16 @@ class Component:
 class Steps:
     """The post-processing a prediction goes through, in this order: decide, remove small, fill, largest.
 
-    `threshold` None takes the argmax; see `threshold()` for what a value means.
+    `threshold` None takes the argmax; see `threshold()` for what a value means. `multilabel`: the
+    probabilities are independent sigmoids, one per label; each label is present where P > threshold
+    (None: 0.5) and the other steps clean every label's plane on its own.
     """
 
     threshold: float | None = None
     min_size: int | None = None
     fill_holes: bool = False
     largest: bool = False
+    multilabel: bool = False
 
     def __post_init__(self) -> None:
         if self.threshold is not None:
@@ -69,11 +73,17 @@ class Steps:
             raise SegwiseError(f"min_size {self.min_size} is not valid; expected an integer ≥ 1 (pixels)")
 
     def __call__(self, probabilities: np.ndarray) -> np.ndarray:
-        """Class indices H×W from softmax probabilities C×H×W."""
+        """Class indices H×W from softmax probabilities C×H×W (multilabel: boolean C×H×W)."""
+        if self.multilabel:
+            planes = threshold_multilabel(probabilities, 0.5 if self.threshold is None else self.threshold)
+            return np.stack([self._clean(plane) for plane in planes])
         if self.threshold is None:
             mask = probabilities.argmax(0)
         else:
             mask = threshold(probabilities, self.threshold)
+        return self._clean(mask)
+
+    def _clean(self, mask: np.ndarray) -> np.ndarray:
         if self.min_size:
             mask = remove_small(mask, self.min_size)
         if self.fill_holes:
@@ -135,28 +145,51 @@ def components(
     mask = mask.astype(np.int64)
     found: list[Component] = []
     for value in _classes(mask):
-        labels, count = ndimage.label(mask == value, structure=_EIGHT)
-        areas = np.bincount(labels.ravel(), minlength=count + 1)
-        scores = (
-            ndimage.mean(probabilities[value], labels, np.arange(1, count + 1))
-            if probabilities is not None
-            else [None] * count
-        )
-        for index, box in enumerate(ndimage.find_objects(labels)):
-            found.append(
-                Component(
-                    id=len(found) + 1,
-                    class_index=int(value),
-                    class_name=class_names[value] if class_names is not None else str(value),
-                    x0=box[1].start,
-                    y0=box[0].start,
-                    x1=box[1].stop,
-                    y1=box[0].stop,
-                    area=int(areas[index + 1]),
-                    score=None if scores[index] is None else round(float(scores[index]), 6),
-                )
-            )
+        found += _objects(mask == value, value, probabilities, class_names, first_id=len(found) + 1)
     return found
+
+
+def label_components(
+    planes: np.ndarray, probabilities: np.ndarray | None = None, label_names: Sequence[str] | None = None
+) -> list[Component]:
+    """`components` of a multilabel C×H×W stack: the objects of every label's plane (label 0 included,
+    there is no background label), `class_index` the label's channel. Objects of different labels may
+    overlap."""
+    found: list[Component] = []
+    for index, plane in enumerate(planes):
+        found += _objects(plane.astype(bool), index, probabilities, label_names, first_id=len(found) + 1)
+    return found
+
+
+def _objects(
+    foreground: np.ndarray,
+    value: int,
+    probabilities: np.ndarray | None,
+    class_names: Sequence[str] | None,
+    first_id: int,
+) -> list[Component]:
+    """The 8-connected components of one class's boolean plane, numbered from `first_id`."""
+    labels, count = ndimage.label(foreground, structure=_EIGHT)
+    areas = np.bincount(labels.ravel(), minlength=count + 1)
+    scores = (
+        ndimage.mean(probabilities[value], labels, np.arange(1, count + 1))
+        if probabilities is not None
+        else [None] * count
+    )
+    return [
+        Component(
+            id=first_id + index,
+            class_index=int(value),
+            class_name=class_names[value] if class_names is not None else str(value),
+            x0=box[1].start,
+            y0=box[0].start,
+            x1=box[1].stop,
+            y1=box[0].stop,
+            area=int(areas[index + 1]),
+            score=None if scores[index] is None else round(float(scores[index]), 6),
+        )
+        for index, box in enumerate(ndimage.find_objects(labels))
+    ]
 
 
 def crop_object(

@@ -4,6 +4,10 @@ Each image goes through the preprocessing the model was trained with (channels, 
 resolution, normalization); the logits are resized back to the image's own size before the argmax,
 so the mask always matches the input pixel for pixel.
 
+Multilabel runs (`config.classes.multilabel`) have one independent sigmoid per label instead of a
+softmax over classes: `predict_proba` gives C×H×W probabilities that need not sum to 1, and `predict`
+a boolean C×H×W stack (label present where P > 0.5).
+
 Test-time augmentation (`tta=`) and tiles (`tile=`) are options of `predict_proba` (defaults in
 `InferenceOptions`). TTA views see the image at the training resolution, like the plain prediction.
 Tiles are different: with tiling the image is processed at its native resolution and each tile is fed
@@ -30,8 +34,9 @@ from ..engine.devices import pick_device
 from ..io import read_image
 from ..models import SegmentationModel
 from ..run import load_model
+from . import postprocess
 from .sliding import check_overlap, parse_tile, predict_sliding
-from .tta import DEFAULT_BATCH_PIXELS, predict_tta, views_for
+from .tta import DEFAULT_BATCH_PIXELS, predict_tta, to_probabilities, views_for
 
 ImageLike = str | Path | np.ndarray | Image.Image
 
@@ -76,6 +81,9 @@ class Predictor:
         self.config = config
         self.class_names = config.classes.names
         self.palette = config.classes.palette
+        self.multilabel = config.classes.multilabel
+        # How logits become probabilities, here and in every TTA view and tile.
+        self.activation = "sigmoid" if self.multilabel else "softmax"
         self._mean = torch.tensor(config.preprocess.mean, device=self.device).view(1, -1, 1, 1) * 255
         self._std = torch.tensor(config.preprocess.std, device=self.device).view(1, -1, 1, 1) * 255
 
@@ -107,6 +115,7 @@ class Predictor:
             tiles.to(self.device, torch.float32),
             views,
             options.merge,
+            self.activation,
             max_batch_pixels=options.max_batch_pixels,
         )
 
@@ -118,7 +127,7 @@ class Predictor:
 
     @torch.no_grad()
     def predict_proba(self, image: ImageLike, **options) -> np.ndarray:
-        """Class probabilities C×H×W (float32) at the image's own size.
+        """Class probabilities C×H×W (float32) at the image's own size (multilabel: one per label).
 
         Keyword options override the predictor's `InferenceOptions`, e.g. `tta="d4", tile=512`.
         """
@@ -144,12 +153,18 @@ class Predictor:
     def _resize_back(self, probs: torch.Tensor, height: int, width: int) -> np.ndarray:
         """1×K×h×w probabilities → K×H×W at the image's size."""
         if probs.shape[-2:] != (height, width):
-            # Resized as log-probabilities and renormalized: for a single view this is exactly the
-            # softmax of the bilinearly resized logits, and merged views stay a distribution.
-            log_probs = probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
-            probs = F.interpolate(
-                log_probs, size=(height, width), mode="bilinear", align_corners=False
-            ).softmax(1)
+            # Resized as logits and turned back into probabilities by the run's activation: for a single
+            # view this is exactly the activation of the bilinearly resized logits.
+            if self.activation == "sigmoid":
+                # log p − log(1 − p) with p kept float32's eps inside (0, 1), about all 1 − p resolves
+                # there: the logits stay finite and symmetric (±16).
+                eps = torch.finfo(torch.float32).eps
+                logits = probs.clamp(eps, 1 - eps).logit()
+            else:
+                # log-probabilities, renormalized by the softmax: merged views stay a distribution.
+                logits = probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
+            resized = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
+            probs = to_probabilities(resized, self.activation)
         return probs[0].cpu().numpy()
 
     @torch.no_grad()
@@ -174,15 +189,17 @@ class Predictor:
         return results
 
     def predict(self, image: ImageLike, **options) -> np.ndarray:
-        """Class indices H×W (int64) at the image's own size; options as for `predict_proba`."""
-        return self.predict_proba(image, **options).argmax(0)
+        """Class indices H×W (int64) at the image's own size, multilabel runs a boolean C×H×W stack
+        (label present where P > 0.5); options as for `predict_proba`. For other thresholds and
+        cleaning, apply `postprocess.Steps(..., multilabel=predictor.multilabel)` to `predict_proba`."""
+        return postprocess.Steps(multilabel=self.multilabel)(self.predict_proba(image, **options))
 
 
 def load(run_dir: str | Path, device: str = "auto", **options) -> Predictor:
     """Load a trained run for prediction; keyword options set its `InferenceOptions`.
 
     >>> predictor = segwise.load("runs/cells", tta="flips")   # doctest: +SKIP
-    >>> mask = predictor.predict("new.png")                    # H×W class indices
+    >>> mask = predictor.predict("new.png")                    # H×W class indices (multilabel: C×H×W)
     >>> mask = predictor.predict("slide.tif", tile=1024)       # tiled at native resolution
     """
     model, config = load_model(run_dir)

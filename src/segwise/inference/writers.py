@@ -11,6 +11,16 @@ Every input gets files named after it in the output folder, one per requested fo
     json     <name>.json         per-object boxes: class, id, x0 y0 x1 y1 (x1, y1 exclusive), area, score
     crop     <name>_crop.png     the foreground's box cut out, other pixels white (`crop=True`)
 
+Multilabel runs (one independent mask per label) write the same formats, adapted:
+
+    png      <label>/<name>.png  one 0/255 gray PNG per label, in a folder named after it: the
+                                 `masks/<class>/` training layout, so `-o DATA/masks` gives trainable data
+    overlay  <name>_overlay.png  each labelled pixel blended with the mean colour of its labels
+    rgba     <name>_rgba.png     opaque where any label is present
+    npy/tiff                     one probability plane per label (they need not sum to 1)
+    json     <name>.json         the objects of every label (objects of different labels may overlap)
+    crop     <name>_crop.png     the box of the pixels with any label
+
 Everything is at the input's own size after its EXIF orientation is applied (as `io.read_image` and
 every viewer show it). `<name>` is the input's stem; inputs sharing a stem keep their folders apart
 (`a/x.png`, `b/x.png` → `a/x.png`, `b/x.png` under the output folder) and same-folder twins their
@@ -27,6 +37,7 @@ import json
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +49,7 @@ from ..io import (
     atomic_path,
     colorize,
     is_image_file,
+    label_colours,
     read_image,
     write_image,
     write_index_png,
@@ -135,12 +147,14 @@ def predict_to_folder(
     formats = parse_formats(",".join(formats))
     if batch_size < 1:
         raise SegwiseError(f"batch size {batch_size} is not valid; expected an integer ≥ 1")
-    steps = steps or postprocess.Steps()
+    # The run decides how its probabilities are read (softmax classes or sigmoid labels), not the caller.
+    steps = replace(steps or postprocess.Steps(), multilabel=predictor.multilabel)
     out_dir = Path(out_dir)
     paths = sorted(collect_inputs(inputs))
     names = output_names(paths)
     wanted = [*formats, "crop"] if crop else formats
-    targets = [{f: out_dir / f"{name}{SUFFIXES[f]}" for f in wanted} for name in names]
+    labels = _label_folders(predictor) if predictor.multilabel and "png" in formats else None
+    targets = [{f: _targets(out_dir, name, f, labels) for f in wanted} for name in names]
     _check_targets(paths, targets)
     rank, world_size = shard
     jobs = list(zip(paths, targets, strict=True))[rank::world_size]
@@ -158,11 +172,29 @@ def predict_to_folder(
     return written
 
 
-def _check_targets(paths: Sequence[Path], targets: Sequence[dict[str, Path]]) -> None:
+def _label_folders(predictor: Predictor) -> list[str]:
+    """The label names of a multilabel run, checked to be usable as folder names."""
+    for name in predictor.class_names:
+        if name in ("", ".", "..") or Path(name).name != name:
+            raise SegwiseError(
+                f"label '{name}' of {predictor.class_names} cannot name an output folder; rename it in the "
+                "run's config.yaml (classes: names) or write other formats than png"
+            )
+    return list(predictor.class_names)
+
+
+def _targets(out_dir: Path, name: str, kind: str, labels: Sequence[str] | None) -> list[Path]:
+    """The files one format writes for an input: one, or for a multilabel png one per label."""
+    if kind == "png" and labels is not None:
+        return [out_dir / label / f"{name}.png" for label in labels]
+    return [out_dir / f"{name}{SUFFIXES[kind]}"]
+
+
+def _check_targets(paths: Sequence[Path], targets: Sequence[dict[str, list[Path]]]) -> None:
     inputs = {path.resolve(): path for path in paths}
     owners: dict[Path, Path] = {}
     for path, files in zip(paths, targets, strict=True):
-        for target in files.values():
+        for target in (target for group in files.values() for target in group):
             resolved = target.resolve()
             if resolved in inputs:
                 raise SegwiseError(
@@ -182,21 +214,27 @@ def _write_outputs(
     image: np.ndarray,
     probabilities: np.ndarray,
     steps: postprocess.Steps,
-    files: dict[str, Path],
+    files: dict[str, list[Path]],
 ) -> list[Path]:
-    mask = steps(probabilities)
+    mask = steps(probabilities)  # H×W class indices, multilabel C×H×W booleans
+    multilabel = predictor.multilabel
+    found = mask.any(0) if multilabel else mask > 0  # pixels with anything but background
     palette = predictor.palette
     rgb = np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image[..., :3]
     written = []
-    for kind, target in files.items():
-        if kind == "png":
+    for kind, targets in files.items():
+        target = targets[0]
+        if kind == "png" and multilabel:
+            for plane, label_target in zip(mask, targets, strict=True):
+                write_image(label_target, plane.astype(np.uint8) * 255)
+        elif kind == "png":
             write_index_png(target, mask, palette)
         elif kind == "overlay":
-            colours = colorize(mask, palette).astype(np.float32)
-            blended = (1 - OVERLAY_ALPHA) * rgb + OVERLAY_ALPHA * colours
-            write_image(target, np.where(mask[..., None] > 0, blended + 0.5, rgb).astype(np.uint8))
+            colours = label_colours(mask, palette) if multilabel else colorize(mask, palette)
+            blended = (1 - OVERLAY_ALPHA) * rgb + OVERLAY_ALPHA * colours.astype(np.float32)
+            write_image(target, np.where(found[..., None], blended + 0.5, rgb).astype(np.uint8))
         elif kind == "rgba":
-            alpha = np.where(mask > 0, 255, 0).astype(np.uint8)[..., None]
+            alpha = np.where(found, 255, 0).astype(np.uint8)[..., None]
             write_image(target, np.concatenate([rgb, alpha], axis=-1))
         elif kind == "npy":
             with atomic_path(target) as tmp, open(tmp, "wb") as handle:
@@ -212,8 +250,9 @@ def _write_outputs(
                     metadata={"axes": "CYX", "classes": list(predictor.class_names)},
                 )
         elif kind == "json":
-            objects = postprocess.components(mask, probabilities, predictor.class_names)
-            height, width = mask.shape
+            find = postprocess.label_components if multilabel else postprocess.components
+            objects = find(mask, probabilities, predictor.class_names)
+            height, width = found.shape
             record = {
                 "image": str(path),
                 "width": width,
@@ -223,13 +262,13 @@ def _write_outputs(
             with atomic_path(target) as tmp:
                 tmp.write_text(json.dumps(record, indent=1))
         elif kind == "crop":
-            cut = postprocess.crop_object(image[..., :3] if image.shape[-1] == 4 else image, mask)
+            cut = postprocess.crop_object(image[..., :3] if image.shape[-1] == 4 else image, found)
             if cut is None:  # nothing found: no crop file rather than an empty image
                 continue
             write_image(target, cut)
         else:
             raise AssertionError(kind)
-        written.append(target)
+        written += targets
     return written
 
 
@@ -279,11 +318,16 @@ def process_device(device: str) -> str:
 
 
 def saved_threshold(run_dir: str | Path, predictor: Predictor) -> float | None:
-    """A binary run's foreground threshold saved by `segwise eval --save-threshold`, else None."""
+    """A binary run's foreground threshold saved by `segwise eval --save-threshold`, else None.
+
+    A multilabel run with two labels is not binary: its two planes are independent, not a class and
+    its background.
+    """
     from ..evaluate import THRESHOLD_JSON
 
     path = Path(run_dir) / THRESHOLD_JSON
-    if len(predictor.class_names) != 2 or not path.is_file():
+    binary = len(predictor.class_names) == 2 and not predictor.multilabel
+    if not binary or not path.is_file():
         return None
     try:
         return float(json.loads(path.read_text())["threshold"])

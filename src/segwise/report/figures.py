@@ -10,7 +10,7 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ..io import atomic_path, colorize  # noqa: E402
+from ..io import atomic_path, colorize, label_colours  # noqa: E402
 
 
 def _save(figure, path: Path) -> None:
@@ -25,24 +25,58 @@ def normalize_rows(matrix: np.ndarray) -> np.ndarray:
     return np.divide(matrix, support, out=np.zeros(matrix.shape), where=support > 0)
 
 
-def plot_confusion(matrix: np.ndarray, names: list[str], path: Path) -> None:
-    """Confusion matrix normalized per true class: row t shows where class t's pixels went."""
-    normalized = normalize_rows(matrix)
-    size = max(4.0, 0.6 * len(names) + 2)
-    figure, axis = plt.subplots(figsize=(size + 1, size))
-    shown = axis.imshow(normalized, cmap="Blues", vmin=0, vmax=1)
-    axis.set_xticks(range(len(names)), names, rotation=45, ha="right")
-    axis.set_yticks(range(len(names)), names)
-    axis.set(xlabel="prediction", ylabel="truth", title="Confusion matrix (rows sum to 1)")
-    if len(names) <= 20:
-        for t in range(len(names)):
-            for p in range(len(names)):
-                value = normalized[t, p]
+def _rates_heatmap(
+    rates: np.ndarray,
+    rows: list[str],
+    columns: list[str],
+    labels: dict[str, str],
+    figsize: tuple[float, float],
+    path: Path,
+    rotation: int = 45,
+    aspect: str = "equal",
+) -> None:
+    """Shares in 0..1 as a blue heatmap, each cell written out unless there are over 20 rows."""
+    figure, axis = plt.subplots(figsize=figsize)
+    shown = axis.imshow(rates, cmap="Blues", vmin=0, vmax=1, aspect=aspect)
+    axis.set_xticks(range(len(columns)), columns, rotation=rotation, ha="right" if rotation else "center")
+    axis.set_yticks(range(len(rows)), rows)
+    axis.set(**labels)
+    if len(rows) <= 20:
+        for t in range(len(rows)):
+            for p in range(len(columns)):
+                value = rates[t, p]
                 colour = "white" if value > 0.5 else "black"
                 axis.text(p, t, f"{value:.2f}", ha="center", va="center", fontsize=8, color=colour)
     figure.colorbar(shown, ax=axis, fraction=0.046)
     figure.tight_layout()
     _save(figure, path)
+
+
+def plot_confusion(matrix: np.ndarray, names: list[str], path: Path) -> None:
+    """Confusion matrix normalized per true class: row t shows where class t's pixels went."""
+    size = max(4.0, 0.6 * len(names) + 2)
+    labels = {"xlabel": "prediction", "ylabel": "truth", "title": "Confusion matrix (rows sum to 1)"}
+    _rates_heatmap(normalize_rows(matrix), names, names, labels, (size + 1, size), path)
+
+
+# The cells of a label's 2×2 matrix, truth row by row, once each row is divided by its sum.
+LABEL_RATES = [
+    "TN rate\nabsent→\nabsent",
+    "FP rate\nabsent→\npresent",
+    "FN rate\npresent→\nabsent",
+    "TP rate\npresent→\npresent",
+]
+
+
+def plot_label_confusion(matrices: np.ndarray, names: list[str], path: Path) -> None:
+    """Multilabel C×2×2 matrices as one row per label: where its absent and its present pixels went.
+
+    Each 2×2 matrix is normalized per truth row, so a row holds TN, FP rates (summing to 1 where the
+    label is absent somewhere) then FN, TP rates (summing to 1 where it is present somewhere)."""
+    rates = np.stack([normalize_rows(m) for m in matrices]).reshape(len(names), 4)
+    labels = {"xlabel": "truth → prediction", "ylabel": "label", "title": "Per-label confusion rates"}
+    size = (6.0, max(3.5, 0.35 * len(names) + 2.0))  # four wide columns: cells need not be square
+    _rates_heatmap(rates, names, LABEL_RATES, labels, size, path, rotation=0, aspect="auto")
 
 
 def plot_iou_bars(ious: dict[str, float | None], path: Path) -> None:
@@ -68,23 +102,33 @@ def plot_iou_bars(ious: dict[str, float | None], path: Path) -> None:
 
 
 def error_map(truth: np.ndarray, prediction: np.ndarray, ignore_index: int) -> np.ndarray:
-    """White where correct, red where wrong, grey where the truth is void."""
-    out = np.full((*truth.shape, 3), 255, dtype=np.uint8)
-    out[(truth != prediction) & (truth != ignore_index)] = (220, 30, 30)
-    out[truth == ignore_index] = (128, 128, 128)
+    """White where correct, red where wrong, grey where the truth is void.
+
+    Multilabel masks (C×H×W of 0/1): a pixel is wrong if any of its labels is (void labels aside),
+    and void where every label is."""
+    void = truth == ignore_index
+    wrong = (truth != prediction) & ~void
+    if truth.ndim == 3:
+        wrong, void = wrong.any(0), void.all(0)
+    out = np.full((*wrong.shape, 3), 255, dtype=np.uint8)
+    out[wrong] = (220, 30, 30)
+    out[void] = (128, 128, 128)
     return out
 
 
 def plot_worst(samples, palette: list[list[int]], ignore_index: int, path: Path) -> None:
-    """One row per sample: image | truth | prediction | error map, titled with the image's mIoU."""
+    """One row per sample: image | truth | prediction | error map, titled with the image's mIoU.
+
+    Multilabel samples (masks C×H×W) draw each pixel in the mean colour of its labels."""
     figure, axes = plt.subplots(len(samples), 4, figsize=(12, 3 * len(samples)), squeeze=False)
     for row, sample in zip(axes, samples, strict=True):
         image = sample.image
         rgb = np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image[..., :3]
+        draw = label_colours if sample.truth.ndim == 3 else colorize
         panels = [
             rgb,
-            colorize(sample.truth, palette, ignore_index),
-            colorize(sample.prediction, palette, ignore_index),
+            draw(sample.truth, palette, ignore_index),
+            draw(sample.prediction, palette, ignore_index),
             error_map(sample.truth, sample.prediction, ignore_index),
         ]
         titles = [f"{sample.name} (mIoU {sample.mean_iou:.3f})", "truth", "prediction", "errors (red)"]
