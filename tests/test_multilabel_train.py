@@ -133,3 +133,13 @@ def test_eval_and_predict_a_multilabel_run_end_to_end(multilabel_run, multilabel
     truth = load_data(multilabel_data, val_fraction=0.25)
     agreement = (again.train_masks == truth.train_masks).mean()
     assert agreement > 0.9, agreement
+
+
+def test_show_draws_multilabel_masks_in_label_colours(multilabel_data, tmp_path):
+    out = tmp_path / "grid.png"
+    result = run_cli("show", str(multilabel_data), "-o", str(out), "--augment", "heavy", "-n", "4")
+    assert result.returncode == 0, result.stderr
+    grid = np.asarray(Image.open(out).convert("RGB"))
+    assert grid.shape[0] > 48 and grid.shape[1] > 2 * 48
+    colours = {tuple(colour) for colour in grid.reshape(-1, 3)}
+    assert (128, 128, 128) in colours  # heavy zooms out: void where every label plane is void

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..io import colorize, write_image
+from ..io import colorize, label_colours, write_image
 from .augment import Augment, augment_batch
 from .dataset import IGNORE_INDEX, load_data
 
@@ -26,7 +26,8 @@ def augmented_grid(
     size: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """uint8 RGB grid of `count` cells, each an augmented training image beside its mask in the class
-    palette (void grey). Samples are drawn in a seeded order and repeat when the data has fewer."""
+    palette (multilabel: each pixel in the mean colour of its labels; void grey). Samples are drawn in
+    a seeded order and repeat when the data has fewer."""
     data_set = load_data(data, size, seed=seed)
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(data_set.train_images), generator=generator)
@@ -38,12 +39,13 @@ def augmented_grid(
     images = images.round().byte().permute(0, 2, 3, 1).numpy()
     height, width = data_set.size
     gap = np.full((height, GAP, 3), 255, np.uint8)
+    draw = label_colours if data_set.classes.multilabel else colorize
     cells = [
         np.concatenate(
             [
                 np.repeat(image, 3, -1) if image.shape[-1] == 1 else image[..., :3],
                 gap,
-                colorize(mask, data_set.classes.palette, IGNORE_INDEX),
+                draw(mask, data_set.classes.palette, IGNORE_INDEX),
             ],
             1,
         )
