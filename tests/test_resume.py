@@ -26,8 +26,8 @@ import os, signal, sys, torch
 import segwise.engine.trainer as trainer
 from segwise.cli import main
 build_loss, calls = trainer.build_loss, [0]
-def killing_build_loss(spec):
-    loss = build_loss(spec)
+def killing_build_loss(spec, **options):
+    loss = build_loss(spec, **options)
     def wrapped(logits, masks):
         if torch.is_grad_enabled():  # training steps only, not validation
             calls[0] += 1
