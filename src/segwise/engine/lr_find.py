@@ -150,11 +150,10 @@ def find_lr(
     >>> finding.suggestion                                                     # doctest: +SKIP
     """
     from ..config import Config, load_config
-    from ..data.plan import loss_mode, loss_options, make_plan
-    from ..losses import build_loss
+    from ..data.plan import make_plan
     from .devices import autocast_dtype, keep_freed_memory, pick_device
     from .schedules import default_encoder_lr_scale, encoder_decoder_groups
-    from .trainer import Batches, planned_model
+    from .trainer import Batches, planned_loss, planned_model
 
     planned = config is None  # no plan given: self-configure exactly as `segwise train` does
     if not isinstance(config, Config):
@@ -165,11 +164,7 @@ def find_lr(
     config, settings, data_set = plan.config, plan.config.train, plan.data
     torch.manual_seed(settings.seed)
     dtype = autocast_dtype(device, settings.precision)
-    loss_fn = build_loss(
-        settings.loss,
-        mode=loss_mode(data_set.classes),
-        **loss_options(settings.loss, config.data.class_weights),
-    )
+    loss_fn = planned_loss(settings, data_set.classes, config.data.class_weights)
     pretrained = config.model.encoder_weights is not None
     model = planned_model(config, data_set).to(device)
     if settings.channels_last:

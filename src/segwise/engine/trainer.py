@@ -185,6 +185,13 @@ def _better(value: float, best: float | None, settings: TrainConfig) -> bool:
     return value > best + settings.min_delta if mode == "max" else value < best - settings.min_delta
 
 
+def planned_loss(settings: TrainConfig, classes, class_weights: list[float] | None) -> torch.nn.Module:
+    """The loss of a planned run (what `train` and `lr-find` both build): `settings.loss` in the
+    classes' mode (one sigmoid per label for multilabel data), class weights on every term that takes
+    them."""
+    return build_loss(settings.loss, mode=loss_mode(classes), **loss_options(settings.loss, class_weights))
+
+
 def planned_model(config: Config, data_set: SegmentationData) -> SegmentationModel:
     """The fresh model of a planned run: architecture, encoder, weights and options from the config,
     classes and input channels from the loaded data (what `train` and `lr-find` both build)."""
@@ -280,9 +287,7 @@ def train(
             data, run_config.preprocess.input_size, settings.val_fraction, settings.seed, data_options
         )
     classes = data_set.classes
-    loss_fn = build_loss(
-        settings.loss, mode=loss_mode(classes), **loss_options(settings.loss, data_options.class_weights)
-    )
+    loss_fn = planned_loss(settings, classes, data_options.class_weights)
     if checkpoint is None:
         pretrained = config.model.encoder_weights is not None
         model = planned_model(config, data_set)
