@@ -112,3 +112,18 @@ def test_atomic_path_keeps_the_old_file_when_writing_fails(tmp_path):
         raise RuntimeError("crash mid-write")
     assert target.read_text() == "good"
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
+
+
+def test_colorize_draws_a_multilabel_stack_in_the_mean_colour_of_each_pixels_labels():
+    from segwise.io import colorize
+
+    planes = np.zeros((2, 2, 3), np.uint8)
+    planes[0, 0, 0] = planes[1, 0, 0] = 1  # both labels
+    planes[1, 0, 1] = 1  # the second only
+    planes[:, 1, 2] = 255  # void in every plane
+    planes[0, 1, 1] = 255  # void in one plane only: not grey
+    rgb = colorize(planes, [[255, 0, 0], [0, 0, 255]], 255)
+    assert rgb.shape == (2, 3, 3) and rgb.dtype == np.uint8
+    assert rgb[0, 0].tolist() == [128, 0, 128] and rgb[0, 1].tolist() == [0, 0, 255]
+    assert rgb[0, 2].tolist() == [0, 0, 0] and rgb[1, 0].tolist() == [0, 0, 0]
+    assert rgb[1, 2].tolist() == [128, 128, 128] and rgb[1, 1].tolist() == [0, 0, 0]

@@ -21,7 +21,7 @@ from segwise.inference import postprocess
 from segwise.inference.large import predict_large_tiff
 from segwise.inference.predictor import InferenceOptions, Predictor
 from segwise.inference.writers import predict_to_folder, saved_threshold
-from segwise.io import default_palette, label_colours, read_image, read_mask
+from segwise.io import colorize, default_palette, read_image, read_mask
 from segwise.models import create_model
 from segwise.run import save_weights
 
@@ -142,7 +142,7 @@ def test_every_format_writes_the_multilabel_prediction(tmp_path):
     found = mask.any(0)
     overlay = read_image(out / "in_overlay.png")
     assert (overlay[~found] == image[~found]).all()
-    colours = label_colours(mask, predictor.palette).astype(np.float32)
+    colours = colorize(mask, predictor.palette).astype(np.float32)
     np.testing.assert_allclose(overlay[found], (image[found] + colours[found]) / 2, atol=1)
     rgba = read_image(out / "in_rgba.png")
     assert (rgba[..., :3] == image).all() and ((rgba[..., 3] == 255) == found).all()

@@ -30,6 +30,7 @@ from .data.dataset import IGNORE_INDEX, ClassInfo, read_pair
 from .data.formats import DataSource, Pair, find_data
 from .errors import SegwiseError
 from .inference import Predictor
+from .inference.postprocess import MULTILABEL_THRESHOLD, threshold_multilabel
 from .io import atomic_path
 from .metrics import BoundaryScores, ConfusionMatrix, MultilabelConfusionMatrix
 
@@ -43,7 +44,6 @@ METRICS_JSON, PER_IMAGE_CSV, CONFUSION_PNG, IOU_PNG, WORST_PNG = (
 )
 THRESHOLD_JSON = "threshold.json"  # written into the run folder by `segwise eval --save-threshold`
 THRESHOLDS = [round(t, 2) for t in np.arange(0.05, 0.96, 0.05)]
-MULTILABEL_THRESHOLD = 0.5  # a label is predicted where its own (sigmoid) probability exceeds this
 
 
 @dataclass
@@ -169,7 +169,7 @@ def evaluate_split(
         truth = classes.to_indices(mask, mask_path)
         probabilities = predictor.predict_proba(image)
         if classes.multilabel:  # labels are independent: each is present or not on its own
-            prediction = (probabilities > MULTILABEL_THRESHOLD).astype(np.uint8)
+            prediction = threshold_multilabel(probabilities, MULTILABEL_THRESHOLD).astype(np.uint8)
         else:
             prediction = probabilities.argmax(0)
         target = torch.from_numpy(truth)[None]

@@ -192,7 +192,11 @@ def default_palette(num_classes: int) -> list[list[int]]:
 
 
 def colorize(mask: np.ndarray, palette: list[list[int]], ignore_index: int | None = None) -> np.ndarray:
-    """Class indices → RGB uint8 using `palette`; ignored pixels grey."""
+    """Class indices H×W → RGB uint8 using `palette`; ignored pixels grey. A multilabel stack C×H×W
+    (1 where a label is present) draws each pixel in the mean colour of its labels, black where it has
+    none, grey where every plane is `ignore_index`."""
+    if mask.ndim == 3:
+        return _label_colours(mask, palette, ignore_index)
     table = np.zeros((256, 3), dtype=np.uint8)
     table[: len(palette)] = np.asarray(palette, dtype=np.uint8)[:256]
     if ignore_index is not None and 0 <= ignore_index < 256:
@@ -200,11 +204,7 @@ def colorize(mask: np.ndarray, palette: list[list[int]], ignore_index: int | Non
     return table[mask.astype(np.int64).clip(0, 255)]
 
 
-def label_colours(
-    planes: np.ndarray, palette: list[list[int]], ignore_index: int | None = None
-) -> np.ndarray:
-    """Multilabel masks C×H×W (1 where a label is present) → RGB uint8 H×W×3: each pixel the mean
-    colour of its labels, black where it has none, grey where every plane is `ignore_index`."""
+def _label_colours(planes: np.ndarray, palette: list[list[int]], ignore_index: int | None) -> np.ndarray:
     present = (planes == 1).astype(np.float32)
     colours = np.asarray(palette, dtype=np.float32)[: len(planes)]
     total = np.einsum("chw,ck->hwk", present, colours)

@@ -43,7 +43,7 @@ import yaml
 from ..config import Config, DataConfig, load_config
 from ..errors import SegwiseError
 from ..io import atomic_path
-from .dataset import IGNORE_INDEX, ClassInfo, SegmentationData, choose_size, load_data
+from .dataset import IGNORE_INDEX, SegmentationData, choose_size, load_data
 from .formats import find_data
 
 MAX_SIDE = {"cpu": 512, "cuda": 1024}
@@ -333,12 +333,6 @@ def _ram_bytes() -> int:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         return 8 * 2**30
-
-
-def loss_mode(classes: ClassInfo) -> str:
-    """The losses' mode: one sigmoid per label for multilabel data, else a softmax over the classes
-    (binary data too: background and foreground are two classes)."""
-    return "multilabel" if classes.multilabel else "multiclass"
 
 
 def loss_options(spec: str | dict, weights: list[float] | None) -> dict[str, dict[str, Any]]:

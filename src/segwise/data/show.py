@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..io import colorize, label_colours, write_image
+from ..io import colorize, write_image
 from .augment import Augment, augment_batch
 from .dataset import IGNORE_INDEX, load_data
 
@@ -39,13 +39,12 @@ def augmented_grid(
     images = images.round().byte().permute(0, 2, 3, 1).numpy()
     height, width = data_set.size
     gap = np.full((height, GAP, 3), 255, np.uint8)
-    draw = label_colours if data_set.classes.multilabel else colorize
     cells = [
         np.concatenate(
             [
                 np.repeat(image, 3, -1) if image.shape[-1] == 1 else image[..., :3],
                 gap,
-                draw(mask, data_set.classes.palette, IGNORE_INDEX),
+                colorize(mask, data_set.classes.palette, IGNORE_INDEX),
             ],
             1,
         )

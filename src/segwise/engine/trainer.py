@@ -31,7 +31,7 @@ from ..config import ClassesConfig, Config, DataConfig, PreprocessConfig, RunCon
 from ..data import SegmentationData
 from ..data.augment import PerSampleBatches, augment_batch
 from ..data.dataset import IGNORE_INDEX
-from ..data.plan import load_planned_data, loss_mode, loss_options, make_plan
+from ..data.plan import load_planned_data, loss_options, make_plan
 from ..errors import SegwiseError
 from ..losses import build_loss
 from ..metrics import ConfusionMatrix, MultilabelConfusionMatrix
@@ -186,10 +186,11 @@ def _better(value: float, best: float | None, settings: TrainConfig) -> bool:
 
 
 def planned_loss(settings: TrainConfig, classes, class_weights: list[float] | None) -> torch.nn.Module:
-    """The loss of a planned run (what `train` and `lr-find` both build): `settings.loss` in the
-    classes' mode (one sigmoid per label for multilabel data), class weights on every term that takes
-    them."""
-    return build_loss(settings.loss, mode=loss_mode(classes), **loss_options(settings.loss, class_weights))
+    """The loss of a planned run (what `train` and `lr-find` both build): `settings.loss` with one
+    sigmoid per label for multilabel data, else a softmax over the classes (binary data too: background
+    and foreground are two classes), class weights on every term that takes them."""
+    mode = "multilabel" if classes.multilabel else "multiclass"
+    return build_loss(settings.loss, mode=mode, **loss_options(settings.loss, class_weights))
 
 
 def planned_model(config: Config, data_set: SegmentationData) -> SegmentationModel:

@@ -27,6 +27,7 @@ import zarr
 from ..data.dataset import match_channels
 from ..errors import SegwiseError
 from ..io import atomic_path
+from .postprocess import MULTILABEL_THRESHOLD
 from .predictor import InferenceOptions, Predictor
 from .sliding import sliding_rows
 
@@ -96,7 +97,7 @@ def _class_indices(probs: torch.Tensor) -> np.ndarray:
 
 def _label_channels(probs: torch.Tensor) -> np.ndarray:
     """C×h×w sigmoid probabilities → h×w×C, 255 where a label is present."""
-    return ((probs > 0.5).to(torch.uint8) * 255).permute(1, 2, 0).cpu().numpy()
+    return ((probs > MULTILABEL_THRESHOLD).to(torch.uint8) * 255).permute(1, 2, 0).cpu().numpy()
 
 
 def _mask_tiles(

@@ -33,6 +33,9 @@ from ..errors import SegwiseError
 _EIGHT = np.ones((3, 3), dtype=bool)
 
 
+MULTILABEL_THRESHOLD = 0.5  # a label is present where its own (sigmoid) probability exceeds this
+
+
 @dataclass
 class Component:
     """One connected object: its class, box (x1, y1 exclusive: x1 − x0 is the width), area and score."""
@@ -57,7 +60,7 @@ class Steps:
 
     `threshold` None takes the argmax; see `threshold()` for what a value means. `multilabel`: the
     probabilities are independent sigmoids, one per label; each label is present where P > threshold
-    (None: 0.5) and the other steps clean every label's plane on its own.
+    (None: MULTILABEL_THRESHOLD) and the other steps clean every label's plane on its own.
     """
 
     threshold: float | None = None
@@ -75,7 +78,8 @@ class Steps:
     def __call__(self, probabilities: np.ndarray) -> np.ndarray:
         """Class indices H×W from softmax probabilities C×H×W (multilabel: boolean C×H×W)."""
         if self.multilabel:
-            planes = threshold_multilabel(probabilities, 0.5 if self.threshold is None else self.threshold)
+            value = MULTILABEL_THRESHOLD if self.threshold is None else self.threshold
+            planes = threshold_multilabel(probabilities, value)
             return np.stack([self._clean(plane) for plane in planes])
         if self.threshold is None:
             mask = probabilities.argmax(0)

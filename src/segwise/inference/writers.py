@@ -49,7 +49,6 @@ from ..io import (
     atomic_path,
     colorize,
     is_image_file,
-    label_colours,
     read_image,
     write_image,
     write_index_png,
@@ -230,7 +229,7 @@ def _write_outputs(
         elif kind == "png":
             write_index_png(target, mask, palette)
         elif kind == "overlay":
-            colours = label_colours(mask, palette) if multilabel else colorize(mask, palette)
+            colours = colorize(mask, palette)  # multilabel: the mean colour of each pixel's labels
             blended = (1 - OVERLAY_ALPHA) * rgb + OVERLAY_ALPHA * colours.astype(np.float32)
             write_image(target, np.where(found[..., None], blended + 0.5, rgb).astype(np.uint8))
         elif kind == "rgba":

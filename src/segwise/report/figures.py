@@ -10,7 +10,7 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ..io import atomic_path, colorize, label_colours  # noqa: E402
+from ..io import atomic_path, colorize  # noqa: E402
 
 
 def _save(figure, path: Path) -> None:
@@ -124,11 +124,10 @@ def plot_worst(samples, palette: list[list[int]], ignore_index: int, path: Path)
     for row, sample in zip(axes, samples, strict=True):
         image = sample.image
         rgb = np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image[..., :3]
-        draw = label_colours if sample.truth.ndim == 3 else colorize
         panels = [
             rgb,
-            draw(sample.truth, palette, ignore_index),
-            draw(sample.prediction, palette, ignore_index),
+            colorize(sample.truth, palette, ignore_index),
+            colorize(sample.prediction, palette, ignore_index),
             error_map(sample.truth, sample.prediction, ignore_index),
         ]
         titles = [f"{sample.name} (mIoU {sample.mean_iou:.3f})", "truth", "prediction", "errors (red)"]

@@ -10,7 +10,7 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ..io import atomic_path, colorize, label_colours, write_image  # noqa: E402
+from ..io import atomic_path, colorize, write_image  # noqa: E402
 
 
 def plot_curves(history: list[dict], path: Path) -> None:
@@ -38,9 +38,9 @@ def sample_panel(
     (C×H×W) show each pixel in the mean colour of its labels."""
     rgb = np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image[..., :3]
     gap = np.full((image.shape[0], 4, 3), 255, dtype=np.uint8)
-    draw = label_colours if truth.ndim == 3 else colorize
     return np.concatenate(
-        [rgb, gap, draw(truth, palette, ignore_index), gap, draw(prediction, palette, ignore_index)], axis=1
+        [rgb, gap, colorize(truth, palette, ignore_index), gap, colorize(prediction, palette, ignore_index)],
+        axis=1,
     )
 
 
