@@ -8,7 +8,7 @@ import torch
 import yaml
 
 import segwise
-from segwise.config import RunConfig, load_config
+from segwise.config import RunConfig, TrainConfig, load_config
 from segwise.data import plan as planning
 from segwise.data.dataset import IGNORE_INDEX, ClassInfo, SegmentationData, choose_size
 from segwise.data.plan import (
@@ -19,20 +19,25 @@ from segwise.data.plan import (
     probe_batch_size,
     write_plan,
 )
+from segwise.engine.trainer import planned_loss
 from segwise.errors import SegwiseError
 from segwise.losses import build_loss
 
 from .conftest import TINY, run_cli
 from .test_data import SHARED, needs_shared
+from .test_multilabel_train import write_multilabel_data
 
 TINY_MODEL = {"encoder": TINY["encoder"], "options": TINY["options"]}
 
 
-def _data(masks: np.ndarray, num_classes: int) -> SegmentationData:
-    images = np.zeros((*masks.shape, 3), np.uint8)
-    classes = ClassInfo([f"c{i}" for i in range(num_classes)], list(range(num_classes)))
+def _data(masks: np.ndarray, num_classes: int, multilabel: bool = False) -> SegmentationData:
+    """Training data from masks N×H×W (multilabel: N×C×H×W) on black images."""
+    images = np.zeros((masks.shape[0], *masks.shape[-2:], 3), np.uint8)
+    classes = ClassInfo(
+        [f"c{i}" for i in range(num_classes)], list(range(num_classes)), multilabel=multilabel
+    )
     return SegmentationData(
-        Path("."), classes, masks.shape[1:], 3, images, masks, images[:1], masks[:1], [], [], []
+        Path("."), classes, masks.shape[-2:], 3, images, masks, images[:1], masks[:1], [], [], []
     )
 
 
@@ -63,6 +68,42 @@ def test_class_weights_follow_their_formulas():
 def test_void_pixels_do_not_count_towards_frequencies():
     masks = np.array([[[0, 0, 1, IGNORE_INDEX, IGNORE_INDEX]]], np.uint8)
     np.testing.assert_allclose(class_weights(_data(masks, 2), "one_minus"), [2 / 3, 4 / 3], rtol=1e-5)
+
+
+def test_multilabel_class_weights_follow_their_formulas_per_label():
+    # Two images 1×6, four labels; X is an ignored element, label 3 never appears.
+    X = IGNORE_INDEX
+    masks = np.array(
+        [
+            [[[1, 1, 1, 0, 0, 0]], [[1, 0, 0, 0, 0, X]], [[0, 0, 0, 0, 0, 0]], [[0] * 6]],
+            [[[1, 1, 0, 0, 0, 0]], [[0, 0, 0, 0, 0, 0]], [[1, 1, 1, 1, 0, 0]], [[0] * 6]],
+        ],
+        np.uint8,
+    )
+    data = _data(masks, 4, multilabel=True)
+    # label c's positive elements over its non-ignored elements: 5/12, 1/11 (one ignored), 4/12
+    frequency = np.array([5 / 12, 1 / 11, 4 / 12])
+    inverse = 1 / frequency
+    np.testing.assert_allclose(class_weights(data, "inverse")[:3], inverse / inverse.mean(), rtol=1e-5)
+    one_minus = 1 - frequency
+    np.testing.assert_allclose(class_weights(data, "one_minus")[:3], one_minus / one_minus.mean(), rtol=1e-5)
+    # median frequency: over the images holding the label (1 is in image 0 only, 2 in image 1 only)
+    np.testing.assert_allclose(class_weights(data, "median_frequency")[:3], [1.0, 25 / 12, 5 / 8], rtol=1e-5)
+    assert all(class_weights(data, w)[3] == 0 for w in ("inverse", "one_minus", "median_frequency"))
+    np.testing.assert_allclose(planning.class_frequencies(data), [5 / 12, 1 / 11, 4 / 12, 0], rtol=1e-6)
+
+
+def test_multilabel_class_weights_reach_every_term_but_the_lovasz_hinge():
+    weights = [0.5, 2.0, 1.0]
+    classes = ClassInfo(["a", "b", "c"], [0, 1, 2], multilabel=True)
+    loss = planned_loss(TrainConfig(loss="bce+dice+lovasz"), classes, weights)
+    for name in ("bce", "dice"):
+        assert torch.equal(loss.terms[name].class_weights, torch.tensor(weights))
+    assert loss.terms["lovasz"].class_weights is None  # it would refuse them: it pools all labels
+    target = torch.randint(0, 2, (2, 3, 8, 8))
+    target[:, :, 0] = IGNORE_INDEX
+    assert torch.isfinite(loss(torch.randn(2, 3, 8, 8), target))
+    assert "lovasz" in loss_options("ce+lovasz", weights)  # the Lovász-softmax of multiclass data takes them
 
 
 def test_class_weights_reach_every_weighted_loss_term():
@@ -147,6 +188,17 @@ def test_training_uses_the_plan_and_records_class_weights(shapes_data, tmp_path)
     saved = RunConfig.load(run / "config.yaml")
     assert saved.data["plan"]["class_weights"] == plan.config.data.class_weights
     assert saved.train.batch_size == 4 and saved.preprocess.mean == plan.config.data.mean
+
+
+def test_multilabel_training_uses_per_label_weights(tmp_path):
+    data = write_multilabel_data(tmp_path / "data", count=10, size=32)
+    plan = make_plan(data, batch_size=4, epochs=1, weighting="inverse", loss="bce+lovasz", **TINY_MODEL)
+    assert plan.config.data.mode == "multilabel" and len(plan.config.data.class_weights) == 2
+    assert any("lovasz term is unweighted" in note for note in plan.notes)
+    path = write_plan(plan, tmp_path / "plan.yaml")
+    run = segwise.train(data, path, runs_dir=tmp_path / "runs", progress=False).run_dir
+    saved = RunConfig.load(run / "config.yaml")
+    assert saved.data["plan"]["class_weights"] == plan.config.data.class_weights
 
 
 def test_plan_cli_writes_a_plan_train_accepts(shapes_data, tmp_path):

@@ -12,7 +12,10 @@ written as YAML for a person to read and edit. How each value is chosen:
 - class weights (`weighting`): from the training masks' pixel frequencies f_c:
   inverse 1/f_c and one_minus 1 − f_c (both scaled to mean 1), or median_frequency median(f)/f_c with
   f_c the class's pixels over the pixels of the images it appears in (Eigen & Fergus 2015, SegNet);
-  classes with no training pixels get weight 0. Default none: weights can hurt as often as help;
+  classes with no training pixels get weight 0. Multilabel data: f_c is the share of (non-ignored)
+  elements with label c, and the weights balance the labels against each other by scaling each
+  label's term of the loss (the Lovász hinge pools all labels, so it stays unweighted).
+  Default none: weights can hurt as often as help;
 - batch size: a real probe of the training step (forward + backward at the planned size) on the training
   device. On a GPU the batch doubles until the peak memory passes 80 % of the card or it runs out; on a
   CPU the activation memory saved for backward is measured at batch 1 and 2 and the batch is the largest
@@ -52,6 +55,7 @@ MIN_EPOCHS, MAX_EPOCHS = 10, 300
 MAX_BATCH = 32
 GPU_MEMORY_SHARE = 0.8
 CPU_BUDGET_BYTES = 8 * 2**30
+UNWEIGHTED_MULTILABEL = ("lovasz",)  # loss terms that take no class weights on multilabel data
 
 
 @dataclass
@@ -104,6 +108,10 @@ def make_plan(
     if weights is None and options.weighting != "none":
         weights = class_weights(data_set, options.weighting)
         notes.append(f"class weights ({options.weighting}): {', '.join(f'{w:.3f}' for w in weights)}")
+    if weights is not None and classes.multilabel:
+        unweighted = [n for n in _loss_terms(settings.loss) if n in UNWEIGHTED_MULTILABEL]
+        if unweighted:
+            notes.append(f"the {', '.join(unweighted)} term is unweighted: the Lovász hinge pools all labels")
     mean, std = options.mean, options.std
     if mean is None:
         mean, std, source = normalization(config, data_set)
@@ -211,30 +219,33 @@ def planned_size(data: str | Path, options: DataConfig, max_side: int) -> list[i
     return list(choose_size(shapes, max_side))
 
 
-def class_frequencies(data_set: SegmentationData) -> list[float]:
-    """Share of the (non-void) training pixels in each class; multilabel: share of pixels with the label."""
+def _pixel_counts(data_set: SegmentationData) -> tuple[np.ndarray, np.ndarray]:
+    """Per training image and class (N×C each): the class's pixels, and the pixels they are a share of
+    (the image's non-void pixels; multilabel: the label's positive and its non-ignored elements)."""
     masks, count = data_set.train_masks, data_set.classes.num_classes
     if data_set.classes.multilabel:
-        return [float(v) for v in masks.mean(axis=(0, 2, 3))]
-    counts = np.bincount(masks[masks != IGNORE_INDEX].ravel(), minlength=count)[:count]
-    return (counts / max(1, counts.sum())).tolist()
+        return (masks == 1).sum(axis=(2, 3)), (masks != IGNORE_INDEX).sum(axis=(2, 3))
+    per_image = np.stack([np.bincount(m[m != IGNORE_INDEX].ravel(), minlength=count)[:count] for m in masks])
+    return per_image, np.broadcast_to(per_image.sum(1, keepdims=True), per_image.shape)
+
+
+def class_frequencies(data_set: SegmentationData) -> list[float]:
+    """Share of the (non-void) training pixels in each class; multilabel: share of pixels with the label."""
+    per_image, image_pixels = _pixel_counts(data_set)
+    return (per_image.sum(0) / np.maximum(1, image_pixels.sum(0))).tolist()
 
 
 def class_weights(data_set: SegmentationData, weighting: str) -> list[float]:
     """Per-class loss weights from the training masks (see the module docstring); absent classes get 0."""
-    masks, count = data_set.train_masks, data_set.classes.num_classes
-    if data_set.classes.multilabel:
-        raise SegwiseError("data.weighting: class weights are for binary/multiclass data; set it to none")
-    per_image = np.stack([np.bincount(m[m != IGNORE_INDEX].ravel(), minlength=count)[:count] for m in masks])
+    per_image, image_pixels = _pixel_counts(data_set)
     totals = per_image.sum(0).astype(np.float64)
     present = totals > 0
     if weighting == "median_frequency":
         # f_c = pixels of c / pixels of the images where c appears
-        image_pixels = per_image.sum(1, keepdims=True)
         frequency = totals / np.maximum(1, (image_pixels * (per_image > 0)).sum(0))
         weights = np.where(present, np.median(frequency[present]) / np.maximum(frequency, 1e-12), 0.0)
         return [round(float(w), 6) for w in weights]
-    frequency = totals / max(1.0, totals.sum())
+    frequency = totals / np.maximum(1, image_pixels.sum(0))
     raw = 1.0 / np.maximum(frequency, 1e-12) if weighting == "inverse" else 1.0 - frequency
     raw = np.where(present, raw, 0.0)
     return [round(float(w), 6) for w in raw / raw[present].mean()]
@@ -335,15 +346,26 @@ def _ram_bytes() -> int:
         return 8 * 2**30
 
 
-def loss_options(spec: str | dict, weights: list[float] | None) -> dict[str, dict[str, Any]]:
-    """build_loss keyword options that give `weights` to every term of the loss that takes class weights."""
+def loss_options(
+    spec: str | dict, weights: list[float] | None, multilabel: bool = False
+) -> dict[str, dict[str, Any]]:
+    """build_loss keyword options that give `weights` to every term of the loss that takes class weights.
+
+    Multilabel: not to the Lovász hinge, which pools all labels into one ranking (make_plan notes it).
+    """
     from ..losses import LOSSES, _options_of
 
     if weights is None:
         return {}
-    names = [n.strip() for n in spec.split("+")] if isinstance(spec, str) else list(spec)
     return {
         n: {"class_weights": weights}
-        for n in names
-        if n in LOSSES and "class_weights" in _options_of(LOSSES[n])
+        for n in _loss_terms(spec)
+        if n in LOSSES
+        and "class_weights" in _options_of(LOSSES[n])
+        and not (multilabel and n in UNWEIGHTED_MULTILABEL)
     }
+
+
+def _loss_terms(spec: str | dict) -> list[str]:
+    """The term names of a loss spec: "ce+dice" or {"ce": 1.0, "dice": 0.5}."""
+    return [n.strip() for n in spec.split("+")] if isinstance(spec, str) else list(spec)

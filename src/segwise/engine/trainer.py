@@ -188,9 +188,11 @@ def _better(value: float, best: float | None, settings: TrainConfig) -> bool:
 def planned_loss(settings: TrainConfig, classes, class_weights: list[float] | None) -> torch.nn.Module:
     """The loss of a planned run (what `train` and `lr-find` both build): `settings.loss` with one
     sigmoid per label for multilabel data, else a softmax over the classes (binary data too: background
-    and foreground are two classes), class weights on every term that takes them."""
+    and foreground are two classes), class weights on every term that takes them (see loss_options)."""
     mode = "multilabel" if classes.multilabel else "multiclass"
-    return build_loss(settings.loss, mode=mode, **loss_options(settings.loss, class_weights))
+    return build_loss(
+        settings.loss, mode=mode, **loss_options(settings.loss, class_weights, classes.multilabel)
+    )
 
 
 def planned_model(config: Config, data_set: SegmentationData) -> SegmentationModel:
