@@ -5,14 +5,16 @@ sample into one affine map from output pixels to source pixels and applied with 
 and `F.grid_sample` for the batch: bilinear for images, nearest for masks, on the same grid
 (`align_corners=False` in both), so image and mask stay aligned to the pixel. An output pixel whose
 nearest source pixel lies outside the image becomes `IGNORE_INDEX` in the mask and `fill` in the
-image. Then colour (brightness, contrast, saturation, hue, gamma), blur and noise, each drawn per
-sample, and, when asked, the normalization, folded into the last pass.
+image. Colour (brightness, contrast, saturation, hue, gamma) and, when asked, the normalization are
+one table lookup per sample and channel after the warp (the table positions are computed before it),
+then blur and noise, each drawn per sample.
 
     >>> images, masks = augment_batch(images, masks, "default", torch.Generator().manual_seed(0))  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Callable
@@ -132,7 +134,7 @@ def augment_batch(
     """Augment a batch: images N×C×H×W float on the 0..255 scale, masks N×H×W (or N×K×H×W) integers.
 
     Every sample draws its own parameters from `generator` (a CPU generator: the draws are a few numbers
-    per sample; the noise is drawn on the images' device, from a seed drawn per sample). `fill` (a number
+    per sample; the noise comes from a bank of Gaussian values on the images' device). `fill` (a number
     or one value per channel, e.g. the normalization mean × 255) is what the image shows where the
     transform looks outside it; the mask holds IGNORE_INDEX there. With `mean` and `std` (per channel,
     0..255 scale) the images come back normalized, (x − mean) / std, what the trainer feeds the model:
@@ -147,8 +149,18 @@ def augment_batch(
     if recipe == PRESETS["none"]:
         return (torch.addcmul(offset, images, scale), masks) if normalize else (images, masks)
     draw = _draw(recipe, count, channels, height, width, generator)
-    images, masks, inside = _apply_geometry(images, masks, draw.geometry)  # new: the rest is in place
-    images = _photometric(images, draw, scale, offset, normalize)
+    if draw.coloured.any():
+        # colour before geometry: the colour maps are affine and bilinear weights sum to one, so the
+        # warped table positions are the positions of the warped image (and the contrast pivots on the
+        # image's mean, not on a mean with the fill in it)
+        tables = _ColourTables(images, draw, scale, offset)
+        positions, masks, inside = _apply_geometry(tables.positions, masks, draw.geometry)
+        images = tables.look_up(positions)  # in place: the warp made a new batch
+    else:
+        images, masks, inside = _apply_geometry(images, masks, draw.geometry)  # new: the rest is in place
+        if normalize:
+            torch.addcmul(offset, images, scale, out=images)
+    _blur_and_noise(images, draw, scale, offset)
     if inside is not None:  # the fill where the source was outside, in output units: one pass
         fill = torch.as_tensor(fill, dtype=images.dtype, device=images.device).reshape(1, -1, 1, 1)
         torch.lerp(fill * scale + offset, images, inside, out=images)  # exact at inside = 0 and 1
@@ -167,7 +179,7 @@ class _Draw:
     gamma: torch.Tensor  # N exponents (1 where not coloured)
     blur: torch.Tensor  # N Gaussian sigmas in pixels (0: not blurred)
     noise: torch.Tensor  # N standard deviations on the 0..255 scale (0: no noise)
-    seed: torch.Tensor  # N seeds, one noise generator per sample
+    noise_start: torch.Tensor  # N×C where each channel's noise window starts, a fraction of the bank
 
 
 def _draw(recipe: Augment, count: int, channels: int, height: int, width: int, generator) -> _Draw:
@@ -186,7 +198,7 @@ def _draw(recipe: Augment, count: int, channels: int, height: int, width: int, g
     sigma = _uniform(*recipe.blur_sigma, count, generator)
     noisy = torch.rand(count, generator=generator) < recipe.p_noise
     std = _uniform(*recipe.noise_std, count, generator) * 255
-    seed = torch.randint(0, 2**62, (count,), generator=generator)
+    noise_start = torch.rand(count, channels, generator=generator, dtype=torch.float64)
     return _Draw(
         geometry,
         coloured,
@@ -196,7 +208,7 @@ def _draw(recipe: Augment, count: int, channels: int, height: int, width: int, g
         torch.where(coloured, gamma, 1.0),
         torch.where(blurred, sigma, 0.0),
         torch.where(noisy, std, 0.0),
-        seed,
+        noise_start,
     )
 
 
@@ -334,20 +346,13 @@ def _affine_grid(theta: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 _STEPS = 4  # colour, gamma and the normalization are looked up at this many entries per grey level
 _TABLE_ENTRIES = 2**16  # entries of the tables one lookup indexes: float32 positions resolve 1/256 step
+_NOISE_BANK = 2**22  # Gaussian values drawn once per device; a noisy sample adds a window of them
 
 
-def _photometric(
-    images: torch.Tensor, draw: _Draw, scale: torch.Tensor, offset: torch.Tensor, normalize: bool
-) -> torch.Tensor:
-    """Colour and gamma, the normalization (x·scale + offset per channel), blur and noise of `images`
-    (a batch augment_batch owns, changed in place; colour makes a new one), in that order. Blur and
-    noise thus work in output units: blur is linear, and the noise is scaled and clamped per channel,
+def _blur_and_noise(images: torch.Tensor, draw: _Draw, scale: torch.Tensor, offset: torch.Tensor) -> None:
+    """Blur and noise of `images` (a batch augment_batch owns) in place, in output units (after the
+    normalization x·scale + offset): blur is linear, and the noise is scaled and clamped per channel,
     which gives what they would give before the normalization."""
-    if draw.coloured.any():
-        images = _colour_lookup(images, draw, scale, offset)
-    elif normalize:
-        torch.addcmul(offset, images, scale, out=images)
-
     # One channel at a time: each sample's kernel has its own size, and a channel's passes stay in a
     # CPU's cache (a 480×360 channel is 0.7 MB): three times faster than whole samples there.
     for sample in draw.blur.nonzero().flatten().tolist():
@@ -357,63 +362,84 @@ def _photometric(
     # noise of std σ grey levels, then clamped to the range: σ·scale and the ends of 0..255 per channel
     gains, lows = scale.flatten().tolist(), offset.flatten().tolist()
     highs = [255 * gain + low for gain, low in zip(gains, lows, strict=True)]
-    for sample in draw.noise.nonzero().flatten().tolist():  # in place: no copy of the chosen samples
-        generator = torch.Generator(images.device).manual_seed(int(draw.seed[sample]))  # where the pixels are
-        noise = torch.randn(images.shape[1:], generator=generator, device=images.device, dtype=images.dtype)
+    noisy = draw.noise.nonzero().flatten().tolist()
+    if noisy:
+        bank = _noise_bank(images.device, images.dtype, images[0, 0].numel())
+        windows = len(bank) - images[0, 0].numel() + 1
+    for sample in noisy:  # in place: no copy of the chosen samples
         std = float(draw.noise[sample])
         for channel, (gain, low, high) in enumerate(zip(gains, lows, highs, strict=True)):
-            images[sample, channel].add_(noise[channel], alpha=std * gain).clamp_(low, high)
+            start = int(draw.noise_start[sample, channel] * windows)
+            window = bank[start : start + images[0, 0].numel()].view(images.shape[2:])
+            images[sample, channel].add_(window, alpha=std * gain).clamp_(low, high)
     # every step above keeps the range: the tables map into it, blur averages, noise clamps
-    return images
 
 
-def _colour_lookup(
-    images: torch.Tensor, draw: _Draw, scale: torch.Tensor, offset: torch.Tensor
-) -> torch.Tensor:
-    """A new batch: colour, gamma and the normalization of every sample, looked up in one table per
-    sample and channel at a quarter of a grey level.
+@functools.cache
+def _noise_bank_for(device: torch.device, dtype: torch.dtype, size: int) -> torch.Tensor:
+    return torch.randn(size, generator=torch.Generator(device).manual_seed(0), device=device, dtype=dtype)
+
+
+def _noise_bank(device: torch.device, dtype: torch.dtype, plane: int) -> torch.Tensor:
+    """Standard normal values, drawn once per device (and size): each noisy channel adds a window of
+    `plane` of them that starts where the draw says. On a CPU drawing fresh values costs 7 ns each, the
+    slowest step of a batch; a window is as Gaussian, and with 2²² values there are millions of windows,
+    so a window repeats no more often than the same image with the same draw."""
+    return _noise_bank_for(device, dtype, max(_NOISE_BANK, 4 * plane))
+
+
+class _ColourTables:
+    """Colour, gamma and the normalization of every sample, looked up in one table per sample and
+    channel at a quarter of a grey level.
 
     Saturation, hue, contrast (around the image mean) and brightness are one affine colour map per
     sample, y = a·M·x + t: one batched matrix product. What follows is per sample and channel: y
     clamped to 0..255, gamma 255·(y/255)^g, then the normalization; as OpenCV does on uint8 images,
     that is a table, here of y rounded to a quarter level (gamma within 0.3 of the exact power). The
-    colour map yields table positions directly: it scales y to quarter steps and adds one half (so that
-    converting to integers rounds) plus where each sample's and channel's table starts. The tables span
-    what the maps can reach from the batch's range of values; one conversion and one lookup per group of
-    samples whose tables fit in _TABLE_ENTRIES, instead of a clamp, a conversion, a lookup per sample
-    and a normalization pass.
+    colour map yields table positions directly (`positions`, a new contiguous N×C×H×W batch): it scales
+    y to quarter steps and adds one half (so that converting to integers rounds) plus where each
+    sample's and channel's table starts. The tables span what the maps can reach from the batch's range
+    of values; `look_up` is one conversion and one lookup per group of samples whose tables fit in
+    _TABLE_ENTRIES, instead of a clamp, a conversion, a lookup per sample and a normalization pass.
     """
-    count, channels = images.shape[:2]
-    device, dtype = images.device, images.dtype
-    smallest, largest = torch.aminmax(images)  # 0 and 255 unless the input strays outside them
-    low, high = min(0.0, float(smallest)), max(255.0, float(largest))
-    linear = _STEPS * draw.contrast.view(-1, 1, 1) * draw.mixing  # N×C×C, to quarter steps
-    channel_means = images.mean((2, 3)).to("cpu", torch.float64).unsqueeze(-1)
-    image_mean = (draw.mixing @ channel_means).mean((1, 2))  # the mean of M·x, per sample
-    shift = _STEPS * ((1 - draw.contrast) * image_mean + draw.brightness) + 0.5  # N
-    # each row's lowest and highest position over the box [low, high]^C of inputs; one spare entry
-    # on each side absorbs float rounding
-    positive, negative = linear.clamp(min=0).sum(2), linear.clamp(max=0).sum(2)
-    first = (shift.view(-1, 1) + positive * low + negative * high).floor() - 1  # N×C
-    last = (shift.view(-1, 1) + positive * high + negative * low).floor() + 1
-    size = int((last - first).max()) + 1  # entries per table
-    values = (first.unsqueeze(-1) + torch.arange(size, dtype=torch.float64)) / _STEPS  # N×C×size
-    values = 255 * (values.clamp(0, 255) / 255) ** draw.gamma.view(-1, 1, 1)
-    tables = (values.to(device) * scale.view(1, -1, 1) + offset.view(1, -1, 1)).to(dtype)
 
-    out = torch.empty_like(images)
-    group = max(1, _TABLE_ENTRIES // (channels * size))
-    for start in range(0, count, group):
-        samples = slice(start, min(count, start + group))
-        # position of a row's value in the group's tables: its table's start, minus that table's first
-        starts = torch.arange(samples.stop - samples.start, dtype=torch.float64).view(-1, 1) * channels
-        starts = (starts + torch.arange(channels)) * size - first[samples]
-        added = (shift[samples].view(-1, 1) + starts).unsqueeze(-1).to(device, dtype)
-        rows = out[samples].view(-1, channels, images[0, 0].numel())
-        torch.baddbmm(added, linear[samples].to(device, dtype), images[samples].flatten(2), out=rows)
-        index = rows.to(torch.int32).view(-1)  # non-negative: conversion rounds down
-        torch.index_select(tables[samples].flatten(), 0, index, out=rows.view(-1))
-    return out
+    def __init__(self, images: torch.Tensor, draw: _Draw, scale: torch.Tensor, offset: torch.Tensor) -> None:
+        count, channels = images.shape[:2]
+        device, dtype = images.device, images.dtype
+        smallest, largest = torch.aminmax(images)  # 0 and 255 unless the input strays outside them
+        low, high = min(0.0, float(smallest)), max(255.0, float(largest))
+        linear = _STEPS * draw.contrast.view(-1, 1, 1) * draw.mixing  # N×C×C, to quarter steps
+        channel_means = images.mean((2, 3)).to("cpu", torch.float64).unsqueeze(-1)
+        image_mean = (draw.mixing @ channel_means).mean((1, 2))  # the mean of M·x, per sample
+        shift = _STEPS * ((1 - draw.contrast) * image_mean + draw.brightness) + 0.5  # N
+        # each row's lowest and highest position over the box [low, high]^C of inputs; one spare entry
+        # on each side absorbs float rounding (of the product here and of the warp's interpolation)
+        positive, negative = linear.clamp(min=0).sum(2), linear.clamp(max=0).sum(2)
+        first = (shift.view(-1, 1) + positive * low + negative * high).floor() - 1  # N×C
+        last = (shift.view(-1, 1) + positive * high + negative * low).floor() + 1
+        size = int((last - first).max()) + 1  # entries per table
+        values = (first.unsqueeze(-1) + torch.arange(size, dtype=torch.float64)) / _STEPS  # N×C×size
+        values = 255 * (values.clamp(0, 255) / 255) ** draw.gamma.view(-1, 1, 1)
+        self.tables = (values.to(device) * scale.view(1, -1, 1) + offset.view(1, -1, 1)).to(dtype)
+
+        self.group = max(1, _TABLE_ENTRIES // (channels * size))  # samples per lookup
+        self.positions = torch.empty(images.shape, device=device, dtype=dtype)
+        for start in range(0, count, self.group):
+            samples = slice(start, min(count, start + self.group))
+            # position of a row's value in the group's tables: its table's start, minus that table's first
+            starts = torch.arange(samples.stop - samples.start, dtype=torch.float64).view(-1, 1) * channels
+            starts = (starts + torch.arange(channels)) * size - first[samples]
+            added = (shift[samples].view(-1, 1) + starts).unsqueeze(-1).to(device, dtype)
+            rows = self.positions[samples].flatten(2)
+            torch.baddbmm(added, linear[samples].to(device, dtype), images[samples].flatten(2), out=rows)
+
+    def look_up(self, positions: torch.Tensor) -> torch.Tensor:
+        """`positions` (contiguous, N×C×H×W, these positions or a warp of them) replaced by the values."""
+        for start in range(0, len(positions), self.group):
+            rows = positions[start : start + self.group].view(-1)
+            index = rows.to(torch.int32)  # non-negative: conversion rounds down
+            torch.index_select(self.tables[start : start + self.group].flatten(), 0, index, out=rows)
+        return positions
 
 
 def _hue_saturation(hue: torch.Tensor, saturation: torch.Tensor) -> torch.Tensor:
