@@ -194,6 +194,21 @@ def test_noise_has_the_drawn_strength():
     assert ((std > 0.02 * 255 * 0.9) & (std < 0.04 * 255 * 1.1)).all()
 
 
+def test_noise_differs_between_samples_and_channels_and_is_gaussian():
+    """Noise windows come from one bank of Gaussian values: each sample and channel its own window."""
+    images = torch.full((6, 3, 40, 50), 128.0)
+    masks = torch.zeros(6, 40, 50, dtype=torch.long)
+    recipe = Augment(p_noise=1.0, noise_std=(0.03, 0.03))
+    out, _ = augment_batch(images, masks, recipe, torch.Generator().manual_seed(0))
+    noise = (out - images).flatten(0, 1) / (0.03 * 255)  # 18 planes of unit noise
+    correlations = torch.corrcoef(noise.flatten(1))
+    assert (correlations - torch.eye(18)).abs().max() < 0.1  # no two planes share their noise
+    assert abs(float(noise.mean())) < 0.02 and abs(float(noise.std()) - 1) < 0.02
+    assert abs(float((noise.abs() < 1).float().mean()) - 0.6827) < 0.01  # a normal's share within 1σ
+    again, _ = augment_batch(images, masks, recipe, torch.Generator().manual_seed(1))
+    assert not torch.equal(again, out)  # another draw, other windows
+
+
 def test_multilabel_masks_move_with_the_image():
     images, masks = coordinate_batch(4, 32, 32)
     planes = torch.stack([masks % 2, masks % 3], 1)  # N×K×H×W
@@ -329,20 +344,24 @@ def test_show_on_a_missing_folder_is_one_line_and_exit_2(tmp_path):
 @pytest.mark.parametrize("preset", ["flips", "light", "default", "heavy"])
 @pytest.mark.parametrize("size", [(12, 12), (10, 14)])
 def test_samples_that_only_flip_are_copied_exactly_as_resampling_would_give(preset, size):
-    """A batch whose maps only flip or transpose skips grid_sample; it must equal resampling it."""
-    from segwise.data.augment import _apply_geometry, _geometry, _warp
+    """Samples whose maps only flip or transpose skip grid_sample, the others are resampled a few at a
+    time; the batch must equal resampling every sample at once."""
+    from segwise.data.augment import _draw, _warp
 
     height, width = size
     images = torch.rand(32, 3, height, width) * 255
     masks = torch.randint(0, 5, (32, height, width))
-    matrices = _geometry(PRESETS[preset], 32, height, width, torch.Generator().manual_seed(3))
-    fast_images, fast_masks, fast_inside = _apply_geometry(images, masks, matrices)
-    slow_images, slow_masks, slow_inside = _warp(images.clone(), masks, matrices)
-    assert torch.allclose(fast_images, slow_images, atol=1e-3)
-    assert torch.equal(fast_masks, slow_masks)
-    assert torch.equal(torch.ones_like(slow_inside) if fast_inside is None else fast_inside, slow_inside)
-    flipped = (fast_images - images).abs().flatten(1).amax(1) > 0
-    assert flipped.any()  # the draw did move some samples
+    recipe = dataclasses.replace(PRESETS[preset], p_color=0.0, p_blur=0.0, p_noise=0.0)
+    fast_images, fast_masks = augment_batch(images, masks, recipe, torch.Generator().manual_seed(3), 7.0)
+    matrices = _draw(recipe, 32, 3, height, width, torch.Generator().manual_seed(3)).geometry
+    slow_images, slow_labels, inside = _warp(images.clone(), masks, matrices)
+    assert torch.allclose(fast_images, torch.lerp(torch.tensor(7.0), slow_images, inside), atol=1e-3)
+    assert torch.equal(fast_masks, slow_labels.long())
+    linear = matrices[:, :2, :2]
+    moves_pixels = ((linear.abs() == 1) | (linear == 0)).flatten(1).all(1) & (matrices[:, :2, 2] == 0).all(1)
+    flips = moves_pixels & ~(linear == torch.eye(2, dtype=linear.dtype)).flatten(1).all(1)
+    assert flips.any()  # the draw did flip some samples
+    assert moves_pixels.all() if preset == "flips" else not moves_pixels.all()  # and resampled the others
 
 
 @pytest.mark.parametrize("preset", ["flips", "default", "heavy"])

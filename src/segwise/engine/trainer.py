@@ -83,12 +83,12 @@ class Batches:
         return len(self.images)
 
     def prepare(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images N×C×H×W float (0..255, contiguous) and masks N×H×W int64 of the samples `index`."""
+        """Images N×C×H×W float (0..255, channels-last) and masks N×H×W int64 of the samples `index`."""
         # index_select, not fancy indexing: ten times faster on the cache's rows on a CPU
         images = self.images.index_select(0, index).to(self.device, non_blocking=True)
-        # one pass converts to float and reorders to N×C×H×W, the layout grid_sample reads fastest
-        batch = torch.empty(images.shape[0], images.shape[3], *images.shape[1:3], device=self.device)
-        batch.copy_(images.permute(0, 3, 1, 2))
+        # converted as cached, channels-last: five times faster than reordering too (what the model and
+        # augmentation's colour step take as they are)
+        batch = images.float().permute(0, 3, 1, 2)
         return batch, self.masks.index_select(0, index).to(self.device, non_blocking=True).long()
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
