@@ -194,6 +194,25 @@ def test_noise_has_the_drawn_strength():
     assert ((std > 0.02 * 255 * 0.9) & (std < 0.04 * 255 * 1.1)).all()
 
 
+def test_samples_without_a_colour_draw_are_normalized_exactly():
+    """Only samples with a colour draw go through the quarter-level tables; the others keep their values."""
+    from segwise.data.augment import _draw
+
+    images = torch.rand(12, 3, 10, 14) * 255  # not on quarter levels
+    masks = torch.zeros(12, 10, 14, dtype=torch.long)
+    mean, std = (
+        torch.tensor([120.0, 110.0, 100.0]).view(1, 3, 1, 1),
+        torch.tensor([60.0, 55.0, 50.0]).view(1, 3, 1, 1),
+    )
+    recipe = Augment(p_color=0.5, brightness=0.2, gamma=(0.8, 1.25))
+    out, _ = augment_batch(images, masks, recipe, torch.Generator().manual_seed(6), 0.0, mean, std)
+    coloured = _draw(recipe, 12, 3, 10, 14, torch.Generator().manual_seed(6)).coloured
+    assert coloured.any() and not coloured.all()
+    normalized = (images - mean) / std
+    assert torch.allclose(out[~coloured], normalized[~coloured], atol=1e-6)
+    assert ((out[coloured] - normalized[coloured]).abs().flatten(1).amax(1) > 0.01).all()
+
+
 def test_noise_differs_between_samples_and_channels_and_is_gaussian():
     """Noise windows come from one bank of Gaussian values: each sample and channel its own window."""
     images = torch.full((6, 3, 40, 50), 128.0)

@@ -154,9 +154,9 @@ def augment_batch(
     # colour before geometry: the colour maps are affine and bilinear weights sum to one, so the warped
     # table positions are the positions of the warped image (and the contrast pivots on the image's
     # own mean, not on a mean with the fill in it)
-    colour = (
-        _ColourTables(images, draw, scale, offset) if draw.coloured.any() else _Normalization(scale, offset)
-    )
+    tables = _ColourTables(images, draw, scale, offset) if draw.coloured.any() else None
+    normalization = _Normalization(scale, offset)  # samples without a colour draw: exact, no lookup
+    colours = [tables if coloured else normalization for coloured in draw.coloured.tolist()]
     out, out_masks = torch.empty(images.shape, device=device, dtype=dtype), torch.empty_like(masks)
     linear, shift = draw.geometry[:, :2, :2], draw.geometry[:, :2, 2]
     moves_pixels = ((linear.abs() == 1) | (linear == 0)).flatten(1).all(1) & (shift == 0).all(1)
@@ -164,7 +164,7 @@ def augment_batch(
 
     def finish(moved: torch.Tensor, sample: int, inside: torch.Tensor | None = None) -> None:
         """A sample's colour, blur and noise, then the fill where its source was outside the image."""
-        colour.finish(moved, sample, out[sample])
+        colours[sample].finish(moved, sample, out[sample])
         _blur_and_noise(out[sample], sample, draw, scale, offset)
         if inside is not None:
             torch.lerp(fill, out[sample], inside, out=out[sample])  # exact at inside = 0 and 1
@@ -172,7 +172,9 @@ def augment_batch(
     # Flips and transposes (or nothing) move whole pixels: copied exactly, no resampling (3–4× faster
     # than resampling, see BENCHMARKS.md)
     for sample in moves_pixels.nonzero().flatten().tolist():
-        moved, out_masks[sample] = _dihedral(colour.source(images, sample), masks[sample], linear[sample])
+        moved, out_masks[sample] = _dihedral(
+            colours[sample].source(images, sample), masks[sample], linear[sample]
+        )
         finish(moved, sample)
     # The others are resampled by one grid_sample call (the flip-only samples left out: about a quarter
     # in the default preset, each saving a sample of the costliest step on a CPU)
@@ -180,7 +182,7 @@ def augment_batch(
     if len(resampled):
         sources = torch.empty((len(resampled), channels, height, width), device=device, dtype=dtype)
         for row, sample in enumerate(resampled.tolist()):
-            colour.source(images, sample, out=sources[row])
+            colours[sample].source(images, sample, out=sources[row])
         chosen_masks = masks.index_select(0, resampled.to(masks.device))
         warped, labels, inside = _warp(sources, chosen_masks, draw.geometry[resampled])
         for row, sample in enumerate(resampled.tolist()):
@@ -382,6 +384,11 @@ def _noise_bank(device: torch.device, dtype: torch.dtype, plane: int) -> torch.T
     return _noise_bank_for(device, dtype, max(_NOISE_BANK, 4 * plane))
 
 
+def _new_plane_stack(image: torch.Tensor) -> torch.Tensor:
+    """An empty contiguous C×H×W tensor like `image` (torch.empty_like would copy a channels-last layout)."""
+    return torch.empty(image.shape, device=image.device, dtype=image.dtype)
+
+
 class _Normalization:
     """Images without colour: `source` is the normalized sample, `finish` copies it into place."""
 
@@ -389,6 +396,8 @@ class _Normalization:
         self.scale, self.offset = scale[0], offset[0]  # C×1×1
 
     def source(self, images: torch.Tensor, sample: int, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The normalized sample, C×H×W, contiguous (whatever the input's layout)."""
+        out = _new_plane_stack(images[sample]) if out is None else out
         return torch.addcmul(self.offset, images[sample], self.scale, out=out)
 
     def finish(self, source: torch.Tensor, sample: int, out: torch.Tensor) -> None:
@@ -436,7 +445,7 @@ class _ColourTables:
     def source(self, images: torch.Tensor, sample: int, out: torch.Tensor | None = None) -> torch.Tensor:
         """The sample's table positions, C×H×W."""
         image = images[sample]
-        out = torch.empty(image.shape, device=image.device, dtype=image.dtype) if out is None else out
+        out = _new_plane_stack(image) if out is None else out
         torch.addmm(
             self.added[sample],
             self.linear[sample],
