@@ -151,6 +151,8 @@ def test_every_format_writes_the_multilabel_prediction(tmp_path):
     assert saved.shape == (3, 30, 40)
     np.testing.assert_allclose(saved, probabilities, atol=1e-3)
     np.testing.assert_allclose(tifffile.imread(out / "in_proba.tif"), probabilities, atol=1e-6)
+    with tifffile.TiffFile(out / "in_proba.tif") as tiff:  # three planes are not an RGB image
+        assert len(tiff.pages) == 3 and tiff.pages[0].photometric == tifffile.PHOTOMETRIC.MINISBLACK
 
     objects = json.loads((out / "in.json").read_text())["objects"]
     for index, name in enumerate(NAMES):

@@ -246,6 +246,7 @@ def _write_outputs(
                     tmp,
                     probabilities.astype(np.float32),
                     compression="zlib",
+                    photometric="minisblack",  # one page per class, never read as an RGB image
                     metadata={"axes": "CYX", "classes": list(predictor.class_names)},
                 )
         elif kind == "json":
