@@ -390,7 +390,7 @@ def _new_plane_stack(image: torch.Tensor) -> torch.Tensor:
 
 
 class _Normalization:
-    """Images without colour: `source` is the normalized sample, `finish` copies it into place."""
+    """Samples without a colour draw: `source` is the normalized sample, `finish` copies it into place."""
 
     def __init__(self, scale: torch.Tensor, offset: torch.Tensor) -> None:
         self.scale, self.offset = scale[0], offset[0]  # C×1×1
@@ -405,8 +405,8 @@ class _Normalization:
 
 
 class _ColourTables:
-    """Colour, gamma and the normalization of every sample, looked up in one table per sample and
-    channel at a quarter of a grey level.
+    """Colour, gamma and the normalization of the samples with a colour draw, looked up in one table
+    per sample and channel at a quarter of a grey level.
 
     Saturation, hue, contrast (around the image mean) and brightness are one affine colour map per
     sample, y = a·M·x + t: one small matrix product. What follows is per sample and channel: y clamped
@@ -470,7 +470,7 @@ def _channel_means(images: torch.Tensor) -> torch.Tensor:
     """N×C means; of a channels-last batch summed over rows of 16 pixels' channels side by side, 4×
     faster than the mean over H and W, whose innermost run is C values long."""
     count, channels, height, width = images.shape
-    if images.dim() != 4 or not images.is_contiguous(memory_format=torch.channels_last):
+    if not images.is_contiguous(memory_format=torch.channels_last):
         return images.mean((2, 3))
     side_by_side = math.gcd(height * width, 16)
     sums = images.permute(0, 2, 3, 1).reshape(count, -1, side_by_side * channels).sum(1)
