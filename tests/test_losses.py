@@ -218,6 +218,21 @@ def test_build_loss_takes_a_mode_and_per_loss_options():
     assert loss(logits, target).item() == pytest.approx(expected.item())
 
 
+@pytest.mark.parametrize("mode", ["binary", "multiclass", "multilabel"])
+def test_takes_class_weights_says_exactly_which_losses_accept_them(mode):
+    """What the plan asks before handing out class weights matches what each loss accepts."""
+    from segwise.losses import LOSSES, takes_class_weights
+
+    for name in LOSSES:
+        try:
+            build_loss(name, mode=mode, **{name: {"class_weights": [1.0, 2.0]}})
+            accepted = True
+        except SegwiseError:
+            accepted = False
+        assert takes_class_weights(name, mode) == accepted, name
+    assert not takes_class_weights("lovasz", "multilabel") and takes_class_weights("lovasz", "multiclass")
+
+
 def test_unknown_loss_name_lists_the_choices():
     with pytest.raises(
         SegwiseError, match=r"choose from \['bce', 'ce', 'dice', 'focal', 'jaccard', 'lovasz', 'tversky'\]"

@@ -94,6 +94,9 @@ def _class_mean(per_class: torch.Tensor, class_weights: torch.Tensor | None) -> 
 class _SegLoss(nn.Module):
     """Shared settings: mode, ignore_index and optional per-class weights (a buffer, so it follows .to())."""
 
+    # the modes in which the loss takes class_weights (binary has one output: use pos_weight or none)
+    class_weight_modes: tuple[str, ...] = ("multiclass", "multilabel")
+
     def __init__(
         self,
         mode: str = "multiclass",
@@ -305,6 +308,8 @@ class LovaszLoss(_SegLoss):
     errors 1 − logit·(2y − 1) over all elements pooled together, as segmentation-models-pytorch does.
     """
 
+    class_weight_modes = ("multiclass",)  # the hinge pools all labels: no per-label weights
+
     def __init__(
         self,
         mode: str = "multiclass",
@@ -354,6 +359,12 @@ LOSSES: dict[str, type[nn.Module]] = {
     "tversky": TverskyLoss,
     "lovasz": LovaszLoss,
 }
+
+
+def takes_class_weights(name: str, mode: str) -> bool:
+    """Whether the loss `name` takes class_weights in `mode` (building it with them fails otherwise)."""
+    loss = LOSSES[name]
+    return "class_weights" in _options_of(loss) and mode in loss.class_weight_modes
 
 
 class WeightedSum(nn.Module):

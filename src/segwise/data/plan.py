@@ -46,6 +46,7 @@ import yaml
 from ..config import Config, DataConfig, load_config
 from ..errors import SegwiseError
 from ..io import atomic_path
+from ..losses import LOSSES, takes_class_weights
 from .dataset import IGNORE_INDEX, SegmentationData, choose_size, load_data
 from .formats import find_data
 
@@ -55,7 +56,6 @@ MIN_EPOCHS, MAX_EPOCHS = 10, 300
 MAX_BATCH = 32
 GPU_MEMORY_SHARE = 0.8
 CPU_BUDGET_BYTES = 8 * 2**30
-UNWEIGHTED_MULTILABEL = ("lovasz",)  # loss terms that take no class weights on multilabel data
 
 
 @dataclass
@@ -109,9 +109,11 @@ def make_plan(
         weights = class_weights(data_set, options.weighting)
         notes.append(f"class weights ({options.weighting}): {', '.join(f'{w:.3f}' for w in weights)}")
     if weights is not None and classes.multilabel:
-        unweighted = [n for n in _loss_terms(settings.loss) if n in UNWEIGHTED_MULTILABEL]
+        unweighted = [
+            n for n in _loss_terms(settings.loss) if n in LOSSES and not takes_class_weights(n, "multilabel")
+        ]
         if unweighted:
-            notes.append(f"the {', '.join(unweighted)} term is unweighted: the Lovász hinge pools all labels")
+            notes.append(f"the {', '.join(unweighted)} term is unweighted: it takes no per-label weights")
     mean, std = options.mean, options.std
     if mean is None:
         mean, std, source = normalization(config, data_set)
@@ -349,20 +351,15 @@ def _ram_bytes() -> int:
 def loss_options(
     spec: str | dict, weights: list[float] | None, multilabel: bool = False
 ) -> dict[str, dict[str, Any]]:
-    """build_loss keyword options that give `weights` to every term of the loss that takes class weights.
-
-    Multilabel: not to the Lovász hinge, which pools all labels into one ranking (make_plan notes it).
-    """
-    from ..losses import LOSSES, _options_of
-
+    """build_loss keyword options that give `weights` to every term of the loss that takes class weights
+    in the data's mode (multilabel: not the Lovász hinge, which pools all labels; make_plan notes it)."""
     if weights is None:
         return {}
+    mode = "multilabel" if multilabel else "multiclass"
     return {
         n: {"class_weights": weights}
         for n in _loss_terms(spec)
-        if n in LOSSES
-        and "class_weights" in _options_of(LOSSES[n])
-        and not (multilabel and n in UNWEIGHTED_MULTILABEL)
+        if n in LOSSES and takes_class_weights(n, mode)
     }
 
 
