@@ -30,7 +30,7 @@ from .data.dataset import IGNORE_INDEX, ClassInfo, read_pair
 from .data.formats import DataSource, Pair, find_data
 from .errors import SegwiseError
 from .inference import Predictor
-from .inference.postprocess import MULTILABEL_THRESHOLD, threshold_multilabel
+from .inference.postprocess import Steps
 from .io import atomic_path
 from .metrics import BoundaryScores, ConfusionMatrix, MultilabelConfusionMatrix
 
@@ -164,14 +164,15 @@ def evaluate_split(
     boundary = BoundaryScores(classes.num_classes, multilabel=classes.multilabel)
     by_threshold = {t: ConfusionMatrix(2) for t in THRESHOLDS} if binary else {}
     worst: list[Sample] = []
+    decide = Steps(multilabel=classes.multilabel)
     for image_path, mask_path in tqdm(pairs, desc="evaluating", disable=not progress, leave=False):
         image, mask = read_pair(image_path, mask_path, source)
         truth = classes.to_indices(mask, mask_path)
         probabilities = predictor.predict_proba(image)
-        if classes.multilabel:  # labels are independent: each is present or not on its own
-            prediction = threshold_multilabel(probabilities, MULTILABEL_THRESHOLD).astype(np.uint8)
-        else:
-            prediction = probabilities.argmax(0)
+        # decided as `predict` decides: the top class, or (multilabel) each label on its own
+        prediction = decide(probabilities)
+        if classes.multilabel:
+            prediction = prediction.astype(np.uint8)  # 0/1 like the truth, not booleans
         target = torch.from_numpy(truth)[None]
         matrix.update(torch.from_numpy(prediction)[None], target)
         boundary.update(torch.from_numpy(prediction)[None], target)
