@@ -161,11 +161,12 @@ def augment_batch(
     linear, shift = draw.geometry[:, :2, :2], draw.geometry[:, :2, 2]
     moves_pixels = ((linear.abs() == 1) | (linear == 0)).flatten(1).all(1) & (shift == 0).all(1)
     fill = torch.as_tensor(fill, dtype=dtype, device=device).reshape(-1, 1, 1) * scale[0] + offset[0]
+    gains, lows = scale.flatten().tolist(), offset.flatten().tolist()  # once: on a GPU each is a sync
 
     def finish(moved: torch.Tensor, sample: int, inside: torch.Tensor | None = None) -> None:
         """A sample's colour, blur and noise, then the fill where its source was outside the image."""
         colours[sample].finish(moved, sample, out[sample])
-        _blur_and_noise(out[sample], sample, draw, scale, offset)
+        _blur_and_noise(out[sample], sample, draw, gains, lows)
         if inside is not None:
             torch.lerp(fill, out[sample], inside, out=out[sample])  # exact at inside = 0 and 1
 
@@ -349,11 +350,11 @@ _NOISE_BANK = 2**22  # Gaussian values drawn once per device; a noisy sample add
 
 
 def _blur_and_noise(
-    image: torch.Tensor, sample: int, draw: _Draw, scale: torch.Tensor, offset: torch.Tensor
+    image: torch.Tensor, sample: int, draw: _Draw, gains: list[float], lows: list[float]
 ) -> None:
     """Blur and noise of one sample's `image` (C×H×W, owned by augment_batch) in place, in output units
-    (after the normalization x·scale + offset): blur is linear, and the noise is scaled and clamped per
-    channel, which gives what they would give before the normalization."""
+    (after the normalization x·gain + low per channel): blur is linear, and the noise is scaled and
+    clamped per channel, which gives what they would give before the normalization."""
     if draw.blur[sample] > 0:
         # One channel at a time: a channel's passes stay in a CPU's cache (a 480×360 channel is
         # 0.7 MB): three times faster than whole samples there.
@@ -363,7 +364,6 @@ def _blur_and_noise(
         # noise of std σ grey levels, then clamped to the range: σ·scale and the ends of 0..255 per channel
         plane = image[0].numel()
         bank = _noise_bank(image.device, image.dtype, plane)
-        gains, lows = scale.flatten().tolist(), offset.flatten().tolist()
         for channel, (gain, low) in enumerate(zip(gains, lows, strict=True)):
             start = int(draw.noise_start[sample, channel] * (len(bank) - plane + 1))
             window = bank[start : start + plane].view(image.shape[1:])
