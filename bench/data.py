@@ -40,9 +40,9 @@ import albumentations as A  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
+from segwise.constants import IGNORE_INDEX  # noqa: E402
 from segwise.data import load_data  # noqa: E402
 from segwise.data.augment import PRESETS  # noqa: E402
-from segwise.data.dataset import IGNORE_INDEX  # noqa: E402
 from segwise.engine.devices import keep_freed_memory  # noqa: E402
 from segwise.engine.trainer import Batches  # noqa: E402
 

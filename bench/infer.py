@@ -131,9 +131,10 @@ def bench_sliding(repeats: int, size: int, tile: int, overlap: float, batch: int
 
 def load_model_only(run: Path):
     """A Predictor from a run's model, classes, preprocessing and data sections, ignoring its train section."""
-    from segwise.config import ClassesConfig, PreprocessConfig, RunConfig, TrainConfig, read_yaml
+    from segwise.config import PreprocessConfig, RunConfig, TrainConfig, read_yaml
     from segwise.inference import Predictor
     from segwise.run import load_weights
+    from segwise.task import Classes
 
     raw = read_yaml(run / "config.yaml")
     spec = dict(raw["model"])
@@ -141,7 +142,7 @@ def load_model_only(run: Path):
     load_weights(model, run / "model.safetensors")
     config = RunConfig(
         raw["model"],
-        ClassesConfig(**raw["classes"]),
+        Classes(**raw["classes"]),
         PreprocessConfig(**raw["preprocess"]),
         TrainConfig(),
         raw.get("data", {}),
@@ -191,7 +192,8 @@ HUGE_SCRIPT = """
 import sys, time
 sys.path.insert(0, {src!r})
 import torch
-from segwise.config import ClassesConfig, PreprocessConfig, RunConfig, TrainConfig
+from segwise.config import PreprocessConfig, RunConfig, TrainConfig
+from segwise.task import Classes
 from segwise.inference.large import predict_large_tiff
 from segwise.inference.predictor import InferenceOptions, Predictor
 from segwise.io import default_palette
@@ -203,7 +205,7 @@ if {model!r} == "unet":
 else:  # a 1×1 convolution: the pipeline's own memory and time, without a network's per-tile cost
     model = torch.nn.Conv2d(3, 5, 1)
     model.num_classes, model.config = 5, dict(in_channels=3, num_classes=5)
-config = RunConfig(model.config, ClassesConfig([str(i) for i in range(5)], list(range(5)), default_palette(5)),
+config = RunConfig(model.config, Classes([str(i) for i in range(5)], list(range(5)), default_palette(5)),
                    PreprocessConfig([512, 512], [0.5] * 3, [0.25] * 3), TrainConfig())
 predictor = Predictor(model, config, "cpu", InferenceOptions(tile=(512, 512), overlap=0.25))
 start = time.perf_counter()

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import segmentation_models_pytorch.losses as smp_losses  # noqa: E402
 from torchmetrics.classification import MulticlassJaccardIndex  # noqa: E402
 
-from segwise.data.dataset import IGNORE_INDEX  # noqa: E402
+from segwise.constants import IGNORE_INDEX  # noqa: E402
 from segwise.losses import DiceLoss, FocalLoss, LovaszLoss  # noqa: E402
 from segwise.metrics import ConfusionMatrix  # noqa: E402
 

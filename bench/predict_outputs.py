@@ -26,11 +26,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from monai.transforms import FillHoles  # noqa: E402
 
-from segwise.config import ClassesConfig, PreprocessConfig, RunConfig, TrainConfig  # noqa: E402
+from segwise.config import PreprocessConfig, RunConfig, TrainConfig  # noqa: E402
 from segwise.inference import Predictor, postprocess  # noqa: E402
 from segwise.io import default_palette  # noqa: E402
 from segwise.models import create_model  # noqa: E402
 from segwise.run import CONFIG, WEIGHTS, save_weights  # noqa: E402
+from segwise.task import Classes
 
 
 def interleaved_medians(functions: list, repeats: int) -> list[float]:
@@ -75,7 +76,7 @@ def backend_rows() -> list[tuple]:
     model = create_model("unet", encoder="resnet18", num_classes=5, in_channels=3).eval()
     config = RunConfig(
         model={"arch": "unet", "encoder": "resnet18", "num_classes": 5, "in_channels": 3},
-        classes=ClassesConfig(
+        classes=Classes(
             names=[f"c{i}" for i in range(5)], values=list(range(5)), palette=default_palette(5)
         ),
         preprocess=PreprocessConfig(input_size=[256, 256], mean=[0.5] * 3, std=[0.25] * 3),

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
+from segwise.constants import IGNORE_INDEX
 from segwise.data.augment import PRESETS, Augment, PerSampleBatches, augment_batch
-from segwise.data.dataset import IGNORE_INDEX
 from segwise.errors import SegwiseError
 
 GEOMETRIC = {

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from segwise.constants import IGNORE_INDEX
 from segwise.data import find_pairs, load_data
-from segwise.data.dataset import IGNORE_INDEX, discover_classes
+from segwise.data.dataset import discover_classes
 from segwise.data.synthetic import CLASS_NAMES, synthetic_sample, write_synthetic_dataset
 from segwise.errors import SegwiseError
 

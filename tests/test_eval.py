@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import segwise
-from segwise.data.dataset import ClassInfo, read_pair
+from segwise.data.dataset import read_pair
 from segwise.data.formats import find_pairs
 from segwise.evaluate import evaluate_split, write_evaluation
 from segwise.metrics import BoundaryScores, ConfusionMatrix
@@ -49,7 +49,7 @@ def test_metrics_json_equals_the_metrics_module(run_copy, shapes_data, tmp_path)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
 
     # The same predictions counted independently, one image at a time.
-    classes = ClassInfo(**vars(predictor.config.classes))
+    classes = predictor.config.classes
     matrix = ConfusionMatrix(classes.num_classes, per_image=True)
     boundary = BoundaryScores(classes.num_classes)
     for image_path, mask_path in pairs:
@@ -172,7 +172,7 @@ def test_binary_run_reports_and_saves_the_best_threshold(tmp_path):
 
     # The reported Dice is the metrics module's Dice of `foreground probability > threshold`.
     predictor = segwise.load(run)
-    classes = ClassInfo(**vars(predictor.config.classes))
+    classes = predictor.config.classes
     matrix = ConfusionMatrix(2)
     for image_path, mask_path in find_pairs(data)["all"]:
         image, mask = read_pair(image_path, mask_path)

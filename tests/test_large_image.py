@@ -12,12 +12,13 @@ import pytest
 import tifffile
 import torch
 
-from segwise.config import ClassesConfig, PreprocessConfig, RunConfig, TrainConfig
+from segwise.config import PreprocessConfig, RunConfig, TrainConfig
 from segwise.errors import SegwiseError
 from segwise.inference.large import open_regions, predict_large_tiff, tiff_size
 from segwise.inference.predictor import InferenceOptions, Predictor
 from segwise.io import default_palette
 from segwise.models import create_model
+from segwise.task import Classes
 
 from .conftest import TINY
 
@@ -30,7 +31,7 @@ def tiny_predictor(classes: int = 3, in_channels: int = 3, size=(32, 32), **opti
     model = create_model("unet", TINY["encoder"], classes, in_channels, **TINY["options"])
     config = RunConfig(
         model=model.config,
-        classes=ClassesConfig(
+        classes=Classes(
             [f"c{i}" for i in range(classes)], list(range(classes)), default_palette(classes)
         ),
         preprocess=PreprocessConfig(list(size), [0.5] * in_channels, [0.25] * in_channels),

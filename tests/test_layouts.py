@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from segwise.constants import IGNORE_INDEX
 from segwise.data import load_data
-from segwise.data.dataset import IGNORE_INDEX
 from segwise.data.formats import find_data
 from segwise.errors import SegwiseError
 

@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from segwise.data.dataset import IGNORE_INDEX
+from segwise.constants import IGNORE_INDEX
 from segwise.errors import SegwiseError
 from segwise.metrics import BoundaryScores, ConfusionMatrix, MultilabelConfusionMatrix
 

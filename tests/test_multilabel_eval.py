@@ -12,12 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
-from segwise.config import ClassesConfig
-from segwise.data.dataset import IGNORE_INDEX
+from segwise.constants import IGNORE_INDEX
 from segwise.errors import SegwiseError
 from segwise.evaluate import Sample, evaluate_split, metrics_dict, write_evaluation
 from segwise.metrics import BoundaryScores, MultilabelConfusionMatrix
 from segwise.report.figures import error_map, plot_worst
+from segwise.task import Classes
 
 NAMES = ["road", "car"]
 PALETTE = [[200, 0, 0], [0, 0, 200]]
@@ -155,7 +155,7 @@ class _StubPredictor:
     """Given probabilities per image (as a sigmoid model would give them), looked up by pixel content."""
 
     def __init__(self, probabilities: dict[bytes, np.ndarray]) -> None:
-        classes = ClassesConfig(NAMES, [0, 1], PALETTE, multilabel=True)
+        classes = Classes(NAMES, [0, 1], PALETTE, multilabel=True)
         self.config = SimpleNamespace(classes=classes)
         self.probabilities = probabilities
 

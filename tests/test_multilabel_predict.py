@@ -14,7 +14,7 @@ from PIL import Image
 
 import segwise
 from segwise.cli import main
-from segwise.config import ClassesConfig, PreprocessConfig, RunConfig, TrainConfig
+from segwise.config import PreprocessConfig, RunConfig, TrainConfig
 from segwise.data.dataset import load_data, resize_image
 from segwise.errors import SegwiseError
 from segwise.inference import postprocess
@@ -24,6 +24,7 @@ from segwise.inference.writers import predict_to_folder, saved_threshold
 from segwise.io import colorize, default_palette, read_image, read_mask
 from segwise.models import create_model
 from segwise.run import save_weights
+from segwise.task import Classes
 
 from .conftest import TINY
 
@@ -46,7 +47,7 @@ class PixelLabels(torch.nn.Module):
 def multilabel_config(names: list[str], model: dict | None = None) -> RunConfig:
     return RunConfig(
         model=model or {},
-        classes=ClassesConfig(
+        classes=Classes(
             names, list(range(len(names))), default_palette(len(names) + 1)[1:], multilabel=True
         ),
         preprocess=PreprocessConfig(list(SIZE), [0.5] * 3, [0.25] * 3),

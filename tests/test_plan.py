@@ -9,8 +9,9 @@ import yaml
 
 import segwise
 from segwise.config import RunConfig, TrainConfig, load_config
+from segwise.constants import IGNORE_INDEX
 from segwise.data import plan as planning
-from segwise.data.dataset import IGNORE_INDEX, ClassInfo, SegmentationData, choose_size
+from segwise.data.dataset import SegmentationData, choose_size
 from segwise.data.plan import (
     class_weights,
     loss_options,
@@ -22,6 +23,7 @@ from segwise.data.plan import (
 from segwise.engine.trainer import planned_loss
 from segwise.errors import SegwiseError
 from segwise.losses import build_loss
+from segwise.task import Classes
 
 from .conftest import TINY, run_cli
 from .test_data import SHARED, needs_shared
@@ -33,7 +35,7 @@ TINY_MODEL = {"encoder": TINY["encoder"], "options": TINY["options"]}
 def _data(masks: np.ndarray, num_classes: int, multilabel: bool = False) -> SegmentationData:
     """Training data from masks N×H×W (multilabel: N×C×H×W) on black images."""
     images = np.zeros((masks.shape[0], *masks.shape[-2:], 3), np.uint8)
-    classes = ClassInfo(
+    classes = Classes(
         [f"c{i}" for i in range(num_classes)], list(range(num_classes)), multilabel=multilabel
     )
     return SegmentationData(
@@ -95,7 +97,7 @@ def test_multilabel_class_weights_follow_their_formulas_per_label():
 
 def test_multilabel_class_weights_reach_every_term_but_the_lovasz_hinge():
     weights = [0.5, 2.0, 1.0]
-    classes = ClassInfo(["a", "b", "c"], [0, 1, 2], multilabel=True)
+    classes = Classes(["a", "b", "c"], [0, 1, 2], multilabel=True)
     loss = planned_loss(TrainConfig(loss="bce+dice+lovasz"), classes, weights)
     for name in ("bce", "dice"):
         assert torch.equal(loss.terms[name].class_weights, torch.tensor(weights))

@@ -1,8 +1,16 @@
 """Typed configuration: one dataclass per section, YAML in and out, validation with clear messages.
 
+This module is the one source of truth for every option: its name, type, choices (`Literal` types),
+default, help text and valid range live on the field. The command line's flags (cli.py), validation
+messages and the README's option tables are generated from these fields or checked against them.
+
 `Config` is what a user writes (`segwise train DATA -c plan.yaml`) or overrides from the command line.
 `RunConfig` is what a run folder stores in `config.yaml`: everything needed to rebuild the model and
 its preprocessing, so a run can be loaded anywhere without the training data.
+
+Overrides are structured per section, `{"train": {"epochs": 5}, "model": {"encoder": "resnet18"}}`;
+`Config.sections_of` sorts keyword arguments (`epochs=5, encoder="resnet18"`) into that form once, at
+the Python API's edge.
 """
 
 from __future__ import annotations
@@ -10,70 +18,131 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 from .errors import SegwiseError
 from .io import atomic_path
+from .task import MODES, Classes, Mode
 
-AUGMENT_PRESETS = ("none", "flips", "light", "default", "heavy")  # the keys of data.augment.PRESETS
+AugmentPreset = Literal["none", "flips", "light", "default", "heavy"]  # defined in data/augment.py PRESETS
+Precision = Literal["auto", "bf16", "fp16", "fp32"]
+Optimizer = Literal["adamw", "sgd", "adam"]
+Schedule = Literal["one_cycle", "cosine", "poly"]
+Monitor = Literal["val_miou", "val_loss", "val_pixel_accuracy", "train_loss"]
+MonitorMode = Literal["auto", "max", "min"]
+Layout = Literal["auto", "coco", "voc", "segnet", "fastai", "folders"]
+Weighting = Literal["none", "inverse", "one_minus", "median_frequency"]
+
+AUGMENT_PRESETS: tuple[str, ...] = typing.get_args(AugmentPreset)
+PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
+OPTIMIZERS: tuple[str, ...] = typing.get_args(Optimizer)
+SCHEDULES: tuple[str, ...] = typing.get_args(Schedule)
+MONITORS: tuple[str, ...] = typing.get_args(Monitor)
+LAYOUTS: tuple[str, ...] = typing.get_args(Layout)
+WEIGHTINGS: tuple[str, ...] = typing.get_args(Weighting)
+
+Check = tuple[Callable[[Any], bool], str]  # (is the value valid?, what is expected)
+
+
+def option(default: Any, help: str, check: Check | None = None, flag: bool = True) -> Any:
+    """A config field: its default, the help the CLI and README show, an optional range check and
+    whether the train command has a flag for it (`--snake-name` as `--kebab-name`)."""
+    metadata = {"help": help, "check": check, "flag": flag}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def _at_least(bound: float, what: str = "an integer") -> Check:
+    return (lambda v: v >= bound, f"{what} ≥ {bound}")
+
+
+def _optional(check: Check, what: str) -> Check:
+    test, _ = check
+    return (lambda v: v is None or test(v), what)
+
+
+POSITIVE: Check = (lambda v: v > 0, "a positive number")
 
 
 @dataclass
 class ModelConfig:
-    arch: str = "unet"
-    encoder: str | None = None  # None: the architecture's default (resnet34; segnet/unet_classic: their own)
-    encoder_weights: str | None = None  # None, "imagenet" or a path to a state dict
-    options: dict[str, Any] = field(default_factory=dict)  # the architecture's own, e.g. decoder_channels
+    arch: str = option("unet", "architecture; `segwise list-models` lists them")
+    encoder: str | None = option(None, "timm encoder (default: the architecture's own, resnet34 for most)")
+    encoder_weights: str | None = option(None, "none, imagenet, or a path to a state dict")
+    options: dict[str, Any] = option({}, "the architecture's own, e.g. decoder_channels", flag=False)
+
+    def __post_init__(self) -> None:
+        _validate(self, "model")
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 30
-    batch_size: int = 8
-    lr: float | str = 1e-3  # peak learning rate, or "auto": the LR range test picks it (engine/lr_find.py)
-    weight_decay: float = 1e-4
-    loss: str = "ce+dice"
-    size: list[int] | None = None  # training [H, W]; None picks the dataset's typical size
-    val_fraction: float = 0.2  # share held out when the data has no val/ split
-    augment: str = "flips"  # none | flips | light | default | heavy (see segwise.data.augment.PRESETS)
-    precision: str = "auto"  # auto | bf16 | fp16 | fp32
-    channels_last: bool = True
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    seed: int = 0
-    val_samples: int = 4  # image | truth | prediction panels written to val_samples/
-    optimizer: str = "adamw"  # adamw | sgd (Nesterov) | adam
-    momentum: float = 0.9  # sgd only
-    schedule: str = "one_cycle"  # one_cycle | cosine (linear warm-up, cosine decay) | poly
-    warmup_epochs: float = 1.0  # cosine and poly: linear warm-up length (one-cycle warms up over 25 %)
-    encoder_lr_scale: float | None = None  # encoder LR = lr × this; None: 0.1 if pretrained, else 1.0
-    freeze_encoder_epochs: int = 0  # train only decoder and head for the first N epochs
-    clip_grad_norm: float | None = None  # clip the global gradient norm to this
-    accumulate: int = 1  # micro-batches per optimizer step (effective batch = batch_size × accumulate)
-    ema_decay: float | None = None  # e.g. 0.999: evaluate and save an exponential moving average of weights
-    progressive_resize: list[float] | None = None  # e.g. [0.5, 1.0]: size fraction per equal epoch phase
-    compile: bool = False  # torch.compile the model for training
-    monitor: str = "val_miou"  # metrics.csv column that picks the best weights and drives early stopping
-    monitor_mode: str = "auto"  # max | min | auto (min for losses, max otherwise)
-    patience: int | None = None  # early stopping: epochs without improvement before stopping
-    min_delta: float = 0.0  # an improvement must beat the best by more than this
-    sync_batchnorm: bool = False  # DDP: batch-norm statistics over all processes
-    tensorboard: bool = False  # also log to RUN/tensorboard/
-    deterministic: bool = False  # torch.use_deterministic_algorithms: reproducible, a little slower
+    epochs: int = option(30, "passes over the training data", _at_least(1))
+    batch_size: int = option(8, "images per step (per process under torchrun)", _at_least(1))
+    lr: float | Literal["auto"] = option(1e-3, "peak learning rate, or auto: the LR range test picks it")
+    weight_decay: float = option(1e-4, "AdamW/SGD weight decay", _at_least(0, "a number"))
+    loss: str | dict[str, float] = option(
+        "ce+dice", "loss terms joined by '+', or in YAML a mapping of term to weight, e.g. {ce: 1.0, dice: 0.5}"
+    )
+    size: list[int] | None = option(
+        None,
+        "training size H or HxW (default: the data's typical size)",
+        (lambda v: v is None or (len(v) == 2 and min(v) >= 8), "[height, width], each ≥ 8"),
+    )
+    val_fraction: float = option(
+        0.2, "share held out when DATA has no val/ split", (lambda v: 0 < v < 1, "a number between 0 and 1")
+    )
+    augment: AugmentPreset = option("flips", "augmentation preset (see the README)")
+    precision: Precision = option("auto", "auto picks bf16 on GPUs that have it, else fp32")
+    channels_last: bool = option(True, "channels-last memory format for the model", flag=False)
+    device: str = option("auto", "auto, cpu, cuda or cuda:N")
+    seed: int = option(0, "seed of every random draw: split, weights, batches, augmentation")
+    val_samples: int = option(4, "image | truth | prediction panels written to val_samples/", flag=False)
+    optimizer: Optimizer = option("adamw", "optimizer; sgd is Nesterov")
+    momentum: float = option(0.9, "sgd only", flag=False)
+    schedule: Schedule = option("one_cycle", "one_cycle (25 % warm-up), cosine or poly (linear warm-up)")
+    warmup_epochs: float = option(1.0, "cosine/poly linear warm-up length", _at_least(0, "a number"))
+    encoder_lr_scale: float | None = option(
+        None,
+        "encoder LR = lr × this (default 0.1 when pretrained, else 1.0)",
+        _optional(POSITIVE, "a positive number (or null for the default)"),
+    )
+    freeze_encoder_epochs: int = option(0, "train only decoder and head for the first N epochs")
+    clip_grad_norm: float | None = option(
+        None, "clip the global gradient norm to this", _optional(POSITIVE, "a positive number or null")
+    )
+    accumulate: int = option(1, "micro-batches per optimizer step", _at_least(1))
+    ema_decay: float | None = option(
+        None,
+        "keep an exponential moving average of the weights, e.g. 0.999; it is evaluated and saved",
+        (lambda v: v is None or 0 < v < 1, "a number between 0 and 1 (e.g. 0.999) or null"),
+    )
+    progressive_resize: list[float] | None = option(
+        None,
+        "size fraction per equal epoch phase, e.g. 0.5,1.0",
+        (
+            lambda v: v is None or (len(v) >= 1 and all(0 < f <= 1 for f in v)),
+            "a list of size fractions in (0, 1], one per epoch phase, e.g. [0.5, 1.0]",
+        ),
+    )
+    compile: bool = option(False, "torch.compile the model for training")
+    monitor: Monitor = option("val_miou", "metrics.csv column that picks the best weights and stops early")
+    monitor_mode: MonitorMode = option("auto", "max, min, or auto: min for losses, max otherwise")
+    patience: int | None = option(
+        None, "early stopping: epochs without improvement", _optional(_at_least(1), "an integer ≥ 1 or null")
+    )
+    min_delta: float = option(0.0, "an improvement must beat the best by more than this", _at_least(0, "a number"))
+    sync_batchnorm: bool = option(False, "torchrun on GPUs: batch-norm statistics over all processes")
+    tensorboard: bool = option(False, "also log to RUN/tensorboard/")
+    deterministic: bool = option(False, "reproducible kernels (torch.use_deterministic_algorithms), slower")
 
     def __post_init__(self) -> None:
-        _check(self.augment in AUGMENT_PRESETS, "train.augment", self.augment, " | ".join(AUGMENT_PRESETS))
-        _check(
-            self.precision in ("auto", "bf16", "fp16", "fp32"),
-            "train.precision",
-            self.precision,
-            "auto | bf16 | fp16 | fp32",
-        )
-        _check(self.epochs >= 1, "train.epochs", self.epochs, "an integer ≥ 1")
-        _check(self.batch_size >= 1, "train.batch_size", self.batch_size, "an integer ≥ 1")
         if isinstance(self.lr, str) and self.lr != "auto":
             try:  # YAML reads 1e-3 (no dot) as a string
                 self.lr = float(self.lr)
@@ -85,118 +154,53 @@ class TrainConfig:
             self.lr,
             "a positive number or auto",
         )
-        _check(0 < self.val_fraction < 1, "train.val_fraction", self.val_fraction, "a number between 0 and 1")
-        if self.size is not None:
-            _check(
-                len(self.size) == 2 and min(self.size) >= 8,
-                "train.size",
-                self.size,
-                "[height, width], each ≥ 8",
-            )
-        _check(
-            self.optimizer in ("adamw", "sgd", "adam"),
-            "train.optimizer",
-            self.optimizer,
-            "adamw | sgd | adam",
-        )
-        _check(
-            self.schedule in ("one_cycle", "cosine", "poly"),
-            "train.schedule",
-            self.schedule,
-            "one_cycle | cosine | poly",
-        )
-        _check(self.warmup_epochs >= 0, "train.warmup_epochs", self.warmup_epochs, "a number ≥ 0")
-        _check(
-            self.encoder_lr_scale is None or self.encoder_lr_scale > 0,
-            "train.encoder_lr_scale",
-            self.encoder_lr_scale,
-            "a positive number (or null for the default)",
-        )
+        _validate(self, "train")
         _check(
             0 <= self.freeze_encoder_epochs <= self.epochs,
             "train.freeze_encoder_epochs",
             self.freeze_encoder_epochs,
             f"an integer between 0 and train.epochs ({self.epochs})",
         )
-        _check(
-            self.clip_grad_norm is None or self.clip_grad_norm > 0,
-            "train.clip_grad_norm",
-            self.clip_grad_norm,
-            "a positive number or null",
-        )
-        _check(self.accumulate >= 1, "train.accumulate", self.accumulate, "an integer ≥ 1")
-        _check(
-            self.ema_decay is None or 0 < self.ema_decay < 1,
-            "train.ema_decay",
-            self.ema_decay,
-            "a number between 0 and 1 (e.g. 0.999) or null",
-        )
-        if self.progressive_resize is not None:
-            _check(
-                len(self.progressive_resize) >= 1 and all(0 < f <= 1 for f in self.progressive_resize),
-                "train.progressive_resize",
-                self.progressive_resize,
-                "a list of size fractions in (0, 1], one per epoch phase, e.g. [0.5, 1.0]",
-            )
-        _check(
-            self.monitor in ("val_miou", "val_loss", "val_pixel_accuracy", "train_loss"),
-            "train.monitor",
-            self.monitor,
-            "val_miou | val_loss | val_pixel_accuracy | train_loss",
-        )
-        _check(
-            self.monitor_mode in ("auto", "max", "min"),
-            "train.monitor_mode",
-            self.monitor_mode,
-            "auto | max | min",
-        )
-        _check(
-            self.patience is None or self.patience >= 1,
-            "train.patience",
-            self.patience,
-            "an integer ≥ 1 or null",
-        )
-        _check(self.min_delta >= 0, "train.min_delta", self.min_delta, "a number ≥ 0")
-
-
-WEIGHTINGS = ("none", "inverse", "one_minus", "median_frequency")
-MODES = ("binary", "multiclass", "multilabel")
 
 
 @dataclass
 class DataConfig:
-    """How to read the data and what `segwise plan` learnt from it (data/plan.py explains each choice)."""
+    """How to read the data and what `segwise plan` learnt from it (engine/plan.py explains each choice)."""
 
-    layout: str = "auto"  # auto | folders | fastai | segnet | voc | coco
-    categories: list[str] | None = None  # COCO: category names to keep (default: all)
-    mask_threshold: int | None = None  # binary masks: stored value ≥ threshold is foreground
-    weighting: str = (
-        "none"  # class weights from pixel frequencies: none | inverse | one_minus | median_frequency
+    layout: Layout = option("auto", "dataset layout (default: auto-detected)")
+    categories: list[str] | None = option(None, "COCO: comma-separated category names to keep (default: all)")
+    mask_threshold: int | None = option(
+        None,
+        "binary masks: stored value ≥ this is foreground (e.g. 128)",
+        (lambda v: v is None or 0 < v <= 65535, "1..65535"),
     )
-    class_weights: list[float] | None = None  # one per class, given to the loss; overrides `weighting`
-    mean: list[float] | None = None  # per input channel, 0..1 scale; None: chosen when training starts
-    std: list[float] | None = None
-    classes: list[str] | None = None  # recorded by the plan; training checks the data still has them
-    mode: str | None = None  # recorded by the plan: binary | multiclass | multilabel
+    weighting: Weighting = option("none", "class weights for the loss from pixel frequencies")
+    class_weights: list[float] | None = option(
+        None,
+        "one per class, given to the loss; overrides weighting",
+        (
+            lambda v: v is None or (all(w >= 0 for w in v) and any(w > 0 for w in v)),
+            "non-negative numbers, one per class, not all zero",
+        ),
+        flag=False,
+    )
+    mean: list[float] | None = option(
+        None,
+        "per input channel, 0..1 scale; null: chosen by the plan",
+        (lambda v: v is None or len(v) >= 1, "one number per input channel"),
+        flag=False,
+    )
+    std: list[float] | None = option(
+        None,
+        "per input channel, 0..1 scale; null: chosen by the plan",
+        (lambda v: v is None or len(v) >= 1, "one number per input channel"),
+        flag=False,
+    )
+    classes: list[str] | None = option(None, "recorded by the plan; training checks the data still has them", flag=False)
+    mode: Mode | None = option(None, "recorded by the plan: " + " | ".join(MODES), flag=False)
 
     def __post_init__(self) -> None:
-        from .data.formats import LAYOUTS
-
-        _check(self.layout in LAYOUTS, "data.layout", self.layout, " | ".join(LAYOUTS))
-        _check(self.weighting in WEIGHTINGS, "data.weighting", self.weighting, " | ".join(WEIGHTINGS))
-        _check(self.mode is None or self.mode in MODES, "data.mode", self.mode, " | ".join(MODES))
-        if self.mask_threshold is not None:
-            _check(0 < self.mask_threshold <= 65535, "data.mask_threshold", self.mask_threshold, "1..65535")
-        if self.class_weights is not None:
-            _check(
-                all(w >= 0 for w in self.class_weights) and any(w > 0 for w in self.class_weights),
-                "data.class_weights",
-                self.class_weights,
-                "non-negative numbers, one per class, not all zero",
-            )
-        for key in ("mean", "std"):
-            value = getattr(self, key)
-            _check(value is None or len(value) >= 1, f"data.{key}", value, "one number per input channel")
+        _validate(self, "data")
         _check(
             (self.mean is None) == (self.std is None) and (self.std is None or min(self.std) > 0),
             "data.std",
@@ -205,43 +209,63 @@ class DataConfig:
         )
 
 
+SECTIONS: dict[str, type] = {"model": ModelConfig, "train": TrainConfig, "data": DataConfig}
+
+
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
 
-    def override(self, **values: Any) -> Config:
-        """Set fields by name (`epochs=5`, `encoder="resnet18"`) wherever they live; unknown names fail."""
-        model, train, data = asdict(self.model), asdict(self.train), asdict(self.data)
+    def updated(self, sections: dict[str, dict[str, Any]]) -> Config:
+        """A copy with fields set per section (`{"train": {"epochs": 5}}`); None values are "not given"."""
+        unknown = sorted(set(sections) - set(SECTIONS))
+        if unknown:
+            raise SegwiseError(f"unknown config section(s) {unknown}; valid sections are {list(SECTIONS)}")
+        merged = {}
+        for name, cls in SECTIONS.items():
+            values = asdict(getattr(self, name))
+            values |= {k: v for k, v in sections.get(name, {}).items() if v is not None}
+            merged[name] = _build(cls, values, name)
+        return Config(**merged)
+
+    @staticmethod
+    def sections_of(**values: Any) -> dict[str, dict[str, Any]]:
+        """Keyword arguments named after fields (`epochs=5`, `encoder="resnet18"`) sorted into their
+        sections; None values are dropped (not given); unknown names fail with the valid ones."""
+        sections: dict[str, dict[str, Any]] = {}
         for key, value in values.items():
-            if value is None:
-                continue
-            if key in model:
-                model[key] = value
-            elif key in train:
-                train[key] = value
-            elif key in data:
-                data[key] = value
-            else:
-                valid = sorted(set(model) | set(train) | set(data))
+            section = field_section(key)
+            if section is None:
+                valid = sorted(name for cls in SECTIONS.values() for name in field_names(cls))
                 raise SegwiseError(f"unknown option '{key}'; valid options are {valid}")
-        return Config(
-            _build(ModelConfig, model, "model"),
-            _build(TrainConfig, train, "train"),
-            _build(DataConfig, data, "data"),
-        )
+            if value is not None:
+                sections.setdefault(section, {})[key] = value
+        return sections
+
+    def override(self, **values: Any) -> Config:
+        """`updated` with keyword arguments named after fields: `config.override(epochs=5)`."""
+        return self.updated(self.sections_of(**values))
 
 
-@dataclass
-class ClassesConfig:
-    names: list[str]
-    values: list[int]  # stored mask value of each class
-    palette: list[list[int]]
-    ignore_value: int | None = None  # stored mask value meaning "void"
-    colours: list[list[int]] | None = None  # colour-coded masks: colour of each stored value
-    threshold: int | None = None  # binary masks: stored value ≥ threshold is foreground
-    multilabel: bool = False  # masks hold one binary channel per class
+def field_names(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def field_section(name: str) -> str | None:
+    """The section a field name belongs to (field names are unique across sections)."""
+    return next((section for section, cls in SECTIONS.items() if name in field_names(cls)), None)
+
+
+def choices(hint: Any) -> tuple[Any, ...] | None:
+    """The allowed values of a `Literal` type (also inside `X | None`), else None."""
+    if typing.get_origin(hint) is Literal:
+        return typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        found = [c for arg in typing.get_args(hint) if (c := choices(arg))]
+        return found[0] if len(found) == 1 and type(None) in typing.get_args(hint) else None
+    return None
 
 
 @dataclass
@@ -254,13 +278,15 @@ class PreprocessConfig:
 @dataclass
 class RunConfig:
     model: dict[str, Any]  # create_model arguments: arch, encoder, num_classes, in_channels, options
-    classes: ClassesConfig
+    classes: Classes
     preprocess: PreprocessConfig
     train: TrainConfig
     data: dict[str, Any] = field(default_factory=dict)
 
     def save(self, path: Path) -> None:
-        write_yaml(path, asdict(self))
+        values = asdict(self)
+        values["classes"] = self.classes.to_dict()
+        write_yaml(path, values)
 
     @classmethod
     def load(cls, path: Path) -> RunConfig:
@@ -272,10 +298,26 @@ def _check(ok: bool, key: str, value: Any, expected: str) -> None:
         raise SegwiseError(f"{key}: {value!r} is not valid; expected {expected}")
 
 
+def _validate(section: Any, where: str) -> None:
+    """Every field's choices (its `Literal` type) and range check, in field order."""
+    hints = typing.get_type_hints(type(section))
+    for item in dataclasses.fields(section):
+        value = getattr(section, item.name)
+        allowed = choices(hints[item.name])
+        if allowed is not None and not (value is None and type(None) in typing.get_args(hints[item.name])):
+            _check(value in allowed, f"{where}.{item.name}", value, " | ".join(map(str, allowed)))
+        check = item.metadata.get("check")
+        if check is not None:
+            test, expected = check
+            _check(test(value), f"{where}.{item.name}", value, expected)
+
+
 def _type_ok(value: Any, hint: Any) -> bool:
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         return any(_type_ok(value, arg) for arg in typing.get_args(hint))
+    if origin is Literal:  # the type of its values; membership is checked by _validate with the choices
+        return any(type(value) is type(arg) for arg in typing.get_args(hint))
     if hint is type(None):
         return value is None
     if hint is Any:
@@ -288,7 +330,10 @@ def _type_ok(value: Any, hint: Any) -> bool:
         (item,) = typing.get_args(hint)
         return isinstance(value, list) and all(_type_ok(v, item) for v in value)
     if origin is dict:
-        return isinstance(value, dict)
+        key_hint, value_hint = typing.get_args(hint) or (Any, Any)
+        return isinstance(value, dict) and all(
+            _type_ok(k, key_hint) and _type_ok(v, value_hint) for k, v in value.items()
+        )
     if dataclasses.is_dataclass(hint):
         return isinstance(value, (dict, hint))
     return isinstance(value, hint)
@@ -299,11 +344,9 @@ def _build(cls: type, values: Any, where: str) -> Any:
     if isinstance(values, cls):
         return values
     if not isinstance(values, dict):
-        raise SegwiseError(
-            f"{where}: expected a mapping of {cls.__name__} fields, got {type(values).__name__}"
-        )
+        raise SegwiseError(f"{where}: expected a mapping of {cls.__name__} fields, got {type(values).__name__}")
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    names = field_names(cls)
     unknown = sorted(set(values) - set(names))
     if unknown:
         raise SegwiseError(f"{where}: unknown key(s) {unknown}; valid keys are {names}")
@@ -313,7 +356,9 @@ def _build(cls: type, values: Any, where: str) -> Any:
         if dataclasses.is_dataclass(hint) and isinstance(value, dict):
             value = _build(hint, value, f"{where}.{key}")
         elif not _type_ok(value, hint):
-            raise SegwiseError(f"{where}.{key}: {value!r} has the wrong type; expected {hint}")
+            allowed = choices(hint)
+            expected = " | ".join(map(str, allowed)) if allowed else hint
+            raise SegwiseError(f"{where}.{key}: {value!r} has the wrong type; expected {expected}")
         if hint is float and isinstance(value, int):
             value = float(value)
         kwargs[key] = value

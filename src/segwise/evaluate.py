@@ -19,14 +19,15 @@ from __future__ import annotations
 import csv
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .data.dataset import IGNORE_INDEX, ClassInfo, read_pair
+from .constants import IGNORE_INDEX
+from .data.dataset import read_pair
 from .data.formats import DataSource, Pair, find_data
 from .errors import SegwiseError
 from .inference import Predictor
@@ -157,7 +158,7 @@ def evaluate_split(
     `source` reads masks that are not plain files (COCO annotations, per-class mask folders)."""
     if not pairs:
         raise SegwiseError("no image/mask pairs to evaluate; pick a split that holds images")
-    classes = ClassInfo(**asdict(predictor.config.classes))
+    classes = predictor.config.classes
     binary = classes.mode == "binary"  # a 2-label multilabel run has no single foreground to threshold
     counter = MultilabelConfusionMatrix if classes.multilabel else ConfusionMatrix
     matrix = counter(classes.num_classes, per_image=True)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data.dataset import IGNORE_INDEX
+from .constants import IGNORE_INDEX
 from .errors import SegwiseError
 
 MODES = ("binary", "multiclass", "multilabel")

@@ -17,7 +17,7 @@ from typing import Literal, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from .data.dataset import IGNORE_INDEX
+from .constants import IGNORE_INDEX
 from .errors import SegwiseError
 
 Reduction = Literal["dataset", "image"]

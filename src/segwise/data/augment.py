@@ -26,8 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..constants import IGNORE_INDEX
 from ..errors import SegwiseError
-from .dataset import IGNORE_INDEX
 
 
 @dataclass(frozen=True)

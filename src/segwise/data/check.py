@@ -21,7 +21,8 @@ import numpy as np
 
 from ..errors import SegwiseError
 from ..io import read_image
-from .dataset import ClassInfo, colours_to_values, infer_classes, no_colour_table, soft_binary_values
+from ..task import Classes, colours_to_values, no_colour_table
+from .dataset import infer_classes, soft_binary_values
 from .formats import DataSource, Pair, Problem, find_data
 
 
@@ -47,7 +48,7 @@ class CheckReport:
     pairs_per_split: dict[str, int]
     sizes: Counter  # (H, W) → images
     channels: Counter  # channel count → images
-    classes: ClassInfo | None
+    classes: Classes | None
     pixels: dict[str, list[int]]  # split → pixels per class
     void_pixels: dict[str, int]  # split → ignored pixels
     problems: list[Problem] = field(default_factory=list)
@@ -194,7 +195,7 @@ def _without_path(error: SegwiseError, path: Path) -> str:
 
 def _classes(
     source: DataSource, reads: list[_Read], threshold: int | None, problems: list[Problem]
-) -> ClassInfo:
+) -> Classes:
     """Decide the classes as load_data would, from per-file value summaries instead of whole masks."""
     if any(r.colour_coded for r in reads):
         raise no_colour_table(next(r.pair[1] for r in reads if r.colour_coded))
@@ -220,7 +221,7 @@ def _classes(
 
 def _count(
     read: _Read,
-    classes: ClassInfo,
+    classes: Classes,
     pixels: dict[str, list[int]],
     void: dict[str, int],
     problems: list[Problem],

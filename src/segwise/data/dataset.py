@@ -20,123 +20,28 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from ..constants import IGNORE_INDEX
 from ..errors import SegwiseError
-from ..io import default_palette, read_image, read_mask
+from ..io import read_image, read_mask
+from ..task import Classes, no_colour_table
 from . import cache
 from .formats import ClassNames, DataSource, Pair, find_data, read_class_names
 
-__all__ = ["ClassInfo", "ClassNames", "SegmentationData", "discover_classes", "load_data", "read_class_names"]
+__all__ = ["Classes", "ClassNames", "SegmentationData", "discover_classes", "load_data", "read_class_names"]
 
-IGNORE_INDEX = 255
 MAX_TRAIN_SIDE = 512
 LOSSY_SUFFIXES = (".jpg", ".jpeg")
 
 
-@dataclass
-class ClassInfo:
-    """What each class is called, which stored mask value encodes it, and how it is drawn.
-
-    `colours` (colour-coded masks) holds the RGB colour of every stored value 0..len-1, void included;
-    `threshold` makes a mask binary (stored ≥ threshold → value 1); `multilabel` masks are H×W×C.
-    """
-
-    names: list[str]
-    values: list[int]
-    ignore_value: int | None = None
-    palette: list[list[int]] = field(default_factory=list)
-    colours: list[list[int]] | None = None
-    threshold: int | None = None
-    multilabel: bool = False
-
-    def __post_init__(self) -> None:
-        if not self.palette:  # multilabel: every label is a thing, none drawn black like "nothing"
-            count = len(self.names)
-            self.palette = default_palette(count + 1)[1:] if self.multilabel else default_palette(count)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.names)
-
-    @property
-    def mode(self) -> str:
-        """The loss mode this data trains in: binary, multiclass or multilabel."""
-        return "multilabel" if self.multilabel else "binary" if self.num_classes == 2 else "multiclass"
-
-    def lookup_table(self) -> np.ndarray:
-        """Array mapping every stored value (0..65535) to a class index, IGNORE_INDEX if none."""
-        table = np.full(65536, IGNORE_INDEX, dtype=np.uint8)
-        table[np.asarray(self.values, dtype=np.int64)] = np.arange(len(self.values), dtype=np.uint8)
-        return table
-
-    def stored_values(self, mask: np.ndarray, path: Path | None = None) -> np.ndarray:
-        """A mask as read (H×W values or H×W×3 colours) → H×W stored values (thresholded if binary)."""
-        if mask.ndim == 3:
-            if self.colours:
-                mask = colours_to_values(mask, self.colours, path)
-            elif np.all(mask == mask[..., :1]):  # a gray mask saved as RGB
-                mask = mask[..., 0]
-            else:
-                raise no_colour_table(path)
-        if self.threshold is not None:
-            mask = (mask >= self.threshold).astype(np.uint8)
-        return mask
-
-    def to_indices(self, mask: np.ndarray, path: Path | None = None) -> np.ndarray:
-        """Stored mask values → class indices H×W (multilabel: C×H×W of 0/1); unknown values are an error."""
-        if self.multilabel:
-            if mask.ndim != 3 or mask.shape[-1] != self.num_classes:
-                channels = mask.shape[-1] if mask.ndim == 3 else 1
-                raise SegwiseError(
-                    f"{path}: mask has {channels} channel(s) but the data has {self.num_classes} classes; "
-                    "give every image one mask per class"
-                )
-            return np.ascontiguousarray((mask >= (self.threshold or 1)).transpose(2, 0, 1)).astype(np.uint8)
-        mask = self.stored_values(mask, path)
-        indices = self.lookup_table()[mask]
-        unknown = (indices == IGNORE_INDEX) & (
-            mask != (self.ignore_value if self.ignore_value is not None else -1)
-        )
-        if unknown.any():
-            bad = sorted(int(v) for v in np.unique(mask[unknown]))[:8]
-            raise SegwiseError(
-                f"{path}: mask values {bad} are not among the classes' values {self.values}; "
-                f"fix the mask or train on data that has these classes"
-            )
-        return indices
-
-
-def no_colour_table(path: Path | None) -> SegwiseError:
-    return SegwiseError(
-        f"{path}: colour-coded mask (different R, G, B values) and no colour table; add class_dict.csv "
-        "(name,r,g,b per class) beside the data or save index masks"
-    )
-
-
-def colours_to_values(mask: np.ndarray, colours: list[list[int]], path: Path | None = None) -> np.ndarray:
-    """H×W×3 colour-coded mask → H×W index of each pixel's colour in `colours`; unknown colours fail."""
-    keys = np.asarray(colours, np.int64) @ np.array([65536, 256, 1])
-    order = np.argsort(keys)
-    pixels = mask[..., :3].astype(np.int64) @ np.array([65536, 256, 1])
-    position = np.searchsorted(keys[order], pixels).clip(0, len(keys) - 1)
-    found = keys[order][position] == pixels
-    if not found.all():
-        bad = [[int(k >> 16), int(k >> 8 & 255), int(k & 255)] for k in np.unique(pixels[~found])[:4]]
-        raise SegwiseError(
-            f"{path}: colours {bad} are not in the colour table (class_dict.csv); add a row for them "
-            "or fix the mask"
-        )
-    return order[position].astype(np.uint16 if len(colours) > 256 else np.uint8)
-
-
 def discover_classes(
     values: set[int], names: ClassNames | list[str] | None = None, source: Path | None = None
-) -> ClassInfo:
+) -> Classes:
     """Decide the classes from the set of stored mask values (see the module docstring)."""
     if isinstance(names, list):
         names = ClassNames(names, None, Path(source or ".") / "classes.txt")
@@ -145,25 +50,25 @@ def discover_classes(
     if names is not None:
         return _named_classes(values, names)
     if values <= {0, 255} or values <= {0, 1}:
-        return ClassInfo(["background", "foreground"], [0, 255] if 255 in values else [0, 1])
+        return Classes(["background", "foreground"], [0, 255] if 255 in values else [0, 1])
     ignore = 255 if 255 in values else None
     kept = sorted(values - {255})
     if kept[-1] >= 64 and kept[-1] >= 2 * len(kept):  # few, far-apart values: gray-coded classes
-        return ClassInfo([f"value_{v}" for v in kept], kept, ignore)
+        return Classes([f"value_{v}" for v in kept], kept, ignore_value=ignore)
     if kept[-1] >= IGNORE_INDEX:
         raise SegwiseError(
             f"{source}: masks hold {kept[-1] + 1} class values; at most 255 classes are supported"
         )
-    return ClassInfo([f"class_{v}" for v in range(kept[-1] + 1)], list(range(kept[-1] + 1)), ignore)
+    return Classes([f"class_{v}" for v in range(kept[-1] + 1)], list(range(kept[-1] + 1)), ignore_value=ignore)
 
 
-def _named_classes(values: set[int], names: ClassNames) -> ClassInfo:
+def _named_classes(values: set[int], names: ClassNames) -> Classes:
     """Classes from a name file: row i is stored value i; a void row (or 255) is the ignore value."""
     void = names.void_row
     rows = [i for i in range(len(names.names)) if i != void]
     palette = [names.colours[i] for i in rows] if names.colours else []
     if len(rows) == 2 and (values <= {0, 255} or values <= {0, 1}) and void is None:
-        return ClassInfo([names.names[i] for i in rows], [0, 255] if 255 in values else [0, 1], None, palette)
+        return Classes([names.names[i] for i in rows], [0, 255] if 255 in values else [0, 1], palette)
     ignore = void if void is not None else (255 if 255 in values else None)
     stray = sorted(v for v in values if v >= len(names.names) and v != ignore)
     if stray:
@@ -171,7 +76,7 @@ def _named_classes(values: set[int], names: ClassNames) -> ClassInfo:
             f"{names.path}: names {len(names.names)} classes (values 0..{len(names.names) - 1}) but masks hold "
             f"value(s) {stray[:8]}; add a line per value or fix the masks"
         )
-    return ClassInfo([names.names[i] for i in rows], rows, ignore, palette)
+    return Classes([names.names[i] for i in rows], rows, palette, ignore_value=ignore)
 
 
 def infer_classes(
@@ -182,7 +87,7 @@ def infer_classes(
     threshold: int | None = None,
     source: Path | None = None,
     counts: Counter | None = None,
-) -> ClassInfo:
+) -> Classes:
     """Decide the classes and the mask encoding from the masks as read (see the module docstring).
 
     `counts` (stored value → pixels) is computed from the masks unless given; it lets a mostly-0/255
@@ -200,7 +105,7 @@ def infer_classes(
             p for m, p in zip(masks, paths, strict=True) if m.ndim == 3 and not np.all(m == m[..., :1])
         )
         raise no_colour_table(path)
-    decoder = ClassInfo([], [], colours=colours if colour_coded else None)
+    decoder = Classes([], [], colours=colours if colour_coded else None)
     given = counts is not None
     counts = Counter() if counts is None else counts
     values: set[int] = set()
@@ -245,7 +150,7 @@ def _noisy_binary(values: set[int]) -> bool:
 
 def _multilabel_classes(
     masks: list[np.ndarray], paths: list[Path], names: ClassNames | None, threshold: int | None
-) -> ClassInfo:
+) -> Classes:
     counts = {m.shape[-1] if m.ndim == 3 else 1 for m in masks}
     if len(counts) != 1:
         path = next(
@@ -263,7 +168,7 @@ def _multilabel_classes(
             "name each channel"
         )
     palette = names.colours if names and names.colours else []
-    return ClassInfo(labels, list(range(count)), None, palette, threshold=threshold, multilabel=True)
+    return Classes(labels, list(range(count)), palette, threshold=threshold, multilabel=True)
 
 
 def read_pair(
@@ -337,7 +242,7 @@ class SegmentationData:
     per split."""
 
     root: Path
-    classes: ClassInfo
+    classes: Classes
     size: tuple[int, int]
     in_channels: int
     train_images: np.ndarray
@@ -374,7 +279,7 @@ def load_data(
     size: tuple[int, int] | None = None,
     val_fraction: float = 0.2,
     seed: int = 0,
-    classes: ClassInfo | None = None,
+    classes: Classes | None = None,
     layout: str = "auto",
     categories: list[str] | None = None,
     mask_threshold: int | None = None,
@@ -414,7 +319,7 @@ def load_data(
         lambda: _decode(root, source, train_pairs, val_pairs, size, classes, mask_threshold),
         enabled=use_cache,
     )
-    classes = ClassInfo(**decoded.info["classes"])
+    classes = Classes(**decoded.info["classes"])
     size, in_channels = tuple(decoded.info["size"]), decoded.info["in_channels"]
     train_images, train_masks = decoded.arrays["train_images"], decoded.arrays["train_masks"]
     val_images, val_masks = decoded.arrays["val_images"], decoded.arrays["val_masks"]
@@ -440,7 +345,7 @@ def _decode(
     train_pairs: list[Pair],
     val_pairs: list[Pair],
     size: tuple[int, int] | None,
-    classes: ClassInfo | None,
+    classes: Classes | None,
     mask_threshold: int | None,
 ) -> cache.Decoded:
     """Decode, check and resize every pair; the result is what the cache stores."""

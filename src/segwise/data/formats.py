@@ -33,11 +33,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import LAYOUTS
 from ..errors import SegwiseError
 from ..io import is_image_file, read_mask
 
 SPLITS = ("train", "val", "test")
-LAYOUTS = ("auto", "coco", "voc", "segnet", "fastai", "folders")
 MASK_SUFFIXES = ("_mask", "_masks", "_P", "_label", "_labels", "_gt", "_seg", "_annot")
 MASK_DIRS = ("masks", "labels", "annotations", "annot", "gt")
 VOID_NAMES = ("void", "unlabelled", "unlabeled")

@@ -44,10 +44,11 @@ import torch
 import yaml
 
 from ..config import Config, DataConfig, load_config
+from ..constants import IGNORE_INDEX
 from ..errors import SegwiseError
 from ..io import atomic_path
 from ..losses import LOSSES, takes_class_weights
-from .dataset import IGNORE_INDEX, SegmentationData, choose_size, load_data
+from .dataset import SegmentationData, choose_size, load_data
 from .formats import find_data
 
 MAX_SIDE = {"cpu": 512, "cuda": 1024}

@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..constants import IGNORE_INDEX
 from ..io import colorize, write_image
 from .augment import Augment, augment_batch
-from .dataset import IGNORE_INDEX, load_data
+from .dataset import load_data
 
 GAP = 4  # white pixels between image and mask, and between cells
 

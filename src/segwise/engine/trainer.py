@@ -27,10 +27,10 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from .. import run as runfolder
-from ..config import ClassesConfig, Config, DataConfig, PreprocessConfig, RunConfig, TrainConfig, load_config
+from ..config import Classes, Config, DataConfig, PreprocessConfig, RunConfig, TrainConfig, load_config
+from ..constants import IGNORE_INDEX
 from ..data import SegmentationData
 from ..data.augment import PerSampleBatches, augment_batch
-from ..data.dataset import IGNORE_INDEX
 from ..data.plan import load_planned_data, loss_options, make_plan
 from ..errors import SegwiseError
 from ..losses import build_loss
@@ -346,7 +346,7 @@ def train(
     if checkpoint is None:
         run_config = RunConfig(
             model=model.config,
-            classes=ClassesConfig(
+            classes=Classes(
                 classes.names,
                 classes.values,
                 classes.palette,

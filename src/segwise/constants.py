@@ -1,0 +1,38 @@
+"""Names shared across layers: the ignore index and the files of a run folder.
+
+This module imports nothing, so any module of the package may import it without creating a cycle.
+
+A run folder, `runs/<name>/`, holds:
+
+    config.yaml        everything to rebuild the model and its preprocessing (config.RunConfig)
+    model.safetensors  best weights by the monitored metric (the EMA weights when EMA is on)
+    last.pt            full training state after the last epoch (engine/checkpoint.py; weights_only=True)
+    metrics.csv        one row per epoch
+    curves.png         loss and mIoU per epoch
+    lr.png             learning rate per epoch
+    tensorboard/       only with --tensorboard
+    val_samples/       image | truth | prediction panels
+    threshold.json     a binary run's foreground threshold, from `segwise eval --save-threshold`
+    eval/SPLIT/        `segwise eval`: metrics.json, per_image.csv, confusion.png, iou_per_class.png, worst.png
+    report.html        `segwise report`
+"""
+
+IGNORE_INDEX = 255  # mask value that counts for nothing (void): in losses, metrics and augmentation padding
+
+CONFIG = "config.yaml"
+WEIGHTS = "model.safetensors"
+LAST = "last.pt"
+METRICS = "metrics.csv"
+CURVES = "curves.png"
+LR_PLOT = "lr.png"
+TENSORBOARD = "tensorboard"
+SAMPLES = "val_samples"
+THRESHOLD_JSON = "threshold.json"
+REPORT = "report.html"
+
+EVAL_DIR = "eval"
+METRICS_JSON = "metrics.json"
+PER_IMAGE_CSV = "per_image.csv"
+CONFUSION_PNG = "confusion.png"
+IOU_PNG = "iou_per_class.png"
+WORST_PNG = "worst.png"
