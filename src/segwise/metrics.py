@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from .constants import IGNORE_INDEX
 from .errors import SegwiseError
+from .task import Task
 
 Reduction = Literal["dataset", "image"]
 
@@ -280,6 +281,13 @@ def _inner_boundary(masks: torch.Tensor, width: int, void: torch.Tensor) -> torc
 def _one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """N×H×W class indices → N×C×H×W bool (ignored or out-of-range indices match no class)."""
     return labels.unsqueeze(1) == torch.arange(num_classes, device=labels.device).view(1, -1, 1, 1)
+
+
+def confusion_matrix_for(task: Task, device: torch.device | str = "cpu", per_image: bool = False) -> ConfusionMatrix:
+    """The matrix a task's predictions are counted in: C×C over classes, or one 2×2 per label
+    (a per-label task's labels are independent decisions, so there is no class-to-class confusion)."""
+    kind = MultilabelConfusionMatrix if task.per_label else ConfusionMatrix
+    return kind(task.num_classes, device, per_image=per_image)
 
 
 class BoundaryScores:
