@@ -24,8 +24,7 @@ from torch import nn
 
 from .constants import IGNORE_INDEX
 from .errors import SegwiseError
-
-MODES = ("binary", "multiclass", "multilabel")
+from .task import MODES  # the loss modes are the task modes (binary data may also train as multiclass)
 
 
 def _check_mode(mode: str) -> str:

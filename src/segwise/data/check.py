@@ -35,7 +35,7 @@ class _Read:
     size: tuple[int, int]
     channels: int
     counts: Counter
-    multichannel: int = 0  # channel count of a multi-channel mask (multilabel), else 0
+    multichannel: int = 0  # channel count of a mask stored as one channel per class, else 0
     colour_coded: bool = False
 
 
@@ -74,7 +74,7 @@ class CheckReport:
             for index, name in enumerate(classes.names):
                 shares = "".join(f"{_share(self.pixels[s][index], self._total(s)):>10}" for s in splits)
                 lines.append(f"  {name:<20}{classes.values[index]:>7}{shares}")
-            if not classes.multilabel:
+            if not classes.task.per_label:  # label stacks have no void value
                 shares = "".join(f"{_share(self.void_pixels[s], self._total(s)):>10}" for s in splits)
                 lines.append(f"  {'(void/ignored)':<20}{'':>7}{shares}")
         if self.problems:
@@ -85,8 +85,8 @@ class CheckReport:
         return "\n".join(lines)
 
     def _total(self, split: str) -> int:
-        if self.classes is not None and self.classes.multilabel:
-            return max(1, self.void_pixels[split])  # multilabel: shares of all pixels (stored as "void")
+        if self.classes is not None and self.classes.task.per_label:
+            return max(1, self.void_pixels[split])  # per label: shares of all pixels (stored as "void")
         return max(1, sum(self.pixels[split]) + self.void_pixels[split])
 
 
@@ -164,8 +164,8 @@ def _read(source: DataSource, split: str, pair: Pair, problems: list[Problem]) -
             )
         )
         return None
-    multilabel = _is_multilabel(source, mask_path)
-    colour = not multilabel and mask.ndim == 3 and mask.shape[-1] == 3 and not np.all(mask == mask[..., :1])
+    stacked = _channel_stack(source, mask_path)
+    colour = not stacked and mask.ndim == 3 and mask.shape[-1] == 3 and not np.all(mask == mask[..., :1])
     names = source.class_names
     if colour and names and names.colours:
         try:
@@ -173,9 +173,9 @@ def _read(source: DataSource, split: str, pair: Pair, problems: list[Problem]) -
         except SegwiseError as error:
             problems.append(Problem(mask_path, "unexpected values", _without_path(error, mask_path)))
             return None
-    elif mask.ndim == 3 and not colour and mask.shape[-1] == 3 and not multilabel:
+    elif mask.ndim == 3 and not colour and mask.shape[-1] == 3 and not stacked:
         mask = mask[..., 0]  # a gray mask saved as RGB
-    if mask.ndim == 3 and not colour:  # multilabel: positives per channel, threshold decided later
+    if mask.ndim == 3 and not colour:  # one channel per class: positives per channel, threshold decided later
         counts = Counter({c: int(np.count_nonzero(mask[..., c])) for c in range(mask.shape[-1])})
         return _Read(split, pair, image.shape[:2], image.shape[-1], counts, mask.shape[-1])
     if colour:
@@ -185,8 +185,9 @@ def _read(source: DataSource, split: str, pair: Pair, problems: list[Problem]) -
     return _Read(split, pair, image.shape[:2], image.shape[-1], counts)
 
 
-def _is_multilabel(source: DataSource, mask_path: Path) -> bool:
-    return source.multilabel or mask_path.suffix.lower() in (".tif", ".tiff")
+def _channel_stack(source: DataSource, mask_path: Path) -> bool:
+    """Masks stored as one channel per class: per-class mask folders, or a (multi-channel) TIFF."""
+    return source.per_class_masks or mask_path.suffix.lower() in (".tif", ".tiff")
 
 
 def _without_path(error: SegwiseError, path: Path) -> str:
@@ -199,7 +200,7 @@ def _classes(
     """Decide the classes as load_data would, from per-file value summaries instead of whole masks."""
     if any(r.colour_coded for r in reads):
         raise no_colour_table(next(r.pair[1] for r in reads if r.colour_coded))
-    if any(r.multichannel for r in reads) or source.multilabel:
+    if any(r.multichannel for r in reads) or source.per_class_masks:
         summaries = [np.zeros((1, 1, r.multichannel or 1), np.uint8) for r in reads]
         return infer_classes(
             summaries, [r.pair[1] for r in reads], source.class_names, True, threshold, source.root
@@ -227,11 +228,11 @@ def _count(
     problems: list[Problem],
 ) -> None:
     """Add one file's pixels to its split's class counts; values that are no class are a problem."""
-    if classes.multilabel:
+    if classes.task.per_label:  # counts are positives per channel; a pixel counts for each of its labels
         for channel, positives in read.counts.items():
             if channel < classes.num_classes:
                 pixels[read.split][channel] += positives
-        void[read.split] += read.size[0] * read.size[1]  # multilabel: the pixel total, for shares
+        void[read.split] += read.size[0] * read.size[1]  # the pixel total, for shares
         return
     index_of = {value: i for i, value in enumerate(classes.values)}
     unexpected = []

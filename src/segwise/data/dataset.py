@@ -359,7 +359,7 @@ def _decode(
             [mask for _, mask in everything],
             [p[1] for p in train_pairs + val_pairs],
             source.class_names,
-            source.multilabel,
+            source.per_class_masks,
             mask_threshold,
             root,
         )

@@ -93,20 +93,21 @@ class DataSource:
     layout: str
     pairs: dict[str, list[Pair]]
     class_names: ClassNames | None = None
-    multilabel_masks: list[dict[str, Path]] = field(default_factory=list)  # per class: image stem → mask
+    class_masks: list[dict[str, Path]] = field(default_factory=list)  # per class: image stem → mask
     problems: list[Problem] = field(default_factory=list)
     coco: dict[Path, CocoMasks] = field(default_factory=dict)
 
     @property
-    def multilabel(self) -> bool:
-        return bool(self.multilabel_masks)
+    def per_class_masks(self) -> bool:
+        """Each class has its own mask folder: a pixel may carry several classes (a per-label task)."""
+        return bool(self.class_masks)
 
     def read_mask(self, pair: Pair) -> np.ndarray:
         image_path, mask_path = pair
         if mask_path in self.coco:
             return self.coco[mask_path].mask(image_path)
-        if self.multilabel_masks:
-            channels = [read_mask(masks[image_path.stem]) for masks in self.multilabel_masks]
+        if self.class_masks:
+            channels = [read_mask(masks[image_path.stem]) for masks in self.class_masks]
             return np.stack([c if c.ndim == 2 else c[..., 0] for c in channels], axis=-1)
         return read_mask(mask_path)
 
@@ -114,7 +115,7 @@ class DataSource:
         """Every file the decoded data depends on (for cache keys): images, masks (all class folders of
         multilabel data, COCO files once), and the class-name file."""
         files = {path for pairs in self.pairs.values() for pair in pairs for path in pair}
-        files |= {path for masks in self.multilabel_masks for path in masks.values()}
+        files |= {path for masks in self.class_masks for path in masks.values()}
         if self.class_names is not None and self.class_names.path.is_file():
             files.add(self.class_names.path)
         return sorted(files)
@@ -296,7 +297,7 @@ def _folders(root: Path, problems: list[Problem]) -> DataSource | None:
         if masks_root is None and _has_side_by_side_masks(root / "images"):
             pairs["all"] = _match_side_by_side(root / "images", problems)
         elif masks_root is not None and _class_subfolders(masks_root) and not split_dirs:
-            return _multilabel(root, masks_root, problems)
+            return _per_class_folders(root, masks_root, problems)
         elif split_dirs:
             masks_root = masks_root or root / "masks"
             pairs = {s: _match_folders(root / "images" / s, masks_root / s, problems) for s in split_dirs}
@@ -327,7 +328,7 @@ def _class_subfolders(masks_root: Path) -> list[Path]:
     return subdirs
 
 
-def _multilabel(root: Path, masks_root: Path, problems: list[Problem]) -> DataSource:
+def _per_class_folders(root: Path, masks_root: Path, problems: list[Problem]) -> DataSource:
     """masks/<class>/x.png: one binary mask per class; classes ordered by a name file, else by folder name."""
     folders = _class_subfolders(masks_root)
     names = read_class_names(root)
