@@ -263,7 +263,8 @@ class Predictor:
         the run's threshold.json when `segwise eval --save-threshold` wrote one (binary runs), else the
         task's default decision; then `min_size`, `fill_holes`, `largest` clean the mask
         (`postprocess.Steps`). TIFFs above `options.auto_tile_pixels` are read by region and written as
-        tiled TIFF masks, `<name>.tif` (`predict_large_tiff`; the formats and cleaning do not apply).
+        tiled TIFF masks, `<name>.tif`, of the task's default decision (`predict_large_tiff`: the
+        formats, threshold and cleaning do not apply to them).
         `shard=(rank, world_size)` predicts the inputs `rank::world_size` of the sorted list; None: this
         process's torchrun share, or everything.
 
