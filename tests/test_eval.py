@@ -16,12 +16,13 @@ import torch
 import segwise
 from segwise.data.dataset import read_pair
 from segwise.data.formats import find_pairs
-from segwise.evaluate import evaluate_split, write_evaluation
+from segwise.evaluate import evaluate_run, evaluate_split, write_evaluation
 from segwise.metrics import BoundaryScores, ConfusionMatrix
 from segwise.report.figures import normalize_rows
 
 from .conftest import TINY, run_cli, write_pair
 from .test_cli import assert_one_line_error
+from .test_predict_cli import binary_run
 
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -275,3 +276,39 @@ def test_report_renders_in_headless_chromium(evaluated, chromium, tmp_path):
         assert done.returncode == 0, done.stderr[-2000:]
         assert shot.stat().st_size > 10_000
         shutil.copy(shot, tmp_path / shot.name)  # kept beside the test's other outputs
+
+
+# --- evaluate_run: the library behind `segwise eval` -----------------------------------------------------------
+
+
+def test_evaluate_run_into_another_folder_leaves_the_run_alone(run_copy, shapes_data, tmp_path):
+    report = evaluate_run(run_copy, shapes_data, split="val", output=tmp_path / "ev", worst=2, device="cpu")
+    assert report.output == tmp_path / "ev" and report.report is None
+    assert report.images == len(find_pairs(shapes_data)["val"])
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text()) == report.metrics
+    assert report.metrics["images"] == report.images
+    assert (report.best_threshold, report.threshold_file) == (None, None)  # multiclass: no threshold
+    assert (tmp_path / "ev" / "worst.png").is_file()
+
+
+def test_evaluate_run_saves_a_binary_runs_threshold_and_refreshes_the_report(tmp_path):
+    run = binary_run(tmp_path, foreground_logit=0.4)  # P(cell) = 0.599 everywhere
+    data = tmp_path / "data"
+    for stem in ("a", "b"):
+        write_pair(data, stem, size=(32, 32), mask_values=(0, 255))
+    unsaved = evaluate_run(run, data, split="all", output=tmp_path / "elsewhere", device="cpu")
+    assert unsaved.best_threshold is not None and unsaved.threshold_file is None
+    assert not (run / "threshold.json").exists() and not (run / "report.html").exists()
+
+    report = evaluate_run(run, data, split="all", save_threshold=True, device="cpu")
+    assert report.output == run / "eval" / "all" and (report.output / "metrics.json").is_file()
+    assert report.report == run / "report.html" and "Evaluation: all" in report.report.read_text()
+    # Every threshold under 0.599 calls the whole image foreground; the tie goes to the one nearest 0.5.
+    threshold, dice = report.best_threshold
+    assert threshold == 0.5 and dice == pytest.approx(2 / 3)
+    assert report.metrics["best_threshold"] == {"threshold": threshold, "dice": dice}
+    assert report.threshold_file == run / "threshold.json"
+    saved = json.loads(report.threshold_file.read_text())
+    assert saved == {"threshold": threshold, "dice": dice, "split": "all"}
+    predicted = segwise.load(run, device="cpu").predict_to_folder([data / "images"], tmp_path / "out")
+    assert (predicted.threshold, predicted.threshold_file) == (threshold, run / "threshold.json")

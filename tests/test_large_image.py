@@ -14,7 +14,7 @@ import torch
 
 from segwise.config import PreprocessConfig, RunConfig, TrainConfig
 from segwise.errors import SegwiseError
-from segwise.inference.large import open_regions, predict_large_tiff, tiff_size
+from segwise.inference.large import open_regions, tiff_size
 from segwise.inference.predictor import InferenceOptions, Predictor
 from segwise.io import default_palette
 from segwise.models import create_model
@@ -31,9 +31,7 @@ def tiny_predictor(classes: int = 3, in_channels: int = 3, size=(32, 32), **opti
     model = create_model("unet", TINY["encoder"], classes, in_channels, **TINY["options"])
     config = RunConfig(
         model=model.config,
-        classes=Classes(
-            [f"c{i}" for i in range(classes)], list(range(classes)), default_palette(classes)
-        ),
+        classes=Classes([f"c{i}" for i in range(classes)], list(range(classes)), default_palette(classes)),
         preprocess=PreprocessConfig(list(size), [0.5] * in_channels, [0.25] * in_channels),
         train=TrainConfig(),
     )
@@ -68,7 +66,7 @@ def test_large_tiff_mask_equals_in_memory_tiled_prediction(tmp_path):
     image = pixels(200, 180)
     source = tmp_path / "big.tif"
     tifffile.imwrite(source, image, photometric="rgb", tile=(32, 32), compression="zlib")
-    target = predict_large_tiff(predictor, source, tmp_path / "out" / "big_mask.tif")
+    target = predictor.predict_large_tiff(source, tmp_path / "out" / "big_mask.tif")
     with tifffile.TiffFile(target) as tif:
         page = tif.pages[0]
         assert page.is_tiled and page.photometric == tifffile.PHOTOMETRIC.PALETTE
@@ -84,7 +82,7 @@ def test_large_tiff_with_tta_and_gray_input(tmp_path):
     gray = pixels(90, 70, 1)[..., 0]
     source = tmp_path / "gray.tif"
     tifffile.imwrite(source, gray, tile=(16, 16))
-    mask = tifffile.imread(predict_large_tiff(predictor, source, tmp_path / "gray_mask.tif"))
+    mask = tifffile.imread(predictor.predict_large_tiff(source, tmp_path / "gray_mask.tif"))
     assert np.array_equal(mask, predictor.predict(np.repeat(gray[..., None], 3, -1)))
 
 
@@ -93,11 +91,11 @@ def test_unreadable_or_unsupported_tiff_is_a_user_error(tmp_path):
     broken = tmp_path / "broken.tif"
     broken.write_bytes(b"not a tiff")
     with pytest.raises(SegwiseError, match="broken.tif: cannot read TIFF"):
-        predict_large_tiff(predictor, broken, tmp_path / "x.tif")
+        predictor.predict_large_tiff(broken, tmp_path / "x.tif")
     wide = tmp_path / "sixteen.tif"
     tifffile.imwrite(wide, np.zeros((20, 20), np.uint16))
     with pytest.raises(SegwiseError, match="sixteen.tif: .*8-bit"):
-        predict_large_tiff(predictor, wide, tmp_path / "y.tif")
+        predictor.predict_large_tiff(wide, tmp_path / "y.tif")
     assert tiff_size(broken) is None and tiff_size(tmp_path / "a.png") is None
 
 
@@ -106,7 +104,6 @@ PEAK_SCRIPT = textwrap.dedent(
     import sys, numpy as np, tifffile
     sys.path.insert(0, {root!r})
     from tests.test_large_image import tiny_predictor
-    from segwise.inference.large import predict_large_tiff
 
     def peak_kib():
         return int(next(line for line in open("/proc/self/status") if line.startswith("VmHWM")).split()[1])
@@ -120,7 +117,7 @@ PEAK_SCRIPT = textwrap.dedent(
         source = f"{{sys.argv[1]}}/in{{height}}.tif"
         tifffile.imwrite(source, tiles(), shape=(height, 512, 3), dtype=np.uint8, tile=(256, 256),
                          photometric="rgb", compression="zlib")
-        predict_large_tiff(predictor, source, f"{{sys.argv[1]}}/out{{height}}.tif")
+        predictor.predict_large_tiff(source, f"{{sys.argv[1]}}/out{{height}}.tif")
         print(peak_kib())
     """
 )

@@ -18,9 +18,8 @@ from segwise.config import PreprocessConfig, RunConfig, TrainConfig
 from segwise.data.dataset import load_data, resize_image
 from segwise.errors import SegwiseError
 from segwise.inference import postprocess
-from segwise.inference.large import predict_large_tiff
 from segwise.inference.predictor import InferenceOptions, Predictor
-from segwise.inference.writers import predict_to_folder, saved_threshold
+from segwise.inference.threshold import saved_threshold
 from segwise.io import colorize, default_palette, read_image, read_mask
 from segwise.models import create_model
 from segwise.run import save_weights
@@ -47,9 +46,7 @@ class PixelLabels(torch.nn.Module):
 def multilabel_config(names: list[str], model: dict | None = None) -> RunConfig:
     return RunConfig(
         model=model or {},
-        classes=Classes(
-            names, list(range(len(names))), default_palette(len(names) + 1)[1:], multilabel=True
-        ),
+        classes=Classes(names, list(range(len(names))), default_palette(len(names) + 1)[1:], multilabel=True),
         preprocess=PreprocessConfig(list(SIZE), [0.5] * 3, [0.25] * 3),
         train=TrainConfig(),
     )
@@ -117,9 +114,9 @@ def test_every_format_writes_the_multilabel_prediction(tmp_path):
     image = blocks(30, 40)
     Image.fromarray(image).save(tmp_path / "in.png")
     formats = ["png", "overlay", "rgba", "npy", "tiff", "json"]
-    written = predict_to_folder(
-        predictor, [tmp_path / "in.png"], tmp_path / "out", formats=formats, crop=True
-    )
+    written = predictor.predict_to_folder(
+        [tmp_path / "in.png"], tmp_path / "out", formats=formats, crop=True
+    ).files
     out = tmp_path / "out"
     expected_files = [f"{name}/in.png" for name in NAMES]
     expected_files += [
@@ -133,7 +130,7 @@ def test_every_format_writes_the_multilabel_prediction(tmp_path):
     assert sorted(p.relative_to(out).as_posix() for p in written) == sorted(expected_files)
 
     probabilities = predictor.predict_proba(image)
-    mask = postprocess.Steps(multilabel=True)(probabilities)
+    mask = postprocess.Steps(predictor.task)(probabilities)
     assert all(plane.any() and not plane.all() for plane in mask), "every label should be partly present"
     for name, plane in zip(NAMES, mask, strict=True):
         png = Image.open(out / name / "in.png")
@@ -174,8 +171,7 @@ def test_postprocessing_flags_clean_each_label(tmp_path):
     image[5:7, 5:7] = 0
     image[20, 20, 0] = 200
     Image.fromarray(image).save(tmp_path / "in.png")
-    steps = postprocess.Steps(min_size=2, fill_holes=True)
-    predict_to_folder(predictor, [tmp_path / "in.png"], tmp_path / "out", steps=steps)
+    predictor.predict_to_folder([tmp_path / "in.png"], tmp_path / "out", min_size=2, fill_holes=True)
     square = np.zeros(SIZE, np.uint8)
     square[2:12, 2:12] = 255
     for name in NAMES:
@@ -188,7 +184,7 @@ def test_png_output_is_multilabel_training_data(tmp_path):
     (data / "images").mkdir(parents=True)
     for seed in range(4):
         Image.fromarray(blocks(*SIZE, seed=seed)).save(data / "images" / f"im{seed}.png")
-    predict_to_folder(predictor, [data / "images"], data / "masks")
+    predictor.predict_to_folder([data / "images"], data / "masks")
     (data / "classes.txt").write_text("\n".join(NAMES) + "\n")
     loaded = load_data(data, val_fraction=0.25, use_cache=False)
     assert loaded.mode == "multilabel" and loaded.classes.names == NAMES
@@ -201,22 +197,22 @@ def test_a_label_that_cannot_name_a_folder_fails_before_writing(tmp_path):
     Image.fromarray(blocks(*SIZE)).save(tmp_path / "in.png")
     predictor = pixel_predictor(["road", "a/b", "sky"])
     with pytest.raises(SegwiseError, match="label 'a/b'.*cannot name an output folder; rename it"):
-        predict_to_folder(predictor, [tmp_path / "in.png"], tmp_path / "out")
+        predictor.predict_to_folder([tmp_path / "in.png"], tmp_path / "out")
     assert not (tmp_path / "out").exists()
-    predict_to_folder(predictor, [tmp_path / "in.png"], tmp_path / "out", formats=["npy"])  # no folders
+    predictor.predict_to_folder([tmp_path / "in.png"], tmp_path / "out", formats=["npy"])  # no folders
 
 
 def test_two_labels_are_not_a_binary_run(tmp_path):
     (tmp_path / "threshold.json").write_text('{"threshold": 0.3, "dice": 0.9, "split": "val"}')
-    assert saved_threshold(tmp_path, pixel_predictor(["road", "car"])) is None
+    assert saved_threshold(tmp_path, pixel_predictor(["road", "car"]).task) is None
 
 
 def test_large_tiff_writes_one_channel_per_label(tmp_path):
     image = blocks(300, 520)
     tifffile.imwrite(tmp_path / "big.tif", image)
     predictor = pixel_predictor()
-    target = predict_large_tiff(
-        predictor, tmp_path / "big.tif", tmp_path / "big_mask.tif", InferenceOptions(tile=64)
+    target = predictor.predict_large_tiff(
+        tmp_path / "big.tif", tmp_path / "big_mask.tif", InferenceOptions(tile=64)
     )
     mask = read_mask(target)  # as training reads a multi-channel TIFF mask
     assert mask.shape == (300, 520, 3)

@@ -5,6 +5,7 @@ import pytest
 
 from segwise.errors import SegwiseError
 from segwise.inference import postprocess
+from segwise.task import Task
 
 
 def grid(text: str) -> np.ndarray:
@@ -15,8 +16,10 @@ def grid(text: str) -> np.ndarray:
 def test_threshold_binary_uses_foreground_probability():
     foreground = np.array([[0.2, 0.5], [0.51, 0.9]])
     probabilities = np.stack([1 - foreground, foreground])
-    assert postprocess.threshold(probabilities, 0.5).tolist() == [[0, 0], [1, 1]]
-    assert postprocess.threshold(probabilities, 0.3).tolist() == [[0, 1], [1, 1]]
+    binary = Task("binary", 2)
+    assert binary.decide(probabilities, 0.5).tolist() == [[0, 0], [1, 1]]
+    assert binary.decide(probabilities, 0.3).tolist() == [[0, 1], [1, 1]]
+    assert postprocess.Steps(binary, 0.3)(probabilities).tolist() == [[0, 1], [1, 1]]
 
 
 def test_threshold_multiclass_sends_unsure_pixels_to_background():
@@ -27,17 +30,21 @@ def test_threshold_multiclass_sends_unsure_pixels_to_background():
             [[0.1, 0.35]],  # class 2
         ]
     )
-    assert postprocess.threshold(probabilities, 0.5).tolist() == [[1, 0]]
-    assert postprocess.threshold(probabilities, 0.2).tolist() == [[1, 1]]
+    multiclass = Task("multiclass", 3)
+    assert multiclass.decide(probabilities, 0.5).tolist() == [[1, 0]]
+    assert multiclass.decide(probabilities, 0.2).tolist() == [[1, 1]]
 
 
 def test_threshold_multilabel_per_channel():
     probabilities = np.array([[[0.2, 0.6]], [[0.2, 0.6]]])
-    out = postprocess.threshold_multilabel(probabilities, [0.1, 0.7])
+    labels = Task("multilabel", 2)
+    out = labels.decide(probabilities, [0.1, 0.7])
     assert out.dtype == bool
     assert out.tolist() == [[[True, True]], [[False, False]]]
     with pytest.raises(SegwiseError, match="between 0 and 1"):
-        postprocess.threshold_multilabel(probabilities, 1.5)
+        labels.decide(probabilities, 1.5)
+    with pytest.raises(SegwiseError, match="between 0 and 1"):
+        postprocess.Steps(labels, 1.5)
 
 
 def test_remove_small_binary():
@@ -321,10 +328,11 @@ def test_steps_multilabel_thresholds_and_cleans_each_label_on_its_own():
     label1 = grid("0000000000\n0000000000\n0000001000\n0000000000\n0000000111\n0000000000")
     probabilities = np.stack([np.where(label0 == 1, 0.9, 0.1), np.where(label1 == 1, 0.7, 0.5)])
     # A softmax reading would argmax these into H×W indices; multilabel keeps one plane per label.
-    mask = postprocess.Steps(multilabel=True)(probabilities)
+    labels = Task("multilabel", 2)
+    mask = postprocess.Steps(labels)(probabilities)
     assert mask.dtype == bool and mask.shape == (2, 6, 10)
     assert (mask == np.stack([label0, label1]).astype(bool)).all()  # 0.5 itself is not present
-    cleaned = postprocess.Steps(min_size=2, fill_holes=True, largest=True, multilabel=True)(probabilities)
+    cleaned = postprocess.Steps(labels, min_size=2, fill_holes=True, largest=True)(probabilities)
     expected = [
         postprocess.keep_largest(postprocess.fill_holes(postprocess.remove_small(plane.astype(bool), 2)))
         for plane in (label0, label1)
@@ -339,7 +347,7 @@ def test_steps_multilabel_thresholds_and_cleans_each_label_on_its_own():
         cleaned[1].astype(int).tolist()
         == grid("0000000000\n0000000000\n0000000000\n0000000000\n0000000111\n0000000000").tolist()
     )
-    strict = postprocess.Steps(threshold=0.8, multilabel=True)(probabilities)
+    strict = postprocess.Steps(labels, threshold=0.8)(probabilities)
     assert (strict[0] == label0.astype(bool)).all() and not strict[1].any()
 
 

@@ -14,9 +14,11 @@ from PIL import Image
 import segwise
 from segwise.cli import main
 from segwise.errors import SegwiseError
-from segwise.inference import postprocess
-from segwise.inference.writers import output_names, predict_to_folder, saved_threshold
+from segwise.inference import Predictor, postprocess, predict_folder
+from segwise.inference.threshold import saved_threshold
+from segwise.inference.writers import output_names
 from segwise.io import read_image, read_mask
+from segwise.task import Task
 
 from .conftest import run_cli
 from .test_cli import assert_one_line_error
@@ -41,7 +43,7 @@ def test_every_format_at_the_input_size(predictor, shapes_data, tmp_path):
     image = np.asarray(Image.open(source).convert("RGB"))[5:46, 3:60]  # 41×57, shapes in it
     Image.fromarray(image).save(tmp_path / "in.png")
     formats = ["png", "overlay", "rgba", "npy", "tiff", "json"]
-    written = predict_to_folder(predictor, [tmp_path / "in.png"], tmp_path / "out", formats=formats)
+    written = predictor.predict_to_folder([tmp_path / "in.png"], tmp_path / "out", formats=formats).files
     out = tmp_path / "out"
     assert sorted(p.name for p in written) == sorted(
         ["in.png", "in_overlay.png", "in_rgba.png", "in_proba.npy", "in_proba.tif", "in.json"]
@@ -83,7 +85,7 @@ def test_every_format_at_the_input_size(predictor, shapes_data, tmp_path):
 def test_gray_and_rgba_inputs_give_rgb_overlays(predictor, tmp_path):
     noise_image(tmp_path / "gray.png", mode="L")
     noise_image(tmp_path / "alpha.png", mode="RGBA")
-    predict_to_folder(predictor, [tmp_path], tmp_path / "out", formats=["overlay", "rgba"])
+    predictor.predict_to_folder([tmp_path], tmp_path / "out", formats=["overlay", "rgba"])
     for stem in ("gray", "alpha"):
         assert read_image(tmp_path / "out" / f"{stem}_overlay.png").shape == (37, 53, 3)
         assert read_image(tmp_path / "out" / f"{stem}_rgba.png").shape == (37, 53, 4)
@@ -94,7 +96,7 @@ def test_exif_orientation_is_applied(predictor, tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6  # stored 50 wide, 30 high; shown rotated by 90°: 30 wide, 50 high
     Image.fromarray(array).save(tmp_path / "phone.jpg", exif=exif, quality=95)
-    predict_to_folder(predictor, [tmp_path / "phone.jpg"], tmp_path / "out", formats=["png", "overlay"])
+    predictor.predict_to_folder([tmp_path / "phone.jpg"], tmp_path / "out", formats=["png", "overlay"])
     shown = read_image(tmp_path / "phone.jpg")
     assert shown.shape[:2] == (50, 30)
     mask = read_mask(tmp_path / "out" / "phone.png")
@@ -111,7 +113,7 @@ def test_same_stem_from_two_folders_and_twins_in_one(predictor, tmp_path):
         noise_image(tmp_path / "c" / "y.bmp", seed=3),
     ]
     assert output_names(inputs) == ["a/x", "b/deep/x", "y_png", "y_bmp"]
-    predict_to_folder(predictor, [tmp_path / "a", tmp_path / "b" / "deep", tmp_path / "c"], tmp_path / "out")
+    predictor.predict_to_folder([tmp_path / "a", tmp_path / "b" / "deep", tmp_path / "c"], tmp_path / "out")
     got = sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.png"))
     assert got == ["a/x.png", "b/deep/x.png", "y_bmp.png", "y_png.png"]
     # Different images under one stem get their own masks, not one written over the other.
@@ -124,7 +126,7 @@ def test_never_overwrites_an_input(predictor, tmp_path):
     noise_image(tmp_path / "b.png", seed=5)
     before = (tmp_path / "b.png").read_bytes()
     with pytest.raises(SegwiseError, match="would overwrite the input"):
-        predict_to_folder(predictor, [tmp_path], tmp_path)
+        predictor.predict_to_folder([tmp_path], tmp_path)
     assert (tmp_path / "b.png").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.png"]
 
@@ -137,8 +139,8 @@ def test_batches_equal_single_images(predictor, tmp_path):
     together = predictor.predict_proba_batch(images)
     for path, probabilities in zip(images, together, strict=True):
         np.testing.assert_allclose(probabilities, predictor.predict_proba(path), atol=1e-5)
-    predict_to_folder(predictor, [tmp_path / "in"], tmp_path / "one", formats=["npy"])
-    predict_to_folder(predictor, [tmp_path / "in"], tmp_path / "three", formats=["npy"], batch_size=3)
+    predictor.predict_to_folder([tmp_path / "in"], tmp_path / "one", formats=["npy"])
+    predictor.predict_to_folder([tmp_path / "in"], tmp_path / "three", formats=["npy"], batch_size=3)
     for path in images:
         name = f"{path.stem}_proba.npy"
         np.testing.assert_allclose(
@@ -150,22 +152,19 @@ def test_shards_are_disjoint_and_complete(predictor, tmp_path):
     for i in range(5):
         noise_image(tmp_path / "in" / f"{i}.png", seed=i)
     shards = [
-        predict_to_folder(predictor, [tmp_path / "in"], tmp_path / "out", shard=(rank, 2)) for rank in (0, 1)
+        predictor.predict_to_folder([tmp_path / "in"], tmp_path / "out", shard=(rank, 2)).files
+        for rank in (0, 1)
     ]
     names = [sorted(p.name for p in shard) for shard in shards]
     assert names == [["0.png", "2.png", "4.png"], ["1.png", "3.png"]]
 
 
 def test_saved_threshold_only_for_binary_runs(tmp_path):
-    class Binary:
-        class_names = ["background", "cell"]
-        multilabel = False
-
-    assert saved_threshold(tmp_path, Binary()) is None
+    binary = Task("binary", 2)
+    assert saved_threshold(tmp_path, binary) is None
     (tmp_path / "threshold.json").write_text('{"threshold": 0.3, "dice": 0.9, "split": "val"}')
-    assert saved_threshold(tmp_path, Binary()) == 0.3
-    Binary.class_names = ["a", "b", "c"]
-    assert saved_threshold(tmp_path, Binary()) is None
+    assert saved_threshold(tmp_path, binary) == 0.3
+    assert saved_threshold(tmp_path, Task("multiclass", 3)) is None
 
 
 def test_cli_formats_postprocessing_and_crop(trained_run, shapes_data, tmp_path):
@@ -192,7 +191,7 @@ def test_cli_formats_postprocessing_and_crop(trained_run, shapes_data, tmp_path)
     assert "wrote 3 file(s)" in result.stdout
     predictor = segwise.load(trained_run, device="cpu")
     probabilities = predictor.predict_proba(image)
-    expected = postprocess.Steps(min_size=3, fill_holes=True, largest=True)(probabilities)
+    expected = postprocess.Steps(predictor.task, min_size=3, fill_holes=True, largest=True)(probabilities)
     assert (read_mask(tmp_path / "out" / "test_0001.png") == expected).all()
     objects = json.loads((tmp_path / "out" / "test_0001.json").read_text())["objects"]
     assert len({o["class_index"] for o in objects}) == len(objects)  # one object per class
@@ -282,3 +281,98 @@ def test_torchrun_two_processes_match_one(trained_run, tmp_path):
             np.load(tmp_path / "one" / f"img{i}_proba.npy"),
             atol=1e-3,
         )
+
+
+# --- the library behind `segwise predict`: Predictor.predict_to_folder and inference.predict_folder ----------
+
+
+def binary_run(root: Path, foreground_logit: float = 0.4, threshold: float | None = None) -> Path:
+    """A run folder as training writes it (binary, 32×32 input), whose model gives every pixel the same
+    foreground probability sigmoid(`foreground_logit`), optionally with a saved threshold.json."""
+    import torch
+
+    from segwise.config import PreprocessConfig, RunConfig, TrainConfig
+    from segwise.models import create_model
+    from segwise.run import save_weights
+    from segwise.task import Classes
+
+    from .conftest import TINY
+
+    run = root / "binary_run"
+    run.mkdir(parents=True)
+    model = create_model("unet", TINY["encoder"], 2, 3, **TINY["options"])
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.copy_(torch.tensor([0.0, foreground_logit]))
+    classes = Classes(["background", "cell"], [0, 255])
+    RunConfig(model.config, classes, PreprocessConfig([32, 32], [0.5] * 3, [0.25] * 3), TrainConfig()).save(
+        run / "config.yaml"
+    )
+    save_weights(model, run / "model.safetensors")
+    if threshold is not None:
+        (run / "threshold.json").write_text(json.dumps({"threshold": threshold, "dice": 0.9, "split": "val"}))
+    return run
+
+
+def test_predict_to_folder_takes_the_runs_saved_threshold_unless_given(tmp_path):
+    run = binary_run(tmp_path, foreground_logit=0.4, threshold=0.7)  # P(cell) = 0.599 everywhere
+    image = noise_image(tmp_path / "in" / "a.png")
+    predictor = segwise.load(run, device="cpu")
+    saved = predictor.predict_to_folder([image], tmp_path / "saved")
+    assert (saved.threshold, saved.threshold_file) == (0.7, run / "threshold.json")
+    assert saved.files == [tmp_path / "saved" / "a.png"] and saved.total == 1
+    assert not read_mask(tmp_path / "saved" / "a.png").any()  # 0.599 ≤ 0.7: background
+    given = predictor.predict_to_folder([image], tmp_path / "given", threshold=0.5)
+    assert (given.threshold, given.threshold_file) == (0.5, None)
+    assert read_mask(tmp_path / "given" / "a.png").all()
+    # A predictor built without a run folder has no saved threshold to find: the argmax decides.
+    unsaved = Predictor(predictor.model, predictor.config, "cpu").predict_to_folder(
+        [image], tmp_path / "none"
+    )
+    assert (unsaved.threshold, unsaved.threshold_file) == (None, None)
+    assert read_mask(tmp_path / "none" / "a.png").all()
+
+
+def test_predict_folder_is_the_whole_command_in_process(tmp_path, monkeypatch):
+    run = binary_run(tmp_path, foreground_logit=0.4, threshold=0.7)
+    image = noise_image(tmp_path / "in" / "a.png")
+    for name in ("WORLD_SIZE", "RANK"):
+        monkeypatch.delenv(name, raising=False)
+    report = predict_folder(run, [tmp_path / "in"], tmp_path / "out", device="cpu", formats="png,npy")
+    assert sorted(p.name for p in report.files) == ["a.png", "a_proba.npy"] and report.total == 2
+    assert (report.threshold, report.threshold_file) == (0.7, run / "threshold.json")
+    assert not read_mask(tmp_path / "out" / "a.png").any()
+    flipped = predict_folder(run, [image], tmp_path / "low", device="cpu", threshold=0.5, tta="flips")
+    assert flipped.threshold_file is None and read_mask(tmp_path / "low" / "a.png").all()
+    # The formats are checked before anything loads: a typo names itself, not the missing run.
+    with pytest.raises(SegwiseError, match="gif"):
+        predict_folder(tmp_path / "no_such_run", [image], tmp_path / "x", formats="png,gif")
+    with pytest.raises(SegwiseError, match="backend 'tensorrt'"):
+        predict_folder(run, [image], tmp_path / "x", backend="tensorrt")
+    assert not (tmp_path / "x").exists()
+
+
+def test_huge_tiffs_go_to_the_region_reader_and_shards_split_both_kinds(predictor, tmp_path, monkeypatch):
+    import tifffile
+
+    for i in range(3):
+        noise_image(tmp_path / "in" / f"small{i}.png", seed=i)
+    slides = [tmp_path / "in" / f"slide{i}.tif" for i in range(2)]
+    rng = np.random.default_rng(9)
+    for slide in slides:
+        tifffile.imwrite(slide, rng.integers(0, 256, (90, 70, 3), np.uint8), photometric="rgb", tile=(32, 32))
+    # The slides (90×70) are above the tiling limit, the PNGs (37×53) below it.
+    huge = segwise.load(predictor.run_dir, device="cpu", auto_tile_pixels=60 * 60)
+    shards = [huge.predict_to_folder([tmp_path / "in"], tmp_path / "out", shard=(rank, 2)) for rank in (0, 1)]
+    names = [sorted(p.name for p in shard.files) for shard in shards]
+    assert names == [["slide0.tif", "small0.png", "small2.png"], ["slide1.tif", "small1.png"]]
+    assert [shard.total for shard in shards] == [3, 2]  # no process group: each counts its own
+    for slide in slides:  # read by region, written as a tiled TIFF in the palette, tiled as in memory
+        with tifffile.TiffFile(tmp_path / "out" / slide.name) as tif:
+            assert tif.pages[0].is_tiled and tif.pages[0].photometric == tifffile.PHOTOMETRIC.PALETTE
+            assert np.array_equal(tif.asarray(), huge.predict(slide))
+    # Without a shard, the process's torchrun rank and world size choose the share.
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    mine = huge.predict_to_folder([tmp_path / "in"], tmp_path / "rank1")
+    assert sorted(p.name for p in mine.files) == names[1]

@@ -1,15 +1,17 @@
 """Evaluating a trained run on image/mask pairs, at each image's own resolution.
 
-`evaluate_split` gives the confusion matrix (dataset-level and per image), the worst images for a
-gallery, boundary scores and, for binary runs, the best foreground threshold by Dice. Multilabel runs
-(one mask per class) are scored per label, a label predicted where its probability exceeds 0.5.
-`write_evaluation` writes it all into a folder (by default `RUN/eval/<split>/`):
+`evaluate_run` is `segwise eval`: the run's split of a dataset evaluated, the evaluation folder written,
+the best threshold saved when asked, the report refreshed. Underneath, `evaluate_split` gives the
+confusion matrix (dataset-level and per image), the worst images for a gallery, boundary scores and,
+for binary runs, the best foreground threshold by Dice. A per-label task (one mask per label) is
+scored per label, a label predicted where its probability exceeds 0.5. `write_evaluation` writes it
+all into a folder (by default `RUN/eval/<split>/`):
 
     metrics.json        every metric, overall and per class (by name), and the confusion matrix
-                        (multilabel: one 2×2 matrix per label)
+                        (per-label task: one 2×2 matrix per label)
     per_image.csv       one row per image: pixels, pixel accuracy, mIoU, IoU of each class
-    confusion.png       confusion matrix, each row divided by its class's support (multilabel: one
-                        row per label with its true/false positive and negative rates)
+    confusion.png       confusion matrix, each row divided by its class's support (per-label task:
+                        one row per label with its true/false positive and negative rates)
     iou_per_class.png   per-class IoU bar chart
     worst.png           the k worst images by mIoU: image | truth | prediction | error map
 """
@@ -26,30 +28,22 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .constants import IGNORE_INDEX
+from .constants import CONFUSION_PNG, EVAL_DIR, IGNORE_INDEX, IOU_PNG, METRICS_JSON, PER_IMAGE_CSV, WORST_PNG
 from .data.dataset import read_pair
 from .data.formats import DataSource, Pair, find_data
 from .errors import SegwiseError
-from .inference import Predictor
+from .inference import Predictor, load
 from .inference.postprocess import Steps
+from .inference.threshold import write_threshold
 from .io import atomic_path
-from .metrics import BoundaryScores, ConfusionMatrix, MultilabelConfusionMatrix
+from .metrics import BoundaryScores, ConfusionMatrix, boundary_scores_for, confusion_matrix_for
 
-EVAL_DIR = "eval"
-METRICS_JSON, PER_IMAGE_CSV, CONFUSION_PNG, IOU_PNG, WORST_PNG = (
-    "metrics.json",
-    "per_image.csv",
-    "confusion.png",
-    "iou_per_class.png",
-    "worst.png",
-)
-THRESHOLD_JSON = "threshold.json"  # written into the run folder by `segwise eval --save-threshold`
 THRESHOLDS = [round(t, 2) for t in np.arange(0.05, 0.96, 0.05)]
 
 
 @dataclass
 class Sample:
-    """One evaluated image, kept only for the worst-k gallery (multilabel: truth and prediction C×H×W)."""
+    """One evaluated image, kept only for the worst-k gallery (a label stack: truth and prediction C×H×W)."""
 
     name: str
     mean_iou: float
@@ -95,7 +89,7 @@ def metrics_dict(
     images: int | None = None,
 ) -> dict:
     """Every metric of the metrics module for one confusion matrix, overall and per class by name."""
-    counts = matrix.counts()  # per class, for the multiclass C×C and the multilabel C×2×2 matrix alike
+    counts = matrix.counts()  # per class, for a C×C matrix and one 2×2 matrix per label alike
     support = counts.tp + counts.fn
     predicted = counts.tp + counts.fp
     scores = {
@@ -131,15 +125,12 @@ def metrics_dict(
         }
         for index, name in enumerate(names)
     }
-    confusion = {"rows": "truth", "columns": "prediction", "counts": matrix.matrix.tolist()}
-    if isinstance(matrix, MultilabelConfusionMatrix):  # counts[c] = label c's [[TN, FP], [FN, TP]]
-        confusion = {"labels": names, "rows": "truth 0/1", "columns": "prediction 0/1", **confusion}
     result = {
         "images": images,
         "pixels": matrix.pixels(),
         "overall": overall,
         "per_class": per_class,
-        "confusion_matrix": confusion,
+        "confusion_matrix": matrix.describe(names),
     }
     if best_threshold is not None:
         result["best_threshold"] = {"threshold": best_threshold[0], "dice": _number(best_threshold[1])}
@@ -159,21 +150,17 @@ def evaluate_split(
     if not pairs:
         raise SegwiseError("no image/mask pairs to evaluate; pick a split that holds images")
     classes = predictor.config.classes
-    binary = classes.mode == "binary"  # a 2-label multilabel run has no single foreground to threshold
-    counter = MultilabelConfusionMatrix if classes.multilabel else ConfusionMatrix
-    matrix = counter(classes.num_classes, per_image=True)
-    boundary = BoundaryScores(classes.num_classes, multilabel=classes.multilabel)
-    by_threshold = {t: ConfusionMatrix(2) for t in THRESHOLDS} if binary else {}
+    task = classes.task
+    matrix = confusion_matrix_for(task, per_image=True)
+    boundary = boundary_scores_for(task)
+    by_threshold = {t: ConfusionMatrix(2) for t in THRESHOLDS} if task.has_foreground_threshold else {}
     worst: list[Sample] = []
-    decide = Steps(multilabel=classes.multilabel)
+    decide = Steps(task)  # as `predict` decides: the top class, or each label on its own
     for image_path, mask_path in tqdm(pairs, desc="evaluating", disable=not progress, leave=False):
         image, mask = read_pair(image_path, mask_path, source)
         truth = classes.to_indices(mask, mask_path)
         probabilities = predictor.predict_proba(image)
-        # decided as `predict` decides: the top class, or (multilabel) each label on its own
-        prediction = decide(probabilities)
-        if classes.multilabel:
-            prediction = prediction.astype(np.uint8)  # 0/1 like the truth, not booleans
+        prediction = decide(probabilities).astype(truth.dtype)  # the truth's type: 0/1 planes, not booleans
         target = torch.from_numpy(truth)[None]
         matrix.update(torch.from_numpy(prediction)[None], target)
         boundary.update(torch.from_numpy(prediction)[None], target)
@@ -182,7 +169,7 @@ def evaluate_split(
         score = matrix.image_mean_iou(-1)
         worst.append(Sample(image_path.stem, score, image, truth, prediction))
         worst = sorted(worst, key=lambda s: (not math.isnan(s.mean_iou), s.mean_iou))[:worst_k]
-    thresholds = {t: float(counts.dice()[1]) for t, counts in by_threshold.items()} if binary else None
+    thresholds = {t: float(counts.dice()[1]) for t, counts in by_threshold.items()} or None
     return Evaluation(classes.names, pairs, matrix, boundary, worst, thresholds)
 
 
@@ -234,18 +221,56 @@ def write_evaluation(evaluation: Evaluation, predictor: Predictor, out: Path) ->
     metrics = evaluation.metrics()
     write_json(metrics, out / METRICS_JSON)
     write_per_image_csv(evaluation, out / PER_IMAGE_CSV)
-    if isinstance(evaluation.matrix, MultilabelConfusionMatrix):
-        plot_label_confusion(evaluation.matrix.matrix.numpy(), evaluation.names, out / CONFUSION_PNG)
-    else:
-        plot_confusion(evaluation.matrix.matrix.numpy(), evaluation.names, out / CONFUSION_PNG)
+    classes = predictor.config.classes
+    # A per-label task's matrix is one 2×2 matrix per label: drawn as rates per label, not class × class.
+    plot = plot_label_confusion if classes.task.per_label else plot_confusion
+    plot(evaluation.matrix.matrix.numpy(), evaluation.names, out / CONFUSION_PNG)
     plot_iou_bars({name: c["iou"] for name, c in metrics["per_class"].items()}, out / IOU_PNG)
     if evaluation.worst:
-        plot_worst(evaluation.worst, predictor.config.classes.palette, IGNORE_INDEX, out / WORST_PNG)
+        plot_worst(evaluation.worst, classes.palette, IGNORE_INDEX, out / WORST_PNG)
     return metrics
 
 
-def save_threshold(run_dir: Path, threshold: float, dice: float, split: str) -> Path:
-    """Record the best foreground threshold in the run folder (threshold.json)."""
-    path = Path(run_dir) / THRESHOLD_JSON
-    write_json({"threshold": threshold, "dice": dice, "split": split}, path)
-    return path
+@dataclass
+class EvaluationReport:
+    """What `evaluate_run` found and wrote."""
+
+    images: int  # image/mask pairs evaluated
+    metrics: dict  # as metrics.json holds them
+    best_threshold: tuple[float, float] | None  # (threshold, Dice) of a binary run, else None
+    threshold_file: Path | None  # RUN/threshold.json when it was saved, else None
+    output: Path  # the evaluation folder
+    report: Path | None  # RUN/report.html when it was refreshed (output folder left at its default)
+
+
+def evaluate_run(
+    run: str | Path,
+    data: str | Path,
+    *,
+    split: str = "val",
+    output: str | Path | None = None,
+    worst: int = 6,
+    save_threshold: bool = False,
+    device: str = "auto",
+    progress: bool = False,
+) -> EvaluationReport:
+    """`segwise eval`: evaluate the run on one split of `data`, read with the layout and categories the
+    run was trained with; write the evaluation folder (default RUN/eval/SPLIT) with `worst` images in the
+    gallery; with `save_threshold`, record a binary run's best threshold in RUN/threshold.json; refresh
+    RUN/report.html unless `output` is given.
+
+    >>> evaluate_run("runs/cells", "data/cells", split="val").metrics["overall"]["mean_iou"]  # doctest: +SKIP
+    """
+    from .report.html import write_report
+
+    run = Path(run)
+    predictor = load(run, device=device)
+    plan = predictor.config.data.get("plan") or {}  # the layout the run was trained with
+    pairs, source = split_pairs(data, split, plan.get("layout", "auto"), plan.get("categories"))
+    evaluation = evaluate_split(predictor, pairs, worst_k=worst, progress=progress, source=source)
+    out = Path(output) if output else run / EVAL_DIR / split
+    metrics = write_evaluation(evaluation, predictor, out)
+    best = evaluation.best_threshold
+    saved = write_threshold(run, *best, split) if save_threshold and best is not None else None
+    report = None if output else write_report(run)
+    return EvaluationReport(len(pairs), metrics, best, saved, out, report)

@@ -192,10 +192,10 @@ def default_palette(num_classes: int) -> list[list[int]]:
 
 
 def colorize(mask: np.ndarray, palette: list[list[int]], ignore_index: int | None = None) -> np.ndarray:
-    """Class indices H×W → RGB uint8 using `palette`; ignored pixels grey. A multilabel stack C×H×W
-    (1 where a label is present) draws each pixel in the mean colour of its labels, black where it has
-    none, grey where every plane is `ignore_index`."""
-    if mask.ndim == 3:
+    """Class indices H×W → RGB uint8 using `palette`; ignored pixels grey. A label stack C×H×W (1 where
+    a label is present) draws each pixel in the mean colour of its labels, black where it has none,
+    grey where every plane is `ignore_index`."""
+    if mask.ndim == 3:  # told apart by shape: a label stack has a plane per label, an index mask none
         return _label_colours(mask, palette, ignore_index)
     table = np.zeros((256, 3), dtype=np.uint8)
     table[: len(palette)] = np.asarray(palette, dtype=np.uint8)[:256]

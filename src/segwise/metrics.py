@@ -198,6 +198,10 @@ class ConfusionMatrix:
         total = self.matrix.sum()
         return float(self._correct(self.matrix)) / float(total) if total > 0 else float("nan")
 
+    def describe(self, names: list[str]) -> dict:
+        """The matrix as metrics.json stores it: counts[t][p] of truth t predicted as p."""
+        return {"rows": "truth", "columns": "prediction", "counts": self.matrix.tolist()}
+
     def per_image_stats(self) -> list[dict[str, object]]:
         """One row per image for reports: pixels counted, pixel accuracy, mIoU and per-class IoU (None if absent)."""
         counts = self.counts("image")
@@ -250,6 +254,10 @@ class MultilabelConfusionMatrix(ConfusionMatrix):
         matrix = matrix.double()
         return _Counts(matrix[..., 1, 1], matrix[..., 0, 1], matrix[..., 1, 0], matrix[..., 0, 0])
 
+    def describe(self, names: list[str]) -> dict:
+        """As metrics.json stores it: the labels, and counts[c] = label c's [[TN, FP], [FN, TP]]."""
+        return {"labels": names, "rows": "truth", "columns": "prediction", "counts": self.matrix.tolist()}
+
     def _correct(self, matrices: torch.Tensor) -> torch.Tensor:
         return (matrices[..., 0, 0] + matrices[..., 1, 1]).sum(-1)
 
@@ -283,7 +291,9 @@ def _one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     return labels.unsqueeze(1) == torch.arange(num_classes, device=labels.device).view(1, -1, 1, 1)
 
 
-def confusion_matrix_for(task: Task, device: torch.device | str = "cpu", per_image: bool = False) -> ConfusionMatrix:
+def confusion_matrix_for(
+    task: Task, device: torch.device | str = "cpu", per_image: bool = False
+) -> ConfusionMatrix:
     """The matrix a task's predictions are counted in: C×C over classes, or one 2×2 per label
     (a per-label task's labels are independent decisions, so there is no class-to-class confusion)."""
     kind = MultilabelConfusionMatrix if task.per_label else ConfusionMatrix
@@ -382,3 +392,8 @@ class BoundaryScores:
             defined, _ratio(2 * precision * recall, precision + recall).nan_to_num(0.0), torch.nan
         )
         return self._reduce(f1, reduction)
+
+
+def boundary_scores_for(task: Task, tolerance: int = 2) -> BoundaryScores:
+    """The boundary scores of a task's predictions: per class, or per label on each label's own plane."""
+    return BoundaryScores(task.num_classes, tolerance, multilabel=task.per_label)

@@ -1,5 +1,6 @@
 """Inference: predicting masks for new images with a trained run."""
 
-from .predictor import Predictor, load
+from .folder import predict_folder
+from .predictor import PredictionReport, Predictor, load
 
-__all__ = ["Predictor", "load"]
+__all__ = ["PredictionReport", "Predictor", "load", "predict_folder"]

@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 
 from ..config import RunConfig
+from ..constants import CONFIG
 from ..engine.devices import pick_device
 from ..errors import SegwiseError
-from ..run import CONFIG
 from .predictor import InferenceOptions, Predictor
 
 ONNX_FILE = "model.onnx"  # where `segwise export RUN --format onnx` writes by default
@@ -87,7 +87,7 @@ def load_onnx(
     model = OnnxRuntimeModel(
         path, config.model.get("in_channels", 3), len(config.classes.names), pick_device(device)
     )
-    return Predictor(model, config, device, InferenceOptions(**options))
+    return Predictor(model, config, device, InferenceOptions(**options), run_dir)
 
 
 EXPORT_FILES = {"onnx": ONNX_FILE, "torchscript": "model.torchscript.pt"}

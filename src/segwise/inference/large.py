@@ -7,10 +7,11 @@ touches), `sliding.sliding_rows` keeps one tile-row band of accumulators and han
 and the mask goes to disk as 256×256 TIFF tiles from a generator as soon as a full row of them is done.
 Peak memory is set by the width of the image and the tile height, not by the image's area.
 
-Multilabel runs write an H×W×C TIFF instead, one 0/255 channel per label (present where P > 0.5): the
-multi-channel TIFF masks that training reads as multilabel data.
+The mask is the task's default decision (`Task.decide`): an index TIFF in the class palette, or for a
+per-label task an H×W×C TIFF, one 0/255 channel per label: the multi-channel TIFF masks that training
+reads as label masks. `Predictor.predict_large_tiff` puts these pieces together:
 
->>> predict_large_tiff(predictor, "slide.tif", "slide_mask.tif", tile=(1024, 1024))  # doctest: +SKIP
+>>> predictor.predict_large_tiff("slide.tif", "slide_mask.tif")  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -26,13 +27,10 @@ import zarr
 
 from ..data.dataset import match_channels
 from ..errors import SegwiseError
-from ..io import atomic_path
-from .postprocess import MULTILABEL_THRESHOLD
-from .predictor import InferenceOptions, Predictor
-from .sliding import sliding_rows
+from ..io import TIFF_SUFFIXES, atomic_path
+from ..task import Classes, Task
 
 OUTPUT_TILE = 256  # TIFF tiles must be multiples of 16; 256 is what viewers such as QuPath expect
-TIFF_SUFFIXES = (".tif", ".tiff")
 
 
 def tiff_size(path: str | Path) -> tuple[int, int] | None:
@@ -90,28 +88,24 @@ def open_regions(
     return (height, width), read
 
 
-def _class_indices(probs: torch.Tensor) -> np.ndarray:
-    """K×h×w softmax probabilities → h×w class indices."""
-    return probs.argmax(0).to(torch.uint8).cpu().numpy()
-
-
-def _label_channels(probs: torch.Tensor) -> np.ndarray:
-    """C×h×w sigmoid probabilities → h×w×C, 255 where a label is present."""
-    return ((probs > MULTILABEL_THRESHOLD).to(torch.uint8) * 255).permute(1, 2, 0).cpu().numpy()
+def _mask_rows(probs: torch.Tensor, task: Task) -> np.ndarray:
+    """K×h×w probabilities → mask rows as the TIFF stores them: h×w class indices, or for a label stack
+    h×w×C, 255 where a label is present."""
+    mask = task.decide(probs.cpu().numpy())
+    if task.per_label:
+        return mask.transpose(1, 2, 0).astype(np.uint8) * 255
+    return mask.astype(np.uint8)
 
 
 def _mask_tiles(
-    rows: Iterator[tuple[int, torch.Tensor]],
-    width: int,
-    decide: Callable[[torch.Tensor], np.ndarray],
-    channels: tuple[int, ...] = (),
+    rows: Iterator[tuple[int, torch.Tensor]], width: int, task: Task, channels: tuple[int, ...]
 ) -> Iterator[np.ndarray]:
-    """TIFF tiles of the mask `decide` makes of finished probability rows (h×w, or h×w×`channels`),
+    """TIFF tiles of the mask the task decides from finished probability rows (h×w, or h×w×`channels`),
     row-major, as the rows come."""
     # Finished mask rows not yet written: under a tile row + a band.
     pending = np.empty((0, width, *channels), np.uint8)
     for _, probs in rows:
-        pending = np.concatenate([pending, decide(probs)])
+        pending = np.concatenate([pending, _mask_rows(probs, task)])
         while pending.shape[0] >= OUTPUT_TILE:
             yield from _cut(pending[:OUTPUT_TILE], width)
             pending = pending[OUTPUT_TILE:]
@@ -131,53 +125,36 @@ def _cut(strip: np.ndarray, width: int) -> Iterator[np.ndarray]:
             yield padded.copy()
 
 
-def predict_large_tiff(
-    predictor: Predictor,
-    source: str | Path,
-    target: str | Path,
-    options: InferenceOptions | None = None,
-) -> Path:
-    """Predict a TIFF of any size tile by tile and write the index mask as a tiled, palettised TIFF
-    (multilabel runs: an H×W×C TIFF, 255 where a label is present).
-
-    Tiles default to the training size (see `Predictor` on tiles and resolution); TTA applies per tile.
-    """
-    source, target = Path(source), Path(target)
-    settings = (options or predictor.options).checked()
-    (height, width), read = open_regions(source, predictor.model.in_channels)
-    if predictor.model.num_classes > 256 and not predictor.multilabel:
+def check_mask_classes(source: Path, classes: Classes) -> None:
+    """An index TIFF holds 8-bit class indices; fail before predicting when the run has more classes."""
+    if classes.num_classes > 256 and not classes.task.per_label:
         raise SegwiseError(f"{source}: TIFF masks hold at most 256 classes; predict to probabilities instead")
-    tile = settings.tile or tuple(predictor.config.preprocess.input_size)
-    with torch.no_grad():
-        rows = sliding_rows(
-            predictor.tile_predictor(settings),
-            read,
-            (height, width),
-            tile,
-            settings.overlap,
-            settings.weighting,
-            settings.tile_batch,
+
+
+def write_mask_tiff(
+    rows: Iterator[tuple[int, torch.Tensor]], size: tuple[int, int], classes: Classes, target: Path
+) -> Path:
+    """Write the mask of probability rows (`sliding.sliding_rows`) as a tiled TIFF, a tile row at a
+    time: palettised class indices, or a per-label task's H×W×C channels (255 where a label is present)."""
+    height, width = size
+    if classes.task.per_label:
+        channels = (classes.num_classes,)
+        layout = {"photometric": "minisblack", "planarconfig": "contig"}
+    else:
+        channels = ()
+        colormap = np.zeros((3, 256), np.uint16)
+        for index, colour in enumerate(classes.palette[:256]):  # 8-bit colour → 16-bit TIFF colormap
+            colormap[:, index] = np.asarray(colour, np.uint16) * 257
+        layout = {"photometric": "palette", "colormap": colormap}
+    with atomic_path(target) as tmp:
+        tifffile.imwrite(
+            tmp,
+            _mask_tiles(rows, width, classes.task, channels),
+            shape=(height, width, *channels),
+            dtype=np.uint8,
+            tile=(OUTPUT_TILE, OUTPUT_TILE),
+            compression="zlib",
+            bigtiff=math.prod((height, width, *channels)) > 2**31,
+            **layout,
         )
-        if predictor.multilabel:
-            channels = (len(predictor.class_names),)
-            tiles = _mask_tiles(rows, width, _label_channels, channels)
-            layout = {"photometric": "minisblack", "planarconfig": "contig"}
-        else:
-            channels = ()
-            tiles = _mask_tiles(rows, width, _class_indices)
-            colormap = np.zeros((3, 256), np.uint16)
-            for index, colour in enumerate(predictor.palette[:256]):  # 8-bit colour → 16-bit TIFF colormap
-                colormap[:, index] = np.asarray(colour, np.uint16) * 257
-            layout = {"photometric": "palette", "colormap": colormap}
-        with atomic_path(target) as tmp:
-            tifffile.imwrite(
-                tmp,
-                tiles,
-                shape=(height, width, *channels),
-                dtype=np.uint8,
-                tile=(OUTPUT_TILE, OUTPUT_TILE),
-                compression="zlib",
-                bigtiff=math.prod((height, width, *channels)) > 2**31,
-                **layout,
-            )
     return target

@@ -3,9 +3,9 @@
 Conventions shared by every function here:
 
 - A mask is H×W class indices; class 0 is the background. A boolean H×W array is a binary mask
-  (True = foreground). Multilabel predictions are C×H×W boolean stacks, one plane per label (no
-  background label): apply the functions to each plane (`[fill_holes(plane) for plane in stack]`);
-  `Steps(multilabel=True)` and `label_components` do so.
+  (True = foreground). A per-label task (`Task.per_label`) predicts a label stack instead: C×H×W
+  booleans, one plane per label (no background label); apply the functions to each plane
+  (`[fill_holes(plane) for plane in stack]`), as `Steps` and `label_components` do.
 - Components are 8-connected (pixels touching at a corner belong together, as in OpenCV's
   `connectedComponents`); holes are therefore 4-connected background regions not reaching the border.
 - Removing a component (too small, or not the largest of its class) gives its pixels the majority
@@ -17,6 +17,7 @@ Conventions shared by every function here:
 
     >>> from segwise.inference import postprocess
     >>> clean = postprocess.fill_holes(postprocess.remove_small(mask, 50))  # doctest: +SKIP
+    >>> mask = postprocess.Steps(predictor.task, threshold=0.3, min_size=50)(probabilities)  # doctest: +SKIP
     >>> boxes = postprocess.components(clean, probabilities, class_names)   # doctest: +SKIP
 """
 
@@ -29,11 +30,9 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import SegwiseError
+from ..task import Task, check_probability
 
 _EIGHT = np.ones((3, 3), dtype=bool)
-
-
-MULTILABEL_THRESHOLD = 0.5  # a label is present where its own (sigmoid) probability exceeds this
 
 
 @dataclass
@@ -58,33 +57,27 @@ class Component:
 class Steps:
     """The post-processing a prediction goes through, in this order: decide, remove small, fill, largest.
 
-    `threshold` None takes the argmax; see `threshold()` for what a value means. `multilabel`: the
-    probabilities are independent sigmoids, one per label; each label is present where P > threshold
-    (None: MULTILABEL_THRESHOLD) and the other steps clean every label's plane on its own.
+    The task decides (`Task.decide`: what `threshold` means there; None is the default decision); a
+    per-label task's planes are then cleaned each on its own.
     """
 
+    task: Task
     threshold: float | None = None
     min_size: int | None = None
     fill_holes: bool = False
     largest: bool = False
-    multilabel: bool = False
 
     def __post_init__(self) -> None:
         if self.threshold is not None:
-            _check_probability(self.threshold)
+            check_probability(self.threshold)
         if self.min_size is not None and self.min_size < 1:
             raise SegwiseError(f"min_size {self.min_size} is not valid; expected an integer ≥ 1 (pixels)")
 
     def __call__(self, probabilities: np.ndarray) -> np.ndarray:
-        """Class indices H×W from softmax probabilities C×H×W (multilabel: boolean C×H×W)."""
-        if self.multilabel:
-            value = MULTILABEL_THRESHOLD if self.threshold is None else self.threshold
-            planes = threshold_multilabel(probabilities, value)
-            return np.stack([self._clean(plane) for plane in planes])
-        if self.threshold is None:
-            mask = probabilities.argmax(0)
-        else:
-            mask = threshold(probabilities, self.threshold)
+        """Probabilities C×H×W → class indices H×W, or a per-label task's boolean C×H×W stack."""
+        mask = self.task.decide(probabilities, self.threshold)
+        if self.task.per_label:
+            return np.stack([self._clean(plane) for plane in mask])
         return self._clean(mask)
 
     def _clean(self, mask: np.ndarray) -> np.ndarray:
@@ -95,29 +88,6 @@ class Steps:
         if self.largest:
             mask = keep_largest(mask)
         return mask
-
-
-def threshold(probabilities: np.ndarray, value: float) -> np.ndarray:
-    """Class indices H×W from softmax probabilities C×H×W with a decision threshold.
-
-    Two classes (binary): foreground (1) where P(class 1) > value, so 0.5 is the argmax.
-    More classes: the argmax, except pixels whose winning probability is ≤ value, which go to the
-    background (0): where the model is unsure, claim nothing.
-    """
-    _check_probability(value)
-    if probabilities.shape[0] == 2:
-        return (probabilities[1] > value).astype(np.int64)
-    mask = probabilities.argmax(0)
-    mask[probabilities.max(0) <= value] = 0
-    return mask
-
-
-def threshold_multilabel(probabilities: np.ndarray, value: float | Sequence[float]) -> np.ndarray:
-    """Boolean C×H×W from independent (sigmoid) probabilities C×H×W; `value` is one or one per channel."""
-    values = np.broadcast_to(np.asarray(value, dtype=np.float64), (probabilities.shape[0],))
-    for v in values:
-        _check_probability(float(v))
-    return probabilities > values[:, None, None]
 
 
 def remove_small(mask: np.ndarray, min_size: int) -> np.ndarray:
@@ -156,7 +126,7 @@ def components(
 def label_components(
     planes: np.ndarray, probabilities: np.ndarray | None = None, label_names: Sequence[str] | None = None
 ) -> list[Component]:
-    """`components` of a multilabel C×H×W stack: the objects of every label's plane (label 0 included,
+    """`components` of a label stack C×H×W: the objects of every label's plane (label 0 included,
     there is no background label), `class_index` the label's channel. Objects of different labels may
     overlap."""
     found: list[Component] = []
@@ -230,11 +200,6 @@ def _holes(foreground: np.ndarray) -> np.ndarray:
     for edge in (labels[0], labels[-1], labels[:, 0], labels[:, -1]):
         enclosed[edge] = False
     return enclosed[labels]
-
-
-def _check_probability(value: float) -> None:
-    if not 0 <= value <= 1:
-        raise SegwiseError(f"threshold {value} is not valid; expected a probability between 0 and 1")
 
 
 def _replace(mask: np.ndarray, remove_where) -> np.ndarray:

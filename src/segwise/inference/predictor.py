@@ -4,9 +4,10 @@ Each image goes through the preprocessing the model was trained with (channels, 
 resolution, normalization); the logits are resized back to the image's own size before the argmax,
 so the mask always matches the input pixel for pixel.
 
-Multilabel runs (`config.classes.multilabel`) have one independent sigmoid per label instead of a
-softmax over classes: `predict_proba` gives C×H×W probabilities that need not sum to 1, and `predict`
-a boolean C×H×W stack (label present where P > 0.5).
+The run's task (`config.classes.task`) says how logits become probabilities and masks: a softmax over
+classes and the top class, or for a per-label task one independent sigmoid per label, so that
+`predict_proba` gives C×H×W probabilities that need not sum to 1 and `predict` a boolean C×H×W stack
+(label present where P > 0.5).
 
 Test-time augmentation (`tta=`) and tiles (`tile=`) are options of `predict_proba` (defaults in
 `InferenceOptions`). TTA views see the image at the training resolution, like the plain prediction.
@@ -15,28 +16,38 @@ at tile size (the model pads to its stride itself), because a huge image shrunk 
 keeps nothing of its detail. So tile models trained at the data's own scale (crops or tiles of large
 images), and pick a tile at least the training size. Tiling switches on by itself, with the training
 size as the tile, when an image holds more than `auto_tile_pixels` pixels.
+
+`predict_to_folder` is `segwise predict` on a loaded predictor: inputs to files (`writers`), TIFFs too
+large for memory read by region (`large`), the run's saved threshold, a share of the inputs per process.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from tqdm.auto import tqdm
 
 from ..config import RunConfig
+from ..constants import THRESHOLD_JSON
 from ..data.dataset import match_channels, resize_image
 from ..engine.devices import pick_device
+from ..errors import SegwiseError
 from ..io import read_image
 from ..models import SegmentationModel
 from ..run import load_model
 from . import postprocess
-from .sliding import check_overlap, parse_tile, predict_sliding
-from .tta import DEFAULT_BATCH_PIXELS, predict_tta, to_probabilities, views_for
+from .large import check_mask_classes, open_regions, tiff_size, write_mask_tiff
+from .shards import process_shard, total_over_processes
+from .sliding import check_overlap, parse_tile, predict_sliding, sliding_rows
+from .threshold import saved_threshold
+from .tta import DEFAULT_BATCH_PIXELS, check_merge, predict_tta, to_probabilities, views_for
+from .writers import collect_inputs, parse_formats, plan_outputs, write_outputs
 
 ImageLike = str | Path | np.ndarray | Image.Image
 
@@ -57,8 +68,19 @@ class InferenceOptions:
     def checked(self) -> InferenceOptions:
         """The same options with the tile parsed; a bad value raises SegwiseError naming the flag."""
         views_for(self.tta)
+        check_merge(self.merge)
         check_overlap(self.overlap)
         return replace(self, tile=None if self.tile is None else parse_tile(self.tile))
+
+
+@dataclass
+class PredictionReport:
+    """What `predict_to_folder` did."""
+
+    files: list[Path] = field(default_factory=list)  # written by this process
+    total: int = 0  # files written by all processes together
+    threshold: float | None = None  # the decision threshold used; None: the task's default decision
+    threshold_file: Path | None = None  # the run's threshold.json it came from, when not given
 
 
 class Predictor:
@@ -66,6 +88,7 @@ class Predictor:
 
     `model` is a SegmentationModel or any module with the same contract (normalized N×C×H×W in, logits
     out, an `in_channels` attribute), such as the onnxruntime backend (`inference.backends`).
+    `run_dir`: the run folder it was loaded from, where `predict_to_folder` finds a saved threshold.
     """
 
     def __init__(
@@ -74,6 +97,7 @@ class Predictor:
         config: RunConfig,
         device: str = "auto",
         options: InferenceOptions | None = None,
+        run_dir: str | Path | None = None,
     ) -> None:
         self.options = (options or InferenceOptions()).checked()
         self.device = pick_device(device)
@@ -81,9 +105,8 @@ class Predictor:
         self.config = config
         self.class_names = config.classes.names
         self.palette = config.classes.palette
-        self.multilabel = config.classes.multilabel
-        # How logits become probabilities, here and in every TTA view and tile.
-        self.activation = "sigmoid" if self.multilabel else "softmax"
+        self.task = config.classes.task  # how logits become probabilities and masks
+        self.run_dir = None if run_dir is None else Path(run_dir)
         self._mean = torch.tensor(config.preprocess.mean, device=self.device).view(1, -1, 1, 1) * 255
         self._std = torch.tensor(config.preprocess.std, device=self.device).view(1, -1, 1, 1) * 255
 
@@ -115,7 +138,7 @@ class Predictor:
             tiles.to(self.device, torch.float32),
             views,
             options.merge,
-            self.activation,
+            self.task.activation,
             max_batch_pixels=options.max_batch_pixels,
         )
 
@@ -127,7 +150,7 @@ class Predictor:
 
     @torch.no_grad()
     def predict_proba(self, image: ImageLike, **options) -> np.ndarray:
-        """Class probabilities C×H×W (float32) at the image's own size (multilabel: one per label).
+        """Class probabilities C×H×W (float32) at the image's own size (a per-label task: one per label).
 
         Keyword options override the predictor's `InferenceOptions`, e.g. `tta="d4", tile=512`.
         """
@@ -155,7 +178,7 @@ class Predictor:
         if probs.shape[-2:] != (height, width):
             # Resized as logits and turned back into probabilities by the run's activation: for a single
             # view this is exactly the activation of the bilinearly resized logits.
-            if self.activation == "sigmoid":
+            if self.task.activation == "sigmoid":
                 # log p − log(1 − p) with p kept float32's eps inside (0, 1), about all 1 − p resolves
                 # there: the logits stay finite and symmetric (±16).
                 eps = torch.finfo(torch.float32).eps
@@ -164,7 +187,7 @@ class Predictor:
                 # log-probabilities, renormalized by the softmax: merged views stay a distribution.
                 logits = probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
             resized = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
-            probs = to_probabilities(resized, self.activation)
+            probs = to_probabilities(resized, self.task.activation)
         return probs[0].cpu().numpy()
 
     @torch.no_grad()
@@ -189,18 +212,124 @@ class Predictor:
         return results
 
     def predict(self, image: ImageLike, **options) -> np.ndarray:
-        """Class indices H×W (int64) at the image's own size, multilabel runs a boolean C×H×W stack
+        """Class indices H×W (int64) at the image's own size, for a per-label task a boolean C×H×W stack
         (label present where P > 0.5); options as for `predict_proba`. For other thresholds and
-        cleaning, apply `postprocess.Steps(..., multilabel=predictor.multilabel)` to `predict_proba`."""
-        return postprocess.Steps(multilabel=self.multilabel)(self.predict_proba(image, **options))
+        cleaning, apply `postprocess.Steps(predictor.task, ...)` to `predict_proba`."""
+        return postprocess.Steps(self.task)(self.predict_proba(image, **options))
+
+    def predict_large_tiff(
+        self, source: str | Path, target: str | Path, options: InferenceOptions | None = None
+    ) -> Path:
+        """Predict a TIFF of any size tile by tile and write its mask as a tiled TIFF (see `large`),
+        never holding the image or its probabilities whole.
+
+        Tiles default to the training size (see the module doc on tiles and resolution); TTA applies per
+        tile. The mask is the task's default decision."""
+        source, target = Path(source), Path(target)
+        settings = (options or self.options).checked()
+        size, read = open_regions(source, self.model.in_channels)
+        check_mask_classes(source, self.config.classes)
+        tile = settings.tile or tuple(self.config.preprocess.input_size)
+        with torch.no_grad():
+            rows = sliding_rows(
+                self.tile_predictor(settings),
+                read,
+                size,
+                tile,
+                settings.overlap,
+                settings.weighting,
+                settings.tile_batch,
+            )
+            return write_mask_tiff(rows, size, self.config.classes, target)
+
+    def predict_to_folder(
+        self,
+        inputs: Sequence[str | Path],
+        output: str | Path,
+        *,
+        formats: str | Sequence[str] = ("png",),
+        threshold: float | None = None,
+        min_size: int | None = None,
+        fill_holes: bool = False,
+        largest: bool = False,
+        crop: bool = False,
+        batch_size: int = 1,
+        progress: bool = False,
+        shard: tuple[int, int] | None = None,
+    ) -> PredictionReport:
+        """Predict every input (files, folders, globs) and write the requested formats into `output`.
+
+        `formats`: names from `writers.FORMATS`, or one comma-separated string. `threshold` None takes
+        the run's threshold.json when `segwise eval --save-threshold` wrote one (binary runs), else the
+        task's default decision; then `min_size`, `fill_holes`, `largest` clean the mask
+        (`postprocess.Steps`). TIFFs above `options.auto_tile_pixels` are read by region and written as
+        tiled TIFF masks, `<name>.tif`, of the task's default decision (`predict_large_tiff`: the
+        formats, threshold and cleaning do not apply to them).
+        `shard=(rank, world_size)` predicts the inputs `rank::world_size` of the sorted list; None: this
+        process's torchrun share, or everything.
+
+        >>> segwise.load("runs/cells").predict_to_folder(["new/"], "out", formats=["png", "json"])  # doctest: +SKIP
+        """
+        formats = parse_formats(formats)
+        if batch_size < 1:
+            raise SegwiseError(f"batch size {batch_size} is not valid; expected an integer ≥ 1")
+        threshold, threshold_file = self._threshold(threshold)
+        steps = postprocess.Steps(self.task, threshold, min_size, fill_holes, largest)
+        rank, world_size = shard or process_shard()
+        output = Path(output)
+        paths = sorted(collect_inputs(inputs))
+        large = {path for path in paths if self._too_large_for_memory(path)}
+        regular = [path for path in paths if path not in large]
+        files: list[Path] = []
+        if regular:
+            targets = plan_outputs(regular, output, formats, crop, self.config.classes)
+            output.mkdir(parents=True, exist_ok=True)
+            jobs = list(zip(regular, targets, strict=True))[rank::world_size]
+            files += self._write_predictions(jobs, steps, batch_size, progress and rank == 0)
+        for path in sorted(large)[rank::world_size]:
+            files.append(self.predict_large_tiff(path, output / f"{path.stem}.tif"))
+        return PredictionReport(files, total_over_processes(len(files)), threshold, threshold_file)
+
+    def _threshold(self, threshold: float | None) -> tuple[float | None, Path | None]:
+        """The threshold to decide with and the file it came from: the given one, else the saved one."""
+        if threshold is not None or self.run_dir is None:
+            return threshold, None
+        saved = saved_threshold(self.run_dir, self.task)
+        return saved, None if saved is None else self.run_dir / THRESHOLD_JSON
+
+    def _too_large_for_memory(self, path: Path) -> bool:
+        """A TIFF above the automatic tiling limit: it is read by region, never whole."""
+        size = tiff_size(path)
+        return size is not None and size[0] * size[1] > self.options.auto_tile_pixels
+
+    def _write_predictions(
+        self,
+        jobs: Sequence[tuple[Path, dict[str, list[Path]]]],
+        steps: postprocess.Steps,
+        batch_size: int,
+        progress: bool,
+    ) -> list[Path]:
+        """Predict the inputs `batch_size` at a time and write each one's files (input, format → files)."""
+        written: list[Path] = []
+        with tqdm(total=len(jobs), desc="predicting", unit="image", disable=not progress, leave=False) as bar:
+            for start in range(0, len(jobs), batch_size):
+                batch = jobs[start : start + batch_size]
+                images = [read_image(path) for path, _ in batch]
+                for (path, files), image, probabilities in zip(
+                    batch, images, self.predict_proba_batch(images), strict=True
+                ):
+                    mask = steps(probabilities)
+                    written += write_outputs(self.config.classes, path, image, probabilities, mask, files)
+                    bar.update()
+        return written
 
 
 def load(run_dir: str | Path, device: str = "auto", **options) -> Predictor:
     """Load a trained run for prediction; keyword options set its `InferenceOptions`.
 
     >>> predictor = segwise.load("runs/cells", tta="flips")   # doctest: +SKIP
-    >>> mask = predictor.predict("new.png")                    # H×W class indices (multilabel: C×H×W)
+    >>> mask = predictor.predict("new.png")                    # H×W class indices (per-label task: C×H×W)
     >>> mask = predictor.predict("slide.tif", tile=1024)       # tiled at native resolution
     """
     model, config = load_model(run_dir)
-    return Predictor(model, config, device, InferenceOptions(**options))
+    return Predictor(model, config, device, InferenceOptions(**options), run_dir)

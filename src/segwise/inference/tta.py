@@ -149,12 +149,17 @@ def views_for(preset: str | Sequence[str]) -> list[View]:
 
 
 def to_probabilities(logits: Tensor, activation: str) -> Tensor:
-    """Softmax over classes (one label per pixel) or sigmoid per channel (binary, multilabel)."""
+    """Softmax over classes (one class per pixel) or sigmoid per channel (independent labels)."""
     if activation == "softmax":
         return logits.float().softmax(1)
     if activation == "sigmoid":
         return logits.float().sigmoid()
     raise SegwiseError(f"activation '{activation}' is not valid; use softmax or sigmoid")
+
+
+def check_merge(merge: str) -> None:
+    if merge not in MERGES:
+        raise SegwiseError(f"merge '{merge}' is not valid; use one of {', '.join(MERGES)}")
 
 
 class Merger:
@@ -167,8 +172,7 @@ class Merger:
     """
 
     def __init__(self, merge: str, activation: str, num_views: int) -> None:
-        if merge not in MERGES:
-            raise SegwiseError(f"merge '{merge}' is not valid; use one of {', '.join(MERGES)}")
+        check_merge(merge)
         self.merge, self.activation, self.num_views = merge, activation, num_views
         self.total: Tensor | None = None  # zeros are neutral for every merge: probabilities are ≥ 0
         self.negative: Tensor | None = None  # sigmoid gmean: sum of log(1 - p)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..constants import EVAL_DIR, METRICS_JSON
 from ..errors import SegwiseError
-from ..evaluate import EVAL_DIR, METRICS_JSON
 from .figures import plot_comparison
 
 

@@ -69,7 +69,7 @@ LABEL_RATES = [
 
 
 def plot_label_confusion(matrices: np.ndarray, names: list[str], path: Path) -> None:
-    """Multilabel C×2×2 matrices as one row per label: where its absent and its present pixels went.
+    """Per-label C×2×2 matrices as one row per label: where its absent and its present pixels went.
 
     Each 2×2 matrix is normalized per truth row, so a row holds TN, FP rates (summing to 1 where the
     label is absent somewhere) then FN, TP rates (summing to 1 where it is present somewhere)."""
@@ -104,7 +104,7 @@ def plot_iou_bars(ious: dict[str, float | None], path: Path) -> None:
 def error_map(truth: np.ndarray, prediction: np.ndarray, ignore_index: int) -> np.ndarray:
     """White where correct, red where wrong, grey where the truth is void.
 
-    Multilabel masks (C×H×W of 0/1): a pixel is wrong if any of its labels is (void labels aside),
+    Label stacks (C×H×W of 0/1): a pixel is wrong if any of its labels is (void labels aside),
     and void where every label is."""
     void = truth == ignore_index
     wrong = (truth != prediction) & ~void
@@ -119,7 +119,7 @@ def error_map(truth: np.ndarray, prediction: np.ndarray, ignore_index: int) -> n
 def plot_worst(samples, palette: list[list[int]], ignore_index: int, path: Path) -> None:
     """One row per sample: image | truth | prediction | error map, titled with the image's mIoU.
 
-    Multilabel samples (masks C×H×W) draw each pixel in the mean colour of its labels."""
+    Label-stack samples (masks C×H×W) draw each pixel in the mean colour of its labels."""
     figure, axes = plt.subplots(len(samples), 4, figsize=(12, 3 * len(samples)), squeeze=False)
     for row, sample in zip(axes, samples, strict=True):
         image = sample.image

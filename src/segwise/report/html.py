@@ -15,14 +15,25 @@ import tempfile
 from html import escape
 from pathlib import Path
 
-from .. import run as runfolder
+from ..config import RunConfig
+from ..constants import (
+    CONFIG,
+    CONFUSION_PNG,
+    CURVES,
+    EVAL_DIR,
+    IOU_PNG,
+    LR_PLOT,
+    METRICS,
+    METRICS_JSON,
+    REPORT,
+    SAMPLES,
+    WORST_PNG,
+)
 from ..errors import SegwiseError
-from ..evaluate import CONFUSION_PNG, EVAL_DIR, IOU_PNG, METRICS_JSON, WORST_PNG
 from ..io import atomic_path
 from .figures import plot_lr
 from .plots import plot_curves
 
-REPORT = "report.html"
 MAX_SAMPLES = 8
 
 STYLE = """
@@ -59,7 +70,7 @@ def _table(header: list[str], rows: list[list]) -> str:
 
 
 def read_history(run_dir: Path) -> list[dict]:
-    path = run_dir / runfolder.METRICS
+    path = run_dir / METRICS
     if not path.is_file():
         return []
     with open(path, newline="") as handle:
@@ -72,7 +83,7 @@ def read_history(run_dir: Path) -> list[dict]:
 def _training(run_dir: Path, history: list[dict], scratch: Path) -> str:
     if not history:
         return "<p class='muted'>No metrics.csv in this run.</p>"
-    curves, lr = scratch / "curves.png", scratch / "lr.png"
+    curves, lr = scratch / CURVES, scratch / LR_PLOT
     plot_curves(history, curves)
     plot_lr(history, lr)
     best = max(history, key=lambda row: row["val_miou"])
@@ -148,12 +159,10 @@ def _evaluation(folder: Path, metrics: dict) -> str:
 
 def build_report(run_dir: str | Path) -> str:
     """The HTML text of a run's report."""
-    from ..config import RunConfig
-
     run_dir = Path(run_dir)
-    if not (run_dir / runfolder.CONFIG).is_file():
-        raise SegwiseError(f"{run_dir}: no {runfolder.CONFIG}; pass a run folder written by `segwise train`")
-    config = RunConfig.load(run_dir / runfolder.CONFIG)
+    if not (run_dir / CONFIG).is_file():
+        raise SegwiseError(f"{run_dir}: no {CONFIG}; pass a run folder written by `segwise train`")
+    config = RunConfig.load(run_dir / CONFIG)
     history = read_history(run_dir)
     model = config.model
     sections = [
@@ -174,7 +183,7 @@ def build_report(run_dir: str | Path) -> str:
         sections.append(
             f"<h2>Dataset: {escape(folder.name)}</h2>" + _dataset_summary(config, metrics, folder.name)
         )
-    samples = sorted((run_dir / runfolder.SAMPLES).glob("*.png"))[:MAX_SAMPLES]
+    samples = sorted((run_dir / SAMPLES).glob("*.png"))[:MAX_SAMPLES]
     if samples:
         sections.append(
             "<h2>Validation samples (image | truth | prediction)</h2>"
@@ -182,7 +191,7 @@ def build_report(run_dir: str | Path) -> str:
             + "".join(_image(p, p.stem) for p in samples)
             + "</div>"
         )
-    config_text = (run_dir / runfolder.CONFIG).read_text()
+    config_text = (run_dir / CONFIG).read_text()
     sections.append(f"<h2>Config</h2><pre>{escape(config_text)}</pre>")
     body = "\n".join(sections)
     return (

@@ -1,0 +1,60 @@
+"""Prediction under torchrun: each process predicts a disjoint share of the inputs on its own device.
+
+The processes exchange only a count (how many files all of them wrote), never images or tensors, so
+a gloo process group serves every device and NCCL would buy nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.distributed as dist
+
+
+@contextmanager
+def process_group() -> Iterator[tuple[int, int]]:
+    """(rank, world size): under torchrun with WORLD_SIZE > 1 a gloo process group for the block (one
+    the caller already set up is used as it is), else (0, 1)."""
+    if dist.is_available() and dist.is_initialized():
+        yield dist.get_rank(), dist.get_world_size()
+        return
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        yield 0, 1
+        return
+    dist.init_process_group("gloo")
+    try:
+        yield dist.get_rank(), dist.get_world_size()
+    finally:
+        dist.destroy_process_group()
+
+
+def process_shard() -> tuple[int, int]:
+    """This process's (rank, world size): the process group's, else torchrun's RANK and WORLD_SIZE,
+    else (0, 1)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def total_over_processes(count: int) -> int:
+    """The sum of `count` over the processes of the process group (`count` itself without one)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return count
+    value = torch.tensor([count], dtype=torch.int64)
+    dist.all_reduce(value)
+    return int(value.item())
+
+
+def process_device(device: str) -> str:
+    """The device for this process: under torchrun each process takes its own GPU (LOCAL_RANK)."""
+    if (
+        int(os.environ.get("WORLD_SIZE", "1")) > 1
+        and device in ("auto", "cuda")
+        and torch.cuda.is_available()
+    ):
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0')) % torch.cuda.device_count()}"
+    return device
