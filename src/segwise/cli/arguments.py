@@ -188,8 +188,8 @@ def _reading(hint: Any) -> dict[str, Any]:
     if allowed is not None:
         return {"choices": allowed}
     arms = [arm for arm in _arms(hint) if arm is not type(None)]
-    if len(arms) == 1 and arms[0] in (int, float):
-        return {"type": arms[0]}  # argparse's own message for a malformed number
+    if len(arms) == 1 and arms[0] in (int, float):  # argparse's own message for a malformed number
+        return {"type": arms[0], "metavar": "N" if arms[0] is int else "X"}
     optional = len(arms) < len(_arms(hint))
     return {"type": _union_reader(arms, optional), "metavar": _metavar(arms)}
 

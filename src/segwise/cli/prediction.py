@@ -152,7 +152,6 @@ def predict_folder(
     from types import SimpleNamespace
 
     from ..constants import THRESHOLD_JSON
-    from ..inference import load
     from ..inference.postprocess import Steps
     from ..inference.writers import (
         collect_inputs,
@@ -166,15 +165,9 @@ def predict_folder(
 
     formats = parse_formats(formats)  # a typo fails before the model loads
     with process_group() as (rank, world_size):
-        device = process_device(device)
         options = {"tta": tta, "merge": merge, "tile": tile, "overlap": overlap}
         options |= {"auto_tile_pixels": max_pixels} if max_pixels else {}
-        if backend == "onnxruntime" or onnx:
-            from ..inference.backends import load_onnx
-
-            predictor = load_onnx(run, onnx, device=device, **options)
-        else:
-            predictor = load(run, device=device, **options)
+        predictor = _load_predictor(run, process_device(device), backend, onnx, options)
         threshold_file = None
         if threshold is None:
             threshold = saved_threshold(run, predictor)
@@ -204,6 +197,17 @@ def predict_folder(
             written.append(predict_large_tiff(predictor, path, os.path.join(output, f"{path.stem}.tif")))
         total = total_over_processes(len(written))
     return SimpleNamespace(files=written, total=total, threshold=threshold, threshold_file=threshold_file)
+
+
+def _load_predictor(run, device: str, backend: str, onnx, options: dict):
+    """TEMP cli-merge (part of the predict_folder stand-in): the run's model on the chosen backend."""
+    if backend == "onnxruntime" or onnx:
+        from ..inference.backends import load_onnx
+
+        return load_onnx(run, onnx, device=device, **options)
+    from ..inference import load
+
+    return load(run, device=device, **options)
 
 
 def _large_tiffs(predictor, inputs: list[str]) -> list:
