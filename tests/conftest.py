@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import subprocess
 import sys
+import traceback
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -58,12 +62,77 @@ def write_pair(root: Path, stem: str, size=(40, 50), mask_values=(0, 1), image_s
     Image.fromarray(mask).save(root / "masks" / f"{stem}.png")
 
 
-def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """Run `python -m segwise ARGS` in a subprocess, as a user would."""
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+def run_cli(*args: str | os.PathLike, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run `segwise ARGS` in this process and return what a subprocess would: exit code, stdout, stderr.
+
+    `segwise.cli.main` is what `python -m segwise` runs; calling it here spares each test an interpreter
+    start that imports torch. What a fresh process would not inherit is put back afterwards: the working
+    directory, the environment, torch's thread count (OMP_NUM_THREADS is honoured as at process start),
+    deterministic-algorithm mode and the global random states. An exception other than SegwiseError
+    ends as a traceback on stderr with exit code 1, as the interpreter reports it.
+    """
+    from segwise.cli import main
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with _process_state(cwd), contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            code = main([os.fspath(arg) for arg in args])
+        except SystemExit as exit:  # argparse: 0 after --help, 2 for a usage error
+            code = _exit_status(exit.code)
+        except Exception:
+            traceback.print_exc()
+            code = 1
+    return subprocess.CompletedProcess(
+        ["segwise", *map(os.fspath, args)], code, stdout.getvalue(), stderr.getvalue()
+    )
+
+
+def _exit_status(code: object) -> int:
+    """The status `raise SystemExit(code)` gives a process (a message is printed on stderr, status 1)."""
+    if code is None or isinstance(code, int):
+        return code or 0
+    print(code, file=sys.stderr)
+    return 1
+
+
+@contextlib.contextmanager
+def _process_state(cwd: Path | None):
+    """The state a `segwise` process starts with and may change, restored on exit."""
+    import random
+
+    import torch
+
+    saved_cwd, saved_env = os.getcwd(), dict(os.environ)
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    rng = torch.get_rng_state(), np.random.get_state(), random.getstate()
+    os.environ.pop("SEGWISE_DEBUG", None)
+    if os.environ.get("OMP_NUM_THREADS"):
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # as PYTHONWARNINGS=ignore did for the subprocess
+            yield
+    finally:
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+        torch.set_rng_state(rng[0])
+        np.random.set_state(rng[1])
+        random.setstate(rng[2])
+
+
+def run_cli_subprocess(*args: str | os.PathLike, cwd: Path | None = None, env: dict | None = None):
+    """Run `python -m segwise ARGS` in a new interpreter, as a user would: for what only a real process
+    shows (its exit status, tracebacks, imports, the console entry point)."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
     env.pop("SEGWISE_DEBUG", None)
     return subprocess.run(
-        [sys.executable, "-m", "segwise", *args],
+        [sys.executable, "-m", "segwise", *map(os.fspath, args)],
         capture_output=True,
         text=True,
         cwd=cwd,

@@ -1,11 +1,20 @@
-"""The command line as a user meets it: subprocesses, exit codes, one-line errors."""
+"""The command line as a user meets it: exit codes, one-line errors, and the few things only a real
+process shows (imports at start-up, the console script, an interrupt)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 from PIL import Image
 
-from .conftest import TINY, run_cli, write_pair
+from segwise.cli import main
+from segwise.errors import SegwiseError
+
+from .conftest import TINY, run_cli, run_cli_subprocess, write_pair
 
 
 def assert_one_line_error(result, *fragments):
@@ -155,3 +164,148 @@ def test_demo_runs_end_to_end(tmp_path):
     assert "validation mIoU" in result.stdout
     assert len(list((tmp_path / "demo" / "predictions").glob("*.png"))) == 8
     assert (tmp_path / "demo" / "runs" / "shapes" / "model.safetensors").is_file()
+
+
+# ---- in a real process: what starting one is about ----------------------------------------------
+
+LIGHT_START = """
+import sys, segwise, segwise.cli
+segwise.cli.build_parser()
+try:
+    segwise.cli.main(["--help"])
+except SystemExit as exit:
+    assert exit.code == 0, exit.code
+print(sorted(m for m in ("torch", "timm", "matplotlib") if m in sys.modules))
+"""
+
+
+def test_import_and_help_leave_torch_timm_and_matplotlib_unimported():
+    result = subprocess.run(
+        [sys.executable, "-c", LIGHT_START], capture_output=True, text=True, env=os.environ, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "[]"
+    assert "train" in result.stdout and "predict" in result.stdout  # the help did print
+
+
+def test_console_script_runs_main():
+    script = Path(sys.executable).with_name("segwise")
+    if not script.is_file():
+        pytest.skip("the segwise console script is not installed in this environment")
+    result = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: segwise")
+
+
+def test_user_mistake_in_a_real_process_is_one_line_and_exit_code_2(tmp_path):
+    result = run_cli_subprocess("train", str(tmp_path / "nowhere"))
+    assert_one_line_error(result, "nowhere", "not found")
+
+
+INTERRUPTED = """
+import sys
+import segwise.cli.demo as demo
+def interrupted(args):
+    raise KeyboardInterrupt
+demo._list_models = interrupted  # as if Ctrl-C arrived while the command ran
+from segwise.cli import main
+sys.exit(main(["list-models"]))
+"""
+
+
+def test_interrupt_exits_130_without_a_traceback():
+    result = subprocess.run(
+        [sys.executable, "-c", INTERRUPTED], capture_output=True, text=True, env=os.environ, timeout=120
+    )
+    assert result.returncode == 130
+    assert result.stderr.strip() == "segwise: interrupted"
+
+
+# ---- in process: main() and the run_cli harness --------------------------------------------------
+
+
+def test_debug_mode_raises_the_error_instead(monkeypatch):
+    monkeypatch.setenv("SEGWISE_DEBUG", "1")
+    with pytest.raises(SegwiseError, match="no architecture matches"):
+        main(["list-models", "no-such-arch*"])
+
+
+def test_usage_errors_exit_2_and_help_exits_0():
+    usage = run_cli("train", "--epochs", "many")
+    assert usage.returncode == 2 and "usage: segwise train" in usage.stderr
+    assert "invalid int value: 'many'" in usage.stderr
+    assert run_cli("--help").returncode == 0
+    assert run_cli().returncode == 2
+
+
+def test_a_crash_reads_as_a_traceback_with_exit_code_1(monkeypatch):
+    import segwise.cli.demo as demo
+
+    def crash(args):
+        raise RuntimeError("a bug, not a user mistake")
+
+    monkeypatch.setattr(demo, "_list_models", crash)
+    result = run_cli("list-models")
+    assert result.returncode == 1
+    assert "Traceback" in result.stderr and "RuntimeError: a bug, not a user mistake" in result.stderr
+
+
+def test_run_cli_restores_the_working_directory_and_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEGWISE_DEBUG", "1")
+    before = os.getcwd(), dict(os.environ)
+    result = run_cli("list-models", "no-such-arch*", cwd=tmp_path)  # SEGWISE_DEBUG is not passed on
+    assert_one_line_error(result, "no architecture matches")
+    assert (os.getcwd(), dict(os.environ)) == before
+
+
+def test_the_package_loads_its_public_names_on_first_use():
+    import segwise
+
+    assert sorted(segwise.__all__) == sorted(
+        ["Predictor", "SegwiseError", "__version__", "create_model", "list_models", "load", "train"]
+    )
+    assert set(segwise.__all__) <= set(dir(segwise))
+    assert segwise.SegwiseError is SegwiseError
+    assert callable(segwise.train) and callable(segwise.load) and "unet" in segwise.list_models()
+    with pytest.raises(AttributeError, match="no attribute 'trian'"):
+        segwise.trian  # noqa: B018
+
+
+def test_every_help_example_parses():
+    parser_of = _subparsers()
+    for name, parser in parser_of.items():
+        lines = parser.epilog.splitlines()
+        assert lines[0] == "example:" and len(lines) > 1, name
+        for line in lines[1:]:
+            _parse_example(line)
+
+
+def _subparsers() -> dict:
+    import argparse
+
+    from segwise.cli import build_parser
+
+    (commands,) = (a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(commands.choices)
+
+
+def _parse_example(line: str):
+    """Parse a `segwise ...` (or `torchrun ... -m segwise ...`) example line; fail when the CLI refuses it."""
+    import shlex
+
+    from segwise.cli import build_parser
+
+    words = shlex.split(line, comments=True)
+    start = words.index("segwise") + 1 if "segwise" in words else None
+    if start is None:
+        start = next(i for i, word in enumerate(words) if word.endswith("/segwise")) + 1
+    try:
+        return build_parser().parse_args(words[start:])
+    except SystemExit as exit:
+        raise AssertionError(f"the example no longer parses: {line!r}") from exit
+
+
+def test_help_examples_helper_rejects_a_wrong_example(capsys):
+    with pytest.raises(AssertionError, match="no longer parses"):
+        _parse_example("segwise train data --no-such-flag")
+    assert _parse_example("torchrun --nproc-per-node 2 -m segwise train d  # note").data == "d"

@@ -12,7 +12,7 @@ without decoding anything. An entry is keyed by a hash of
 Where: `$SEGWISE_CACHE_DIR`, else `$XDG_CACHE_HOME/segwise`, else `~/.cache/segwise` (never inside the
 data folder, which may be read-only or shared); if that is not writable, a folder in the system's
 temporary directory; if nothing is writable, the arrays stay in memory. `SEGWISE_CACHE_DIR=off` (or
-`load_data(..., cache=False)`) turns caching off. Each (dataset, options) keeps one entry: writing a new
+`load_data(..., use_cache=False)`) turns caching off. Each (dataset, options) keeps one entry: writing a new
 version removes the old one. Deleting the folder is always safe.
 """
 

@@ -78,6 +78,7 @@ def make_plan(
 
     `probe_device` is where the batch-size probe runs (default: the config's training device).
     """
+    overrides |= {k: v for part in (overrides.pop("overrides", None) or {}).values() for k, v in part.items()}  # TEMP cli-merge
     given = {key for key, value in overrides.items() if value is not None}
     if isinstance(config, (str, Path)):
         config = load_config(config)

@@ -149,6 +149,7 @@ def find_lr(
     >>> finding = find_lr("data/cells", encoder="resnet18", output="lr.png")  # doctest: +SKIP
     >>> finding.suggestion                                                     # doctest: +SKIP
     """
+    overrides |= {k: v for part in (overrides.pop("overrides", None) or {}).values() for k, v in part.items()}  # TEMP cli-merge
     from ..config import Config, load_config
     from ..data.plan import make_plan
     from .devices import autocast_dtype, keep_freed_memory, pick_device

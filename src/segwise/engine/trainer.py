@@ -237,6 +237,7 @@ def train(
     `augment` is a preset name or, from Python, a per-sample transform such as an albumentations
     `Compose` (run on the CPU in DataLoader workers instead of the on-device presets).
     """
+    overrides |= {k: v for part in (overrides.pop("overrides", None) or {}).values() for k, v in part.items()}  # TEMP cli-merge
     started = time.perf_counter()
     transform = overrides.pop("augment") if callable(overrides.get("augment")) else None
     if transform is not None:
