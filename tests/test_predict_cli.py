@@ -230,7 +230,7 @@ def test_cli_bad_flags_fail_in_one_line(trained_run, tmp_path, capsys, flags, fr
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
 
 
-def test_cli_error_from_a_subprocess_is_one_line(trained_run, tmp_path):
+def test_cli_error_is_one_line(trained_run, tmp_path):
     noise_image(tmp_path / "a.png")
     assert_one_line_error(
         run_cli("predict", str(trained_run), str(tmp_path / "a.png"), "-o", str(tmp_path), "--format", "gif"),

@@ -41,6 +41,8 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from ..evaluate import evaluate_run
+
     report = evaluate_run(
         args.run,
         args.data,
@@ -67,37 +69,6 @@ def _eval(args: argparse.Namespace) -> int:
     if report.report is not None:
         print(f"report: {report.report}")
     return 0
-
-
-def evaluate_run(run, data, *, split, output, worst, save_threshold, device, progress):
-    """TEMP cli-merge: stands in for `segwise.evaluate.evaluate_run` (helper infer); at merge, delete it
-    and import that instead. The body is what `segwise eval` did before; the report's fields are the
-    ones printed above (images, metrics, best_threshold, threshold_file, output, report)."""
-    from pathlib import Path
-    from types import SimpleNamespace
-
-    from .. import evaluate
-    from ..constants import EVAL_DIR
-    from ..inference import load
-    from ..report.html import write_report
-
-    predictor = load(run, device=device)
-    plan = predictor.config.data.get("plan") or {}  # the layout the run was trained with
-    pairs, source = evaluate.split_pairs(data, split, plan.get("layout", "auto"), plan.get("categories"))
-    evaluation = evaluate.evaluate_split(predictor, pairs, worst_k=worst, progress=progress, source=source)
-    out = Path(output) if output else Path(run) / EVAL_DIR / split
-    metrics = evaluate.write_evaluation(evaluation, predictor, out)
-    threshold_file = None
-    if evaluation.best_threshold is not None and save_threshold:
-        threshold_file = evaluate.save_threshold(Path(run), *evaluation.best_threshold, split)
-    return SimpleNamespace(
-        images=len(pairs),
-        metrics=metrics,
-        best_threshold=evaluation.best_threshold,
-        threshold_file=threshold_file,
-        output=out,
-        report=None if output else write_report(run),
-    )
 
 
 def _add_report(commands: argparse._SubParsersAction) -> None:

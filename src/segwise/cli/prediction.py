@@ -93,6 +93,8 @@ def _add_tta_and_tile_options(predict: argparse.ArgumentParser) -> None:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from ..inference import predict_folder
+
     report = predict_folder(
         args.run,
         args.inputs,
@@ -121,104 +123,6 @@ def _predict(args: argparse.Namespace) -> int:
             )
         print(f"wrote {report.total} file(s) to {args.output}")
     return 0
-
-
-def predict_folder(
-    run,
-    inputs,
-    output,
-    *,
-    device,
-    backend,
-    onnx,
-    tta,
-    merge,
-    tile,
-    overlap,
-    max_pixels,
-    formats,
-    threshold,
-    min_size,
-    fill_holes,
-    largest,
-    crop,
-    batch_size,
-    progress,
-):
-    """TEMP cli-merge: stands in for `segwise.inference.predict_folder` (helper infer); at merge, delete it
-    and import that instead. The body is what `segwise predict` did before."""
-    import os
-    from pathlib import Path
-    from types import SimpleNamespace
-
-    from ..constants import THRESHOLD_JSON
-    from ..inference.postprocess import Steps
-    from ..inference.writers import (
-        collect_inputs,
-        parse_formats,
-        predict_to_folder,
-        process_device,
-        process_group,
-        saved_threshold,
-        total_over_processes,
-    )
-
-    formats = parse_formats(formats)  # a typo fails before the model loads
-    with process_group() as (rank, world_size):
-        options = {"tta": tta, "merge": merge, "tile": tile, "overlap": overlap}
-        options |= {"auto_tile_pixels": max_pixels} if max_pixels else {}
-        predictor = _load_predictor(run, process_device(device), backend, onnx, options)
-        threshold_file = None
-        if threshold is None:
-            threshold = saved_threshold(run, predictor)
-            threshold_file = None if threshold is None else Path(run) / THRESHOLD_JSON
-        large = _large_tiffs(predictor, inputs)  # TIFFs too large for memory: predicted by region
-        if large:
-            inputs = [path for path in collect_inputs(inputs) if path not in large]
-        steps = Steps(threshold, min_size, fill_holes, largest)
-        written = (
-            predict_to_folder(
-                predictor,
-                inputs,
-                output,
-                progress=rank == 0 and progress,
-                formats=formats,
-                steps=steps,
-                crop=crop,
-                batch_size=batch_size,
-                shard=(rank, world_size),
-            )
-            if inputs
-            else []
-        )
-        for path in sorted(large)[rank::world_size]:
-            from ..inference.large import predict_large_tiff
-
-            written.append(predict_large_tiff(predictor, path, os.path.join(output, f"{path.stem}.tif")))
-        total = total_over_processes(len(written))
-    return SimpleNamespace(files=written, total=total, threshold=threshold, threshold_file=threshold_file)
-
-
-def _load_predictor(run, device: str, backend: str, onnx, options: dict):
-    """TEMP cli-merge (part of the predict_folder stand-in): the run's model on the chosen backend."""
-    if backend == "onnxruntime" or onnx:
-        from ..inference.backends import load_onnx
-
-        return load_onnx(run, onnx, device=device, **options)
-    from ..inference import load
-
-    return load(run, device=device, **options)
-
-
-def _large_tiffs(predictor, inputs: list[str]) -> list:
-    """TEMP cli-merge (part of the predict_folder stand-in): inputs that are TIFFs above the automatic
-    tiling limit; they never go through memory whole."""
-    from ..inference.large import tiff_size
-    from ..inference.writers import collect_inputs
-
-    sizes = {path: tiff_size(path) for path in collect_inputs(inputs)}
-    limit = predictor.options.auto_tile_pixels
-    return [path for path, size in sizes.items() if size is not None and size[0] * size[1] > limit]
 
 
 def _add_export(commands: argparse._SubParsersAction) -> None:
