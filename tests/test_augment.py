@@ -376,8 +376,9 @@ def test_show_on_a_missing_folder_is_one_line_and_exit_2(tmp_path):
 @pytest.mark.parametrize("preset", ["flips", "light", "default", "heavy"])
 @pytest.mark.parametrize("size", [(12, 12), (10, 14)])
 def test_samples_that_only_flip_are_copied_exactly_as_resampling_would_give(preset, size):
-    """Samples whose maps only flip or transpose skip grid_sample, the others are resampled a few at a
-    time; the batch must equal resampling every sample at once."""
+    """Samples whose maps only flip or transpose skip grid_sample, the others are resampled together;
+    the batch must equal resampling every sample at once on F.affine_grid's grid (to 1e-3 of a grey
+    level: a flip's float32 grid points land within rounding of the pixel centres)."""
     from segwise.data.augment import _draw, _plain_grid, _warp
 
     height, width = size
