@@ -1,6 +1,6 @@
 """A documented CPU training run on CamVid (11 classes + Void) with a fixed budget; not part of CI.
 
-    .venv/bin/python bench/camvid.py                      # defaults below; about 15-20 min on 2 free cores
+    .venv/bin/python bench/camvid.py                      # defaults below (its wall clock: BENCHMARKS.md)
     .venv/bin/python bench/camvid.py --epochs 30 --size 360x480
 
 Trains segwise's defaults (U-Net, AdamW + one-cycle, ce+dice, bf16 autocast where the CPU has it,

@@ -4,8 +4,8 @@ Run from the repository root: `.venv/bin/python bench/models.py [--repeats 5] [-
 (needs segmentation-models-pytorch). Same encoder (resnet34, random weights), same input, same process,
 fp32 on the CPU, training mode; the two models alternate (peer, segwise, segwise, peer, ...) so that load
 from other jobs hits both alike, and each step is timed in process CPU time. Prints a Markdown table of
-median times and the ratio
-smp time / segwise time (> 1 means segwise is faster).
+median times and the ratio smp time / segwise time (> 1 means segwise is faster). `--plain-unet` runs
+segwise's U-Net and U-Net++ without their fast path (models/phase_conv.py), to see what it buys.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import segmentation_models_pytorch as smp  # noqa: E402
 
 import segwise  # noqa: E402
+from segwise.models.unet import UnetBlock  # noqa: E402
 
 # segwise architecture -> smp class; both at their defaults (DeepLabV3 at output stride 8, V3+ at 16,
 # PSPNet on the first three encoder stages).
@@ -68,13 +69,20 @@ def main() -> None:
     parser.add_argument("--encoder", default="resnet34")
     parser.add_argument("--arch", nargs="*", default=list(PAIRS), choices=list(PAIRS))
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    parser.add_argument(
+        "--plain-unet",
+        action="store_true",
+        help="segwise's U-Net blocks without their phase-convolution fast path (UnetBlock.fast = False)",
+    )
     args = parser.parse_args()
+    UnetBlock.fast = not args.plain_unet
     if args.threads:  # one thread: no idle spinning of a thread pool in the CPU times on a busy machine
         torch.set_num_threads(args.threads)
     x = torch.randn(args.batch, 3, args.size, args.size)
     print(
         f"forward+backward, {args.encoder}, {args.batch}×3×{args.size}×{args.size}, fp32 CPU, "
         f"{torch.get_num_threads()} threads, torch {torch.__version__}, smp {smp.__version__}, "
+        f"U-Net fast path {'off' if args.plain_unet else 'on'}, "
         f"median CPU time of {args.repeats} after one warm-up step each\n"
     )
     print(

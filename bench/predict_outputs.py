@@ -76,9 +76,7 @@ def backend_rows() -> list[tuple]:
     model = create_model("unet", encoder="resnet18", num_classes=5, in_channels=3).eval()
     config = RunConfig(
         model={"arch": "unet", "encoder": "resnet18", "num_classes": 5, "in_channels": 3},
-        classes=Classes(
-            names=[f"c{i}" for i in range(5)], values=list(range(5)), palette=default_palette(5)
-        ),
+        classes=Classes(names=[f"c{i}" for i in range(5)], values=list(range(5)), palette=default_palette(5)),
         preprocess=PreprocessConfig(input_size=[256, 256], mean=[0.5] * 3, std=[0.25] * 3),
         train=TrainConfig(),
     )

@@ -184,7 +184,7 @@ def test_unetplusplus_equals_smp_given_the_same_weights():
     model = segwise.create_model("unetplusplus", encoder="resnet34", num_classes=2).eval()
     assert n_parameters(model) == n_parameters(reference)
     _load_smp_weights(model, reference, {**SMP_RENAMES, "decoder.blocks.x_0_4.": "decoder.final.0."})
-    # in float64: the decoder sums in another order than smp (conv_after_upsampling), so float32
+    # in float64: the decoder sums in another order than smp (phase_conv.py's fast path), so float32
     # differs in the last digits across its 15 blocks; the function itself must be the same
     x = torch.randn(1, 3, 64, 96, dtype=torch.float64)
     with torch.no_grad():
@@ -328,9 +328,7 @@ def test_segnet_refuses_weights_of_another_network(tmp_path):
 @pytest.mark.parametrize("skip_channels", [0, 3])
 def test_conv_after_upsampling_equals_convolving_the_upsampled_concatenation(skip_channels):
     """The decoder's phase-split convolution against its definition, at an odd size, in float64."""
-    import torch.nn.functional as F
-
-    from segwise.models.unet import conv_after_upsampling
+    from segwise.models.phase_conv import conv_after_upsampling
 
     x = torch.randn(2, 5, 7, 9, dtype=torch.float64)
     skip = torch.randn(2, skip_channels, 14, 18, dtype=torch.float64) if skip_channels else None
@@ -340,3 +338,101 @@ def test_conv_after_upsampling_equals_convolving_the_upsampled_concatenation(ski
         upsampled = torch.cat([upsampled, skip], 1)
     expected = F.conv2d(upsampled, weight, padding=1)
     assert torch.allclose(conv_after_upsampling(x, skip, weight), expected, atol=1e-12)
+
+
+def _decoder_blocks(model) -> list:
+    from segwise.models.unet import UnetBlock
+
+    return [module for module in model.modules() if isinstance(module, UnetBlock)]
+
+
+def _forward_and_gradients(model, x: torch.Tensor, fast: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Logits and parameter gradients of one training-mode step with every decoder block's switch set."""
+    for block in _decoder_blocks(model):
+        block.fast = fast
+    model.zero_grad()
+    out = model(x)
+    out.square().mean().backward()
+    return out.detach(), [p.grad.clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("attention", [None, "scse"])
+@pytest.mark.parametrize("arch", ["unet", "unetplusplus"])
+def test_unet_fast_path_equals_the_plain_path(arch, attention, monkeypatch):
+    """UnetBlock.fast (phase convolutions) against fast = False (upsample, concatenate, conv1): the same
+    logits and gradients in float64, where the phase sums' other order cannot show."""
+    from segwise.models import phase_conv
+
+    model = tiny(arch, num_classes=3, decoder_attention=attention).double()
+    x = torch.randn(2, 3, 45, 61, dtype=torch.float64)
+    plain, plain_grads = _forward_and_gradients(model, x, fast=False)
+    calls = []
+    fast_conv = phase_conv.conv_bn_relu
+    monkeypatch.setattr(phase_conv, "conv_bn_relu", lambda *args: calls.append(1) or fast_conv(*args))
+    fast, fast_grads = _forward_and_gradients(model, x, fast=True)
+    assert calls  # the fast path did run (U-Net++'s scSE blocks with a skip take the plain one)
+    assert torch.allclose(fast, plain, atol=1e-10)
+    assert all(torch.allclose(f, p, atol=1e-10) for f, p in zip(fast_grads, plain_grads, strict=True))
+
+
+def test_unet_fast_path_never_bypasses_a_hooked_pruned_or_replaced_conv1():
+    """The fast path reads conv1's weight instead of calling it: with a hook on conv1 or its conv,
+    pruning (a pre-hook), a global hook or a replaced conv, every block must call conv1 as the plain
+    path does, and give what the plain path gives."""
+    from torch.nn.modules.module import register_module_forward_hook
+    from torch.nn.utils import prune
+
+    from segwise.models import phase_conv
+
+    x = torch.randn(1, 3, 32, 48)
+
+    def check(model, fired: list, expected_calls: int) -> None:
+        blocks = _decoder_blocks(model)
+        assert not any(phase_conv.applies(block.conv1, block.attention1) for block in blocks)
+        with torch.no_grad():
+            fast = model(x)
+            assert len(fired) == expected_calls
+            for block in blocks:
+                block.fast = False
+            assert torch.equal(fast, model(x))  # the same computation as the plain path
+
+    model = tiny("unet", num_classes=2).eval()
+    blocks = _decoder_blocks(model)
+    assert all(phase_conv.applies(block.conv1, block.attention1) for block in blocks)
+    fired = []
+    for block in blocks:  # a forward hook on the conv-BN-ReLU and one on its convolution
+        block.conv1.register_forward_hook(lambda *_: fired.append("conv1"))
+        block.conv1[0].register_forward_hook(lambda *_: fired.append("conv"))
+    check(model, fired, 2 * len(blocks))
+
+    model = tiny("unet", num_classes=2).eval()
+    unpruned = model(x).detach()
+    for block in _decoder_blocks(model):
+        prune.l1_unstructured(block.conv1[0], "weight", amount=0.5)  # masks the weight in a pre-hook
+    fired = []
+    check(model, fired, 0)
+    assert not torch.allclose(model(x), unpruned)  # the pruned weights were used
+
+    class CountedConv(torch.nn.Conv2d):  # e.g. a quantisation-aware or instrumented replacement
+        def forward(self, input):
+            fired.append("replaced")
+            return super().forward(input)
+
+    model = tiny("unet", num_classes=2).eval()
+    for block in _decoder_blocks(model):
+        conv = block.conv1[0]
+        block.conv1[0] = CountedConv(conv.in_channels, conv.out_channels, 3, padding=1, bias=False)
+    fired = []
+    check(model, fired, len(blocks))
+
+    model = tiny("unet", num_classes=2).eval()
+    fired = []
+    handle = register_module_forward_hook(
+        lambda module, *_: fired.append("global") if isinstance(module, torch.nn.Conv2d) else None
+    )
+    try:
+        with torch.no_grad():
+            model(x)
+        assert len(fired) == sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+    finally:
+        handle.remove()

@@ -36,12 +36,15 @@ def coordinate_batch(count: int, height: int, width: int) -> tuple[torch.Tensor,
     return image.expand(count, -1, -1, -1).clone(), label_of(rows, cols).expand(count, -1, -1).clone()
 
 
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "plain"])
 @pytest.mark.parametrize("size", [(40, 40), (36, 60)], ids=["square", "rectangle"])
 @pytest.mark.parametrize("name", list(GEOMETRIC))
-def test_mask_stays_aligned_with_image_under_every_geometric_transform(name, size):
+def test_mask_stays_aligned_with_image_under_every_geometric_transform(name, size, fast):
     height, width = size
     images, masks = coordinate_batch(8, height, width)
-    out_images, out_masks = augment_batch(images, masks, GEOMETRIC[name], torch.Generator().manual_seed(3))
+    out_images, out_masks = augment_batch(
+        images, masks, GEOMETRIC[name], torch.Generator().manual_seed(3), fast=fast
+    )
     assert out_images.shape == images.shape and out_masks.shape == masks.shape
 
     valid = out_masks != IGNORE_INDEX
@@ -123,12 +126,13 @@ def quarter_levels(shape, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return ((entries + offsets) / 4).clamp(0, 255), entries
 
 
-def test_hue_and_saturation_keep_gray_pixels_gray():
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "plain"])
+def test_hue_and_saturation_keep_gray_pixels_gray(fast):
     gray, entries = quarter_levels((4, 1, 16, 16), seed=1)
     images = gray.expand(-1, 3, -1, -1)
     masks = torch.zeros(4, 16, 16, dtype=torch.long)
     recipe = Augment(p_color=1.0, hue=90, saturation=0.8)
-    out, _ = augment_batch(images, masks, recipe, torch.Generator())
+    out, _ = augment_batch(images, masks, recipe, torch.Generator(), fast=fast)
     assert torch.equal(out, (entries / 4).expand(-1, 3, -1, -1))  # gray, at the tables' quarter levels
 
 
@@ -165,36 +169,43 @@ def test_blur_equals_a_2d_convolution_with_each_samples_gaussian():
         assert torch.allclose(out[sample], expected, atol=1e-3), sample
 
 
-def test_gamma_is_the_power_law_of_the_input_rounded_to_a_quarter_grey_level():
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "plain"])
+def test_gamma_is_the_power_law_of_the_input_rounded_to_a_quarter_grey_level(fast):
     images, entries = quarter_levels((2, 3, 40, 50), seed=0)
     images[0, 0, 0, :2], entries[0, 0, 0, :2] = torch.tensor([0.0, 255.0]), torch.tensor([0, 1020])
     masks = torch.zeros(2, 40, 50, dtype=torch.long)
-    out, _ = augment_batch(images, masks, Augment(p_color=1.0, gamma=(0.8, 0.8)), torch.Generator())
+    recipe = Augment(p_color=1.0, gamma=(0.8, 0.8))
+    out, _ = augment_batch(images, masks, recipe, torch.Generator(), fast=fast)
     assert torch.allclose(out, 255 * (entries / 1020) ** 0.8, atol=1e-3)
     exact = 255 * (images / 255) ** 0.8
     assert ((out - exact).abs()[images >= 1] <= 0.3).all()
     assert out[0, 0, 0, 0] == 0 and out[0, 0, 0, 1] == 255
 
 
-def test_colour_tables_cover_inputs_outside_the_range_and_clamp_them():
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "plain"])
+def test_colour_tables_cover_inputs_outside_the_range_and_clamp_them(fast):
     """The tables span what the colour maps reach from the batch's actual values, so a stray input
     (below 0 or above 255) is clamped like any other, not looked up in another sample's table."""
     images, entries = quarter_levels((3, 3, 8, 9), seed=2)
     images[0, 0, 0, :2], entries[0, 0, 0, :2] = torch.tensor([-40.0, 300.0]), torch.tensor([0, 1020])
     masks = torch.zeros(3, 8, 9, dtype=torch.long)
-    out, _ = augment_batch(images, masks, Augment(p_color=1.0), torch.Generator())  # identity colour
+    recipe = Augment(p_color=1.0)  # identity colour
+    out, _ = augment_batch(images, masks, recipe, torch.Generator(), fast=fast)
     assert torch.equal(out, entries / 4)
 
 
-def test_noise_has_the_drawn_strength():
+@pytest.mark.parametrize("fast", [True, False], ids=["bank", "fresh"])
+def test_noise_has_the_drawn_strength(fast):
     images = torch.full((8, 3, 64, 64), 128.0)
     masks = torch.zeros(8, 64, 64, dtype=torch.long)
-    out, _ = augment_batch(images, masks, Augment(p_noise=1.0, noise_std=(0.02, 0.04)), torch.Generator())
+    recipe = Augment(p_noise=1.0, noise_std=(0.02, 0.04))
+    out, _ = augment_batch(images, masks, recipe, torch.Generator(), fast=fast)
     std = (out - images).flatten(1).std(1)
     assert ((std > 0.02 * 255 * 0.9) & (std < 0.04 * 255 * 1.1)).all()
 
 
-def test_samples_without_a_colour_draw_are_normalized_exactly():
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "plain"])
+def test_samples_without_a_colour_draw_are_normalized_exactly(fast):
     """Only samples with a colour draw go through the quarter-level tables; the others keep their values."""
     from segwise.data.augment import _draw
 
@@ -205,7 +216,7 @@ def test_samples_without_a_colour_draw_are_normalized_exactly():
         torch.tensor([60.0, 55.0, 50.0]).view(1, 3, 1, 1),
     )
     recipe = Augment(p_color=0.5, brightness=0.2, gamma=(0.8, 1.25))
-    out, _ = augment_batch(images, masks, recipe, torch.Generator().manual_seed(6), 0.0, mean, std)
+    out, _ = augment_batch(images, masks, recipe, torch.Generator().manual_seed(6), 0.0, mean, std, fast=fast)
     coloured = _draw(recipe, 12, 3, 10, 14, torch.Generator().manual_seed(6)).coloured
     assert coloured.any() and not coloured.all()
     normalized = (images - mean) / std
@@ -213,22 +224,24 @@ def test_samples_without_a_colour_draw_are_normalized_exactly():
     assert ((out[coloured] - normalized[coloured]).abs().flatten(1).amax(1) > 0.01).all()
 
 
-def test_noise_differs_between_samples_and_channels_and_is_gaussian():
-    """Noise windows come from one bank of Gaussian values: each sample and channel its own window."""
+@pytest.mark.parametrize("fast", [True, False], ids=["bank", "fresh"])
+def test_noise_differs_between_samples_and_channels_and_is_gaussian(fast):
+    """The fast path's noise windows come from one bank of Gaussian values, the plain pipeline draws
+    fresh ones: the same distribution, each sample and channel its own noise, in both."""
     images = torch.full((6, 3, 40, 50), 128.0)
     masks = torch.zeros(6, 40, 50, dtype=torch.long)
     recipe = Augment(p_noise=1.0, noise_std=(0.03, 0.03))
-    out, _ = augment_batch(images, masks, recipe, torch.Generator().manual_seed(0))
+    out, _ = augment_batch(images, masks, recipe, torch.Generator().manual_seed(0), fast=fast)
     noise = (out - images).flatten(0, 1) / (0.03 * 255)  # 18 planes of unit noise
     correlations = torch.corrcoef(noise.flatten(1))
     assert (correlations - torch.eye(18)).abs().max() < 0.1  # no two planes share their noise
     assert abs(float(noise.mean())) < 0.02 and abs(float(noise.std()) - 1) < 0.02
     assert abs(float((noise.abs() < 1).float().mean()) - 0.6827) < 0.01  # a normal's share within 1σ
-    again, _ = augment_batch(images, masks, recipe, torch.Generator().manual_seed(1))
+    again, _ = augment_batch(images, masks, recipe, torch.Generator().manual_seed(1), fast=fast)
     assert not torch.equal(again, out)  # another draw, other windows
 
 
-def test_multilabel_masks_move_with_the_image():
+def test_masks_with_a_plane_per_label_move_with_the_image():
     images, masks = coordinate_batch(4, 32, 32)
     planes = torch.stack([masks % 2, masks % 3], 1)  # N×K×H×W
     _, out_single = augment_batch(images, masks, "heavy", torch.Generator().manual_seed(9))
@@ -363,9 +376,10 @@ def test_show_on_a_missing_folder_is_one_line_and_exit_2(tmp_path):
 @pytest.mark.parametrize("preset", ["flips", "light", "default", "heavy"])
 @pytest.mark.parametrize("size", [(12, 12), (10, 14)])
 def test_samples_that_only_flip_are_copied_exactly_as_resampling_would_give(preset, size):
-    """Samples whose maps only flip or transpose skip grid_sample, the others are resampled a few at a
-    time; the batch must equal resampling every sample at once."""
-    from segwise.data.augment import _draw, _warp
+    """Samples whose maps only flip or transpose skip grid_sample, the others are resampled together;
+    the batch must equal resampling every sample at once on F.affine_grid's grid (to 1e-3 of a grey
+    level: a flip's float32 grid points land within rounding of the pixel centres)."""
+    from segwise.data.augment import _draw, _plain_grid, _warp
 
     height, width = size
     images = torch.rand(32, 3, height, width) * 255
@@ -373,7 +387,7 @@ def test_samples_that_only_flip_are_copied_exactly_as_resampling_would_give(pres
     recipe = dataclasses.replace(PRESETS[preset], p_color=0.0, p_blur=0.0, p_noise=0.0)
     fast_images, fast_masks = augment_batch(images, masks, recipe, torch.Generator().manual_seed(3), 7.0)
     matrices = _draw(recipe, 32, 3, height, width, torch.Generator().manual_seed(3)).geometry
-    slow_images, slow_labels, inside = _warp(images.clone(), masks, matrices)
+    slow_images, slow_labels, inside = _warp(images.clone(), masks, matrices, _plain_grid)
     assert torch.allclose(fast_images, torch.lerp(torch.tensor(7.0), slow_images, inside), atol=1e-3)
     assert torch.equal(fast_masks, slow_labels.long())
     linear = matrices[:, :2, :2]
@@ -410,3 +424,73 @@ def test_none_preset_still_normalizes_when_asked():
     mean, std = torch.full((1, 1, 1, 1), 10.0), torch.full((1, 1, 1, 1), 4.0)
     out, out_masks = augment_batch(images, masks, "none", torch.Generator(), 0.0, mean, std)
     assert torch.allclose(out, (images - 10) / 4) and out_masks is masks
+
+
+def equality_batch(dtype: torch.dtype, planes: bool = False, channels_last: bool = False):
+    """Random images (of `dtype`) and masks, the normalization, and a fill per channel."""
+    random = torch.Generator().manual_seed(11)
+    images = (torch.rand(16, 3, 24, 40, generator=random) * 255).to(dtype)
+    if channels_last:  # the layout Batches.prepare gives the trainer
+        images = images.contiguous(memory_format=torch.channels_last)
+    masks = torch.randint(0, 5, (16, 2, 24, 40) if planes else (16, 24, 40), generator=random)
+    mean = torch.tensor([120.0, 110.0, 100.0], dtype=dtype).view(1, 3, 1, 1)
+    std = torch.tensor([60.0, 55.0, 50.0], dtype=dtype).view(1, 3, 1, 1)
+    return images, masks, mean, std, torch.tensor([7.0, 8.0, 9.0], dtype=dtype)
+
+
+def both_paths(images, masks, recipe, seed, *args):
+    """augment_batch's fast paths and its plain pipeline on the same draw."""
+    fast = augment_batch(images, masks, recipe, torch.Generator().manual_seed(seed), *args)
+    plain = augment_batch(images, masks, recipe, torch.Generator().manual_seed(seed), *args, fast=False)
+    return fast, plain
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels-last", "planes"])
+@pytest.mark.parametrize("normalized", [False, True], ids=["0..255", "normalized"])
+@pytest.mark.parametrize("preset", ["flips", "light", "default", "heavy"])
+def test_fast_paths_equal_the_plain_pipeline(preset, normalized, layout):
+    """Flip-only copies, the broadcast grid, the colour tables with the normalization folded in, and
+    blur and noise in normalized units against the plain pipeline, every preset (its noise off: the
+    fast path's bank windows are other values than fresh draws, compared by distribution above).
+    In float64, where the two orders of rounding cannot move a value across a quarter grey level: then
+    they agree to float64 rounding (1e-9 of a grey level), the masks exactly."""
+    images, masks, mean, std, fill = equality_batch(
+        torch.float64, planes=layout == "planes", channels_last=layout == "channels-last"
+    )
+    recipe = dataclasses.replace(PRESETS[preset], p_noise=0.0)
+    args = (fill, mean, std) if normalized else (fill,)
+    for seed in range(3):
+        (fast, fast_masks), (plain, plain_masks) = both_paths(images, masks, recipe, seed, *args)
+        assert torch.equal(fast_masks, plain_masks)
+        assert torch.allclose(fast, plain, rtol=0, atol=1e-9)
+
+
+def test_fast_paths_in_float32_differ_from_the_plain_pipeline_only_by_a_rounding_toss():
+    """What training runs, float32: the fast path rounds table positions that carry their table's
+    offset and were warped, the plain one the colour-mapped values, so float32 error can put a value
+    on the other side of a quarter-level boundary: at most one quarter level (≤ 0.4 grey levels after
+    gamma), in a few pixels in a thousand. Everything else agrees to float32 rounding (1e-3 of a grey
+    level), the masks exactly."""
+    images, masks, _, _, fill = equality_batch(torch.float32)
+    recipe = dataclasses.replace(PRESETS["heavy"], p_noise=0.0)
+    (fast, fast_masks), (plain, plain_masks) = both_paths(images, masks, recipe, 4, fill)
+    assert torch.equal(fast_masks, plain_masks)
+    difference = (fast - plain).abs()
+    assert difference.max() <= 0.4
+    assert (difference > 1e-3).float().mean() < 0.005
+
+
+@pytest.mark.parametrize("size", [(7, 9), (24, 40), (1, 5)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_broadcast_sampling_grid_equals_affine_grid(size, dtype):
+    """The fast path's grid against torch's `F.affine_grid`, to float rounding of the same sums."""
+    import torch.nn.functional as F
+
+    from segwise.data.augment import _affine_grid
+
+    height, width = size
+    theta = torch.randn(5, 2, 3, generator=torch.Generator().manual_seed(0), dtype=dtype)
+    expected = F.affine_grid(theta, [5, 1, height, width], align_corners=False)
+    assert torch.allclose(
+        _affine_grid(theta, height, width), expected, atol=1e-6 if dtype == torch.float32 else 1e-12
+    )

@@ -1,14 +1,23 @@
 """Augmentation on the training device, a batch per call, each sample with its own random draw.
 
-Geometry (flips, transposes, rotation, scale, shear, translation, random resized crop) is composed per
-sample into one affine map from output pixels to source pixels. Samples whose map only flips or
-transposes are copied exactly; the others are resampled with a sampling grid and `F.grid_sample`, a
-few samples per call: bilinear for images, nearest for masks, on the same grid (`align_corners=False`
-in both), so image and mask stay aligned to the pixel. An output pixel whose nearest source pixel lies
-outside the image becomes `IGNORE_INDEX` in the mask and `fill` in the image. Colour (brightness,
-contrast, saturation, hue, gamma) and, when asked, the normalization are one table lookup per sample
-and channel (the table positions are computed before the warp, the lookup after it), then blur and
-noise, each drawn per sample.
+What it computes (the plain pipeline, `augment_batch(..., fast=False)`): every random number of the
+batch is drawn first. Geometry (flips, transposes, rotation, scale, shear, translation, random resized
+crop) is composed per sample into one affine map from output pixels to source pixels, and the samples
+are resampled on those maps' grids by `F.grid_sample`: bilinear for images, nearest for masks, on the
+same grid (`align_corners=False` in both), so image and mask stay aligned to the pixel. An output pixel
+whose nearest source pixel lies outside the image becomes `IGNORE_INDEX` in the mask and `fill` in the
+image. Then, per sample: colour (saturation, hue, contrast, brightness) and gamma, computed at a quarter
+of a grey level, as OpenCV's tables do on uint8 images; blur; noise; and, when asked, the normalization.
+
+The fast paths (`fast=True`, the default, what training runs) give the same batch with less work, each
+in the section below the plain pipeline's and tested equal to it (to float rounding: in float32 a value
+within rounding error of a quarter-level boundary may take the neighbouring level):
+- samples whose map only flips or transposes are copied, not resampled;
+- the sampling grid is built by broadcasting instead of by `F.affine_grid`;
+- colour, gamma and the normalization are one table lookup per sample and channel (the table positions
+  computed before the warp, looked up after it); blur and noise then run in normalized units;
+- the noise is a window of a bank of Gaussian values drawn once per device, where the plain pipeline
+  draws fresh values: the same distribution, not the same values (the one difference between the two).
 
     >>> images, masks = augment_batch(images, masks, "default", torch.Generator().manual_seed(0))  # doctest: +SKIP
 """
@@ -131,65 +140,30 @@ def augment_batch(
     fill: float | torch.Tensor = 0.0,
     mean: torch.Tensor | None = None,
     std: torch.Tensor | None = None,
+    *,
+    fast: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Augment a batch: images N×C×H×W float on the 0..255 scale, masks N×H×W (or N×K×H×W) integers.
 
     Every sample draws its own parameters from `generator` (a CPU generator: the draws are a few numbers
-    per sample; the noise comes from a bank of Gaussian values on the images' device). `fill` (a number
-    or one value per channel, e.g. the normalization mean × 255) is what the image shows where the
-    transform looks outside it; the mask holds IGNORE_INDEX there. With `mean` and `std` (per channel,
-    0..255 scale) the images come back normalized, (x − mean) / std, what the trainer feeds the model:
-    the normalization then costs no pass of its own (it is in the colour tables, or the first pass).
+    per sample). `fill` (a number or one value per channel, e.g. the normalization mean × 255) is what
+    the image shows where the transform looks outside it; the mask holds IGNORE_INDEX there. With `mean`
+    and `std` (per channel, 0..255 scale) the images come back normalized, (x − mean) / std, what the
+    trainer feeds the model. `fast` chooses the fast paths (see the module's docstring) or the plain
+    pipeline they are tested against.
     """
     recipe = resolve(preset)
     count, channels, height, width = images.shape
-    device, dtype = images.device, images.dtype
     # the normalization as one affine map per channel, x·scale + offset (1 and 0 without it)
     normalize = mean is not None or std is not None
-    scale = torch.ones(1, channels, 1, 1, device=device) if std is None else 1 / std
+    scale = torch.ones(1, channels, 1, 1, device=images.device) if std is None else 1 / std
     offset = torch.zeros_like(scale) if mean is None else -mean * scale
     if recipe == PRESETS["none"]:
         return (torch.addcmul(offset, images, scale), masks) if normalize else (images, masks)
     draw = _draw(recipe, count, channels, height, width, generator)
-    # colour before geometry: the colour maps are affine and bilinear weights sum to one, so the warped
-    # table positions are the positions of the warped image (and the contrast pivots on the image's
-    # own mean, not on a mean with the fill in it)
-    tables = _ColourTables(images, draw, scale, offset) if draw.coloured.any() else None
-    normalization = _Normalization(scale, offset)  # samples without a colour draw: exact, no lookup
-    colours = [tables if coloured else normalization for coloured in draw.coloured.tolist()]
-    out, out_masks = torch.empty(images.shape, device=device, dtype=dtype), torch.empty_like(masks)
-    linear, shift = draw.geometry[:, :2, :2], draw.geometry[:, :2, 2]
-    moves_pixels = ((linear.abs() == 1) | (linear == 0)).flatten(1).all(1) & (shift == 0).all(1)
-    fill = torch.as_tensor(fill, dtype=dtype, device=device).reshape(-1, 1, 1) * scale[0] + offset[0]
-    gains, lows = scale.flatten().tolist(), offset.flatten().tolist()  # once: on a GPU each is a sync
-
-    def finish(moved: torch.Tensor, sample: int, inside: torch.Tensor | None = None) -> None:
-        """A sample's colour, blur and noise, then the fill where its source was outside the image."""
-        colours[sample].finish(moved, sample, out[sample])
-        _blur_and_noise(out[sample], sample, draw, gains, lows)
-        if inside is not None:
-            torch.lerp(fill, out[sample], inside, out=out[sample])  # exact at inside = 0 and 1
-
-    # Flips and transposes (or nothing) move whole pixels: copied exactly, no resampling (3–4× faster
-    # than resampling, see BENCHMARKS.md)
-    for sample in moves_pixels.nonzero().flatten().tolist():
-        moved, out_masks[sample] = _dihedral(
-            colours[sample].source(images, sample), masks[sample], linear[sample]
-        )
-        finish(moved, sample)
-    # The others are resampled by one grid_sample call (the flip-only samples left out: about a quarter
-    # in the default preset, each saving a sample of the costliest step on a CPU)
-    resampled = (~moves_pixels).nonzero().flatten()
-    if len(resampled):
-        sources = torch.empty((len(resampled), channels, height, width), device=device, dtype=dtype)
-        for row, sample in enumerate(resampled.tolist()):
-            colours[sample].source(images, sample, out=sources[row])
-        chosen_masks = masks.index_select(0, resampled.to(masks.device))
-        warped, labels, inside = _warp(sources, chosen_masks, draw.geometry[resampled])
-        for row, sample in enumerate(resampled.tolist()):
-            out_masks[sample] = labels[row]
-            finish(warped[row], sample, inside[row])
-    return out, out_masks
+    fill = torch.as_tensor(fill, dtype=images.dtype, device=images.device).reshape(-1, 1, 1)
+    augment = _augment_fast if fast else _augment_plain
+    return augment(images, masks, draw, fill, scale, offset)
 
 
 @dataclass(frozen=True)
@@ -204,7 +178,8 @@ class _Draw:
     gamma: torch.Tensor  # N exponents (1 where not coloured)
     blur: torch.Tensor  # N Gaussian sigmas in pixels (0: not blurred)
     noise: torch.Tensor  # N standard deviations on the 0..255 scale (0: no noise)
-    noise_start: torch.Tensor  # N×C where each channel's noise window starts, a fraction of the bank
+    noise_start: torch.Tensor  # N×C in [0, 1): where each channel's noise window starts in the bank,
+    # a fraction of it (fast path), or that channel's noise seed (plain pipeline)
 
 
 def _draw(recipe: Augment, count: int, channels: int, height: int, width: int, generator) -> _Draw:
@@ -291,6 +266,187 @@ def _geometry(recipe: Augment, count: int, height: int, width: int, generator) -
     return crop @ affine @ dihedral
 
 
+def _hue_saturation(hue: torch.Tensor, saturation: torch.Tensor) -> torch.Tensor:
+    """Per-sample 3×3 RGB maps: rotate the chroma plane of YIQ by `hue` radians, scale it by `saturation`."""
+    to_yiq = torch.tensor(
+        [[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], dtype=torch.float64
+    )
+    cos, sin = torch.cos(hue) * saturation, torch.sin(hue) * saturation
+    zero, one = torch.zeros_like(hue), torch.ones_like(hue)
+    chroma = torch.stack(
+        [
+            torch.stack([one, zero, zero], -1),
+            torch.stack([zero, cos, -sin], -1),
+            torch.stack([zero, sin, cos], -1),
+        ],
+        1,
+    )
+    return torch.linalg.inv(to_yiq) @ chroma @ to_yiq
+
+
+# The plain pipeline: the definition the fast paths are tested against.
+
+_STEPS = 4  # colour and gamma are computed at this many levels per grey level (a quarter level)
+
+
+def _augment_plain(
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    draw: _Draw,
+    fill: torch.Tensor,
+    scale: torch.Tensor,
+    offset: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every sample resampled on its grid, then coloured, blurred and noised on the 0..255 scale, `fill`
+    (C×1×1 or 1×1×1) put where its source is outside the image, and normalized, x·scale + offset."""
+    warped, labels, inside = _warp(images, masks, draw.geometry, _plain_grid)
+    out = torch.empty(images.shape, device=images.device, dtype=images.dtype)
+    for sample in range(len(images)):
+        image = warped[sample]
+        if draw.coloured[sample]:
+            image = _colour(image, images[sample], draw, sample)
+        if draw.blur[sample] > 0:
+            image = _gaussian_blur(image.unsqueeze(0), draw.blur[sample : sample + 1])[0]
+        if draw.noise[sample] > 0:
+            image = _fresh_noise(image, draw, sample)
+        image = torch.where(inside[sample] > 0, image, fill)
+        out[sample] = image * scale[0] + offset[0]
+    return out, labels.to(masks.dtype)
+
+
+def _plain_grid(theta: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    return F.affine_grid(theta, [len(theta), 1, height, width], align_corners=False)
+
+
+def _warp(
+    images: torch.Tensor, masks: torch.Tensor, matrices: torch.Tensor, sampling_grid: Callable
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Samples moved by their maps on one grid: images bilinear, masks nearest (as float labels, with
+    IGNORE_INDEX where the source is outside), and where the source is inside (1) or not (0).
+    `sampling_grid(theta, height, width)` is `F.affine_grid`'s (`_plain_grid`) or `_affine_grid`."""
+    count, _, height, width = images.shape
+    # pixel-centred coordinates → grid_sample's normalized ones: u = x / (W/2) with align_corners=False
+    half = torch.tensor([width / 2, height / 2], dtype=torch.float64)
+    linear = matrices[:, :2, :2] * half.view(1, 2, 1).reciprocal() * half.view(1, 1, 2)
+    theta = torch.cat([linear, matrices[:, :2, 2:] / half.view(1, 2, 1)], 2)
+    grid = sampling_grid(theta.to(device=images.device, dtype=images.dtype), height, width)
+    # "border" clamps source coordinates to the outer pixel centres, so within half a pixel outside the
+    # image the bilinear value is the edge pixel's: the same pixel nearest-neighbour picks for the mask
+    images = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    planes = masks if masks.dim() == 4 else masks.unsqueeze(1)
+    # labels shifted by one, so that the zero padding marks pixels whose nearest source is outside
+    shifted = F.grid_sample(
+        planes.to(grid.dtype).add_(1), grid, mode="nearest", padding_mode="zeros", align_corners=False
+    )
+    inside = shifted[:, :1].clamp(max=1)
+    # inside: label + 1 + I − (I + 1) = the label; outside: 0 + I − 0 = I (IGNORE_INDEX); exact in float
+    labels = shifted.add_(IGNORE_INDEX).sub_(inside, alpha=IGNORE_INDEX + 1)
+    return images, labels if masks.dim() == 4 else labels.squeeze(1), inside
+
+
+def _colour(image: torch.Tensor, original: torch.Tensor, draw: _Draw, sample: int) -> torch.Tensor:
+    """Saturation and hue (the matrix M), contrast c around the original image's mean and brightness b:
+    y = c·M·x + (1 − c)·mean(M·x̄) + b, rounded (halves up) to a quarter grey level and clamped to
+    0..255, then gamma, 255·(y/255)^g (within 0.3 of the exact power from one grey level up). The
+    contrast pivots on the image before the warp, so a frame of fill does not move it."""
+    mixing = draw.mixing[sample]  # C×C, float64
+    contrast, brightness = float(draw.contrast[sample]), float(draw.brightness[sample])
+    pivot = float((mixing @ original.double().mean((1, 2))).mean())
+    mixed = (mixing.to(image) @ image.reshape(len(image), -1)).view(image.shape)
+    y = contrast * mixed + ((1 - contrast) * pivot + brightness)
+    levels = torch.floor(y * _STEPS + 0.5).clamp(0, 255 * _STEPS) / _STEPS
+    return 255 * (levels / 255) ** float(draw.gamma[sample])
+
+
+def _gaussian_blur(images: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Separable Gaussian blur with one sigma per sample, edges replicated, kernels cut at 3 sigma of
+    the largest.
+
+    Each pass is a weighted sum of shifted views (one multiply-add per tap), not a grouped convolution,
+    whose depthwise path is slow on a CPU (tested equal to the 2-D convolution).
+    """
+    count = images.shape[0]
+    radius = max(1, math.ceil(3 * float(sigma.max())))
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    kernels = torch.exp(-(offsets**2) / (2 * sigma.clamp(min=1e-3).view(-1, 1) ** 2))
+    kernels = (kernels / kernels.sum(1, keepdim=True)).to(images.device, images.dtype)
+    taps = kernels.view(count, 1, 1, 1, -1).unbind(-1)  # one count×1×1×1 weight per offset
+    for dim in (-1, -2):
+        size = images.shape[dim]
+        padding = (radius, radius, 0, 0) if dim == -1 else (0, 0, radius, radius)
+        padded = F.pad(images, padding, mode="replicate")
+        images = padded.narrow(dim, 0, size) * taps[0]
+        for offset, weight in enumerate(taps[1:], start=1):
+            images.addcmul_(padded.narrow(dim, offset, size), weight)
+    return images
+
+
+def _fresh_noise(image: torch.Tensor, draw: _Draw, sample: int) -> torch.Tensor:
+    """Gaussian noise of the drawn strength (grey levels), fresh values per channel from a generator
+    seeded by that channel's draw, then clamped to 0..255."""
+    noise = torch.empty_like(image)
+    for channel in range(len(image)):
+        seed = int(draw.noise_start[sample, channel] * 2**53)
+        generator = torch.Generator(image.device).manual_seed(seed)
+        torch.randn(image.shape[1:], generator=generator, out=noise[channel])
+    return (image + noise * float(draw.noise[sample])).clamp(0, 255)
+
+
+# Fast paths: the plain pipeline's batch with less work (tests/test_augment.py compares the two).
+
+
+def _augment_fast(
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    draw: _Draw,
+    fill: torch.Tensor,
+    scale: torch.Tensor,
+    offset: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The plain pipeline's result: flip-only samples copied, the others warped on a broadcast grid;
+    colour, gamma and the normalization one table lookup (`_ColourTables`), or an exact normalization
+    for samples without a colour draw; blur and noise in normalized units; the fill last."""
+    count, channels, height, width = images.shape
+    device, dtype = images.device, images.dtype
+    # colour before geometry: the colour maps are affine and bilinear weights sum to one, so the warped
+    # table positions are the positions of the warped image (and the contrast pivots on the image's
+    # own mean, not on a mean with the fill in it)
+    tables = _ColourTables(images, draw, scale, offset) if draw.coloured.any() else None
+    normalization = _Normalization(scale, offset)  # samples without a colour draw: exact, no lookup
+    colours = [tables if coloured else normalization for coloured in draw.coloured.tolist()]
+    out, out_masks = torch.empty(images.shape, device=device, dtype=dtype), torch.empty_like(masks)
+    linear, shift = draw.geometry[:, :2, :2], draw.geometry[:, :2, 2]
+    moves_pixels = ((linear.abs() == 1) | (linear == 0)).flatten(1).all(1) & (shift == 0).all(1)
+    fill = fill * scale[0] + offset[0]
+    gains, lows = scale.flatten().tolist(), offset.flatten().tolist()  # once: on a GPU each is a sync
+
+    def finish(moved: torch.Tensor, sample: int, inside: torch.Tensor | None = None) -> None:
+        """A sample's colour, blur and noise, then the fill where its source was outside the image."""
+        colours[sample].finish(moved, sample, out[sample])
+        _blur_and_noise(out[sample], sample, draw, gains, lows)
+        if inside is not None:
+            torch.lerp(fill, out[sample], inside, out=out[sample])  # exact at inside = 0 and 1
+
+    # Flips and transposes (or nothing) move whole pixels: copied exactly, no resampling
+    for sample in moves_pixels.nonzero().flatten().tolist():
+        moved, out_masks[sample] = _dihedral(
+            colours[sample].source(images, sample), masks[sample], linear[sample]
+        )
+        finish(moved, sample)
+    # The others are resampled together, by one grid_sample call
+    resampled = (~moves_pixels).nonzero().flatten()
+    if len(resampled):
+        sources = torch.empty((len(resampled), channels, height, width), device=device, dtype=dtype)
+        for row, sample in enumerate(resampled.tolist()):
+            colours[sample].source(images, sample, out=sources[row])
+        chosen_masks = masks.index_select(0, resampled.to(masks.device))
+        warped, labels, inside = _warp(sources, chosen_masks, draw.geometry[resampled], _affine_grid)
+        for row, sample in enumerate(resampled.tolist()):
+            out_masks[sample] = labels[row]
+            finish(warped[row], sample, inside[row])
+    return out, out_masks
+
+
 def _dihedral(
     image: torch.Tensor, mask: torch.Tensor, linear: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -307,115 +463,31 @@ def _dihedral(
     return (image.flip(dims), mask.flip(dims)) if dims else (image, mask)
 
 
-def _warp(
-    images: torch.Tensor, masks: torch.Tensor, matrices: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Samples moved by their maps on one grid: images bilinear, masks nearest (as float labels, with
-    IGNORE_INDEX where the source is outside), and where the source is inside (1) or not (0)."""
-    count, _, height, width = images.shape
-    # pixel-centred coordinates → grid_sample's normalized ones: u = x / (W/2) with align_corners=False
-    half = torch.tensor([width / 2, height / 2], dtype=torch.float64)
-    linear = matrices[:, :2, :2] * half.view(1, 2, 1).reciprocal() * half.view(1, 1, 2)
-    theta = torch.cat([linear, matrices[:, :2, 2:] / half.view(1, 2, 1)], 2)
-    grid = _affine_grid(theta.to(device=images.device, dtype=torch.float32), height, width)
-    # "border" clamps source coordinates to the outer pixel centres, so within half a pixel outside the
-    # image the bilinear value is the edge pixel's: the same pixel nearest-neighbour picks for the mask
-    images = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    planes = masks if masks.dim() == 4 else masks.unsqueeze(1)
-    # labels shifted by one, so that the zero padding marks pixels whose nearest source is outside
-    shifted = F.grid_sample(
-        planes.float().add_(1), grid, mode="nearest", padding_mode="zeros", align_corners=False
-    )
-    inside = shifted[:, :1].clamp(max=1)
-    # inside: label + 1 + I − (I + 1) = the label; outside: 0 + I − 0 = I (IGNORE_INDEX); exact in float
-    labels = shifted.add_(IGNORE_INDEX).sub_(inside, alpha=IGNORE_INDEX + 1)
-    return images, labels if masks.dim() == 4 else labels.squeeze(1), inside
-
-
 def _affine_grid(theta: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """`F.affine_grid(theta, ..., align_corners=False)` by broadcasting; ten times faster on a CPU than
-    its batched matrix product with three columns."""
+    """`F.affine_grid(theta, ..., align_corners=False)` by broadcasting, instead of its batched matrix
+    product with three columns, slow on a CPU."""
     device = theta.device
-    xs = ((torch.arange(width, device=device) * 2 + 1) / width - 1).view(1, 1, -1)
-    ys = ((torch.arange(height, device=device) * 2 + 1) / height - 1).view(1, -1, 1)
-    grid = torch.empty(len(theta), height, width, 2, device=device)
+    xs = ((torch.arange(width, device=device, dtype=theta.dtype) * 2 + 1) / width - 1).view(1, 1, -1)
+    ys = ((torch.arange(height, device=device, dtype=theta.dtype) * 2 + 1) / height - 1).view(1, -1, 1)
+    grid = torch.empty(len(theta), height, width, 2, device=device, dtype=theta.dtype)
     for axis in range(2):
         a, b, c = (theta[:, axis, column].view(-1, 1, 1) for column in range(3))
         torch.add(a * xs, b * ys + c, out=grid[..., axis])
     return grid
 
 
-_STEPS = 4  # colour, gamma and the normalization are looked up at this many entries per grey level
-_NOISE_BANK = 2**22  # Gaussian values drawn once per device; a noisy sample adds a window of them
-
-
-def _blur_and_noise(
-    image: torch.Tensor, sample: int, draw: _Draw, gains: list[float], lows: list[float]
-) -> None:
-    """Blur and noise of one sample's `image` (C×H×W, owned by augment_batch) in place, in output units
-    (after the normalization x·gain + low per channel): blur is linear, and the noise is scaled and
-    clamped per channel, which gives what they would give before the normalization."""
-    if draw.blur[sample] > 0:
-        # One channel at a time: a channel's passes stay in a CPU's cache (a 480×360 channel is
-        # 0.7 MB): three times faster than whole samples there.
-        for plane in image.split(1):
-            plane.copy_(_gaussian_blur(plane.unsqueeze(0), draw.blur[sample : sample + 1])[0])
-    if draw.noise[sample] > 0:
-        # noise of std σ grey levels, then clamped to the range: σ·scale and the ends of 0..255 per channel
-        plane = image[0].numel()
-        bank = _noise_bank(image.device, image.dtype, plane)
-        for channel, (gain, low) in enumerate(zip(gains, lows, strict=True)):
-            start = int(draw.noise_start[sample, channel] * (len(bank) - plane + 1))
-            window = bank[start : start + plane].view(image.shape[1:])
-            image[channel].add_(window, alpha=float(draw.noise[sample]) * gain).clamp_(low, 255 * gain + low)
-    # both keep the range: the tables map into it, blur averages, noise clamps
-
-
-@functools.cache
-def _noise_bank_for(device: torch.device, dtype: torch.dtype, size: int) -> torch.Tensor:
-    return torch.randn(size, generator=torch.Generator(device).manual_seed(0), device=device, dtype=dtype)
-
-
-def _noise_bank(device: torch.device, dtype: torch.dtype, plane: int) -> torch.Tensor:
-    """Standard normal values, drawn once per device (and size): each noisy channel adds a window of
-    `plane` of them that starts where the draw says. On a CPU drawing fresh values costs 7 ns each, the
-    slowest step of a batch; a window is as Gaussian, and with 2²² values there are millions of windows,
-    so a window repeats no more often than the same image with the same draw."""
-    return _noise_bank_for(device, dtype, max(_NOISE_BANK, 4 * plane))
-
-
-def _new_plane_stack(image: torch.Tensor) -> torch.Tensor:
-    """An empty contiguous C×H×W tensor like `image` (torch.empty_like would copy a channels-last layout)."""
-    return torch.empty(image.shape, device=image.device, dtype=image.dtype)
-
-
-class _Normalization:
-    """Samples without a colour draw: `source` is the normalized sample, `finish` copies it into place."""
-
-    def __init__(self, scale: torch.Tensor, offset: torch.Tensor) -> None:
-        self.scale, self.offset = scale[0], offset[0]  # C×1×1
-
-    def source(self, images: torch.Tensor, sample: int, out: torch.Tensor | None = None) -> torch.Tensor:
-        """The normalized sample, C×H×W, contiguous (whatever the input's layout)."""
-        out = _new_plane_stack(images[sample]) if out is None else out
-        return torch.addcmul(self.offset, images[sample], self.scale, out=out)
-
-    def finish(self, source: torch.Tensor, sample: int, out: torch.Tensor) -> None:
-        out.copy_(source)
-
-
 class _ColourTables:
-    """Colour, gamma and the normalization of the samples with a colour draw, looked up in one table
-    per sample and channel at a quarter of a grey level.
+    """The plain pipeline's `_colour` and the normalization of the samples with a colour draw, looked
+    up in one table per sample and channel.
 
     Saturation, hue, contrast (around the image mean) and brightness are one affine colour map per
-    sample, y = a·M·x + t: one small matrix product. What follows is per sample and channel: y clamped
-    to 0..255, gamma 255·(y/255)^g, then the normalization; as OpenCV does on uint8 images, that is a
-    table, here of y rounded to a quarter level (gamma within 0.3 of the exact power). The colour map
-    yields table positions directly (`source`): it scales y to quarter steps and adds one half (so that
-    converting to integers rounds) plus where the channel's table starts. The tables span what the maps
-    can reach from the batch's range of values; `finish` is one conversion and one lookup per sample,
-    instead of a clamp, a conversion, a lookup and a normalization pass.
+    sample, y = a·M·x + t: one small matrix product. What follows is per sample and channel: y rounded
+    to a quarter level and clamped to 0..255, gamma 255·(y/255)^g, then the normalization; since y
+    takes only quarter levels, that is a table, as OpenCV's on uint8 images. The colour map yields
+    table positions directly (`source`, before the warp): it scales y to quarter steps and adds one half
+    (so that converting to integers rounds) plus where the channel's table starts. The tables span what
+    the maps can reach from the batch's range of values; `finish` (after the warp) is one conversion
+    and one lookup per sample, instead of a rounding, a clamp, a power and a normalization pass.
     """
 
     def __init__(self, images: torch.Tensor, draw: _Draw, scale: torch.Tensor, offset: torch.Tensor) -> None:
@@ -461,14 +533,34 @@ class _ColourTables:
         torch.index_select(self.tables[sample], 0, index.view(-1), out=out.view(-1))
 
 
+class _Normalization:
+    """Samples without a colour draw: `source` is the normalized sample, `finish` copies it into place."""
+
+    def __init__(self, scale: torch.Tensor, offset: torch.Tensor) -> None:
+        self.scale, self.offset = scale[0], offset[0]  # C×1×1
+
+    def source(self, images: torch.Tensor, sample: int, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The normalized sample, C×H×W, contiguous (whatever the input's layout)."""
+        out = _new_plane_stack(images[sample]) if out is None else out
+        return torch.addcmul(self.offset, images[sample], self.scale, out=out)
+
+    def finish(self, source: torch.Tensor, sample: int, out: torch.Tensor) -> None:
+        out.copy_(source)
+
+
+def _new_plane_stack(image: torch.Tensor) -> torch.Tensor:
+    """An empty contiguous C×H×W tensor like `image` (torch.empty_like would copy a channels-last layout)."""
+    return torch.empty(image.shape, device=image.device, dtype=image.dtype)
+
+
 def _in_memory_order(images: torch.Tensor) -> torch.Tensor:
-    """A channels-last batch as N×H×W×C (a view): whole-batch reductions run twice as fast on it."""
+    """A channels-last batch as N×H×W×C (a view): whole-batch reductions read it in memory order."""
     return images.permute(0, 2, 3, 1) if images.is_contiguous(memory_format=torch.channels_last) else images
 
 
 def _channel_means(images: torch.Tensor) -> torch.Tensor:
-    """N×C means; of a channels-last batch summed over rows of 16 pixels' channels side by side, 4×
-    faster than the mean over H and W, whose innermost run is C values long."""
+    """N×C means; of a channels-last batch summed over rows of 16 pixels' channels side by side: the
+    mean over H and W would reduce runs only C values long."""
     count, channels, height, width = images.shape
     if not images.is_contiguous(memory_format=torch.channels_last):
         return images.mean((2, 3))
@@ -477,53 +569,49 @@ def _channel_means(images: torch.Tensor) -> torch.Tensor:
     return sums.view(count, side_by_side, channels).sum(1) / (height * width)
 
 
-def _hue_saturation(hue: torch.Tensor, saturation: torch.Tensor) -> torch.Tensor:
-    """Per-sample 3×3 RGB maps: rotate the chroma plane of YIQ by `hue` radians, scale it by `saturation`."""
-    to_yiq = torch.tensor(
-        [[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], dtype=torch.float64
-    )
-    cos, sin = torch.cos(hue) * saturation, torch.sin(hue) * saturation
-    zero, one = torch.zeros_like(hue), torch.ones_like(hue)
-    chroma = torch.stack(
-        [
-            torch.stack([one, zero, zero], -1),
-            torch.stack([zero, cos, -sin], -1),
-            torch.stack([zero, sin, cos], -1),
-        ],
-        1,
-    )
-    return torch.linalg.inv(to_yiq) @ chroma @ to_yiq
+def _blur_and_noise(
+    image: torch.Tensor, sample: int, draw: _Draw, gains: list[float], lows: list[float]
+) -> None:
+    """Blur and noise of one sample's `image` (C×H×W, owned by augment_batch) in place, in output units
+    (after the normalization x·gain + low per channel): blur is linear, and the noise is scaled and
+    clamped per channel, which gives what they would give before the normalization."""
+    if draw.blur[sample] > 0:
+        # one channel at a time: a channel's passes stay in a CPU's cache, a whole sample's do not
+        for plane in image.split(1):
+            plane.copy_(_gaussian_blur(plane.unsqueeze(0), draw.blur[sample : sample + 1])[0])
+    if draw.noise[sample] > 0:
+        # noise of std σ grey levels, then clamped to the range: σ·scale and the ends of 0..255 per channel
+        plane = image[0].numel()
+        bank = _noise_bank(image.device, image.dtype, plane)
+        for channel, (gain, low) in enumerate(zip(gains, lows, strict=True)):
+            start = int(draw.noise_start[sample, channel] * (len(bank) - plane + 1))
+            window = bank[start : start + plane].view(image.shape[1:])
+            image[channel].add_(window, alpha=float(draw.noise[sample]) * gain).clamp_(low, 255 * gain + low)
+    # both keep the range: the tables map into it, blur averages, noise clamps
 
 
-def _gaussian_blur(images: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Separable Gaussian blur with one sigma per sample, edges replicated, kernels cut at 3 sigma of
-    the largest.
+_NOISE_BANK = 2**22  # Gaussian values drawn once per device; a noisy sample adds a window of them
 
-    Each pass is a weighted sum of shifted views (one multiply-add per tap): on a CPU this is about six
-    times faster than the same kernels as a grouped convolution, whose depthwise path is slow there.
-    """
-    count = images.shape[0]
-    radius = max(1, math.ceil(3 * float(sigma.max())))
-    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
-    kernels = torch.exp(-(offsets**2) / (2 * sigma.clamp(min=1e-3).view(-1, 1) ** 2))
-    kernels = (kernels / kernels.sum(1, keepdim=True)).to(images.device, images.dtype)
-    taps = kernels.view(count, 1, 1, 1, -1).unbind(-1)  # one count×1×1×1 weight per offset
-    for dim in (-1, -2):
-        size = images.shape[dim]
-        padding = (radius, radius, 0, 0) if dim == -1 else (0, 0, radius, radius)
-        padded = F.pad(images, padding, mode="replicate")
-        images = padded.narrow(dim, 0, size) * taps[0]
-        for offset, weight in enumerate(taps[1:], start=1):
-            images.addcmul_(padded.narrow(dim, offset, size), weight)
-    return images
+
+@functools.cache
+def _noise_bank_for(device: torch.device, dtype: torch.dtype, size: int) -> torch.Tensor:
+    return torch.randn(size, generator=torch.Generator(device).manual_seed(0), device=device, dtype=dtype)
+
+
+def _noise_bank(device: torch.device, dtype: torch.dtype, plane: int) -> torch.Tensor:
+    """Standard normal values, drawn once per device (and size): each noisy channel adds a window of
+    `plane` of them that starts where the draw says, instead of drawing fresh values (on a CPU the
+    slowest step of a batch). A window is as Gaussian, and with 2²² values there are millions of
+    windows, so a window repeats no more often than the same image with the same draw."""
+    return _noise_bank_for(device, dtype, max(_NOISE_BANK, 4 * plane))
 
 
 class PerSampleBatches:
     """Training batches augmented sample by sample on the CPU by a user's transform, for example an
     albumentations `Compose`, in DataLoader workers that read the decoded (cached) arrays.
 
-    The transform is called as `transform(image=HxWxC uint8, mask=HxW uint8)` (multilabel: mask
-    HxWxC, one channel per label, as albumentations takes them) and must return a dict with `image`
+    The transform is called as `transform(image=HxWxC uint8, mask=HxW uint8)` (masks with a plane per
+    label: HxWxC, as albumentations takes them) and must return a dict with `image`
     and `mask` of the same height and width (no Normalize, no ToTensorV2: segwise normalizes on the
     device). Everything else (shuffling, batch count, normalization) is the wrapped
     `Batches`'.
@@ -570,7 +658,7 @@ class _TransformedSamples(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, mask = np.asarray(self.images[index]), np.asarray(self.masks[index])
-        planes = mask.ndim == 3  # multilabel C×H×W: albumentations takes (and returns) H×W×C
+        planes = mask.ndim == 3  # a plane per label, C×H×W: albumentations takes (and returns) H×W×C
         if planes:
             mask = np.ascontiguousarray(mask.transpose(1, 2, 0))
         out = self.transform(image=image, mask=mask)

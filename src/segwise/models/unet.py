@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import SegwiseError
+from . import phase_conv
 from .blocks import SCSE, ConvBnReLU
 
 DEFAULT_DECODER_CHANNELS = (256, 128, 64, 32, 16)
@@ -35,41 +36,15 @@ def decoder_widths(arch: str, encoder_reductions: list[int], decoder_channels) -
     return decoder_channels
 
 
-def conv_after_upsampling(x: torch.Tensor, skip: torch.Tensor | None, weight: torch.Tensor) -> torch.Tensor:
-    """`conv3x3(cat(nearest_upsample_2x(x), skip))` (padding 1, no bias), without upsampling x.
-
-    A 3×3 window on a nearest-upsampled map covers only 2×2 distinct pixels of x, so each of the four
-    output phases (row and column parity) is a 2×2 convolution of x with summed 3×3 weights: 4/9 of
-    the multiply-adds for x's channels and no 4×-sized upsampled copy, which roughly halves the cost
-    of the high-resolution decoder blocks on a CPU. Exact up to float rounding (tested against the
-    plain computation); the parameters stay the 3×3 ones, so weights load and export as before.
-    """
-    channels, out_channels = x.shape[1], weight.shape[0]
-    height, width = x.shape[-2:]
-
-    def phases(kernel: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-        # even outputs read neighbours (−1, 0) with taps (w0, w1 + w2); odd ones (0, +1) with (w0 + w1, w2)
-        w0, w1, w2 = kernel.unbind(dim)
-        return torch.stack([w0, w1 + w2], dim), torch.stack([w0 + w1, w2], dim)
-
-    kernels = [both for rows in phases(weight[:, :channels], 2) for both in phases(rows, 3)]
-    # Padding 1 on both sides: output (m, n) of phase (r, s) sits at (m + r, n + s). The phases are
-    # interleaved in N×H×W×C order, which is the memory order of a channels-last model (a free view).
-    z = F.conv2d(x, torch.cat(kernels), padding=1).permute(0, 2, 3, 1)
-    z00, z01, z10, z11 = (
-        z[:, r : r + height, s : s + width, k * out_channels : (k + 1) * out_channels]
-        for k, (r, s) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1)))
-    )
-    even_rows = torch.stack([z00, z01], 3).flatten(2, 3)  # columns interleaved: N×H×2W×C
-    odd_rows = torch.stack([z10, z11], 3).flatten(2, 3)
-    out = torch.stack([even_rows, odd_rows], 2).flatten(1, 2).permute(0, 3, 1, 2)  # rows interleaved
-    if skip is not None:
-        out = out + F.conv2d(skip, weight[:, channels:], padding=1)
-    return out
-
-
 class UnetBlock(nn.Module):
-    """Upsample ×2, concatenate the skip, (scSE), two 3×3 conv-BN-ReLU, (scSE): smp's block, also for U-Net++."""
+    """Upsample ×2, concatenate the skip, (scSE), two 3×3 conv-BN-ReLU, (scSE): smp's block, also for U-Net++.
+
+    `fast` (a class attribute; set it on a block or on the class) lets nearest upsampling and `conv1` run
+    as phase convolutions (phase_conv.py), the same function without the upsampled copy; False always
+    runs the plain path.
+    """
+
+    fast = True
 
     def __init__(
         self,
@@ -90,17 +65,21 @@ class UnetBlock(nn.Module):
         self.attention2 = SCSE(out_channels) if attention else nn.Identity()
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
-        if self.upsampling == "nearest" and isinstance(self.attention1, nn.Identity):
-            conv, norm, relu = self.conv1  # the same layers and weights, fewer multiply-adds
-            x = relu(norm(conv_after_upsampling(x, skip, conv.weight)))
-            return self.attention2(self.conv2(x))
+        if self.fast and self.upsampling == "nearest" and phase_conv.applies(self.conv1, self.attention1):
+            x = phase_conv.conv_bn_relu(self.conv1, x, skip)  # the plain branch's function, no upsampled copy
+        else:
+            x = self.conv1(self.upsample_and_join(x, skip))
+        return self.attention2(self.conv2(x))
+
+    def upsample_and_join(self, x: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
+        """x upsampled ×2, concatenated with the skip and weighed by the first attention (if any)."""
         if self.upsampling == "transpose":
             x = self.up(x)
         else:
             x = F.interpolate(x, scale_factor=2.0, mode=self.upsampling)
         if skip is not None:
             x = self.attention1(torch.cat([x, skip], dim=1))
-        return self.attention2(self.conv2(self.conv1(x)))
+        return x
 
 
 class UnetDecoder(nn.Module):
