@@ -6,7 +6,7 @@ from PIL import Image, ImageFile
 import segwise
 from segwise.data import load_data
 from segwise.data.cache import CACHE_ENV, cache_dirs
-from segwise.engine.trainer import Batches
+from segwise.engine.batches import Batches
 
 from .conftest import TINY, write_pair
 

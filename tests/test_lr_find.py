@@ -35,9 +35,9 @@ def test_suggestion_is_the_steepest_descent_before_the_minimum():
 def test_range_test_restores_the_model_and_random_state(shapes_data):
     from segwise.config import TrainConfig
     from segwise.data import load_data
+    from segwise.engine.batches import Batches
     from segwise.engine.lr_find import lr_range_test
     from segwise.engine.schedules import encoder_decoder_groups
-    from segwise.engine.trainer import Batches
     from segwise.losses import build_loss
     from segwise.models import create_model
 

@@ -10,17 +10,17 @@ import yaml
 import segwise
 from segwise.config import RunConfig, TrainConfig, load_config
 from segwise.constants import IGNORE_INDEX
-from segwise.data import plan as planning
 from segwise.data.dataset import SegmentationData, choose_size
-from segwise.data.plan import (
+from segwise.engine import plan as planning
+from segwise.engine.plan import (
     class_weights,
     loss_options,
     make_plan,
     planned_epochs,
+    planned_loss,
     probe_batch_size,
     write_plan,
 )
-from segwise.engine.trainer import planned_loss
 from segwise.errors import SegwiseError
 from segwise.losses import build_loss
 from segwise.task import Classes
@@ -98,7 +98,7 @@ def test_multilabel_class_weights_follow_their_formulas_per_label():
 def test_multilabel_class_weights_reach_every_term_but_the_lovasz_hinge():
     weights = [0.5, 2.0, 1.0]
     classes = Classes(["a", "b", "c"], [0, 1, 2], multilabel=True)
-    loss = planned_loss(TrainConfig(loss="bce+dice+lovasz"), classes, weights)
+    loss = planned_loss(TrainConfig(loss="bce+dice+lovasz"), classes.task, weights)
     for name in ("bce", "dice"):
         assert torch.equal(loss.terms[name].class_weights, torch.tensor(weights))
     assert loss.terms["lovasz"].class_weights is None  # it would refuse them: it pools all labels

@@ -3,16 +3,17 @@
 A plan is an ordinary config (sections model, train, data) with every data-dependent value filled in,
 written as YAML for a person to read and edit. How each value is chosen:
 
-- classes, their names, the mode (binary / multiclass / multilabel) and the void value: from the masks
-  and class-name files (dataset.py); recorded so that training refuses data that no longer matches;
-- resolution: the median aspect ratio and median area of the images, long side capped (512 on a CPU,
-  1024 on a GPU), both sides multiples of 32 (a uniform dataset under the cap keeps its own size);
+- classes, their names, the mode (one of task.MODES) and the void value: from the masks and class-name
+  files (data/dataset.py); recorded so that training refuses data that no longer matches;
+- resolution: the median aspect ratio and median area of the training images, long side capped (512 on
+  a CPU, 1024 on a GPU), both sides multiples of 32 (a uniform dataset under the cap keeps its own
+  size); chosen by `load_data` from the images it decodes, so the data is read once;
 - normalization: the encoder's ImageNet mean/std when it starts from pretrained weights and the images
   are RGB, the training images' own mean/std otherwise;
 - class weights (`weighting`): from the training masks' pixel frequencies f_c:
   inverse 1/f_c and one_minus 1 − f_c (both scaled to mean 1), or median_frequency median(f)/f_c with
   f_c the class's pixels over the pixels of the images it appears in (Eigen & Fergus 2015, SegNet);
-  classes with no training pixels get weight 0. Multilabel data: f_c is the share of (non-ignored)
+  classes with no training pixels get weight 0. Per-label data: f_c is the share of (non-ignored)
   elements with label c, and the weights balance the labels against each other by scaling each
   label's term of the loss (the Lovász hinge pools all labels, so it stays unweighted).
   Default none: weights can hurt as often as help;
@@ -32,7 +33,6 @@ Values given explicitly (command-line options, keyword overrides) are kept, and 
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 from dataclasses import asdict, dataclass
@@ -43,13 +43,15 @@ import numpy as np
 import torch
 import yaml
 
-from ..config import Config, DataConfig, load_config
-from ..constants import IGNORE_INDEX
+from ..config import Config, DataConfig, TrainConfig, load_config
+from ..data import SegmentationData, load_data
 from ..errors import SegwiseError
 from ..io import atomic_path
-from ..losses import LOSSES, takes_class_weights
-from .dataset import SegmentationData, choose_size, load_data
-from .formats import find_data
+from ..losses import LOSSES, build_loss, takes_class_weights
+from ..models import SegmentationModel, create_model
+from ..task import Classes, Task
+from .devices import autocast_dtype, pick_device
+from .step import autocast
 
 MAX_SIDE = {"cpu": 512, "cuda": 1024}
 PRESENTATIONS = {"cpu": 5_000, "cuda": 20_000}
@@ -57,6 +59,9 @@ MIN_EPOCHS, MAX_EPOCHS = 10, 300
 MAX_BATCH = 32
 GPU_MEMORY_SHARE = 0.8
 CPU_BUDGET_BYTES = 8 * 2**30
+DECIDED_BY_A_CONFIG = frozenset({"size", "batch_size", "epochs"})  # a given config file already chose these
+
+Sections = dict[str, dict[str, Any]]  # structured overrides: {"train": {"epochs": 5}, "model": {...}}
 
 
 @dataclass
@@ -68,95 +73,158 @@ class Plan:
     notes: list[str]  # one line per decision, written as comments at the top of plan.yaml
 
 
+def resolve_config(
+    config: Config | str | Path | None, overrides: Sections | None, fields: dict[str, Any]
+) -> tuple[Config, set[str]]:
+    """What an entry point (train, plan, lr-find) was given, resolved once: the config (a Config, a plan
+    YAML or the defaults) updated with the structured `overrides` and the flat keyword `fields`
+    (`epochs=5`), and the names of the values given explicitly, which the plan keeps as they are."""
+    sections = merge_sections(overrides or {}, Config.sections_of(**fields))
+    given = {name for values in sections.values() for name, value in values.items() if value is not None}
+    if config is not None:
+        given |= DECIDED_BY_A_CONFIG
+    if not isinstance(config, Config):
+        config = load_config(config)
+    return config.updated(sections), given
+
+
+def merge_sections(*parts: Sections) -> Sections:
+    """Structured overrides merged section by section, later parts winning."""
+    merged: Sections = {}
+    for part in parts:
+        for section, values in part.items():
+            merged.setdefault(section, {}).update(values)
+    return merged
+
+
 def make_plan(
     data: str | Path,
     config: Config | str | Path | None = None,
+    *,
+    overrides: Sections | None = None,
     probe_device: str | None = None,
-    **overrides: Any,
+    **fields: Any,
 ) -> Plan:
-    """Plan training on `data`: fill every value not given in `config` or `overrides` (see the module docstring).
+    """Plan training on `data`: fill every value not given in `config`, `overrides` or `fields`
+    (see the module docstring).
 
+    `overrides` are per section (`{"train": {"epochs": 5}}`), `fields` by name (`epochs=5`).
     `probe_device` is where the batch-size probe runs (default: the config's training device).
     """
-    given = {key for key, value in overrides.items() if value is not None}
-    if isinstance(config, (str, Path)):
-        config = load_config(config)
-    if config is not None:
-        given |= {"size", "batch_size", "epochs"}  # a config file already decided these
-    config = (config or Config()).override(**overrides)
-    settings, options = config.train, config.data
-    dev = torch.device(probe_device or _device(settings.device))
-    notes: list[str] = []
+    config, given = resolve_config(config, overrides, fields)
+    return plan_run(data, config, given, probe_device)
 
-    size = settings.size
-    if size is None:
-        size = planned_size(data, options, MAX_SIDE.get(dev.type, 1024))
-        notes.append(f"size {size[0]}×{size[1]}: median aspect ratio and area, long side ≤ {max(size)}")
-    data_set = load_planned_data(data, size, settings.val_fraction, settings.seed, options)
-    classes = data_set.classes
+
+def plan_run(data: str | Path, config: Config, given: set[str], probe_device: str | None = None) -> Plan:
+    """`make_plan` on a resolved config; `given` names the values to keep (see `resolve_config`)."""
+    settings, options = config.train, config.data
+    device = torch.device(probe_device or str(pick_device(settings.device)))
+    max_side = MAX_SIDE.get(device.type, 1024)
+    data_set = load_planned_data(data, settings.size, settings.val_fraction, settings.seed, options, max_side)
+    notes = []
+    if settings.size is None:
+        height, width = data_set.size
+        notes.append(f"size {height}×{width}: median aspect ratio and area, long side ≤ {max(height, width)}")
     _check_recorded(options, data_set)
+    notes.append(_classes_note(data_set.classes))
     notes.append(
-        f"{classes.num_classes} classes ({classes.mode}): {', '.join(classes.names)}"
-        + (
-            f"; stored value {classes.ignore_value} is void (ignored)"
-            if classes.ignore_value is not None
-            else ""
-        )
+        "training pixel share per class: " + ", ".join(f"{f:.4f}" for f in class_frequencies(data_set))
     )
-    frequencies = class_frequencies(data_set)
-    notes.append("training pixel share per class: " + ", ".join(f"{f:.4f}" for f in frequencies))
-    weights = options.class_weights
-    if weights is None and options.weighting != "none":
-        weights = class_weights(data_set, options.weighting)
-        notes.append(f"class weights ({options.weighting}): {', '.join(f'{w:.3f}' for w in weights)}")
-    if weights is not None and classes.multilabel:
-        unweighted = [
-            n for n in _loss_terms(settings.loss) if n in LOSSES and not takes_class_weights(n, "multilabel")
-        ]
-        if unweighted:
-            notes.append(f"the {', '.join(unweighted)} term is unweighted: it takes no per-label weights")
+    weights = _planned_weights(config, data_set, notes)
     mean, std = options.mean, options.std
     if mean is None:
         mean, std, source = normalization(config, data_set)
         notes.append(f"normalization: {source}")
+    batch_size, epochs = _planned_length(config, data_set, device, given, notes)
+    train = {"size": list(data_set.size), "batch_size": batch_size, "epochs": epochs}
+    data_values = {
+        "class_weights": weights,
+        "mean": [round(float(v), 6) for v in mean],
+        "std": [round(float(v), 6) for v in std],
+        "classes": list(data_set.classes.names),
+        "mode": data_set.classes.mode,
+        "layout": data_set.source.layout if data_set.source else options.layout,
+    }
+    return Plan(config.updated({"train": train, "data": data_values}), data_set, notes)
 
-    batch_size = settings.batch_size
-    if "batch_size" not in given:
-        batch_size, how = probe_batch_size(config, data_set, dev)
-        notes.append(f"batch size {batch_size}: {how}")
-    epochs = settings.epochs
-    if "epochs" not in given:
-        epochs = planned_epochs(len(data_set.train_images), dev.type)
-        notes.append(f"epochs {epochs}: about {PRESENTATIONS.get(dev.type, 20_000)} image presentations")
 
-    planned = config.override(
-        size=list(size),
-        batch_size=batch_size,
-        epochs=epochs,
-        class_weights=weights,
-        mean=[round(float(v), 6) for v in mean],
-        std=[round(float(v), 6) for v in std],
-        classes=list(classes.names),
-        mode=classes.mode,
-        layout=data_set.source.layout if data_set.source else options.layout,
+def _classes_note(classes: Classes) -> str:
+    void = (
+        f"; stored value {classes.ignore_value} is void (ignored)" if classes.ignore_value is not None else ""
     )
-    return Plan(planned, data_set, notes)
+    return f"{classes.num_classes} classes ({classes.mode}): {', '.join(classes.names)}{void}"
+
+
+def _planned_weights(config: Config, data_set: SegmentationData, notes: list[str]) -> list[float] | None:
+    """The class weights: given, computed from the `weighting`, or none; notes the loss terms that take none."""
+    options, task = config.data, data_set.classes.task
+    weights = options.class_weights
+    if weights is None and options.weighting != "none":
+        weights = class_weights(data_set, options.weighting)
+        notes.append(f"class weights ({options.weighting}): {', '.join(f'{w:.3f}' for w in weights)}")
+    if weights is not None:
+        terms = _loss_terms(config.train.loss)
+        unweighted = [n for n in terms if n in LOSSES and not takes_class_weights(n, task.loss_mode)]
+        if unweighted:
+            notes.append(f"the {', '.join(unweighted)} term is unweighted: it takes no per-label weights")
+    return weights
+
+
+def _planned_length(
+    config: Config, data_set: SegmentationData, device: torch.device, given: set[str], notes: list[str]
+) -> tuple[int, int]:
+    """Batch size (probed) and epochs (from the dataset size) unless given."""
+    batch_size, epochs = config.train.batch_size, config.train.epochs
+    if "batch_size" not in given:
+        batch_size, how = probe_batch_size(config, data_set, device)
+        notes.append(f"batch size {batch_size}: {how}")
+    if "epochs" not in given:
+        epochs = planned_epochs(len(data_set.train_images), device.type)
+        notes.append(f"epochs {epochs}: about {PRESENTATIONS.get(device.type, 20_000)} image presentations")
+    return batch_size, epochs
 
 
 def load_planned_data(
-    data: str | Path, size, val_fraction: float, seed: int, options: DataConfig
+    data: str | Path,
+    size: list[int] | None,
+    val_fraction: float,
+    seed: int,
+    options: DataConfig,
+    max_side: int = MAX_SIDE["cpu"],
 ) -> SegmentationData:
-    """Load `data` the way a plan reads it (layout, COCO categories, mask threshold): planning and
-    `train --resume` both read through here, so a resumed run sees the data its plan saw."""
+    """Load `data` the way a plan reads it (layout, COCO categories, mask threshold; without a size, the
+    training images' typical size with its long side ≤ `max_side`): planning and `train --resume` both
+    read through here, so a resumed run sees the data its plan saw."""
     return load_data(
         data,
-        tuple(size),
+        tuple(size) if size else None,
         val_fraction,
         seed,
         layout=options.layout,
         categories=options.categories,
         mask_threshold=options.mask_threshold,
+        max_side=max_side,
     )
+
+
+def planned_model(config: Config, data_set: SegmentationData, pretrained: bool = True) -> SegmentationModel:
+    """The fresh model of a planned run: architecture, encoder, weights (unless not `pretrained`) and
+    options from the config, classes and input channels from the loaded data."""
+    return create_model(
+        config.model.arch,
+        encoder=config.model.encoder,
+        num_classes=data_set.classes.num_classes,
+        in_channels=data_set.in_channels,
+        encoder_weights=config.model.encoder_weights if pretrained else None,
+        **config.model.options,
+    )
+
+
+def planned_loss(settings: TrainConfig, task: Task, class_weights: list[float] | None) -> torch.nn.Module:
+    """The loss of a planned run: `settings.loss` in the task's loss mode (one sigmoid per label, or a
+    softmax over the classes, binary data too: background and foreground are two classes), class
+    weights on every term that takes them (see loss_options)."""
+    return build_loss(settings.loss, mode=task.loss_mode, **loss_options(settings.loss, class_weights, task))
 
 
 def write_plan(plan: Plan, path: str | Path) -> Path:
@@ -167,12 +235,6 @@ def write_plan(plan: Plan, path: str | Path) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(header + yaml.safe_dump(asdict(plan.config), sort_keys=False))
     return path
-
-
-def _device(name: str) -> str:
-    from ..engine.devices import pick_device
-
-    return str(pick_device(name))
 
 
 def _check_recorded(options: DataConfig, data_set: SegmentationData) -> None:
@@ -204,43 +266,15 @@ def _check_recorded(options: DataConfig, data_set: SegmentationData) -> None:
         )
 
 
-def planned_size(data: str | Path, options: DataConfig, max_side: int) -> list[int]:
-    """The training H×W from the image headers (no decoding): see the module docstring."""
-    from PIL import Image
-
-    from ..io import read_image
-
-    source = find_data(data, options.layout, options.categories)
-    shapes = []
-    for pairs in source.pairs.values():
-        for image_path, _ in pairs:
-            try:
-                with Image.open(image_path) as image:
-                    shapes.append((image.height, image.width))
-            except OSError:  # TIFFs Pillow cannot open; load_data reports truly unreadable files
-                shapes.append(read_image(image_path).shape[:2])
-    return list(choose_size(shapes, max_side))
-
-
-def _pixel_counts(data_set: SegmentationData) -> tuple[np.ndarray, np.ndarray]:
-    """Per training image and class (N×C each): the class's pixels, and the pixels they are a share of
-    (the image's non-void pixels; multilabel: the label's positive and its non-ignored elements)."""
-    masks, count = data_set.train_masks, data_set.classes.num_classes
-    if data_set.classes.multilabel:
-        return (masks == 1).sum(axis=(2, 3)), (masks != IGNORE_INDEX).sum(axis=(2, 3))
-    per_image = np.stack([np.bincount(m[m != IGNORE_INDEX].ravel(), minlength=count)[:count] for m in masks])
-    return per_image, np.broadcast_to(per_image.sum(1, keepdims=True), per_image.shape)
-
-
 def class_frequencies(data_set: SegmentationData) -> list[float]:
-    """Share of the (non-void) training pixels in each class; multilabel: share of pixels with the label."""
-    per_image, image_pixels = _pixel_counts(data_set)
+    """Share of the (non-void) training pixels in each class; per label: share of the elements with it."""
+    per_image, image_pixels = data_set.classes.task.pixel_counts(data_set.train_masks)
     return (per_image.sum(0) / np.maximum(1, image_pixels.sum(0))).tolist()
 
 
 def class_weights(data_set: SegmentationData, weighting: str) -> list[float]:
     """Per-class loss weights from the training masks (see the module docstring); absent classes get 0."""
-    per_image, image_pixels = _pixel_counts(data_set)
+    per_image, image_pixels = data_set.classes.task.pixel_counts(data_set.train_masks)
     totals = per_image.sum(0).astype(np.float64)
     present = totals > 0
     if weighting == "median_frequency":
@@ -273,64 +307,65 @@ def planned_epochs(train_images: int, device_type: str) -> int:
 
 def probe_batch_size(config: Config, data_set: SegmentationData, device: torch.device) -> tuple[int, str]:
     """The largest power-of-two batch whose training step fits in memory (see the module docstring)."""
-    from ..engine.devices import autocast_dtype
-    from ..models import create_model
-
     cap = max(2, min(MAX_BATCH, len(data_set.train_images) // 8))
-    model = create_model(
-        config.model.arch,
-        encoder=config.model.encoder,
-        num_classes=data_set.classes.num_classes,
-        in_channels=data_set.in_channels,
-        encoder_weights=None,  # the probe needs the shapes, not the weights
-        **config.model.options,
-    ).to(device)
+    model = planned_model(config, data_set, pretrained=False).to(device)  # shapes matter, not weights
     model.train()
-    height, width = data_set.size
     dtype = autocast_dtype(device, config.train.precision)  # probe in the precision training will use
-    autocast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
-    parameters = sum(p.numel() * p.element_size() for p in model.parameters())
-
-    def step(batch: int) -> int:
-        """One forward + backward; returns the bytes of activations saved for the backward pass."""
-        saved = 0
-
-        def pack(tensor: torch.Tensor) -> torch.Tensor:
-            nonlocal saved
-            saved += tensor.numel() * tensor.element_size()
-            return tensor
-
-        x = torch.randn(batch, data_set.in_channels, height, width, device=device)
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast:
-            out = model(x)
-        out.float().mean().backward()
-        model.zero_grad(set_to_none=True)
-        return saved
-
-    if device.type == "cuda":
-        budget = GPU_MEMORY_SHARE * torch.cuda.get_device_properties(device).total_memory
-        best, batch = 0, 1
-        while batch <= cap:
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(device)
-            try:
-                step(batch)
-            except torch.cuda.OutOfMemoryError:
-                break
-            if torch.cuda.max_memory_allocated(device) > budget:
-                break
-            best, batch = batch, batch * 2
-        del model
-        torch.cuda.empty_cache()
-        if best == 0:
-            raise SegwiseError(
-                f"a batch of 1 at {height}×{width} does not fit in GPU memory; lower --size or pick a smaller model"
-            )
-        return (
-            best,
-            f"largest power of two whose step peaks under {GPU_MEMORY_SHARE:.0%} of GPU memory (cap {cap})",
+    shape = (data_set.in_channels, *data_set.size)
+    if device.type != "cuda":
+        return _cpu_batch(model, shape, dtype, device, cap)
+    best = _gpu_batch(model, shape, dtype, device, cap)
+    del model  # give the probe's memory back before training allocates its own
+    torch.cuda.empty_cache()
+    if best == 0:
+        raise SegwiseError(
+            f"a batch of 1 at {shape[1]}×{shape[2]} does not fit in GPU memory; lower --size or pick a smaller model"
         )
-    one, two = step(1), step(2)
+    return (
+        best,
+        f"largest power of two whose step peaks under {GPU_MEMORY_SHARE:.0%} of GPU memory (cap {cap})",
+    )
+
+
+def _probe_step(model: torch.nn.Module, batch: int, shape, dtype, device: torch.device) -> int:
+    """One forward + backward on random images; returns the bytes of activations saved for the backward pass."""
+    saved = 0
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        nonlocal saved
+        saved += tensor.numel() * tensor.element_size()
+        return tensor
+
+    x = torch.randn(batch, *shape, device=device)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast(device, dtype):
+        out = model(x)
+    out.float().mean().backward()
+    model.zero_grad(set_to_none=True)
+    return saved
+
+
+def _gpu_batch(model: torch.nn.Module, shape, dtype, device: torch.device, cap: int) -> int:
+    """Double the batch until the step's peak memory passes the budget, runs out, or would pass `cap`;
+    the last batch that fitted (0 if none)."""
+    budget = GPU_MEMORY_SHARE * torch.cuda.get_device_properties(device).total_memory
+    best, batch = 0, 1
+    while batch <= cap:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        try:
+            _probe_step(model, batch, shape, dtype, device)
+        except torch.cuda.OutOfMemoryError:
+            break
+        if torch.cuda.max_memory_allocated(device) > budget:
+            break
+        best, batch = batch, batch * 2
+    return best
+
+
+def _cpu_batch(model: torch.nn.Module, shape, dtype, device: torch.device, cap: int) -> tuple[int, str]:
+    """Measure the activations at batch 1 and 2; the largest power of two within the RAM budget."""
+    parameters = sum(p.numel() * p.element_size() for p in model.parameters())
+    one, two = (_probe_step(model, batch, shape, dtype, device) for batch in (1, 2))
     per_sample, fixed = max(1, two - one), max(0, 2 * one - two)
     budget = min(CPU_BUDGET_BYTES, _ram_bytes() // 4)
     # weights, gradients and two AdamW moments: 4× the parameters; input and output images: small
@@ -350,13 +385,14 @@ def _ram_bytes() -> int:
 
 
 def loss_options(
-    spec: str | dict, weights: list[float] | None, multilabel: bool = False
+    spec: str | dict, weights: list[float] | None, task: Task | None = None
 ) -> dict[str, dict[str, Any]]:
     """build_loss keyword options that give `weights` to every term of the loss that takes class weights
-    in the data's mode (multilabel: not the Lovász hinge, which pools all labels; make_plan notes it)."""
+    in the task's loss mode (per label: not the Lovász hinge, which pools all labels; the plan notes it).
+    Without a task: a softmax over the classes."""
     if weights is None:
         return {}
-    mode = "multilabel" if multilabel else "multiclass"
+    mode = task.loss_mode if task is not None else "multiclass"
     return {
         n: {"class_weights": weights}
         for n in _loss_terms(spec)

@@ -10,6 +10,7 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from ..engine.figures import plot_lr  # noqa: E402, F401 (report/html.py imports it from here)
 from ..io import atomic_path, colorize  # noqa: E402
 
 
@@ -135,16 +136,6 @@ def plot_worst(samples, palette: list[list[int]], ignore_index: int, path: Path)
             axis.imshow(panel, interpolation="nearest")
             axis.set_title(title, fontsize=9)
             axis.axis("off")
-    figure.tight_layout()
-    _save(figure, path)
-
-
-def plot_lr(history: list[dict], path: Path) -> None:
-    """Learning rate per epoch (from metrics.csv)."""
-    figure, axis = plt.subplots(figsize=(6, 3.5))
-    axis.plot([row["epoch"] for row in history], [row["lr"] for row in history], marker="o")
-    axis.set(xlabel="epoch", ylabel="learning rate", title="Learning-rate schedule (end of epoch)")
-    axis.grid(alpha=0.3)
     figure.tight_layout()
     _save(figure, path)
 
