@@ -25,7 +25,7 @@ from . import distributed
 from .batches import Batches
 from .devices import autocast_dtype, keep_freed_memory, pick_device
 from .figures import plot_lr_find
-from .plan import Sections, merge_sections
+from .plan import Sections, entry_overrides
 from .schedules import build_optimizer, encoder_decoder_groups
 from .start import Environment, NewRun
 from .step import Step
@@ -131,7 +131,7 @@ def find_lr(
     >>> finding = find_lr("data/cells", encoder="resnet18", output="lr.png")  # doctest: +SKIP
     >>> finding.suggestion                                                     # doctest: +SKIP
     """
-    run = NewRun(data, config, merge_sections(overrides or {}, Config.sections_of(**fields)))
+    run = NewRun(data, config, entry_overrides(overrides, fields))
     device = pick_device(run.settings.device)
     keep_freed_memory(device)
     env = Environment(

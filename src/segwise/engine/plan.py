@@ -73,28 +73,32 @@ class Plan:
     notes: list[str]  # one line per decision, written as comments at the top of plan.yaml
 
 
-def resolve_config(
-    config: Config | str | Path | None, overrides: Sections | None, fields: dict[str, Any]
-) -> tuple[Config, set[str]]:
-    """What an entry point (train, plan, lr-find) was given, resolved once: the config (a Config, a plan
-    YAML or the defaults) updated with the structured `overrides` and the flat keyword `fields`
-    (`epochs=5`), and the names of the values given explicitly, which the plan keeps as they are."""
-    sections = merge_sections(overrides or {}, Config.sections_of(**fields))
-    given = {name for values in sections.values() for name, value in values.items() if value is not None}
+def entry_overrides(overrides: Sections | None, fields: dict[str, Any]) -> Sections:
+    """What an entry point (train, plan, lr-find) was asked to change, resolved once: the structured
+    `overrides` merged with the flat keyword `fields` (`epochs=5`) sorted into their sections. None
+    values mean "not given"; a field given both ways takes the keyword's value."""
+    merged: Sections = {}
+    for part in (overrides or {}, Config.sections_of(**fields)):
+        for section, values in part.items():
+            merged.setdefault(section, {}).update(values)
+    return merged
+
+
+def given_names(overrides: Sections) -> set[str]:
+    """The fields `overrides` set (None values are not given)."""
+    return {name for values in overrides.values() for name, value in values.items() if value is not None}
+
+
+def resolve_config(config: Config | str | Path | None, overrides: Sections) -> tuple[Config, set[str]]:
+    """The config of a new run (a Config, a plan YAML or the defaults) updated with `overrides`, and the
+    names of the values decided already, which the plan keeps: those given, and with a config the
+    size, batch size and epochs it holds."""
+    given = given_names(overrides)
     if config is not None:
         given |= DECIDED_BY_A_CONFIG
     if not isinstance(config, Config):
         config = load_config(config)
-    return config.updated(sections), given
-
-
-def merge_sections(*parts: Sections) -> Sections:
-    """Structured overrides merged section by section, later parts winning."""
-    merged: Sections = {}
-    for part in parts:
-        for section, values in part.items():
-            merged.setdefault(section, {}).update(values)
-    return merged
+    return config.updated(overrides), given
 
 
 def make_plan(
@@ -111,7 +115,7 @@ def make_plan(
     `overrides` are per section (`{"train": {"epochs": 5}}`), `fields` by name (`epochs=5`).
     `probe_device` is where the batch-size probe runs (default: the config's training device).
     """
-    config, given = resolve_config(config, overrides, fields)
+    config, given = resolve_config(config, entry_overrides(overrides, fields))
     return plan_run(data, config, given, probe_device)
 
 

@@ -26,7 +26,15 @@ from . import distributed
 from .batches import Batches
 from .checkpoint import TrainingState
 from .devices import autocast_dtype, keep_freed_memory, pick_device
-from .plan import Sections, load_planned_data, plan_run, planned_loss, planned_model, resolve_config
+from .plan import (
+    Sections,
+    given_names,
+    load_planned_data,
+    plan_run,
+    planned_loss,
+    planned_model,
+    resolve_config,
+)
 from .schedules import default_encoder_lr_scale
 
 
@@ -111,7 +119,7 @@ class NewRun:
             )
         self.data = data
         self.planned = config is None  # no plan given: its decisions are printed as `segwise plan` would
-        self.config, self.given = resolve_config(config, overrides, {})
+        self.config, self.given = resolve_config(config, overrides)
         self.settings = self.config.train
 
     def start(self, env: Environment) -> Start:
@@ -136,9 +144,7 @@ class ResumedRun:
 
     def __init__(self, run_dir: str | Path, config: Config | str | Path | None, overrides: Sections) -> None:
         run_dir = Path(run_dir)
-        given = sorted(
-            name for values in overrides.values() for name, value in values.items() if value is not None
-        )
+        given = sorted(given_names(overrides))
         if not (run_dir / CONFIG).is_file():
             raise SegwiseError(
                 f"{run_dir / CONFIG}: missing; --resume needs a run folder written by `segwise train`"

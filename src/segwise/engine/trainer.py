@@ -41,7 +41,7 @@ from .batches import Batches, resize_batch
 from .checkpoint import TrainingState, restore_rng_state, rng_state
 from .figures import plot_curves, plot_lr, sample_panel, write_sample_panels
 from .lr_find import lr_range_test
-from .plan import Sections, merge_sections
+from .plan import Sections, entry_overrides
 from .schedules import build_optimizer, build_scheduler, encoder_decoder_groups
 from .start import Environment, NewRun, ResumedRun, Start, training_environment
 from .step import Step, autocast
@@ -80,7 +80,7 @@ def train(
     `Compose` (run on the CPU in DataLoader workers instead of the on-device presets).
     """
     started = time.perf_counter()
-    overrides = merge_sections(overrides or {}, Config.sections_of(**fields))
+    overrides = entry_overrides(overrides, fields)
     transform = overrides.get("train", {}).get("augment")
     if callable(transform):
         overrides["train"]["augment"] = "none"  # the user's transform replaces the on-device presets
