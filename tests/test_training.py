@@ -342,3 +342,13 @@ def test_keep_freed_memory_lets_large_tensors_reuse_their_pages():
     for _ in range(8):
         torch.empty(size, dtype=torch.uint8).fill_(1)
     assert resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before < 2 * fresh  # not 8 × fresh
+
+
+def test_importing_the_engine_draws_in_no_plotting_library():
+    import subprocess
+    import sys
+
+    code = "import sys, segwise.engine.trainer, segwise.engine.lr_find; print('matplotlib' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"  # matplotlib loads with the first figure a run draws

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from .. import run as runfolder
 from ..config import Config, PreprocessConfig, RunConfig, TrainConfig
-from ..constants import CONFIG, CURVES, IGNORE_INDEX, LR_PLOT, METRICS, SAMPLES, TENSORBOARD, WEIGHTS
+from ..constants import CONFIG, CURVES, IGNORE_INDEX, LAST, LR_PLOT, METRICS, SAMPLES, TENSORBOARD, WEIGHTS
 from ..data.augment import PerSampleBatches
 from ..errors import SegwiseError
 from ..metrics import ConfusionMatrix, confusion_matrix_for
@@ -288,8 +288,8 @@ class Trainer:
             loss_sum, count = self.step(net, x, masks, update)
             if not math.isfinite(loss_sum):
                 raise SegwiseError(
-                    f"{self.run_dir}: loss became {loss_sum / count} at epoch {epoch}; stopped, last.pt and "
-                    f"model.safetensors keep the last good epoch ({epoch - 1}); lower --lr or use --precision fp32"
+                    f"{self.run_dir}: loss became {loss_sum / count} at epoch {epoch}; stopped, {LAST} and "
+                    f"{WEIGHTS} keep the last good epoch ({epoch - 1}); lower --lr or use --precision fp32"
                 )
             if update:
                 self.scheduler.step()
