@@ -128,12 +128,11 @@ class NewRun:
             env.say(f"plan: {note}")
         settings = plan.config.train
         torch.manual_seed(settings.seed)  # after the batch-size probe, so a probe never changes the run
-        model = planned_model(plan.config, plan.data)
+        model = _on_device(planned_model(plan.config, plan.data), settings, env.device)
         if settings.encoder_lr_scale is None:  # settled now and recorded, so a resume needs no guessing
             pretrained = plan.config.model.encoder_weights is not None
             settings = dataclasses.replace(settings, encoder_lr_scale=default_encoder_lr_scale(pretrained))
         options = plan.config.data
-        model = _on_device(model, settings, env.device)
         return Start(
             settings, plan.data, options, model, options.mean, options.std, Path(self.data).resolve()
         )
