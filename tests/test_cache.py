@@ -152,3 +152,11 @@ def test_training_reads_each_file_once_and_never_again_from_the_cache(tmp_path, 
     opened.clear()
     segwise.train(root, runs_dir=tmp_path / "runs", epochs=1, progress=False, val_samples=0, **TINY)
     assert opened == []
+
+
+def test_resuming_a_run_decodes_nothing(tmp_path, cache_dir, decodes):
+    root = make_data(tmp_path / "data")
+    run_dir = segwise.train(root, runs_dir=tmp_path / "runs", epochs=1, progress=False, **TINY).run_dir
+    decodes.clear()
+    segwise.train(resume=run_dir, progress=False)
+    assert decodes == []

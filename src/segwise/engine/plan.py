@@ -71,6 +71,7 @@ class Plan:
     config: Config
     data: SegmentationData
     notes: list[str]  # one line per decision, written as comments at the top of plan.yaml
+    max_side: int | None = None  # the long-side cap the size was chosen under; None: the size was given
 
 
 def entry_overrides(overrides: Sections | None, fields: dict[str, Any]) -> Sections:
@@ -149,7 +150,8 @@ def plan_run(data: str | Path, config: Config, given: set[str], probe_device: st
         "mode": data_set.classes.mode,
         "layout": data_set.source.layout if data_set.source else options.layout,
     }
-    return Plan(config.updated({"train": train, "data": data_values}), data_set, notes)
+    chosen_under = None if settings.size else max_side
+    return Plan(config.updated({"train": train, "data": data_values}), data_set, notes, chosen_under)
 
 
 def _classes_note(classes: Classes) -> str:

@@ -85,6 +85,7 @@ class Start:
     mean: list[float]
     std: list[float]
     data_root: Path
+    max_side: int | None  # the long-side cap its size was chosen under when the data was read; None: given
     run_dir: Path | None = None  # a resumed run's folder; a new run makes one once its pieces are built
     state: TrainingState | None = None  # a resumed run's last.pt
 
@@ -133,9 +134,8 @@ class NewRun:
             pretrained = plan.config.model.encoder_weights is not None
             settings = dataclasses.replace(settings, encoder_lr_scale=default_encoder_lr_scale(pretrained))
         options = plan.config.data
-        return Start(
-            settings, plan.data, options, model, options.mean, options.std, Path(self.data).resolve()
-        )
+        root = Path(self.data).resolve()
+        return Start(settings, plan.data, options, model, options.mean, options.std, root, plan.max_side)
 
 
 class ResumedRun:
@@ -158,21 +158,24 @@ class ResumedRun:
         self.settings = self.recorded.train
 
     def start(self, env: Environment) -> Start:
-        recorded, settings = self.recorded, self.settings
+        recorded = self.recorded
         options = DataConfig(**recorded.data.get("plan", {}))  # how the run read its data
-        root = recorded.data["root"]
-        size = recorded.preprocess.input_size
-        data_set = load_planned_data(root, size, settings.val_fraction, settings.seed, options)
-        model = _on_device(build_model(recorded.model), settings, env.device)
-        preprocess = recorded.preprocess
+        data_set = self._read_data(options)
+        model = _on_device(build_model(recorded.model), self.settings, env.device)
+        mean, std, root = recorded.preprocess.mean, recorded.preprocess.std, Path(recorded.data["root"])
+        max_side = recorded.data.get("max_side")
         return Start(
-            settings,
-            data_set,
-            options,
-            model,
-            preprocess.mean,
-            preprocess.std,
-            Path(root),
-            self.run_dir,
-            self.state,
+            self.settings, data_set, options, model, mean, std, root, max_side, self.run_dir, self.state
         )
+
+    def _read_data(self, options: DataConfig) -> SegmentationData:
+        """The run's data read as the run first read it (its size chosen while decoding, under the recorded
+        cap), so the decoded-data cache has it; at the recorded size if the images have changed since."""
+        recorded, settings = self.recorded, self.settings
+        root, size = recorded.data["root"], recorded.preprocess.input_size
+        max_side = recorded.data.get("max_side")
+        if max_side is not None:
+            data_set = load_planned_data(root, None, settings.val_fraction, settings.seed, options, max_side)
+            if list(data_set.size) == list(size):
+                return data_set
+        return load_planned_data(root, size, settings.val_fraction, settings.seed, options)

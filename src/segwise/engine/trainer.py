@@ -190,6 +190,7 @@ class Trainer:
                 "train_images": len(data_set.train_images),
                 "val_images": len(data_set.val_images),
                 "plan": asdict(options),
+                "max_side": self.start.max_side,  # how the size was chosen, so a resume reads the data alike
                 "augment_transform": None if self.transform is None else repr(self.transform),
             },
         )
