@@ -215,7 +215,7 @@ def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize of H×W indices, or of C×H×W multilabel channels one by one."""
+    """Nearest-neighbour resize of H×W indices, or of a C×H×W label stack plane by plane."""
     if mask.shape[-2:] == tuple(size):
         return mask
     if mask.ndim == 3:
@@ -241,7 +241,7 @@ def choose_size(shapes: list[tuple[int, int]], max_side: int = MAX_TRAIN_SIDE) -
 
 @dataclass
 class SegmentationData:
-    """A decoded dataset: uint8 images N×H×W×C and class-index masks N×H×W (multilabel: N×C×H×W of 0/1)
+    """A decoded dataset: uint8 images N×H×W×C and class-index masks N×H×W (per-label: N×C×H×W of 0/1)
     per split."""
 
     root: Path
