@@ -43,8 +43,8 @@ import numpy as np  # noqa: E402
 from segwise.constants import IGNORE_INDEX  # noqa: E402
 from segwise.data import load_data  # noqa: E402
 from segwise.data.augment import PRESETS  # noqa: E402
+from segwise.engine.batches import Batches  # noqa: E402
 from segwise.engine.devices import keep_freed_memory  # noqa: E402
-from segwise.engine.trainer import Batches  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared/datasets/camvid11"
 BATCH = 16

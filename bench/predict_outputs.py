@@ -27,10 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from monai.transforms import FillHoles  # noqa: E402
 
 from segwise.config import PreprocessConfig, RunConfig, TrainConfig  # noqa: E402
+from segwise.constants import CONFIG, WEIGHTS  # noqa: E402
 from segwise.inference import Predictor, postprocess  # noqa: E402
 from segwise.io import default_palette  # noqa: E402
 from segwise.models import create_model  # noqa: E402
-from segwise.run import CONFIG, WEIGHTS, save_weights  # noqa: E402
+from segwise.run import save_weights  # noqa: E402
 from segwise.task import Classes
 
 

@@ -31,9 +31,10 @@ import segmentation_models_pytorch as smp  # noqa: E402
 import segwise  # noqa: E402
 from segwise.data import load_data  # noqa: E402
 from segwise.data.synthetic import write_synthetic_dataset  # noqa: E402
+from segwise.engine.batches import Batches  # noqa: E402
 from segwise.engine.devices import autocast_dtype, pick_device  # noqa: E402
 from segwise.engine.schedules import build_optimizer, encoder_decoder_groups, one_cycle  # noqa: E402
-from segwise.engine.trainer import Batches, model_loss  # noqa: E402
+from segwise.engine.step import model_loss  # noqa: E402
 from segwise.losses import build_loss  # noqa: E402
 from segwise.metrics import ConfusionMatrix  # noqa: E402
 from segwise.models import create_model  # noqa: E402

@@ -292,7 +292,7 @@ def coordinate_arrays(count: int, height: int, width: int):
 
 def test_albumentations_compose_runs_per_sample_in_workers_and_keeps_masks_aligned():
     albumentations = pytest.importorskip("albumentations")  # a bench/dev extra
-    from segwise.engine.trainer import Batches
+    from segwise.engine.batches import Batches
 
     images, masks = coordinate_arrays(16, 24, 32)
     batches = Batches(images, masks, 4, [0.0] * 3, [1.0] * 3, torch.device("cpu"))
@@ -314,7 +314,7 @@ def test_albumentations_compose_runs_per_sample_in_workers_and_keeps_masks_align
 
 def test_albumentations_transforms_that_break_batches_fail_in_one_line():
     albumentations = pytest.importorskip("albumentations")  # a bench/dev extra
-    from segwise.engine.trainer import Batches
+    from segwise.engine.batches import Batches
 
     images, masks = coordinate_arrays(4, 24, 32)
     batches = Batches(images, masks, 2, [0.0] * 3, [1.0] * 3, torch.device("cpu"))

@@ -6,7 +6,7 @@ from PIL import Image, ImageFile
 import segwise
 from segwise.data import load_data
 from segwise.data.cache import CACHE_ENV, cache_dirs
-from segwise.engine.trainer import Batches
+from segwise.engine.batches import Batches
 
 from .conftest import TINY, write_pair
 
@@ -134,3 +134,29 @@ def test_cached_arrays_are_private_to_the_process(tmp_path, cache_dir):
     tensor = torch.from_numpy(data.train_images)  # writable copy-on-write map: no warning, no shared writes
     tensor[0] = 0
     assert load_data(root).train_images[0].max() > 0
+
+
+def test_training_reads_each_file_once_and_never_again_from_the_cache(tmp_path, cache_dir, monkeypatch):
+    """Planning and training find and read the data in one pass: no header pass before the decoding."""
+    opened: list[str] = []
+    original = Image.open
+
+    def counting_open(path, *args, **kwargs):
+        opened.append(str(path))
+        return original(path, *args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", counting_open)
+    root = make_data(tmp_path / "data")
+    segwise.train(root, runs_dir=tmp_path / "runs", epochs=1, progress=False, val_samples=0, **TINY)
+    assert len(opened) == 12 and len(set(opened)) == 12  # 6 images + 6 masks, each opened once
+    opened.clear()
+    segwise.train(root, runs_dir=tmp_path / "runs", epochs=1, progress=False, val_samples=0, **TINY)
+    assert opened == []
+
+
+def test_resuming_a_run_decodes_nothing(tmp_path, cache_dir, decodes):
+    root = make_data(tmp_path / "data")
+    run_dir = segwise.train(root, runs_dir=tmp_path / "runs", epochs=1, progress=False, **TINY).run_dir
+    decodes.clear()
+    segwise.train(resume=run_dir, progress=False)
+    assert decodes == []

@@ -21,7 +21,7 @@ from .conftest import TINY
 DRIVER = """
 import sys
 import torch
-import segwise.engine.trainer as trainer
+import segwise.engine.plan as plan
 from segwise.cli import main
 
 def without_batchnorm(module):
@@ -32,8 +32,8 @@ def without_batchnorm(module):
             without_batchnorm(child)
     return module
 
-create_model = trainer.create_model
-trainer.create_model = lambda *args, **kwargs: without_batchnorm(create_model(*args, **kwargs))
+create_model = plan.create_model
+plan.create_model = lambda *args, **kwargs: without_batchnorm(create_model(*args, **kwargs))
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -99,7 +99,7 @@ def test_each_process_gets_a_disjoint_equal_shard_like_distributed_sampler():
 def test_validation_shards_count_every_image_exactly_once():
     import numpy as np
 
-    from segwise.engine.trainer import Batches
+    from segwise.engine.batches import Batches
 
     images = np.zeros((7, 4, 4, 1), np.uint8)
     masks = np.broadcast_to(np.arange(7, dtype=np.uint8)[:, None, None], (7, 4, 4)).copy()  # mask i holds i

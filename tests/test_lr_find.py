@@ -35,9 +35,9 @@ def test_suggestion_is_the_steepest_descent_before_the_minimum():
 def test_range_test_restores_the_model_and_random_state(shapes_data):
     from segwise.config import TrainConfig
     from segwise.data import load_data
+    from segwise.engine.batches import Batches
     from segwise.engine.lr_find import lr_range_test
     from segwise.engine.schedules import encoder_decoder_groups
-    from segwise.engine.trainer import Batches
     from segwise.losses import build_loss
     from segwise.models import create_model
 
@@ -52,6 +52,32 @@ def test_range_test_restores_the_model_and_random_state(shapes_data):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert torch.equal(torch.get_rng_state(), rng)
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_range_test_runs_the_training_step(shapes_data, monkeypatch):
+    from segwise.config import TrainConfig
+    from segwise.data import load_data
+    from segwise.engine.batches import Batches
+    from segwise.engine.lr_find import lr_range_test
+    from segwise.engine.schedules import encoder_decoder_groups
+    from segwise.engine.step import Step
+    from segwise.losses import build_loss
+    from segwise.models import create_model
+
+    calls = []
+    original = Step.__call__
+
+    def counting_step(self, net, x, masks, update=True):
+        calls.append(update)
+        return original(self, net, x, masks, update)
+
+    monkeypatch.setattr(Step, "__call__", counting_step)
+    data = load_data(shapes_data)
+    model = create_model("unet", encoder="test_resnet", num_classes=5, **TINY["options"])
+    batches = Batches(data.train_images, data.train_masks, 4, *data.mean_std(), torch.device("cpu"))
+    groups = encoder_decoder_groups(model, 1.0)
+    finding = lr_range_test(model, batches, build_loss("ce"), groups, TrainConfig(), None, steps=6)
+    assert calls == [True] * len(finding.lrs) == [True] * 6  # one optimizer step per LR
 
 
 def _tiny_plan(tmp_path):

@@ -12,7 +12,7 @@ import segwise
 from segwise.config import RunConfig
 from segwise.data import load_data
 from segwise.data.augment import PerSampleBatches
-from segwise.engine.trainer import Batches, resize_batch
+from segwise.engine.batches import Batches, resize_batch
 
 from .conftest import TINY, run_cli
 

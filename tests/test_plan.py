@@ -10,17 +10,17 @@ import yaml
 import segwise
 from segwise.config import RunConfig, TrainConfig, load_config
 from segwise.constants import IGNORE_INDEX
-from segwise.data import plan as planning
 from segwise.data.dataset import SegmentationData, choose_size
-from segwise.data.plan import (
+from segwise.engine import plan as planning
+from segwise.engine.plan import (
     class_weights,
     loss_options,
     make_plan,
     planned_epochs,
+    planned_loss,
     probe_batch_size,
     write_plan,
 )
-from segwise.engine.trainer import planned_loss
 from segwise.errors import SegwiseError
 from segwise.losses import build_loss
 from segwise.task import Classes
@@ -35,9 +35,7 @@ TINY_MODEL = {"encoder": TINY["encoder"], "options": TINY["options"]}
 def _data(masks: np.ndarray, num_classes: int, multilabel: bool = False) -> SegmentationData:
     """Training data from masks N×H×W (multilabel: N×C×H×W) on black images."""
     images = np.zeros((masks.shape[0], *masks.shape[-2:], 3), np.uint8)
-    classes = Classes(
-        [f"c{i}" for i in range(num_classes)], list(range(num_classes)), multilabel=multilabel
-    )
+    classes = Classes([f"c{i}" for i in range(num_classes)], list(range(num_classes)), multilabel=multilabel)
     return SegmentationData(
         Path("."), classes, masks.shape[-2:], 3, images, masks, images[:1], masks[:1], [], [], []
     )
@@ -98,7 +96,7 @@ def test_multilabel_class_weights_follow_their_formulas_per_label():
 def test_multilabel_class_weights_reach_every_term_but_the_lovasz_hinge():
     weights = [0.5, 2.0, 1.0]
     classes = Classes(["a", "b", "c"], [0, 1, 2], multilabel=True)
-    loss = planned_loss(TrainConfig(loss="bce+dice+lovasz"), classes, weights)
+    loss = planned_loss(TrainConfig(loss="bce+dice+lovasz"), classes.task, weights)
     for name in ("bce", "dice"):
         assert torch.equal(loss.terms[name].class_weights, torch.tensor(weights))
     assert loss.terms["lovasz"].class_weights is None  # it would refuse them: it pools all labels
@@ -145,6 +143,16 @@ def test_plan_yaml_round_trips_and_is_commented(shapes_data, tmp_path):
     assert plan.config.train.size == [64, 64] and plan.config.train.batch_size == 2
     mean, std = plan.data.mean_std()
     assert data.mean == pytest.approx(mean, abs=1e-5) and data.std == pytest.approx(std, abs=1e-5)
+
+
+def test_structured_overrides_plan_like_keyword_fields(shapes_data):
+    keywords = make_plan(shapes_data, batch_size=2, epochs=1, **TINY_MODEL)
+    structured = make_plan(
+        shapes_data, overrides={"train": {"batch_size": 2, "epochs": 1}, "model": TINY_MODEL}
+    )
+    assert structured.config == keywords.config and structured.notes == keywords.notes
+    both = make_plan(shapes_data, overrides={"train": {"batch_size": 2, "epochs": 3}}, epochs=1, **TINY_MODEL)
+    assert both.config == keywords.config  # a keyword field wins over the same field in `overrides`
 
 
 def test_pretrained_encoders_get_their_own_normalization(shapes_data):

@@ -23,9 +23,9 @@ KILL_AT_STEP = 2 * STEPS_PER_EPOCH + 2  # in the middle of epoch 3
 # step: a deterministic "kill -9 mid-epoch", no timing involved.
 KILLER = """
 import os, signal, sys, torch
-import segwise.engine.trainer as trainer
+import segwise.engine.plan as plan
 from segwise.cli import main
-build_loss, calls = trainer.build_loss, [0]
+build_loss, calls = plan.build_loss, [0]
 def killing_build_loss(spec, **options):
     loss = build_loss(spec, **options)
     def wrapped(logits, masks):
@@ -35,7 +35,7 @@ def killing_build_loss(spec, **options):
                 os.kill(os.getpid(), signal.SIGKILL)
         return loss(logits, masks)
     return wrapped
-trainer.build_loss = killing_build_loss
+plan.build_loss = killing_build_loss
 sys.exit(main(sys.argv[1:]))
 """
 

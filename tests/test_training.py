@@ -86,7 +86,7 @@ def test_training_twice_under_one_name_never_overwrites(shapes_data, tmp_path):
 
 
 def test_one_cycle_schedule_survives_runs_of_any_length():
-    from segwise.engine.trainer import one_cycle
+    from segwise.engine.schedules import one_cycle
 
     for total_steps in range(1, 12):
         optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
@@ -100,7 +100,7 @@ def test_one_cycle_schedule_survives_runs_of_any_length():
 
 
 def test_every_batch_of_an_epoch_is_yielded_and_counted():
-    from segwise.engine.trainer import Batches
+    from segwise.engine.batches import Batches
 
     for count, batch_size in [(10, 4), (9, 4), (8, 4), (1, 4), (5, 1), (3, 8)]:
         images = np.zeros((count, 4, 4, 1), np.uint8)
@@ -134,7 +134,7 @@ def _scripted_validation(monkeypatch, losses: list[float], mious: list[float]) -
         loss, miou = next(scripted)
         return loss, _ScriptedMatrix(miou)
 
-    monkeypatch.setattr(trainer, "_evaluate", fake_evaluate)
+    monkeypatch.setattr(trainer, "validate", fake_evaluate)
 
 
 def test_early_stopping_stops_after_patience_epochs_without_a_min_delta_improvement(
@@ -168,7 +168,7 @@ def test_best_weights_follow_the_monitor_in_max_mode(shapes_data, tmp_path, monk
 def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
     shapes_data, tmp_path, monkeypatch
 ):
-    from segwise.engine import trainer
+    from segwise.engine import plan
     from segwise.errors import SegwiseError
     from segwise.losses import build_loss
 
@@ -184,7 +184,7 @@ def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_good_chec
 
         return wrapped
 
-    monkeypatch.setattr(trainer, "build_loss", exploding_loss)
+    monkeypatch.setattr(plan, "build_loss", exploding_loss)
     with pytest.raises(SegwiseError, match="loss became nan at epoch 2.*last good epoch \\(1\\)"):
         segwise.train(shapes_data, runs_dir=tmp_path, name="nan", epochs=3, progress=False, **TINY)
     run_dir = tmp_path / "nan"
@@ -265,10 +265,11 @@ def test_schedules_warm_up_decay_and_keep_the_encoder_share():
 
 def test_progressive_resizing_shrinks_images_and_masks_together():
     from segwise.config import TrainConfig
-    from segwise.engine.trainer import _resize_fraction, resize_batch
+    from segwise.engine.batches import resize_batch
+    from segwise.engine.trainer import resize_fraction
 
     settings = TrainConfig(epochs=5, progressive_resize=[0.5, 1.0])
-    assert [_resize_fraction(settings, epoch) for epoch in range(1, 6)] == [0.5, 0.5, 0.5, 1.0, 1.0]
+    assert [resize_fraction(settings, epoch) for epoch in range(1, 6)] == [0.5, 0.5, 0.5, 1.0, 1.0]
     images = torch.rand(2, 3, 64, 48) * 255
     masks = torch.randint(0, 3, (2, 64, 48))
     masks[:, :4] = 255
@@ -341,3 +342,13 @@ def test_keep_freed_memory_lets_large_tensors_reuse_their_pages():
     for _ in range(8):
         torch.empty(size, dtype=torch.uint8).fill_(1)
     assert resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before < 2 * fresh  # not 8 × fresh
+
+
+def test_importing_the_engine_draws_in_no_plotting_library():
+    import subprocess
+    import sys
+
+    code = "import sys, segwise.engine.trainer, segwise.engine.lr_find; print('matplotlib' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"  # matplotlib loads with the first figure a run draws

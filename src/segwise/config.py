@@ -88,7 +88,8 @@ class TrainConfig:
     lr: float | Literal["auto"] = option(1e-3, "peak learning rate, or auto: the LR range test picks it")
     weight_decay: float = option(1e-4, "AdamW/SGD weight decay", _at_least(0, "a number"))
     loss: str | dict[str, float] = option(
-        "ce+dice", "loss terms joined by '+', or in YAML a mapping of term to weight, e.g. {ce: 1.0, dice: 0.5}"
+        "ce+dice",
+        "loss terms joined by '+', or in YAML a mapping of term to weight, e.g. {ce: 1.0, dice: 0.5}",
     )
     size: list[int] | None = option(
         None,
@@ -137,7 +138,9 @@ class TrainConfig:
     patience: int | None = option(
         None, "early stopping: epochs without improvement", _optional(_at_least(1), "an integer ≥ 1 or null")
     )
-    min_delta: float = option(0.0, "an improvement must beat the best by more than this", _at_least(0, "a number"))
+    min_delta: float = option(
+        0.0, "an improvement must beat the best by more than this", _at_least(0, "a number")
+    )
     sync_batchnorm: bool = option(False, "torchrun on GPUs: batch-norm statistics over all processes")
     tensorboard: bool = option(False, "also log to RUN/tensorboard/")
     deterministic: bool = option(False, "reproducible kernels (torch.use_deterministic_algorithms), slower")
@@ -196,7 +199,9 @@ class DataConfig:
         (lambda v: v is None or len(v) >= 1, "one number per input channel"),
         flag=False,
     )
-    classes: list[str] | None = option(None, "recorded by the plan; training checks the data still has them", flag=False)
+    classes: list[str] | None = option(
+        None, "recorded by the plan; training checks the data still has them", flag=False
+    )
     mode: Mode | None = option(None, "recorded by the plan: " + " | ".join(MODES), flag=False)
 
     def __post_init__(self) -> None:
@@ -344,7 +349,9 @@ def _build(cls: type, values: Any, where: str) -> Any:
     if isinstance(values, cls):
         return values
     if not isinstance(values, dict):
-        raise SegwiseError(f"{where}: expected a mapping of {cls.__name__} fields, got {type(values).__name__}")
+        raise SegwiseError(
+            f"{where}: expected a mapping of {cls.__name__} fields, got {type(values).__name__}"
+        )
     hints = typing.get_type_hints(cls)
     names = field_names(cls)
     unknown = sorted(set(values) - set(names))

@@ -1,15 +1,6 @@
-"""The run folder, `runs/<name>/`, and what lives in it.
-
-    config.yaml        everything to rebuild the model and its preprocessing (RunConfig)
-    model.safetensors  best weights by the monitored metric (default val mIoU; the EMA weights when
-                       EMA is on); safetensors: loading runs no code
-    last.pt            full training state after the last epoch: model, optimizer, scheduler, scaler,
-                       EMA, RNG states, epoch, step, history (engine/checkpoint.py; weights_only=True)
-    metrics.csv        one row per epoch
-    curves.png         loss and mIoU per epoch
-    lr.png             learning rate per epoch
-    tensorboard/       only with --tensorboard
-    val_samples/       image | truth | prediction panels
+"""The run folder, `runs/<name>/`: creating it, its weights (safetensors: loading runs no code), its
+metrics table, and the model it rebuilds. What lives in it is listed in constants.py; last.pt is
+engine/checkpoint.py's.
 
 Every file is written under a temporary name and renamed, so a crash never leaves a torn file.
 """
@@ -24,18 +15,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .config import RunConfig
+from .constants import CONFIG, WEIGHTS
 from .errors import SegwiseError
 from .io import atomic_path
 from .models import SegmentationModel, create_model
-
-CONFIG, WEIGHTS, LAST, METRICS, CURVES, SAMPLES = (
-    "config.yaml",
-    "model.safetensors",
-    "last.pt",
-    "metrics.csv",
-    "curves.png",
-    "val_samples",
-)
 
 
 def create_run_dir(runs_dir: str | Path, name: str) -> Path:
@@ -59,11 +42,6 @@ def save_weights(model: torch.nn.Module, path: Path) -> None:
         save_file(state, str(tmp))
 
 
-def save_checkpoint(state: dict, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
 def write_metrics(history: list[dict], path: Path) -> None:
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(history[0]))
@@ -80,10 +58,14 @@ def load_model(run_dir: str | Path) -> tuple[SegmentationModel, RunConfig]:
         if not (run_dir / required).is_file():
             raise SegwiseError(f"{run_dir / required}: missing; is {run_dir} a finished segwise run?")
     config = RunConfig.load(run_dir / CONFIG)
-    spec = dict(config.model)
-    model = create_model(**{k: v for k, v in spec.items() if k != "options"}, **spec.get("options", {}))
+    model = build_model(config.model)
     load_weights(model, run_dir / WEIGHTS)
     return model.eval(), config
+
+
+def build_model(spec: dict) -> SegmentationModel:
+    """A fresh model from a run's recorded `create_model` arguments (config.yaml's `model`)."""
+    return create_model(**{k: v for k, v in spec.items() if k != "options"}, **spec.get("options", {}))
 
 
 def load_weights(model: torch.nn.Module, path: Path) -> None:

@@ -106,7 +106,9 @@ class Task:
         if self.per_label:
             return (masks == 1).sum(axis=(2, 3)), (masks != IGNORE_INDEX).sum(axis=(2, 3))
         count = self.num_classes
-        per_image = np.stack([np.bincount(m[m != IGNORE_INDEX].ravel(), minlength=count)[:count] for m in masks])
+        per_image = np.stack(
+            [np.bincount(m[m != IGNORE_INDEX].ravel(), minlength=count)[:count] for m in masks]
+        )
         return per_image, np.broadcast_to(per_image.sum(1, keepdims=True), per_image.shape)
 
 
@@ -192,7 +194,9 @@ class Classes:
             return np.ascontiguousarray((mask >= (self.threshold or 1)).transpose(2, 0, 1)).astype(np.uint8)
         mask = self.stored_values(mask, path)
         indices = self.lookup_table()[mask]
-        unknown = (indices == IGNORE_INDEX) & (mask != (self.ignore_value if self.ignore_value is not None else -1))
+        unknown = (indices == IGNORE_INDEX) & (
+            mask != (self.ignore_value if self.ignore_value is not None else -1)
+        )
         if unknown.any():
             bad = sorted(int(v) for v in np.unique(mask[unknown]))[:8]
             raise SegwiseError(

@@ -12,8 +12,9 @@ Masks are mapped to class indices 0..K-1 with `IGNORE_INDEX` (255) for pixels th
   per line, line i = value i) or `class_dict.csv` (header `name,r,g,b`, row i = value i, colours kept
   as the palette); a class named void/unlabelled/unlabeled (any case) is the ignore value, not a class;
 - colour-coded RGB masks are mapped through class_dict.csv's colours (colour of row i = value i);
-- multilabel: masks/<class>/ folders (one binary mask per class) or multi-channel TIFF masks (channel
-  i = class i) give masks N×C×H×W of 0/1, one channel per class; such masks have no ignore value.
+- multilabel (per-label): masks/<class>/ folders (one binary mask per class) or multi-channel TIFF
+  masks (channel i = class i) give masks N×C×H×W of 0/1, one channel per class; such masks have no
+  ignore value. Decoding is where the modes truly differ: the rest of segwise asks `classes.task`.
 """
 
 from __future__ import annotations
@@ -59,7 +60,9 @@ def discover_classes(
         raise SegwiseError(
             f"{source}: masks hold {kept[-1] + 1} class values; at most 255 classes are supported"
         )
-    return Classes([f"class_{v}" for v in range(kept[-1] + 1)], list(range(kept[-1] + 1)), ignore_value=ignore)
+    return Classes(
+        [f"class_{v}" for v in range(kept[-1] + 1)], list(range(kept[-1] + 1)), ignore_value=ignore
+    )
 
 
 def _named_classes(values: set[int], names: ClassNames) -> Classes:
@@ -212,7 +215,7 @@ def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize of H×W indices, or of C×H×W multilabel channels one by one."""
+    """Nearest-neighbour resize of H×W indices, or of a C×H×W label stack plane by plane."""
     if mask.shape[-2:] == tuple(size):
         return mask
     if mask.ndim == 3:
@@ -238,7 +241,7 @@ def choose_size(shapes: list[tuple[int, int]], max_side: int = MAX_TRAIN_SIDE) -
 
 @dataclass
 class SegmentationData:
-    """A decoded dataset: uint8 images N×H×W×C and class-index masks N×H×W (multilabel: N×C×H×W of 0/1)
+    """A decoded dataset: uint8 images N×H×W×C and class-index masks N×H×W (per-label: N×C×H×W of 0/1)
     per split."""
 
     root: Path
@@ -284,11 +287,14 @@ def load_data(
     categories: list[str] | None = None,
     mask_threshold: int | None = None,
     use_cache: bool = True,
+    max_side: int = MAX_TRAIN_SIDE,
 ) -> SegmentationData:
     """Find, decode, check and cache a dataset. Pass `classes` to map masks to an existing run's classes.
 
-    `layout` names the layout instead of detecting it (formats.LAYOUTS); `categories` picks COCO
-    categories; `mask_threshold` makes every mask binary (stored value ≥ threshold is foreground).
+    Without a `size`, the training images' typical size is chosen as they are decoded (`choose_size`,
+    long side ≤ `max_side`). `layout` names the layout instead of detecting it (formats.LAYOUTS);
+    `categories` picks COCO categories; `mask_threshold` makes every mask binary (stored value ≥
+    threshold is foreground).
     Decoded arrays are kept in a cache folder (see `segwise.data.cache`) so later runs decode nothing;
     `use_cache=False` decodes into memory and writes nothing.
 
@@ -306,6 +312,7 @@ def load_data(
 
     options = {
         "size": size,
+        "max_side": None if size else max_side,
         "classes": cache.jsonable(classes),
         "splits": [len(train_pairs), len(val_pairs)],
         "layout": source.layout,
@@ -316,7 +323,7 @@ def load_data(
         root,
         source.files(),  # every file the arrays depend on: class folders, COCO files, class names
         options,
-        lambda: _decode(root, source, train_pairs, val_pairs, size, classes, mask_threshold),
+        lambda: _decode(root, source, train_pairs, val_pairs, size, max_side, classes, mask_threshold),
         enabled=use_cache,
     )
     classes = Classes(**decoded.info["classes"])
@@ -345,10 +352,12 @@ def _decode(
     train_pairs: list[Pair],
     val_pairs: list[Pair],
     size: tuple[int, int] | None,
+    max_side: int,
     classes: Classes | None,
     mask_threshold: int | None,
 ) -> cache.Decoded:
-    """Decode, check and resize every pair; the result is what the cache stores."""
+    """Decode, check and resize every pair to `size` (None: the training images' typical size, long
+    side ≤ `max_side`); the result is what the cache stores."""
     raw = {
         "train": [read_pair(*p, source) for p in train_pairs],
         "val": [read_pair(*p, source) for p in val_pairs],
@@ -367,7 +376,7 @@ def _decode(
     channel_counts = [image.shape[-1] for image, _ in raw["train"]]
     in_channels = max(set(channel_counts), key=channel_counts.count)
     in_channels = 3 if in_channels == 4 and any(c != 4 for c in channel_counts) else in_channels
-    size = tuple(size) if size else choose_size([image.shape[:2] for image, _ in raw["train"]])
+    size = tuple(size) if size else choose_size([image.shape[:2] for image, _ in raw["train"]], max_side)
 
     def stack(split: str, pairs: list[Pair]) -> tuple[np.ndarray, np.ndarray]:
         images, masks = [], []

@@ -27,7 +27,7 @@ def augmented_grid(
     size: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """uint8 RGB grid of `count` cells, each an augmented training image beside its mask in the class
-    palette (multilabel: each pixel in the mean colour of its labels; void grey). Samples are drawn in
+    palette (per-label masks: each pixel in the mean colour of its labels; void grey). Samples are drawn in
     a seeded order and repeat when the data has fewer."""
     data_set = load_data(data, size, seed=seed)
     generator = torch.Generator().manual_seed(seed)

@@ -1,4 +1,5 @@
-"""Training: the loop, schedules, checkpoints, torchrun data parallelism, the LR finder, devices."""
+"""Training: the plan, the loop and its step, schedules, checkpoints, torchrun data parallelism, the LR
+finder, devices, and the figures a run writes."""
 
 from .lr_find import find_lr
 from .trainer import TrainResult, train

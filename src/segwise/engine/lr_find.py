@@ -6,7 +6,7 @@ exceeds `diverge` × its minimum. The suggestion is the **steepest descent**: th
 loss falls fastest per decade of LR, looked for only before the loss minimum (past it the loss is
 blowing up). The valley's bottom itself is too high a rate to train at: the loss is about to diverge
 there. Model weights, optimizer state and random-number states are restored afterwards, so the test
-leaves no trace on the training that follows.
+leaves no trace on the training that follows. Each step is the training step itself (step.py).
 """
 
 from __future__ import annotations
@@ -19,10 +19,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..config import Config
 from ..errors import SegwiseError
-from ..io import atomic_path
 from . import distributed
-from .schedules import build_optimizer
+from .batches import Batches
+from .devices import autocast_dtype, keep_freed_memory, pick_device
+from .figures import plot_lr_find
+from .plan import Sections, entry_overrides
+from .schedules import build_optimizer, encoder_decoder_groups
+from .start import Environment, NewRun
+from .step import Step
 
 
 @dataclass
@@ -47,7 +53,7 @@ def suggest(lrs: list[float], smoothed: list[float], skip: int = 3) -> float:
 
 def lr_range_test(
     model: torch.nn.Module,
-    batches,
+    batches: Batches,
     loss_fn,
     groups: list[dict],
     settings,
@@ -61,17 +67,16 @@ def lr_range_test(
     diverge: float = 4.0,
 ) -> LRFinding:
     """Run the range test on `model` with the optimizer `settings` name; the model comes back untouched."""
-    from .trainer import model_loss
-
     saved_model = copy.deepcopy(model.state_dict())
     saved_rng = torch.get_rng_state()
-    # The batch order has its own generator so the training's shuffling is not advanced.
-    generator = torch.Generator().manual_seed(settings.seed + 1)
     optimizer = build_optimizer(
         groups, settings.optimizer, start_lr, settings.weight_decay, settings.momentum
     )
     scaler = torch.amp.GradScaler(batches.device.type, enabled=dtype == torch.float16)
+    step = Step(model, loss_fn, optimizer, scaler, dtype, settings.channels_last, process)
     net = distributed.wrap(model, process, batches.device)
+    # The batch order has its own generator so the training's shuffling is not advanced.
+    batch_stream = _endless(batches, torch.Generator().manual_seed(settings.seed + 1))
     factor = (end_lr / start_lr) ** (1 / max(1, steps - 1))
     lrs: list[float] = []
     losses: list[float] = []
@@ -80,31 +85,20 @@ def lr_range_test(
     try:
         net.train()
         while len(lrs) < steps:
-            for images, masks in batches.epoch(generator, drop_last=True):
-                lr = start_lr * factor ** len(lrs)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr * group.get("lr_scale", 1.0)
-                x = batches.normalize(images)
-                loss = model_loss(net, x, masks, loss_fn, dtype, settings.channels_last)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                total, count = distributed.all_sum(
-                    loss.item() * len(masks), len(masks), device=batches.device
-                )
-                value = total / count
-                if not np.isfinite(value):
-                    break
-                average = smoothing * average + (1 - smoothing) * value
-                lrs.append(lr)
-                losses.append(value)
-                smoothed.append(average / (1 - smoothing ** len(lrs)))
-                if smoothed[-1] > diverge * min(smoothed) or len(lrs) == steps:
-                    break
-            else:
-                continue
-            break
+            images, masks = next(batch_stream)
+            lr = start_lr * factor ** len(lrs)
+            for group in optimizer.param_groups:
+                group["lr"] = lr * group.get("lr_scale", 1.0)
+            total, count = step(net, batches.normalize(images), masks)
+            value = total / count
+            if not np.isfinite(value):
+                break
+            average = smoothing * average + (1 - smoothing) * value
+            lrs.append(lr)
+            losses.append(value)
+            smoothed.append(average / (1 - smoothing ** len(lrs)))
+            if smoothed[-1] > diverge * min(smoothed):
+                break
     finally:
         model.load_state_dict(saved_model)
         torch.set_rng_state(saved_rng)
@@ -113,73 +107,44 @@ def lr_range_test(
     return LRFinding(lrs, losses, smoothed, distributed.broadcast(finding.suggestion, process))
 
 
-def plot_lr_find(finding: LRFinding, path: Path) -> None:
-    """Raw and smoothed loss against the LR (log scale), the suggestion marked."""
-    from ..report.plots import plt  # matplotlib set up for files only
-
-    figure, axis = plt.subplots(figsize=(6, 4))
-    axis.plot(finding.lrs, finding.losses, color="tab:blue", alpha=0.3, label="loss")
-    axis.plot(finding.lrs, finding.smoothed, color="tab:blue", label="smoothed loss")
-    axis.axvline(
-        finding.suggestion, color="tab:red", linestyle="--", label=f"suggested {finding.suggestion:.2e}"
-    )
-    axis.set(xscale="log", xlabel="learning rate", ylabel="training loss", title="LR range test")
-    top = max(finding.smoothed[0], np.percentile(finding.smoothed, 90)) * 1.1
-    axis.set_ylim(min(finding.losses) * 0.9, top)
-    axis.grid(alpha=0.3, which="both")
-    axis.legend()
-    figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, dpi=100, format="png")
-    plt.close(figure)
+def _endless(batches: Batches, generator: torch.Generator):
+    """Training batches epoch after epoch, reshuffled by `generator` each time."""
+    while True:
+        yield from batches.epoch(generator, drop_last=True)
 
 
 def find_lr(
     data: str | Path,
-    config: Any = None,
+    config: Config | str | Path | None = None,
     *,
+    overrides: Sections | None = None,
     output: str | Path = "lr_find.png",
     steps: int = 100,
     start_lr: float = 1e-7,
     end_lr: float = 10.0,
-    **overrides: Any,
+    **fields: Any,
 ) -> LRFinding:
     """`segwise lr-find DATA`: the range test on a fresh model built as `segwise train` would build it.
+
+    `overrides` are per section (`{"model": {"encoder": "resnet18"}}`), `fields` by name (`encoder=...`).
 
     >>> finding = find_lr("data/cells", encoder="resnet18", output="lr.png")  # doctest: +SKIP
     >>> finding.suggestion                                                     # doctest: +SKIP
     """
-    overrides |= {k: v for part in (overrides.pop("overrides", None) or {}).values() for k, v in part.items()}  # TEMP cli-merge
-    from ..config import Config, load_config
-    from ..data.plan import make_plan
-    from .devices import autocast_dtype, keep_freed_memory, pick_device
-    from .schedules import default_encoder_lr_scale, encoder_decoder_groups
-    from .trainer import Batches, planned_loss, planned_model
-
-    planned = config is None  # no plan given: self-configure exactly as `segwise train` does
-    if not isinstance(config, Config):
-        config = load_config(config)
-    device = pick_device(config.override(**overrides).train.device)
+    run = NewRun(data, config, entry_overrides(overrides, fields))
+    device = pick_device(run.settings.device)
     keep_freed_memory(device)
-    plan = make_plan(data, None if planned else config, str(device), **overrides)
-    config, settings, data_set = plan.config, plan.config.train, plan.data
-    torch.manual_seed(settings.seed)
-    dtype = autocast_dtype(device, settings.precision)
-    loss_fn = planned_loss(settings, data_set.classes, config.data.class_weights)
-    pretrained = config.model.encoder_weights is not None
-    model = planned_model(config, data_set).to(device)
-    if settings.channels_last:
-        model.to(memory_format=torch.channels_last)
-    mean, std = config.data.mean, config.data.std  # chosen by the plan, as in training
-    batches = Batches(data_set.train_images, data_set.train_masks, settings.batch_size, mean, std, device)
-    scale = settings.encoder_lr_scale or default_encoder_lr_scale(pretrained)
+    env = Environment(
+        distributed.SINGLE, device, autocast_dtype(device, run.settings.precision), progress=False
+    )
+    start = run.start(env)
     finding = lr_range_test(
-        model,
-        batches,
-        loss_fn,
-        encoder_decoder_groups(model, scale),
-        settings,
-        dtype,
+        start.model,
+        start.batches("train", device),
+        start.loss(),
+        encoder_decoder_groups(start.model, start.settings.encoder_lr_scale),
+        start.settings,
+        env.dtype,
         start_lr=start_lr,
         end_lr=end_lr,
         steps=steps,

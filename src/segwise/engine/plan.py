@@ -1,5 +1,411 @@
-"""TEMP cli-merge: the plan moves here from data/plan.py (helper engine); the lead keeps that version."""
+"""Self-configuration: `segwise plan DATA -o plan.yaml`, and what `segwise train DATA` does without a plan.
 
-from ..data.plan import make_plan, write_plan
+A plan is an ordinary config (sections model, train, data) with every data-dependent value filled in,
+written as YAML for a person to read and edit. How each value is chosen:
 
-__all__ = ["make_plan", "write_plan"]
+- classes, their names, the mode (one of task.MODES) and the void value: from the masks and class-name
+  files (data/dataset.py); recorded so that training refuses data that no longer matches;
+- resolution: the median aspect ratio and median area of the training images, long side capped (512 on
+  a CPU, 1024 on a GPU), both sides multiples of 32 (a uniform dataset under the cap keeps its own
+  size); chosen by `load_data` from the images it decodes, so the data is read once;
+- normalization: the encoder's ImageNet mean/std when it starts from pretrained weights and the images
+  are RGB, the training images' own mean/std otherwise;
+- class weights (`weighting`): from the training masks' pixel frequencies f_c:
+  inverse 1/f_c and one_minus 1 − f_c (both scaled to mean 1), or median_frequency median(f)/f_c with
+  f_c the class's pixels over the pixels of the images it appears in (Eigen & Fergus 2015, SegNet);
+  classes with no training pixels get weight 0. Per-label data: f_c is the share of (non-ignored)
+  elements with label c, and the weights balance the labels against each other by scaling each
+  label's term of the loss (the Lovász hinge pools all labels, so it stays unweighted).
+  Default none: weights can hurt as often as help;
+- batch size: a real probe of the training step (forward + backward at the planned size) on the training
+  device. On a GPU the batch doubles until the peak memory passes 80 % of the card or it runs out; on a
+  CPU the activation memory saved for backward is measured at batch 1 and 2 and the batch is the largest
+  power of two whose step stays within a RAM budget (a quarter of the machine's memory, at most 8 GiB).
+  Either way at most 32 and at most an eighth of the training images (but 2 or more), so an epoch has
+  several steps;
+- epochs: about 20 000 image presentations on a GPU, 5 000 on a CPU, between 10 and 300 epochs.
+
+Values given explicitly (command-line options, keyword overrides) are kept, and their probes skipped.
+
+    >>> plan = make_plan("data/camvid", encoder="resnet18")  # doctest: +SKIP
+    >>> write_plan(plan, "plan.yaml")                          # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from ..config import Config, DataConfig, TrainConfig, load_config
+from ..data import SegmentationData, load_data
+from ..errors import SegwiseError
+from ..io import atomic_path
+from ..losses import LOSSES, build_loss, takes_class_weights
+from ..models import SegmentationModel, create_model
+from ..task import Classes, Task
+from .devices import autocast_dtype, pick_device
+from .step import autocast
+
+MAX_SIDE = {"cpu": 512, "cuda": 1024}
+PRESENTATIONS = {"cpu": 5_000, "cuda": 20_000}
+MIN_EPOCHS, MAX_EPOCHS = 10, 300
+MAX_BATCH = 32
+GPU_MEMORY_SHARE = 0.8
+CPU_BUDGET_BYTES = 8 * 2**30
+DECIDED_BY_A_CONFIG = frozenset({"size", "batch_size", "epochs"})  # a given config file already chose these
+
+Sections = dict[str, dict[str, Any]]  # structured overrides: {"train": {"epochs": 5}, "model": {...}}
+
+
+@dataclass
+class Plan:
+    """A filled-in config and the decoded data it was made from (so training need not decode twice)."""
+
+    config: Config
+    data: SegmentationData
+    notes: list[str]  # one line per decision, written as comments at the top of plan.yaml
+    max_side: int | None = None  # the long-side cap the size was chosen under; None: the size was given
+
+
+def entry_overrides(overrides: Sections | None, fields: dict[str, Any]) -> Sections:
+    """What an entry point (train, plan, lr-find) was asked to change, resolved once: the structured
+    `overrides` merged with the flat keyword `fields` (`epochs=5`) sorted into their sections. None
+    values mean "not given"; a field given both ways takes the keyword's value."""
+    merged: Sections = {}
+    for part in (overrides or {}, Config.sections_of(**fields)):
+        for section, values in part.items():
+            merged.setdefault(section, {}).update(values)
+    return merged
+
+
+def given_names(overrides: Sections) -> set[str]:
+    """The fields `overrides` set (None values are not given)."""
+    return {name for values in overrides.values() for name, value in values.items() if value is not None}
+
+
+def resolve_config(config: Config | str | Path | None, overrides: Sections) -> tuple[Config, set[str]]:
+    """The config of a new run (a Config, a plan YAML or the defaults) updated with `overrides`, and the
+    names of the values decided already, which the plan keeps: those given, and with a config the
+    size, batch size and epochs it holds."""
+    given = given_names(overrides)
+    if config is not None:
+        given |= DECIDED_BY_A_CONFIG
+    if not isinstance(config, Config):
+        config = load_config(config)
+    return config.updated(overrides), given
+
+
+def make_plan(
+    data: str | Path,
+    config: Config | str | Path | None = None,
+    *,
+    overrides: Sections | None = None,
+    probe_device: str | None = None,
+    **fields: Any,
+) -> Plan:
+    """Plan training on `data`: fill every value not given in `config`, `overrides` or `fields`
+    (see the module docstring).
+
+    `overrides` are per section (`{"train": {"epochs": 5}}`), `fields` by name (`epochs=5`).
+    `probe_device` is where the batch-size probe runs (default: the config's training device).
+    """
+    config, given = resolve_config(config, entry_overrides(overrides, fields))
+    return plan_run(data, config, given, probe_device)
+
+
+def plan_run(data: str | Path, config: Config, given: set[str], probe_device: str | None = None) -> Plan:
+    """`make_plan` on a resolved config; `given` names the values to keep (see `resolve_config`)."""
+    settings, options = config.train, config.data
+    device = torch.device(probe_device or str(pick_device(settings.device)))
+    max_side = MAX_SIDE.get(device.type, 1024)
+    data_set = load_planned_data(data, settings.size, settings.val_fraction, settings.seed, options, max_side)
+    notes = []
+    if settings.size is None:
+        height, width = data_set.size
+        notes.append(f"size {height}×{width}: median aspect ratio and area, long side ≤ {max(height, width)}")
+    _check_recorded(options, data_set)
+    notes.append(_classes_note(data_set.classes))
+    notes.append(
+        "training pixel share per class: " + ", ".join(f"{f:.4f}" for f in class_frequencies(data_set))
+    )
+    weights = _planned_weights(config, data_set, notes)
+    mean, std = options.mean, options.std
+    if mean is None:
+        mean, std, source = normalization(config, data_set)
+        notes.append(f"normalization: {source}")
+    batch_size, epochs = _planned_length(config, data_set, device, given, notes)
+    train = {"size": list(data_set.size), "batch_size": batch_size, "epochs": epochs}
+    data_values = {
+        "class_weights": weights,
+        "mean": [round(float(v), 6) for v in mean],
+        "std": [round(float(v), 6) for v in std],
+        "classes": list(data_set.classes.names),
+        "mode": data_set.classes.mode,
+        "layout": data_set.source.layout if data_set.source else options.layout,
+    }
+    chosen_under = None if settings.size else max_side
+    return Plan(config.updated({"train": train, "data": data_values}), data_set, notes, chosen_under)
+
+
+def _classes_note(classes: Classes) -> str:
+    void = (
+        f"; stored value {classes.ignore_value} is void (ignored)" if classes.ignore_value is not None else ""
+    )
+    return f"{classes.num_classes} classes ({classes.mode}): {', '.join(classes.names)}{void}"
+
+
+def _planned_weights(config: Config, data_set: SegmentationData, notes: list[str]) -> list[float] | None:
+    """The class weights: given, computed from the `weighting`, or none; notes the loss terms that take none."""
+    options, task = config.data, data_set.classes.task
+    weights = options.class_weights
+    if weights is None and options.weighting != "none":
+        weights = class_weights(data_set, options.weighting)
+        notes.append(f"class weights ({options.weighting}): {', '.join(f'{w:.3f}' for w in weights)}")
+    if weights is not None:
+        terms = _loss_terms(config.train.loss)
+        unweighted = [n for n in terms if n in LOSSES and not takes_class_weights(n, task.loss_mode)]
+        if unweighted:
+            notes.append(f"the {', '.join(unweighted)} term is unweighted: it takes no per-label weights")
+    return weights
+
+
+def _planned_length(
+    config: Config, data_set: SegmentationData, device: torch.device, given: set[str], notes: list[str]
+) -> tuple[int, int]:
+    """Batch size (probed) and epochs (from the dataset size) unless given."""
+    batch_size, epochs = config.train.batch_size, config.train.epochs
+    if "batch_size" not in given:
+        batch_size, how = probe_batch_size(config, data_set, device)
+        notes.append(f"batch size {batch_size}: {how}")
+    if "epochs" not in given:
+        epochs = planned_epochs(len(data_set.train_images), device.type)
+        notes.append(f"epochs {epochs}: about {PRESENTATIONS.get(device.type, 20_000)} image presentations")
+    return batch_size, epochs
+
+
+def load_planned_data(
+    data: str | Path,
+    size: list[int] | None,
+    val_fraction: float,
+    seed: int,
+    options: DataConfig,
+    max_side: int = MAX_SIDE["cpu"],
+) -> SegmentationData:
+    """Load `data` the way a plan reads it (layout, COCO categories, mask threshold; without a size, the
+    training images' typical size with its long side ≤ `max_side`): planning and `train --resume` both
+    read through here, so a resumed run sees the data its plan saw."""
+    return load_data(
+        data,
+        tuple(size) if size else None,
+        val_fraction,
+        seed,
+        layout=options.layout,
+        categories=options.categories,
+        mask_threshold=options.mask_threshold,
+        max_side=max_side,
+    )
+
+
+def planned_model(config: Config, data_set: SegmentationData, pretrained: bool = True) -> SegmentationModel:
+    """The fresh model of a planned run: architecture, encoder, weights (unless not `pretrained`) and
+    options from the config, classes and input channels from the loaded data."""
+    return create_model(
+        config.model.arch,
+        encoder=config.model.encoder,
+        num_classes=data_set.classes.num_classes,
+        in_channels=data_set.in_channels,
+        encoder_weights=config.model.encoder_weights if pretrained else None,
+        **config.model.options,
+    )
+
+
+def planned_loss(settings: TrainConfig, task: Task, class_weights: list[float] | None) -> torch.nn.Module:
+    """The loss of a planned run: `settings.loss` in the task's loss mode (one sigmoid per label, or a
+    softmax over the classes, binary data too: background and foreground are two classes), class
+    weights on every term that takes them (see loss_options)."""
+    return build_loss(settings.loss, mode=task.loss_mode, **loss_options(settings.loss, class_weights, task))
+
+
+def write_plan(plan: Plan, path: str | Path) -> Path:
+    """plan.yaml: the decisions as comments, then the config `segwise train -c` reads."""
+    path = Path(path)
+    header = "# segwise plan — edit freely; `segwise train DATA -c plan.yaml` uses it as is.\n"
+    header += "".join(f"# {note}\n" for note in plan.notes)
+    with atomic_path(path) as tmp:
+        tmp.write_text(header + yaml.safe_dump(asdict(plan.config), sort_keys=False))
+    return path
+
+
+def _check_recorded(options: DataConfig, data_set: SegmentationData) -> None:
+    """A plan records the classes and mode it saw; data that has changed since must be re-planned."""
+    classes = data_set.classes
+    if options.classes is not None and len(options.classes) != classes.num_classes:
+        raise SegwiseError(
+            f"data.classes: the plan names {len(options.classes)} classes but {data_set.root} has "
+            f"{classes.num_classes} ({classes.names}); run `segwise plan` again or fix the list"
+        )
+    if options.classes is not None:
+        classes.names = list(options.classes)  # renaming classes in the plan is allowed
+    if options.mode is not None and options.mode != classes.mode:
+        raise SegwiseError(
+            f"data.mode: the plan says {options.mode} but {data_set.root} is {classes.mode}; "
+            "run `segwise plan` again or fix the mode"
+        )
+    for key in ("mean", "std"):
+        value = getattr(options, key)
+        if value is not None and len(value) != data_set.in_channels:
+            raise SegwiseError(
+                f"data.{key}: {len(value)} values for images with {data_set.in_channels} channel(s); "
+                "give one per channel or remove the key to compute it"
+            )
+    if options.class_weights is not None and len(options.class_weights) != classes.num_classes:
+        raise SegwiseError(
+            f"data.class_weights: {len(options.class_weights)} weights for {classes.num_classes} classes; "
+            "give one weight per class"
+        )
+
+
+def class_frequencies(data_set: SegmentationData) -> list[float]:
+    """Share of the (non-void) training pixels in each class; per label: share of the elements with it."""
+    per_image, image_pixels = data_set.classes.task.pixel_counts(data_set.train_masks)
+    return (per_image.sum(0) / np.maximum(1, image_pixels.sum(0))).tolist()
+
+
+def class_weights(data_set: SegmentationData, weighting: str) -> list[float]:
+    """Per-class loss weights from the training masks (see the module docstring); absent classes get 0."""
+    per_image, image_pixels = data_set.classes.task.pixel_counts(data_set.train_masks)
+    totals = per_image.sum(0).astype(np.float64)
+    present = totals > 0
+    if weighting == "median_frequency":
+        # f_c = pixels of c / pixels of the images where c appears
+        frequency = totals / np.maximum(1, (image_pixels * (per_image > 0)).sum(0))
+        weights = np.where(present, np.median(frequency[present]) / np.maximum(frequency, 1e-12), 0.0)
+        return [round(float(w), 6) for w in weights]
+    frequency = totals / np.maximum(1, image_pixels.sum(0))
+    raw = 1.0 / np.maximum(frequency, 1e-12) if weighting == "inverse" else 1.0 - frequency
+    raw = np.where(present, raw, 0.0)
+    return [round(float(w), 6) for w in raw / raw[present].mean()]
+
+
+def normalization(config: Config, data_set: SegmentationData) -> tuple[list[float], list[float], str]:
+    """ImageNet statistics for a pretrained encoder on RGB input, the data's own otherwise."""
+    if config.model.encoder_weights is not None and data_set.in_channels == 3:
+        import timm
+
+        pretrained = timm.models.get_pretrained_cfg(config.model.encoder.split(".")[0])
+        if pretrained is not None and getattr(pretrained, "mean", None):
+            return list(pretrained.mean), list(pretrained.std), "the pretrained encoder's mean/std"
+    mean, std = data_set.mean_std()
+    return mean, std, "mean/std of the training images"
+
+
+def planned_epochs(train_images: int, device_type: str) -> int:
+    presentations = PRESENTATIONS.get(device_type, 20_000)
+    return int(np.clip(round(presentations / max(1, train_images)), MIN_EPOCHS, MAX_EPOCHS))
+
+
+def probe_batch_size(config: Config, data_set: SegmentationData, device: torch.device) -> tuple[int, str]:
+    """The largest power-of-two batch whose training step fits in memory (see the module docstring)."""
+    cap = max(2, min(MAX_BATCH, len(data_set.train_images) // 8))
+    model = planned_model(config, data_set, pretrained=False).to(device)  # shapes matter, not weights
+    model.train()
+    dtype = autocast_dtype(device, config.train.precision)  # probe in the precision training will use
+    shape = (data_set.in_channels, *data_set.size)
+    if device.type != "cuda":
+        return _cpu_batch(model, shape, dtype, device, cap)
+    best = _gpu_batch(model, shape, dtype, device, cap)
+    del model  # give the probe's memory back before training allocates its own
+    torch.cuda.empty_cache()
+    if best == 0:
+        raise SegwiseError(
+            f"a batch of 1 at {shape[1]}×{shape[2]} does not fit in GPU memory; lower --size or pick a smaller model"
+        )
+    return (
+        best,
+        f"largest power of two whose step peaks under {GPU_MEMORY_SHARE:.0%} of GPU memory (cap {cap})",
+    )
+
+
+def _probe_step(model: torch.nn.Module, batch: int, shape, dtype, device: torch.device) -> int:
+    """One forward + backward on random images; returns the bytes of activations saved for the backward pass."""
+    saved = 0
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        nonlocal saved
+        saved += tensor.numel() * tensor.element_size()
+        return tensor
+
+    x = torch.randn(batch, *shape, device=device)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast(device, dtype):
+        out = model(x)
+    out.float().mean().backward()
+    model.zero_grad(set_to_none=True)
+    return saved
+
+
+def _gpu_batch(model: torch.nn.Module, shape, dtype, device: torch.device, cap: int) -> int:
+    """Double the batch until the step's peak memory passes the budget, runs out, or would pass `cap`;
+    the last batch that fitted (0 if none)."""
+    budget = GPU_MEMORY_SHARE * torch.cuda.get_device_properties(device).total_memory
+    best, batch = 0, 1
+    while batch <= cap:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        try:
+            _probe_step(model, batch, shape, dtype, device)
+        except torch.cuda.OutOfMemoryError:
+            break
+        if torch.cuda.max_memory_allocated(device) > budget:
+            break
+        best, batch = batch, batch * 2
+    return best
+
+
+def _cpu_batch(model: torch.nn.Module, shape, dtype, device: torch.device, cap: int) -> tuple[int, str]:
+    """Measure the activations at batch 1 and 2; the largest power of two within the RAM budget."""
+    parameters = sum(p.numel() * p.element_size() for p in model.parameters())
+    one, two = (_probe_step(model, batch, shape, dtype, device) for batch in (1, 2))
+    per_sample, fixed = max(1, two - one), max(0, 2 * one - two)
+    budget = min(CPU_BUDGET_BYTES, _ram_bytes() // 4)
+    # weights, gradients and two AdamW moments: 4× the parameters; input and output images: small
+    fits = max(1, int((budget - 4 * parameters - fixed) // (per_sample * 1.2)))  # 20 % for workspace
+    batch = 2 ** int(math.log2(min(fits, cap)))
+    return batch, (
+        f"activations {per_sample / 2**20:.0f} MiB per image measured on the CPU; largest power of two "
+        f"within {budget / 2**30:.1f} GiB RAM (cap {cap})"
+    )
+
+
+def _ram_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 8 * 2**30
+
+
+def loss_options(
+    spec: str | dict, weights: list[float] | None, task: Task | None = None
+) -> dict[str, dict[str, Any]]:
+    """build_loss keyword options that give `weights` to every term of the loss that takes class weights
+    in the task's loss mode (per label: not the Lovász hinge, which pools all labels; the plan notes it).
+    Without a task: a softmax over the classes."""
+    if weights is None:
+        return {}
+    mode = task.loss_mode if task is not None else "multiclass"
+    return {
+        n: {"class_weights": weights}
+        for n in _loss_terms(spec)
+        if n in LOSSES and takes_class_weights(n, mode)
+    }
+
+
+def _loss_terms(spec: str | dict) -> list[str]:
+    """The term names of a loss spec: "ce+dice" or {"ce": 1.0, "dice": 0.5}."""
+    return [n.strip() for n in spec.split("+")] if isinstance(spec, str) else list(spec)

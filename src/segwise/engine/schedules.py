@@ -12,8 +12,7 @@ import math
 import torch
 from torch import nn
 
-OPTIMIZERS = ("adamw", "sgd", "adam")
-SCHEDULES = ("one_cycle", "cosine", "poly")
+from ..config import OPTIMIZERS, SCHEDULES
 
 
 def default_encoder_lr_scale(pretrained: bool) -> float:

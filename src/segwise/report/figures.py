@@ -139,16 +139,6 @@ def plot_worst(samples, palette: list[list[int]], ignore_index: int, path: Path)
     _save(figure, path)
 
 
-def plot_lr(history: list[dict], path: Path) -> None:
-    """Learning rate per epoch (from metrics.csv)."""
-    figure, axis = plt.subplots(figsize=(6, 3.5))
-    axis.plot([row["epoch"] for row in history], [row["lr"] for row in history], marker="o")
-    axis.set(xlabel="epoch", ylabel="learning rate", title="Learning-rate schedule (end of epoch)")
-    axis.grid(alpha=0.3)
-    figure.tight_layout()
-    _save(figure, path)
-
-
 def plot_comparison(table: dict[str, dict[str, float | None]], path: Path) -> None:
     """Grouped bars: per-class IoU of each run; `table` is {run: {class: IoU}}."""
     runs = list(table)

@@ -29,10 +29,9 @@ from ..constants import (
     SAMPLES,
     WORST_PNG,
 )
+from ..engine.figures import plot_curves, plot_lr
 from ..errors import SegwiseError
 from ..io import atomic_path
-from .figures import plot_lr
-from .plots import plot_curves
 
 MAX_SAMPLES = 8
 
