@@ -11,6 +11,7 @@ without importing torch.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import Any
 
 __version__ = "0.1.0"
@@ -29,9 +30,12 @@ __all__ = ["Predictor", "SegwiseError", "__version__", "create_model", "list_mod
 
 
 def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+    elif importlib.util.find_spec(f"segwise.{name}") is not None:  # a subpackage, e.g. segwise.models
+        value = importlib.import_module(f"segwise.{name}")
+    else:
         raise AttributeError(f"module 'segwise' has no attribute '{name}'")
-    value = getattr(importlib.import_module(_LAZY[name]), name)
     globals()[name] = value  # later lookups skip __getattr__
     return value
 

@@ -12,7 +12,6 @@ from .data.synthetic import write_synthetic_dataset
 from .engine import train
 from .evaluate import evaluate_split
 from .inference import load
-from .inference.writers import predict_to_folder
 
 # Sized for a small CPU that must still clear 0.85 mIoU: 96×96 images, a light encoder and decoder,
 # small batches (more steps) and a one-cycle peak of 3e-3.
@@ -46,5 +45,7 @@ def run_demo(out: str | Path = "demo", progress: bool = True, **fields) -> DemoR
     predictor = load(result.run_dir)
     splits = find_pairs(data_dir)
     matrix = evaluate_split(predictor, splits["val"], progress=progress and sys.stderr.isatty()).matrix
-    predictions = predict_to_folder(predictor, [image for image, _ in splits["test"]], out / "predictions")
+    predictions = predictor.predict_to_folder(
+        [image for image, _ in splits["test"]], out / "predictions"
+    ).files
     return DemoResult(data_dir, result.run_dir, predictions, matrix.mean_iou(), time.perf_counter() - started)

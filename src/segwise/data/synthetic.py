@@ -3,8 +3,8 @@
 Each shape class has its own family of saturated hues; backgrounds are dull (grey with a tint) but
 textured, blotchy and unevenly lit, and the whole image is blurred and noisy. A model must find shapes
 of varied size and rotation, separate overlapping ones (later shapes occlude earlier ones) and follow
-their outlines through blur and noise. The set is meant to be learnable from scratch in a few CPU
-minutes (`segwise demo`), so colour is a strong cue: it is a demonstration, not a benchmark.
+their outlines through blur and noise. The set is meant to be learnable from scratch on a CPU
+(`segwise demo`), so colour is a strong cue: it is a demonstration, not a benchmark.
 Everything is drawn with numpy from one seed, so the same seed writes byte-identical files.
 
     >>> from segwise.data.synthetic import write_synthetic_dataset

@@ -57,8 +57,7 @@ def keep_freed_memory(device: torch.device | str = "cpu") -> bool:
 
     By default glibc serves every allocation above 32 MB (a 16×3×360×480 float batch is 33 MB) with a
     fresh mmap and unmaps it when freed, so each new batch tensor on a CPU costs thousands of page
-    faults and the kernel zeroing its pages: 100 → 62 ms a batch of the CamVid augmentation path here
-    (BENCHMARKS.md, issue 4). This is the effect of the jemalloc/tcmalloc preload that PyTorch's CPU
+    faults and the kernel zeroing its pages (measured: BENCHMARKS.md, History). This is the effect of the jemalloc/tcmalloc preload that PyTorch's CPU
     tuning guide recommends, set from inside the process; the process keeps its peak memory instead of
     returning it. True when set; a no-op (False) for a GPU device or without glibc (macOS, Windows, musl).
     """
