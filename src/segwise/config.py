@@ -37,6 +37,10 @@ Monitor = Literal["val_miou", "val_loss", "val_pixel_accuracy", "train_loss"]
 MonitorMode = Literal["auto", "max", "min"]
 Layout = Literal["auto", "coco", "voc", "segnet", "fastai", "folders"]
 Weighting = Literal["none", "inverse", "one_minus", "median_frequency"]
+# Prediction and export choices (segwise predict / export; inference/ checks them against these)
+Merge = Literal["mean", "gmean", "max", "vote"]
+Backend = Literal["torch", "onnxruntime"]
+ExportFormat = Literal["onnx", "torchscript"]
 
 AUGMENT_PRESETS: tuple[str, ...] = typing.get_args(AugmentPreset)
 PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
@@ -45,6 +49,9 @@ SCHEDULES: tuple[str, ...] = typing.get_args(Schedule)
 MONITORS: tuple[str, ...] = typing.get_args(Monitor)
 LAYOUTS: tuple[str, ...] = typing.get_args(Layout)
 WEIGHTINGS: tuple[str, ...] = typing.get_args(Weighting)
+MERGES: tuple[str, ...] = typing.get_args(Merge)
+BACKENDS: tuple[str, ...] = typing.get_args(Backend)
+EXPORT_FORMATS: tuple[str, ...] = typing.get_args(ExportFormat)
 
 Check = tuple[Callable[[Any], bool], str]  # (is the value valid?, what is expected)
 

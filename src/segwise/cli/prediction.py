@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..config import BACKENDS, EXPORT_FORMATS, MERGES
 from .arguments import RUN_HELP, add_command, is_rank_zero
 
 
@@ -60,7 +61,7 @@ def _add_predict(commands: argparse._SubParsersAction) -> None:
 def _add_backend_options(predict: argparse.ArgumentParser) -> None:
     predict.add_argument(
         "--backend",
-        choices=["torch", "onnxruntime"],
+        choices=BACKENDS,
         default="torch",
         help="torch (default) or onnxruntime: the run's model.onnx from `segwise export` (or --onnx FILE)",
     )
@@ -74,9 +75,7 @@ def _add_tta_and_tile_options(predict: argparse.ArgumentParser) -> None:
         help="test-time augmentation: none (default), flips, d4, scales, or custom:VIEW,... "
         "e.g. custom:identity,hflip,blur",
     )
-    predict.add_argument(
-        "--merge", default="mean", choices=["mean", "gmean", "max", "vote"], help="how TTA views merge"
-    )
+    predict.add_argument("--merge", default="mean", choices=MERGES, help="how TTA views merge")
     predict.add_argument(
         "--tile",
         help="predict in tiles of H or HxW pixels at native resolution (default: automatic for huge images)",
@@ -138,7 +137,7 @@ def _add_export(commands: argparse._SubParsersAction) -> None:
         examples=["segwise export runs/cells --format onnx    # writes runs/cells/model.onnx"],
     )
     export.add_argument("run", help=RUN_HELP)
-    export.add_argument("--format", choices=["onnx", "torchscript"], default="onnx", help="default: onnx")
+    export.add_argument("--format", choices=EXPORT_FORMATS, default="onnx", help="default: onnx")
     export.add_argument(
         "-o", "--output", help="file to write (default: RUN/model.onnx or RUN/model.torchscript.pt)"
     )

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import RunConfig
+from ..config import EXPORT_FORMATS, RunConfig
 from ..constants import CONFIG
 from ..engine.devices import pick_device
 from ..errors import SegwiseError
@@ -90,7 +90,7 @@ def load_onnx(
     return Predictor(model, config, device, InferenceOptions(**options), run_dir)
 
 
-EXPORT_FILES = {"onnx": ONNX_FILE, "torchscript": "model.torchscript.pt"}
+EXPORT_FILES = dict(zip(EXPORT_FORMATS, (ONNX_FILE, "model.torchscript.pt"), strict=True))
 
 
 def export_run(
@@ -110,7 +110,7 @@ def export_run(
     from .export import check_parity, export_onnx, export_torchscript
 
     if format not in EXPORT_FILES:
-        raise SegwiseError(f"export format '{format}' not known; choose onnx or torchscript")
+        raise SegwiseError(f"export format '{format}' not known; choose {' or '.join(EXPORT_FORMATS)}")
     model, config = load_model(run_dir)
     path = Path(output) if output is not None else Path(run_dir) / EXPORT_FILES[format]
     if (path.suffix.lower() == ".onnx") != (format == "onnx"):

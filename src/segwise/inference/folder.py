@@ -10,13 +10,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..config import BACKENDS
 from ..errors import SegwiseError
 from .backends import load_onnx
 from .predictor import PredictionReport, load
 from .shards import process_device, process_group
 from .writers import parse_formats
-
-BACKENDS = ("torch", "onnxruntime")
 
 
 def predict_folder(

@@ -22,12 +22,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..config import MERGES
 from ..errors import SegwiseError
 
 Tensor = torch.Tensor
 Size = tuple[int, int]
 
-MERGES = ("mean", "gmean", "max", "vote")
 PRESETS = ("none", "flips", "d4", "scales", "custom")
 # Pixels per forward pass: 4 views of 512×512. A resnet34 U-Net needs roughly 1–2 kB per pixel in
 # float32 at inference, so a chunk stays around 1–2 GB.
