@@ -90,8 +90,18 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = option(30, "passes over the training data", _at_least(1))
-    batch_size: int = option(8, "images per step (per process under torchrun)", _at_least(1))
+    epochs: int = option(
+        30,
+        "passes over the training data (default: planned, about 5000 image presentations on a CPU and "
+        "20000 on a GPU; 30 with a config file)",
+        _at_least(1),
+    )
+    batch_size: int = option(
+        8,
+        "images per step, per process under torchrun (default: the largest that fits, probed; 8 with a "
+        "config file)",
+        _at_least(1),
+    )
     lr: float | Literal["auto"] = option(1e-3, "peak learning rate, or auto: the LR range test picks it")
     weight_decay: float = option(1e-4, "AdamW/SGD weight decay", _at_least(0, "a number"))
     loss: str | dict[str, float] = option(
