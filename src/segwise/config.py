@@ -10,7 +10,7 @@ its preprocessing, so a run can be loaded anywhere without the training data.
 
 Overrides are structured per section, `{"train": {"epochs": 5}, "model": {"encoder": "resnet18"}}`;
 `Config.sections_of` sorts keyword arguments (`epochs=5, encoder="resnet18"`) into that form once, at
-the Python API's edge.
+the Python API's edge (segwise.train, make_plan, find_lr, load_config).
 """
 
 from __future__ import annotations
@@ -266,10 +266,6 @@ class Config:
                 sections.setdefault(section, {})[key] = value
         return sections
 
-    def override(self, **values: Any) -> Config:
-        """`updated` with keyword arguments named after fields: `config.override(epochs=5)`."""
-        return self.updated(self.sections_of(**values))
-
 
 def field_names(cls: type) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)]
@@ -410,4 +406,4 @@ def write_yaml(path: str | Path, data: Any) -> None:
 def load_config(path: str | Path | None = None, **overrides: Any) -> Config:
     """Read a plan YAML (sections `model`, `train` and `data`), then apply keyword overrides."""
     config = Config() if path is None else _build(Config, read_yaml(path), str(path))
-    return config.override(**overrides)
+    return config.updated(Config.sections_of(**overrides))
