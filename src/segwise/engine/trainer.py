@@ -215,10 +215,9 @@ class Trainer:
         if self.ema is not None:
             self.ema.load_state_dict(state.ema)
         restore_rng_state(state.rng, self.generator)
+        # keep the counters; the pieces now hold the rest
         pieces = ("model", "optimizer", "scheduler", "scaler", "ema", "rng")
-        self.state = dataclasses.replace(
-            state, **dict.fromkeys(pieces)
-        )  # the counters; the pieces hold the rest
+        self.state = dataclasses.replace(state, **dict.fromkeys(pieces))
 
     # ---- the loop
 
@@ -248,9 +247,8 @@ class Trainer:
                 "val_loss": round(val_loss, 6),
                 "val_miou": round(matrix.mean_iou(), 6),
                 "val_pixel_accuracy": round(matrix.pixel_accuracy(), 6),
-                "lr": self.scheduler.get_last_lr()[
-                    -1
-                ],  # the decoder's (the last group); the encoder's is scaled
+                # the decoder's LR (the last group); the encoder's is scaled from it
+                "lr": self.scheduler.get_last_lr()[-1],
                 "images_per_s": round(seen / train_seconds, 2),
                 "seconds": round(time.perf_counter() - epoch_start, 2),
             }
@@ -313,10 +311,8 @@ class Trainer:
         frozen = epoch <= self.settings.freeze_encoder_epochs
         if frozen != self.net_frozen:
             self.model.freeze_encoder() if frozen else self.model.unfreeze_encoder()
-            self.net, self.net_frozen = (
-                distributed.wrap(self.model, self.env.process, self.env.device),
-                frozen,
-            )
+            self.net = distributed.wrap(self.model, self.env.process, self.env.device)
+            self.net_frozen = frozen
             if self.settings.compile:
                 self.net = torch.compile(self.net)
         return self.net
