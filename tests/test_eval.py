@@ -312,3 +312,52 @@ def test_evaluate_run_saves_a_binary_runs_threshold_and_refreshes_the_report(tmp
     assert saved == {"threshold": threshold, "dice": dice, "split": "all"}
     predicted = segwise.load(run, device="cpu").predict_to_folder([data / "images"], tmp_path / "out")
     assert (predicted.threshold, predicted.threshold_file) == (threshold, run / "threshold.json")
+
+
+# --- data without a val split: eval scores the images the run held out ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def flat_run(tmp_path_factory) -> tuple[Path, Path]:
+    """A run trained on a folder without splits (images/ + masks/): it held out a seeded share itself."""
+    data = tmp_path_factory.mktemp("flat") / "data"
+    for stem in ("a", "b", "c", "d", "e", "f"):
+        write_pair(data, stem, size=(32, 32), mask_values=(0, 1))
+    runs = tmp_path_factory.mktemp("flat-runs")
+    run = segwise.train(data, runs_dir=runs, name="flat", epochs=1, progress=False, **TINY).run_dir
+    return run, data
+
+
+def test_a_run_on_data_without_splits_records_the_images_it_held_out(flat_run):
+    run, data = flat_run
+    held_out = (run / "val.txt").read_text().splitlines()
+    assert held_out and all(line.startswith("images/") for line in held_out)
+    config = segwise.load(run, device="cpu").config
+    assert len(held_out) == config.data["val_images"]
+    assert len(held_out) + config.data["train_images"] == 6
+
+
+def test_eval_scores_the_held_out_images_by_default(flat_run, tmp_path):
+    run, data = flat_run
+    report = evaluate_run(run, data, output=tmp_path / "out", device="cpu")
+    held_out = (run / "val.txt").read_text().splitlines()
+    assert report.held_out == run / "val.txt" and report.images == len(held_out)
+    with open(tmp_path / "out" / "per_image.csv") as handle:
+        scored = [Path(row["image"]).relative_to(data).as_posix() for row in csv.DictReader(handle)]
+    assert scored == held_out  # the same images, none the run trained on
+
+    result = run_cli("eval", str(run), str(data), "-o", str(tmp_path / "cli"))
+    assert result.returncode == 0, result.stderr
+    assert f"the {len(held_out)} images the run held out" in result.stdout
+
+
+def test_eval_on_data_missing_a_held_out_image_is_one_line(flat_run, tmp_path):
+    run, data = flat_run
+    moved = tmp_path / "data"
+    shutil.copytree(data, moved)
+    first = (run / "val.txt").read_text().splitlines()[0]
+    (moved / first).unlink()
+    (moved / "masks" / Path(first).name).unlink()
+    result = run_cli("eval", str(run), str(moved), "-o", str(tmp_path / "out"))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "held out" in result.stderr and first in result.stderr and "--split" in result.stderr

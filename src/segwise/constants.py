@@ -12,6 +12,7 @@ A run folder, `runs/<name>/`, holds:
     lr.png             learning rate per epoch
     tensorboard/       only with --tensorboard
     val_samples/       image | truth | prediction panels
+    val.txt            the images a run held out for validation when the data had no val/ split
     threshold.json     a binary run's foreground threshold, from `segwise eval --save-threshold`
     eval/SPLIT/        `segwise eval`: metrics.json, per_image.csv, confusion.png, iou_per_class.png, worst.png
     report.html        `segwise report`
@@ -28,6 +29,7 @@ LR_PLOT = "lr.png"
 TENSORBOARD = "tensorboard"
 SAMPLES = "val_samples"
 THRESHOLD_JSON = "threshold.json"
+HELD_OUT = "val.txt"  # image paths relative to the data folder, one a line
 REPORT = "report.html"
 
 EVAL_DIR = "eval"

@@ -28,7 +28,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .constants import CONFUSION_PNG, EVAL_DIR, IGNORE_INDEX, IOU_PNG, METRICS_JSON, PER_IMAGE_CSV, WORST_PNG
+from .constants import (
+    CONFUSION_PNG,
+    EVAL_DIR,
+    HELD_OUT,
+    IGNORE_INDEX,
+    IOU_PNG,
+    METRICS_JSON,
+    PER_IMAGE_CSV,
+    WORST_PNG,
+)
 from .data.dataset import read_pair
 from .data.formats import DataSource, Pair, find_data
 from .errors import SegwiseError
@@ -174,17 +183,43 @@ def evaluate_split(
 
 
 def split_pairs(
-    data: str | Path, split: str, layout: str = "auto", categories: list[str] | None = None
+    data: str | Path,
+    split: str,
+    layout: str = "auto",
+    categories: list[str] | None = None,
+    held_out: Path | None = None,
 ) -> tuple[list[Pair], DataSource]:
     """The pairs of one split of a dataset folder (a folder without splits has only 'all') and the
-    source that reads their masks; read with the layout the run was trained with."""
+    source that reads their masks; read with the layout the run was trained with. Without a 'val'
+    split, 'val' is the images the run held out, listed in `held_out` (RUN/val.txt), when there is one."""
     source = find_data(data, layout, categories)
     source.check()
+    if split == "val" and split not in source.pairs and held_out is not None and held_out.is_file():
+        return held_out_pairs(source, held_out), source
     if split not in source.pairs:
         raise SegwiseError(
             f"{data}: no '{split}' split (found {sorted(source.pairs)}); pass --split with one of those"
         )
     return source.pairs[split], source
+
+
+def held_out_pairs(source: DataSource, listing: Path) -> list[Pair]:
+    """The pairs whose images `listing` names (paths relative to the data folder, one a line)."""
+    root = source.root.resolve()
+    by_path = {
+        image.resolve().relative_to(root).as_posix(): (image, mask)
+        for pairs in source.pairs.values()
+        for image, mask in pairs
+    }
+    wanted = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
+    missing = [name for name in wanted if name not in by_path]
+    if missing or not wanted:
+        raise SegwiseError(
+            f"{listing}: {len(missing)} of the {len(wanted)} images the run held out are not in {source.root} "
+            f"(first: {missing[0] if missing else 'none listed'}); evaluate on the data the run trained on, "
+            "or pass --split with one of the data's splits"
+        )
+    return [by_path[name] for name in wanted]
 
 
 def write_per_image_csv(evaluation: Evaluation, path: Path) -> None:
@@ -241,6 +276,7 @@ class EvaluationReport:
     threshold_file: Path | None  # RUN/threshold.json when it was saved, else None
     output: Path  # the evaluation folder
     report: Path | None  # RUN/report.html when it was refreshed (output folder left at its default)
+    held_out: Path | None = None  # RUN/val.txt when it chose the images (the data has no val split)
 
 
 def evaluate_run(
@@ -255,7 +291,7 @@ def evaluate_run(
     progress: bool = False,
 ) -> EvaluationReport:
     """`segwise eval`: evaluate the run on one split of `data`, read with the layout and categories the
-    run was trained with; write the evaluation folder (default RUN/eval/SPLIT) with `worst` images in the
+    run was trained with (split "val" of data without a val split: the images the run held out, RUN/val.txt); write the evaluation folder (default RUN/eval/SPLIT) with `worst` images in the
     gallery; with `save_threshold`, record a binary run's best threshold in RUN/threshold.json; refresh
     RUN/report.html unless `output` is given.
 
@@ -266,11 +302,13 @@ def evaluate_run(
     run = Path(run)
     predictor = load(run, device=device)
     plan = predictor.config.data.get("plan") or {}  # the layout the run was trained with
-    pairs, source = split_pairs(data, split, plan.get("layout", "auto"), plan.get("categories"))
+    layout, categories = plan.get("layout", "auto"), plan.get("categories")
+    pairs, source = split_pairs(data, split, layout, categories, held_out=run / HELD_OUT)
+    held_out = run / HELD_OUT if split == "val" and "val" not in source.pairs else None
     evaluation = evaluate_split(predictor, pairs, worst_k=worst, progress=progress, source=source)
     out = Path(output) if output else run / EVAL_DIR / split
     metrics = write_evaluation(evaluation, predictor, out)
     best = evaluation.best_threshold
     saved = write_threshold(run, *best, split) if save_threshold and best is not None else None
     report = None if output else write_report(run)
-    return EvaluationReport(len(pairs), metrics, best, saved, out, report)
+    return EvaluationReport(len(pairs), metrics, best, saved, out, report, held_out)

@@ -49,6 +49,15 @@ def write_metrics(history: list[dict], path: Path) -> None:
         writer.writerows(history)
 
 
+def write_held_out(pairs: list[tuple[Path, Path]], root: Path, path: Path) -> None:
+    """The images a run held out for validation, as paths relative to the data folder, one a line (so
+    `segwise eval RUN DATA` scores the same images wherever the folder has moved)."""
+    root = root.resolve()
+    lines = [image.resolve().relative_to(root).as_posix() for image, _ in pairs]
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(f"{line}\n" for line in lines))
+
+
 def load_model(run_dir: str | Path) -> tuple[SegmentationModel, RunConfig]:
     """Rebuild a run's model from config.yaml and model.safetensors (no pickle, no code executed)."""
     run_dir = Path(run_dir)

@@ -28,7 +28,9 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("run", help=RUN_HELP)
     evaluate.add_argument("data", help="dataset folder (same layout as for training)")
     evaluate.add_argument(
-        "--split", default="val", help="train, val, test, or all for a folder without splits"
+        "--split",
+        default="val",
+        help="train, val (default; without a val split: the images the run held out), test, or all",
     )
     evaluate.add_argument("-o", "--output", help="output folder (default: RUN/eval/SPLIT)")
     evaluate.add_argument("--worst", type=int, default=6, help="images in the worst-k gallery (default 6)")
@@ -54,6 +56,8 @@ def _eval(args: argparse.Namespace) -> int:
         progress=sys.stderr.isatty(),
     )
     overall = report.metrics["overall"]
+    if report.held_out is not None:
+        print(f"val: the {report.images} images the run held out for validation ({report.held_out})")
     print(
         f"{report.images} images  mIoU {overall['mean_iou']:.4f}  pixel accuracy {overall['pixel_accuracy']:.4f}"
     )

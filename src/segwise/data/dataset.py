@@ -261,6 +261,11 @@ class SegmentationData:
     def mode(self) -> str:
         return self.classes.mode
 
+    @property
+    def held_out(self) -> bool:
+        """The validation images were held out of the data's pairs (`val_fraction`): it has no val split."""
+        return self.source is not None and "val" not in self.source.pairs
+
     def mean_std(self) -> tuple[list[float], list[float]]:
         """Per-channel mean and std of the training images, on the 0..1 scale."""
         pixels = self.train_images.reshape(-1, self.in_channels).astype(np.float64) / 255.0

@@ -31,7 +31,18 @@ from tqdm.auto import tqdm
 
 from .. import run as runfolder
 from ..config import Config, PreprocessConfig, RunConfig, TrainConfig
-from ..constants import CONFIG, CURVES, IGNORE_INDEX, LAST, LR_PLOT, METRICS, SAMPLES, TENSORBOARD, WEIGHTS
+from ..constants import (
+    CONFIG,
+    CURVES,
+    HELD_OUT,
+    IGNORE_INDEX,
+    LAST,
+    LR_PLOT,
+    METRICS,
+    SAMPLES,
+    TENSORBOARD,
+    WEIGHTS,
+)
 from ..data.augment import PerSampleBatches
 from ..errors import SegwiseError
 from ..metrics import ConfusionMatrix, confusion_matrix_for
@@ -176,6 +187,9 @@ class Trainer:
         if self.env.process.is_main:
             run_dir = runfolder.create_run_dir(runs_dir, name or self.start.data_root.name)
             self._run_config().save(run_dir / CONFIG)
+            data_set = self.start.data_set
+            if data_set.held_out:  # so that `segwise eval` can score these same images later
+                runfolder.write_held_out(data_set.val_pairs, data_set.root, run_dir / HELD_OUT)
         self.run_dir = distributed.broadcast(run_dir, self.env.process)
 
     def _run_config(self) -> RunConfig:
