@@ -38,7 +38,7 @@ def _add_predict(commands: argparse._SubParsersAction) -> None:
         "--output-format",
         default="png",
         help="comma-separated outputs: png (index mask, default), overlay, rgba, npy, tiff (probabilities), "
-        "json (object boxes)",
+        "json (object boxes), coco (one COCO instances file for all inputs, objects as RLE)",
     )
     predict.add_argument("--batch-size", type=int, default=1, help="images per forward pass (default 1)")
     predict.add_argument(

@@ -24,7 +24,7 @@ Conventions shared by every function here:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 from scipy import ndimage
@@ -37,7 +37,8 @@ _EIGHT = np.ones((3, 3), dtype=bool)
 
 @dataclass
 class Component:
-    """One connected object: its class, box (x1, y1 exclusive: x1 − x0 is the width), area and score."""
+    """One connected object: its class, box (x1, y1 exclusive: x1 − x0 is the width), area, score, and
+    its pixels inside the box (what a COCO mask encodes; not part of `to_dict`)."""
 
     id: int  # 1, 2, … over the whole image, by class then in scan order
     class_index: int
@@ -48,9 +49,11 @@ class Component:
     y1: int
     area: int  # pixels
     score: float | None  # mean probability of its class over its pixels; None without probabilities
+    pixels: np.ndarray | None = field(default=None, repr=False, compare=False)  # box-sized booleans
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The JSON fields: everything but the pixels."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "pixels"}
 
 
 @dataclass
@@ -135,6 +138,14 @@ def label_components(
     return found
 
 
+def task_components(
+    task: Task, mask: np.ndarray, probabilities: np.ndarray | None = None, names: Sequence[str] | None = None
+) -> list[Component]:
+    """The objects of a decided mask: `components`, or for a per-label task `label_components`."""
+    find = label_components if task.per_label else components
+    return find(mask, probabilities, names)
+
+
 def _objects(
     foreground: np.ndarray,
     value: int,
@@ -161,6 +172,7 @@ def _objects(
             y1=box[0].stop,
             area=int(areas[index + 1]),
             score=None if scores[index] is None else round(float(scores[index]), 6),
+            pixels=labels[box] == index + 1,
         )
         for index, box in enumerate(ndimage.find_objects(labels))
     ]

@@ -41,13 +41,13 @@ from ..errors import SegwiseError
 from ..io import read_image
 from ..models import SegmentationModel
 from ..run import load_model
-from . import postprocess
+from . import coco, postprocess
 from .large import check_mask_classes, open_regions, tiff_size, write_mask_tiff
-from .shards import process_shard, total_over_processes
+from .shards import gathered, process_shard, total_over_processes
 from .sliding import check_overlap, parse_tile, predict_sliding, sliding_rows
 from .threshold import saved_threshold
 from .tta import DEFAULT_BATCH_PIXELS, check_merge, predict_tta, to_probabilities, views_for
-from .writers import collect_inputs, parse_formats, plan_outputs, write_outputs
+from .writers import collect_inputs, output_names, parse_formats, plan_outputs, write_outputs
 
 ImageLike = str | Path | np.ndarray | Image.Image
 
@@ -264,7 +264,9 @@ class Predictor:
         task's default decision; then `min_size`, `fill_holes`, `largest` clean the mask
         (`postprocess.Steps`). TIFFs above `options.auto_tile_pixels` are read by region and written as
         tiled TIFF masks, `<name>.tif`, of the task's default decision (`predict_large_tiff`: the
-        formats, threshold and cleaning do not apply to them).
+        formats, threshold and cleaning do not apply to them, nor are they in the COCO file).
+        `coco` writes one file for all inputs once they are predicted (`coco.COCO_FILE`): under a
+        process group every process sends its records and rank 0 writes it.
         `shard=(rank, world_size)` predicts the inputs `rank::world_size` of the sorted list; None: this
         process's torchrun share, or everything.
 
@@ -284,8 +286,16 @@ class Predictor:
         if regular:
             targets = plan_outputs(regular, output, formats, crop, self.config.classes)
             output.mkdir(parents=True, exist_ok=True)
-            jobs = list(zip(regular, targets, strict=True))[rank::world_size]
-            files += self._write_predictions(jobs, steps, batch_size, progress and rank == 0)
+            coco_names = coco.file_names(regular, output_names(regular)) if "coco" in formats else None
+            jobs = list(enumerate(zip(regular, targets, strict=True)))[rank::world_size]
+            written, records = self._write_predictions(
+                jobs, steps, batch_size, progress and rank == 0, coco_names
+            )
+            files += written
+            if coco_names is not None:
+                records = gathered(records)  # every process takes part, also one with an empty share
+                if rank == 0:
+                    files.append(coco.write_coco(output / coco.COCO_FILE, records, self.config.classes))
         for path in sorted(large)[rank::world_size]:
             files.append(self.predict_large_tiff(path, output / f"{path.stem}.tif"))
         return PredictionReport(files, total_over_processes(len(files)), threshold, threshold_file)
@@ -304,24 +314,33 @@ class Predictor:
 
     def _write_predictions(
         self,
-        jobs: Sequence[tuple[Path, dict[str, list[Path]]]],
+        jobs: Sequence[tuple[int, tuple[Path, dict[str, list[Path]]]]],
         steps: postprocess.Steps,
         batch_size: int,
         progress: bool,
-    ) -> list[Path]:
-        """Predict the inputs `batch_size` at a time and write each one's files (input, format → files)."""
+        coco_names: Sequence[str] | None,
+    ) -> tuple[list[Path], list[tuple[int, dict]]]:
+        """Predict the inputs `batch_size` at a time and write each one's files; jobs are (index in the
+        input list, (input, format → files)). Returns the files written and, when `coco_names` (the
+        inputs' COCO file names) are given, the (index, `coco.image_record`) of every input."""
+        classes = self.config.classes
         written: list[Path] = []
+        records: list[tuple[int, dict]] = []
         with tqdm(total=len(jobs), desc="predicting", unit="image", disable=not progress, leave=False) as bar:
             for start in range(0, len(jobs), batch_size):
                 batch = jobs[start : start + batch_size]
-                images = [read_image(path) for path, _ in batch]
-                for (path, files), image, probabilities in zip(
+                images = [read_image(path) for _, (path, _) in batch]
+                for (index, (path, files)), image, probabilities in zip(
                     batch, images, self.predict_proba_batch(images), strict=True
                 ):
                     mask = steps(probabilities)
-                    written += write_outputs(self.config.classes, path, image, probabilities, mask, files)
+                    written += write_outputs(classes, path, image, probabilities, mask, files)
+                    if coco_names is not None:
+                        records.append(
+                            (index, coco.image_record(coco_names[index], mask, probabilities, classes))
+                        )
                     bar.update()
-        return written
+        return written, records
 
 
 def load(run_dir: str | Path, device: str = "auto", **options) -> Predictor:

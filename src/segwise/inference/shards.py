@@ -1,13 +1,14 @@
 """Prediction under torchrun: each process predicts a disjoint share of the inputs on its own device.
 
-The processes exchange only a count (how many files all of them wrote), never images or tensors, so
-a gloo process group serves every device and NCCL would buy nothing.
+The processes exchange only small Python objects (how many files all of them wrote, the COCO
+records of their share), never images or tensors, so a gloo process group serves every device and
+NCCL would buy nothing.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -47,6 +48,15 @@ def total_over_processes(count: int) -> int:
     value = torch.tensor([count], dtype=torch.int64)
     dist.all_reduce(value)
     return int(value.item())
+
+
+def gathered(items: Sequence) -> list:
+    """The items of every process of the process group, rank after rank (`items` itself without one)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return list(items)
+    shares: list = [None] * dist.get_world_size()
+    dist.all_gather_object(shares, list(items))
+    return [item for share in shares for item in share]
 
 
 def process_device(device: str) -> str:

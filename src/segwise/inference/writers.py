@@ -10,6 +10,7 @@ Every input gets files named after it in the output folder, one per requested fo
                                  the metadata (float16 TIFFs open in too few viewers)
     json     <name>.json         per-object boxes: class, id, x0 y0 x1 y1 (x1, y1 exclusive), area, score
     crop     <name>_crop.png     the foreground's box cut out, other pixels white (`crop=True`)
+    coco     predictions.coco.json  one COCO instances file for all inputs, objects as RLE (module `coco`)
 
 A per-label task (`Task.per_label`: one independent mask per label) writes the same formats, adapted:
 
@@ -50,7 +51,7 @@ from ..io import (
     write_index_png,
 )
 from ..task import Classes
-from . import postprocess
+from . import coco, postprocess
 
 SUFFIXES = {
     "png": ".png",
@@ -61,7 +62,8 @@ SUFFIXES = {
     "json": ".json",
     "crop": "_crop.png",
 }
-FORMATS = tuple(name for name in SUFFIXES if name != "crop")  # crop is asked for with crop=True
+# crop is asked for with crop=True; coco writes one file for all inputs, not one per input
+FORMATS = (*(name for name in SUFFIXES if name != "crop"), "coco")
 OVERLAY_ALPHA = 0.5
 
 
@@ -111,7 +113,7 @@ def output_names(paths: Sequence[Path]) -> list[str]:
 
 def parse_formats(formats: str | Sequence[str]) -> list[str]:
     """'png,overlay,json' or ['png', 'overlay', 'json'] → ['png', 'overlay', 'json'] (order kept,
-    duplicates dropped); an unknown name fails."""
+    duplicates dropped); an unknown name fails, and so does coco without pycocotools."""
     text = formats if isinstance(formats, str) else ",".join(formats)
     parsed = list(dict.fromkeys(part.strip().lower() for part in text.split(",") if part.strip()))
     unknown = [f for f in parsed if f not in FORMATS]
@@ -120,6 +122,8 @@ def parse_formats(formats: str | Sequence[str]) -> list[str]:
             f"output format(s) {unknown or repr(text)} not known; choose from {', '.join(FORMATS)} "
             "(comma-separated, e.g. png,overlay,json)"
         )
+    if "coco" in parsed:
+        coco.require_pycocotools()
     return parsed
 
 
@@ -128,12 +132,13 @@ def plan_outputs(
 ) -> list[dict[str, list[Path]]]:
     """For each input, the files each format will write (format → paths), checked before anything is:
     no output overwrites an input or another input's output, and label folders have usable names.
+    The COCO file (written once for all inputs) is checked the same way but is not among them.
 
     The names are planned on the whole list, so they do not depend on how it is later sharded."""
-    wanted = [*formats, "crop"] if crop else list(formats)
+    wanted = [kind for kind in formats if kind in SUFFIXES] + (["crop"] if crop else [])
     labels = label_folders(classes.names) if classes.task.per_label and "png" in formats else None
     targets = [{f: _targets(out_dir, name, f, labels) for f in wanted} for name in output_names(paths)]
-    _check_targets(paths, targets)
+    _check_targets(paths, targets, out_dir / coco.COCO_FILE if "coco" in formats else None)
     return targets
 
 
@@ -155,22 +160,32 @@ def _targets(out_dir: Path, name: str, kind: str, labels: Sequence[str] | None) 
     return [out_dir / f"{name}{SUFFIXES[kind]}"]
 
 
-def _check_targets(paths: Sequence[Path], targets: Sequence[dict[str, list[Path]]]) -> None:
+def _check_targets(
+    paths: Sequence[Path], targets: Sequence[dict[str, list[Path]]], coco_file: Path | None
+) -> None:
+    """No target is an input or another input's target (the COCO file: one for all inputs)."""
     inputs = {path.resolve(): path for path in paths}
-    owners: dict[Path, Path] = {}
-    for path, files in zip(paths, targets, strict=True):
-        for target in (target for group in files.values() for target in group):
-            resolved = target.resolve()
-            if resolved in inputs:
-                raise SegwiseError(
-                    f"{target}: output would overwrite the input {inputs[resolved]}; choose another output folder"
-                )
-            if resolved in owners:
-                raise SegwiseError(
-                    f"{target}: outputs of {owners[resolved]} and {path} would collide; "
-                    "rename one of them or predict them separately"
-                )
-            owners[resolved] = path
+    owned: list[tuple[Path | str, Path]] = [
+        (path, target)
+        for path, files in zip(paths, targets, strict=True)
+        for group in files.values()
+        for target in group
+    ]
+    if coco_file is not None:
+        owned.append(("the COCO file of all inputs", coco_file))
+    owners: dict[Path, Path | str] = {}
+    for owner, target in owned:
+        resolved = target.resolve()
+        if resolved in inputs:
+            raise SegwiseError(
+                f"{target}: output would overwrite the input {inputs[resolved]}; choose another output folder"
+            )
+        if resolved in owners:
+            raise SegwiseError(
+                f"{target}: outputs of {owners[resolved]} and {owner} would collide; "
+                "rename one of them or predict them separately"
+            )
+        owners[resolved] = owner
 
 
 def write_outputs(
@@ -236,8 +251,7 @@ def _write_objects(
     target: Path, source: Path, mask: np.ndarray, probabilities: np.ndarray, classes: Classes
 ) -> None:
     """The JSON list of objects: the components of every class, or of every label's plane."""
-    find = postprocess.label_components if classes.task.per_label else postprocess.components
-    objects = find(mask, probabilities, classes.names)
+    objects = postprocess.task_components(classes.task, mask, probabilities, classes.names)
     height, width = mask.shape[-2:]
     record = {
         "image": str(source),
