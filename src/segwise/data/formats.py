@@ -13,6 +13,9 @@ Layouts (`layout=` option; "auto" tries them in this order):
               or DATA/{train,val,test}/images/; or images and masks side by side in one folder
               (x.png ↔ x_mask.png); masks/<class name>/ subfolders hold one binary mask per class
               (multilabel)
+    tree      anything else: image and mask folders found anywhere below DATA, paired by stem under
+              one rule per folder (see discover.py); tried last, and after a layout above that fits
+              the folders' names but finds no masks folder
 
 Masks are matched to images by file stem, also with a mask suffix (`x.png` ↔ `masks/x.png`,
 `x_mask.png`, `x_P.png`, ...). Split list files `train.txt`/`val.txt`/`test.txt` (stems or file names,
@@ -36,6 +39,7 @@ import numpy as np
 from ..config import LAYOUTS
 from ..errors import SegwiseError
 from ..io import is_image_file, read_mask
+from .discover import discover
 
 SPLITS = ("train", "val", "test")
 MASK_SUFFIXES = ("_mask", "_masks", "_P", "_label", "_labels", "_gt", "_seg", "_annot")
@@ -96,6 +100,7 @@ class DataSource:
     class_masks: list[dict[str, Path]] = field(default_factory=list)  # per class: image stem → mask
     problems: list[Problem] = field(default_factory=list)
     coco: dict[Path, CocoMasks] = field(default_factory=dict)
+    decisions: list[str] = field(default_factory=list)  # how the pairs were found, for `segwise check`
 
     @property
     def per_class_masks(self) -> bool:
@@ -225,9 +230,14 @@ def _match(
     return [(images[stem], by_image[stem]) for stem in sorted(by_image)]
 
 
+class _NoMasksFolder(SegwiseError):
+    """The folders layout fits the folder names but its masks folder is missing: discovery may still
+    pair the tree (test/images/ beside test/1st_manual/)."""
+
+
 def _match_folders(images_dir: Path, masks_dir: Path, problems: list[Problem]) -> list[Pair]:
     if not masks_dir.is_dir():
-        raise SegwiseError(
+        raise _NoMasksFolder(
             f"{masks_dir}: masks folder not found; put one mask per image there, same file stem"
         )
     return _match(_image_files(images_dir, problems), _image_files(masks_dir, problems), masks_dir, problems)
@@ -495,7 +505,24 @@ def _coco(root: Path, problems: list[Problem], categories: list[str] | None = No
     return DataSource(root, "coco", pairs, ClassNames(names or [], None, files[0]), coco=coco)
 
 
+def _tree(root: Path, problems: list[Problem]) -> DataSource | None:
+    """Whatever no named layout describes: image and mask folders found by discovery."""
+    found = discover(root)
+    if found is None:
+        return None
+    problems += [
+        Problem(path, "unmatched mask", "mask without an image; add the image or remove the mask")
+        for path in found.unmatched
+    ]
+    names = _parse_class_file(found.class_file) if found.class_file else None
+    decisions = ["no named layout fits: image and mask folders found by discovery", *found.decisions]
+    source = DataSource(root, "tree", found.pairs, names, decisions=decisions)
+    source.pairs = _apply_lists(root, source.pairs, problems)
+    return source
+
+
 DETECTORS = {"coco": _coco, "voc": _voc, "segnet": _segnet, "fastai": _fastai, "folders": _folders}
+DETECTORS |= {"tree": _tree}
 
 
 def find_data(root: str | Path, layout: str = "auto", categories: list[str] | None = None) -> DataSource:
@@ -510,10 +537,19 @@ def find_data(root: str | Path, layout: str = "auto", categories: list[str] | No
     problems: list[Problem] = []
     source = None
     for name, detect in DETECTORS.items():
-        if layout in ("auto", name):
+        if layout not in ("auto", name):
+            continue
+        try:
             source = detect(root, problems, categories) if name == "coco" else detect(root, problems)
-            if source is not None:
-                break
+        except _NoMasksFolder as error:
+            if layout != "auto":
+                raise
+            problems = []
+            source = _tree(root, problems)
+            if source is None:
+                raise error from None
+        if source is not None:
+            break
     if source is None:
         if layout != "auto":
             raise SegwiseError(f"{root}: does not look like a {layout} dataset; {_layout_help(layout)}")
