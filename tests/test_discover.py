@@ -30,9 +30,9 @@ def vessels(seed: int) -> np.ndarray:
 def field_of_view() -> np.ndarray:
     """A disc covering most of the image: the region a camera sees, not a label."""
     yy, xx = np.mgrid[0:H, 0:W]
-    return np.where((yy - H / 2) ** 2 / (H / 1.6) ** 2 + (xx - W / 2) ** 2 / (W / 1.6) ** 2 <= 1, 255, 0).astype(
-        np.uint8
-    )
+    return np.where(
+        (yy - H / 2) ** 2 / (H / 1.6) ** 2 + (xx - W / 2) ** 2 / (W / 1.6) ** 2 <= 1, 255, 0
+    ).astype(np.uint8)
 
 
 def save(array: np.ndarray, path: Path, **options) -> Path:
@@ -145,7 +145,9 @@ def test_flat_folder_with_two_annotators_takes_the_first(tmp_path):
     two_annotators(tmp_path)
     source = find_data(tmp_path)
     assert source.layout == "tree"
-    assert stems(source.pairs["all"]) == [(f"Image_{s}.jpg", f"Image_{s}_1stHO.png") for s in ("01L", "01R", "02L")]
+    assert stems(source.pairs["all"]) == [
+        (f"Image_{s}.jpg", f"Image_{s}_1stHO.png") for s in ("01L", "01R", "02L")
+    ]
     assert any("rejected *_2ndHO" in line for line in source.decisions)
     data = load_data(tmp_path, val_fraction=0.34, use_cache=False)
     assert data.mode == "binary" and len(data.train_pairs) == 2
@@ -169,7 +171,9 @@ def test_split_folders_with_label_folders_use_a_colour_table_found_in_a_subfolde
     camvid(tmp_path)
     source = find_data(tmp_path)
     assert source.layout == "tree" and sorted(source.pairs) == ["test", "train", "val"]
-    assert stems(source.pairs["val"]) == [(f"0001TP_val{i:03d}.png", f"0001TP_val{i:03d}_L.png") for i in range(2)]
+    assert stems(source.pairs["val"]) == [
+        (f"0001TP_val{i:03d}.png", f"0001TP_val{i:03d}_L.png") for i in range(2)
+    ]
     assert source.class_names.path == tmp_path / "CamVid" / "class_dict.csv"
     data = load_data(tmp_path, use_cache=False)
     assert data.classes.names == ["Sky", "Road", "Car"] and data.mode == "multiclass"
@@ -243,3 +247,24 @@ def test_a_class_file_is_used_only_when_the_tree_holds_exactly_one(tmp_path):
     source = find_data(tmp_path)
     assert source.class_names is None
     assert any("several files" in line for line in source.decisions)
+
+
+def test_split_folders_under_an_annotations_folder_and_a_layout_without_pairs_give_way(tmp_path):
+    """ADE20K: images/training/ + annotations/training/ (no names/ split folders the folders layout knows)."""
+    for split, count in (("training", 3), ("validation", 2)):
+        for index in range(count):
+            stem = f"ADE_{split[:5]}_{index:08d}"
+            save(photo(index), tmp_path / "images" / split / f"{stem}.jpg", quality=95)
+            save(camvid_mask(index), tmp_path / "annotations" / split / f"{stem}.png")
+    source = find_data(tmp_path)
+    assert source.layout == "tree" and {s: len(p) for s, p in source.pairs.items()} == {"train": 3, "val": 2}
+    assert source.pairs["train"][0][1] == tmp_path / "annotations" / "training" / "ADE_train_00000000.png"
+
+
+def test_image_folders_sharing_one_mask_folder_keep_their_own_images(tmp_path):
+    for index in range(4):
+        save(photo(index), tmp_path / ("day" if index < 2 else "night") / f"x{index}.jpg", quality=95)
+        save(horse_mask(index), tmp_path / "masks" / f"x{index}.png")
+    source = find_data(tmp_path)
+    assert [image.parent.name for image, _ in source.pairs["all"]] == ["day", "day", "night", "night"]
+    assert source.problems == []

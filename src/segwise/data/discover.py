@@ -62,6 +62,7 @@ class Folder:
     split: str | None
     label_score: int  # 2: named like labels, 1: named mask(s), 0: not named like masks
     masks: bool
+    notes: list[str] = field(default_factory=list)  # how its masks were chosen
 
 
 @dataclass
@@ -103,23 +104,31 @@ def discover(root: Path) -> Discovery | None:
     masks = [f for f in folders if f.masks]
     if not images:
         return None
-    decisions: list[str] = []
     chosen: list[tuple[Folder, MaskSet]] = []
     for folder in images:
         image_files, candidates = _candidates(root, folder, masks)
         if candidates:
-            best = _choose_mask_set(root, folder, candidates, decisions)
+            best = _choose_mask_set(root, folder, candidates)
             folder.files = image_files
             chosen.append((folder, best))
     if not chosen:
         if not masks and not any(_inline_sets(f.files)[1] for f in images):
             return None
         raise _near_miss(root, images, masks)
-    chosen = _one_image_folder_per_mask_set(root, chosen, decisions)
+    chosen = _one_image_folder_per_mask_set(root, chosen)
+    decisions = [note for folder, _ in chosen for note in folder.notes]
+    kept = {folder.path for folder, _ in chosen}
+    decisions += [
+        f"ignored images {_relative(root, f.path)}: no mask set pairs with every one of them"
+        for f in images
+        if f.path not in kept and not f.notes
+    ]
     pairs: dict[str, list[Pair]] = {}
     for folder, mask_set in chosen:
         split = folder.split or "all"
-        pairs.setdefault(split, []).extend((folder.files[s], mask_set.by_stem[s]) for s in sorted(folder.files))
+        pairs.setdefault(split, []).extend(
+            (folder.files[s], mask_set.by_stem[s]) for s in sorted(folder.files)
+        )
     used = {mask for _, mask_set in chosen for mask in mask_set.by_stem.values()}
     unmatched = {mask for _, mask_set in chosen for mask in mask_set.pool if mask not in used}
     class_file = _class_file(root, folders, decisions)
@@ -138,8 +147,11 @@ def _scan(root: Path) -> list[Folder]:
         if not files:
             continue
         folder = Path(path)
+        relative = folder.relative_to(root)
         score = _label_score(folder.name) if folder != root else 0
-        split = _split_of(folder.relative_to(root))
+        if not score and len(relative.parts) > 1 and _split_of(Path(folder.name)):
+            score = _label_score(folder.parent.name)  # annotations/training/: the split's parent says labels
+        split = _split_of(relative)
         masks = score > 0 or _looks_like_masks(list(files.values()))
         folders.append(Folder(folder, files, split, score, masks))
     return folders
@@ -344,7 +356,7 @@ def _pair_by(images: dict[str, Path], masks: dict[str, Path], image_key, mask_ke
 # ---------------------------------------------------------------------------------------------- choosing
 
 
-def _choose_mask_set(root: Path, folder: Folder, candidates: list[MaskSet], decisions: list[str]) -> MaskSet:
+def _choose_mask_set(root: Path, folder: Folder, candidates: list[MaskSet]) -> MaskSet:
     """The most plausible mask set: not a region of interest, named like labels, the first annotator."""
     where = _relative(root, folder.path)
     if len(candidates) > 1:
@@ -359,9 +371,8 @@ def _choose_mask_set(root: Path, folder: Folder, candidates: list[MaskSet], deci
             f"{root}: images in {where} pair equally well with {len(tied)} mask sets: {choices}; keep one: "
             f"move it to masks/ beside the images (then --layout folders reads it) or move the others out"
         )
-    decisions.append(f"images {where}: masks from {best.name} ({best.rule})")
-    for other in ranked[1:]:
-        decisions.append(f"  rejected {other.name}: {_why_not(other, best)}")
+    folder.notes.append(f"images {where}: masks from {best.name} ({best.rule})")
+    folder.notes += [f"  rejected {other.name}: {_why_not(other, best)}" for other in ranked[1:]]
     return best
 
 
@@ -399,12 +410,13 @@ def _channels(path: Path) -> int:
 
 
 def _one_image_folder_per_mask_set(
-    root: Path, chosen: list[tuple[Folder, MaskSet]], decisions: list[str]
+    root: Path, chosen: list[tuple[Folder, MaskSet]]
 ) -> list[tuple[Folder, MaskSet]]:
-    """Where several image folders hold the same images (rgb/, gray/), keep the one with most channels."""
-    by_masks: dict[tuple[str, str], list[tuple[Folder, MaskSet]]] = {}
+    """Where several image folders pair with the very same masks (rgb/, gray/: the same images), keep
+    the one with most channels."""
+    by_masks: dict[frozenset[Path], list[tuple[Folder, MaskSet]]] = {}
     for folder, mask_set in chosen:
-        by_masks.setdefault((mask_set.name, mask_set.rule), []).append((folder, mask_set))
+        by_masks.setdefault(frozenset(mask_set.by_stem.values()), []).append((folder, mask_set))
     kept = []
     for group in by_masks.values():
         ranked = sorted(group, key=lambda g: -_channels(next(iter(g[0].files.values()))))
@@ -417,7 +429,7 @@ def _one_image_folder_per_mask_set(
             )
         kept.append(ranked[0])
         for (folder, _), count in zip(ranked[1:], channels[1:], strict=True):
-            decisions.append(
+            ranked[0][0].notes.append(
                 f"  rejected images {_relative(root, folder.path)}: {count} channel(s) where "
                 f"{_relative(root, ranked[0][0].path)} has {channels[0]}"
             )

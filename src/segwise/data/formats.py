@@ -534,8 +534,20 @@ def find_data(root: str | Path, layout: str = "auto", categories: list[str] | No
         raise SegwiseError(f"{root}: dataset folder not found; check the path")
     if not root.is_dir():
         raise SegwiseError(f"{root}: not a folder; pass a folder holding images/ and masks/")
+    source = _detect(root, layout, categories)
+    if not _trainable(source):
+        raise SegwiseError(f"{root}: no training images found (.png, .jpg, .tif, .bmp); add image/mask pairs")
+    return source
+
+
+def _trainable(source: DataSource) -> list[Pair]:
+    return source.pairs.get("train", source.pairs.get("all", []))
+
+
+def _detect(root: Path, layout: str, categories: list[str] | None) -> DataSource:
+    """The first layout that fits (or the named one), with its problems. In auto mode, a layout whose
+    folder names fit but that finds no masks folder or no training pairs gives way to discovery."""
     problems: list[Problem] = []
-    source = None
     for name, detect in DETECTORS.items():
         if layout not in ("auto", name):
             continue
@@ -544,25 +556,24 @@ def find_data(root: str | Path, layout: str = "auto", categories: list[str] | No
         except _NoMasksFolder as error:
             if layout != "auto":
                 raise
-            problems = []
-            source = _tree(root, problems)
-            if source is None:
+            found = _tree(root, tree_problems := [])
+            if found is None:
                 raise error from None
+            source, problems = found, tree_problems
+        if source is not None and layout == "auto" and name != "tree" and not _trainable(source):
+            found = _tree(root, tree_problems := [])
+            if found is not None and _trainable(found):
+                source, problems = found, tree_problems
         if source is not None:
-            break
-    if source is None:
-        if layout != "auto":
-            raise SegwiseError(f"{root}: does not look like a {layout} dataset; {_layout_help(layout)}")
-        raise SegwiseError(
-            f"{root}: no images/ folder; expected {root}/images + {root}/masks "
-            f"(optionally with train/ and val/ subfolders) or {root}/train/images + {root}/train/masks, "
-            "or another layout (`segwise check --help` lists them)"
-        )
-    source.problems = problems
-    trainable = source.pairs.get("train", source.pairs.get("all", []))
-    if not trainable:
-        raise SegwiseError(f"{root}: no training images found (.png, .jpg, .tif, .bmp); add image/mask pairs")
-    return source
+            source.problems = problems
+            return source
+    if layout != "auto":
+        raise SegwiseError(f"{root}: does not look like a {layout} dataset; {_layout_help(layout)}")
+    raise SegwiseError(
+        f"{root}: no images/ folder; expected {root}/images + {root}/masks "
+        f"(optionally with train/ and val/ subfolders) or {root}/train/images + {root}/train/masks, "
+        "or another layout (`segwise check --help` lists them)"
+    )
 
 
 def _layout_help(layout: str) -> str:
