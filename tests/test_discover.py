@@ -268,3 +268,42 @@ def test_image_folders_sharing_one_mask_folder_keep_their_own_images(tmp_path):
     source = find_data(tmp_path)
     assert [image.parent.name for image, _ in source.pairs["all"]] == ["day", "day", "night", "night"]
     assert source.problems == []
+
+
+def test_stems_that_pair_two_ways_stop_with_both_rules(tmp_path):
+    for index in range(2):
+        save(photo(index), tmp_path / "pictures" / f"p{index}.jpg", quality=95)
+        save(horse_mask(index), tmp_path / "gt" / f"p{index}.png")
+        save(horse_mask(index + 1), tmp_path / "gt" / f"p{index}_gt.png")
+    with pytest.raises(SegwiseError, match=r"gt/ \(same stem\); gt/ \(mask = image \+ '_gt'\); keep one"):
+        find_data(tmp_path)
+
+
+def test_numbered_annotators_zip_leftovers_and_a_loose_labels_file(tmp_path):
+    for index in range(2):
+        save(photo(index), tmp_path / "img" / f"p{index}.jpg", quality=95)
+        for rater in (2, 1):
+            save(horse_mask(index + rater), tmp_path / f"annotator_{rater}" / f"p{index}.png")
+        save(photo(index), tmp_path / "__MACOSX" / "img" / f"p{index}.jpg", quality=95)
+    (tmp_path / "meta").mkdir()
+    (tmp_path / "meta" / "labels.txt").write_text("background\nlesion\n")
+    source = find_data(tmp_path)
+    assert [mask.parent.name for _, mask in source.pairs["all"]] == ["annotator_1"] * 2
+    assert source.class_names.names == ["background", "lesion"]
+    assert load_data(tmp_path, val_fraction=0.5, use_cache=False).classes.names == ["background", "lesion"]
+
+
+def test_a_labels_file_listing_the_files_is_no_class_file(tmp_path):
+    carvana(tmp_path)
+    (tmp_path / "labels.txt").write_text("0cdf5b5d0ce1_01\n0cdf5b5d0ce1_02\n")
+    assert find_data(tmp_path).class_names is None
+
+
+def test_the_tree_layout_can_be_named_for_any_dataset(tmp_path):
+    from .test_layouts import split_inside
+
+    split_inside(tmp_path)
+    named = find_data(tmp_path, layout="tree")
+    assert named.layout == "tree"
+    assert named.pairs == find_data(tmp_path).pairs
+    assert named.class_names.names == find_data(tmp_path).class_names.names

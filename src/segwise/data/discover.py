@@ -47,8 +47,9 @@ MASK_WORDS = {"mask", "masks"}
 CLASS_FILES = ("class_dict.csv", "classes.txt", "codes.txt")
 LOOSE_CLASS_FILES = ("labelmap.txt", "labels.txt")  # used only when they read as names
 SEPARATORS = "_-. "
+SKIPPED_DIRS = {"__MACOSX"}  # resource forks that macOS adds to zip files
 SAMPLES = 3
-FEW_VALUES = 32  # a mask holds at most this many distinct values or colours
+FEW_VALUES = 64  # a mask holds at most this many distinct values or colours
 REGION_SHARE = 0.5  # a binary mask whose foreground covers this much of every sample is a region of interest
 Pair = tuple[Path, Path]
 
@@ -78,13 +79,18 @@ class MaskSet:
 
     @property
     def annotator(self) -> int:
-        """1 for a first annotator (1st, first, manual1), 2 for a second, ...; 1 when unsaid."""
+        """1 for a first annotator (1st, first, annotator1), 2 for a second, ...; 1 when unsaid."""
         text = self.name.lower()
         words = {"first": 1, "second": 2, "third": 3}
-        found = re.search(r"(\d+)(?:st|nd|rd|th)|(first|second|third)", text)
+        found = re.search(
+            r"(\d+)(?:st|nd|rd|th)|(first|second|third)|(?:manual|annotator|observer|rater|grader|expert)"
+            r"[_\- ]?(\d+)",
+            text,
+        )
         if not found:
             return 1
-        return int(found.group(1)) if found.group(1) else words[found.group(2)]
+        number, word, trailing = found.groups()
+        return int(number or trailing) if (number or trailing) else words[word]
 
 
 @dataclass
@@ -142,7 +148,7 @@ def _scan(root: Path) -> list[Folder]:
     """Every folder under `root` (hidden ones skipped) holding image files, with its role and split."""
     folders = []
     for path, dirs, names in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in SKIPPED_DIRS)
         files = _files_by_stem(Path(path), names)
         if not files:
             continue
@@ -209,8 +215,11 @@ def _looks_like_masks(files: list[Path]) -> bool:
                 array = np.asarray(image.convert("RGB") if image.mode not in ("L", "I;16", "I") else image)
         except (OSError, ValueError):
             return False
-        flat = array.reshape(-1, array.shape[-1]) if array.ndim == 3 else array.reshape(-1, 1)
-        if len(np.unique(flat, axis=0)) > FEW_VALUES:
+        if array.ndim == 3:  # one number per colour, so that counting them stays cheap
+            array = (
+                (array[..., 0].astype(np.int32) << 16) | (array[..., 1].astype(np.int32) << 8) | array[..., 2]
+            )
+        if len(np.unique(array)) > FEW_VALUES:
             return False
     return True
 
