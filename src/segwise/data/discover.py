@@ -118,7 +118,7 @@ def discover(root: Path) -> Discovery | None:
             folder.files = image_files
             chosen.append((folder, best))
     if not chosen:
-        if not masks and not any(_inline_sets(f.files)[1] for f in images):
+        if not masks:  # nothing but images: not a dataset discovery can explain
             return None
         raise _near_miss(root, images, masks)
     chosen = _one_image_folder_per_mask_set(root, chosen)
@@ -253,14 +253,12 @@ def _inline_sets(files: dict[str, Path]) -> tuple[dict[str, Path], dict[str, dic
     with a separator) and every remaining file has one; suffixes of files that are not masks by their
     name or content are not masks (`x_flipped.jpg`)."""
     stems = sorted(files)
-    suffixes: Counter = Counter()
-    for i, stem in enumerate(stems):
-        for other in stems[i + 1 :]:
-            if not other.startswith(stem):
-                break
-            suffix = other[len(stem) :]
-            if suffix[0] in SEPARATORS:
-                suffixes[suffix] += 1
+    found: Counter = Counter()
+    for stem in stems:
+        grown = (other for other in _starting_with(stems, stem) if other != stem)
+        found.update(other[len(stem) :] for other in grown if other[len(stem)] in SEPARATORS)
+    most = max(found.values(), default=0)
+    suffixes = [suffix for suffix, count in found.most_common(10) if 2 * count >= most]
     derived = {stem + s for stem in stems for s in suffixes if stem + s in files}
     bases = {s: files[s] for s in stems if s not in derived}
     sets = {}
