@@ -85,16 +85,18 @@ def camvid_mask(index: int) -> np.ndarray:
     return mask
 
 
-def camvid(root: Path) -> None:  # Kaggle CamVid: train/ + train_labels/ (x_L.png), class_dict.csv
+def camvid(root: Path, nested: bool = True) -> None:  # Kaggle CamVid: train/ + train_labels/ (x_L.png)
+    """The split folders and class_dict.csv in CamVid/, or the split folders at the root (`nested=False`)."""
     table = np.array(list(CAMVID_COLOURS.values()), np.uint8)
-    base = root / "CamVid"
+    base = root / "CamVid" if nested else root
     for split, count in (("train", 3), ("val", 2), ("test", 1)):
         for index in range(count):
             stem = f"0001TP_{split}{index:03d}"
             save(photo(index), base / split / f"{stem}.png")
             save(table[camvid_mask(index)], base / f"{split}_labels" / f"{stem}_L.png")
     rows = [f"{name},{r},{g},{b}" for name, (r, g, b) in CAMVID_COLOURS.items()]
-    (base / "class_dict.csv").write_text("name,r,g,b\n" + "\n".join(rows) + "\n")
+    (root / "CamVid").mkdir(exist_ok=True)
+    (root / "CamVid" / "class_dict.csv").write_text("name,r,g,b\n" + "\n".join(rows) + "\n")
 
 
 def isic(root: Path) -> None:  # ISIC 2018: unusual folder names, `_segmentation` masks
@@ -167,10 +169,12 @@ def test_sibling_image_folders_prefer_colour_and_jpeg_masks_are_thresholded(tmp_
         np.testing.assert_array_equal(mask, horse_mask(int(image.stem[-3:]) - 1) // 255)
 
 
-def test_split_folders_with_label_folders_use_a_colour_table_found_in_a_subfolder(tmp_path):
-    camvid(tmp_path)
+@pytest.mark.parametrize("nested", [True, False], ids=["all_in_CamVid", "splits_at_the_root"])
+def test_split_folders_with_label_folders_use_a_colour_table_found_in_a_subfolder(tmp_path, nested):
+    camvid(tmp_path, nested)
     source = find_data(tmp_path)
     assert source.layout == "tree" and sorted(source.pairs) == ["test", "train", "val"]
+    assert source.pairs["train"][0][0].parent == (tmp_path / "CamVid" if nested else tmp_path) / "train"
     assert stems(source.pairs["val"]) == [
         (f"0001TP_val{i:03d}.png", f"0001TP_val{i:03d}_L.png") for i in range(2)
     ]
