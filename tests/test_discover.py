@@ -241,7 +241,8 @@ def test_check_prints_the_rule_and_the_rejected_sets(tmp_path):
     retina(tmp_path)
     text = check_data(tmp_path).text()
     assert "(layout: tree)" in text
-    assert "found:    images training/images/: masks from training/1st_manual/ (shared leading ID)" in text
+    assert "found:    images test/images/: masks from test/1st_manual/ (shared leading ID)" in text
+    assert "\n          images training/images/: masks from training/1st_manual/ (shared leading ID)" in text
     assert "rejected training/mask/: one large region per image" in text
 
 

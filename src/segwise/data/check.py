@@ -60,10 +60,7 @@ class CheckReport:
 
     def text(self) -> str:
         lines = [f"{self.root}  (layout: {self.layout})"]
-        lines += [
-            f"found:    {line}" if not line.startswith(" ") else f"          {line}"
-            for line in self.decisions
-        ]
+        lines += [("found:    " if i == 0 else " " * 10) + line for i, line in enumerate(self.decisions)]
         lines.append("pairs:    " + ", ".join(f"{s} {n}" for s, n in self.pairs_per_split.items()))
         common = ", ".join(f"{w}×{h} ({n})" for (h, w), n in self.sizes.most_common(3))
         more = f" and {len(self.sizes) - 3} other sizes" if len(self.sizes) > 3 else ""

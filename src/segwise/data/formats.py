@@ -515,8 +515,7 @@ def _tree(root: Path, problems: list[Problem]) -> DataSource | None:
         for path in found.unmatched
     ]
     names = _parse_class_file(found.class_file) if found.class_file else None
-    decisions = ["layout tree: image and mask folders found anywhere below the root", *found.decisions]
-    source = DataSource(root, "tree", found.pairs, names, decisions=decisions)
+    source = DataSource(root, "tree", found.pairs, names, decisions=found.decisions)
     source.pairs = _apply_lists(root, source.pairs, problems)
     return source
 
