@@ -312,3 +312,21 @@ def test_the_tree_layout_can_be_named_for_any_dataset(tmp_path):
     assert named.layout == "tree"
     assert named.pairs == find_data(tmp_path).pairs
     assert named.class_names.names == find_data(tmp_path).class_names.names
+
+
+def test_a_run_on_a_discovered_tree_records_the_layout_and_evaluates_with_it(tmp_path):
+    import segwise
+    from segwise.evaluate import evaluate_split, split_pairs
+    from tests.conftest import TINY
+
+    retina(tmp_path / "data")
+    run = segwise.train(
+        tmp_path / "data", runs_dir=tmp_path / "runs", epochs=1, progress=False, **TINY
+    ).run_dir
+    predictor = segwise.load(run)
+    plan = predictor.config.data["plan"]
+    assert plan["layout"] == "tree"
+    pairs, source = split_pairs(tmp_path / "data", "test", plan["layout"], plan["categories"])
+    assert [mask.parent.name for _, mask in pairs] == ["1st_manual"] * 2
+    evaluation = evaluate_split(predictor, pairs, source=source)
+    assert int(evaluation.matrix.matrix.sum()) == 2 * H * W
