@@ -330,3 +330,23 @@ def test_a_run_on_a_discovered_tree_records_the_layout_and_evaluates_with_it(tmp
     assert [mask.parent.name for _, mask in pairs] == ["1st_manual"] * 2
     evaluation = evaluate_split(predictor, pairs, source=source)
     assert int(evaluation.matrix.matrix.sum()) == 2 * H * W
+
+
+def test_a_cvat_labelmap_is_a_colour_table(tmp_path):
+    camvid(tmp_path, nested=False)
+    (tmp_path / "CamVid" / "class_dict.csv").unlink()
+    rows = [f"{name}:{r},{g},{b}::" for name, (r, g, b) in CAMVID_COLOURS.items()]
+    (tmp_path / "labelmap.txt").write_text("# label:color_rgb:parts:actions\n" + "\n".join(rows) + "\n")
+    data = load_data(tmp_path, use_cache=False)
+    assert data.classes.names == ["Sky", "Road", "Car"] and data.classes.ignore_value == 3
+    assert data.classes.colours[:3] == [list(c) for c in list(CAMVID_COLOURS.values())[:3]]
+
+
+def test_a_mask_without_an_image_is_a_problem_check_lists(tmp_path):
+    carvana(tmp_path)
+    save(horse_mask(0), tmp_path / "train_masks" / "stray_mask.gif")
+    source = find_data(tmp_path)
+    assert [(p.path.name, p.kind) for p in source.problems] == [("stray_mask.gif", "unmatched mask")]
+    with pytest.raises(SegwiseError, match="stray_mask.gif: mask without an image"):
+        load_data(tmp_path, use_cache=False)
+    assert check_data(tmp_path).exit_code == 1

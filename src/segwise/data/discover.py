@@ -46,6 +46,7 @@ LABEL_NAMES = ("figure_ground", "ground_truth", "figure-ground", "ground-truth")
 MASK_WORDS = {"mask", "masks"}
 CLASS_FILES = ("class_dict.csv", "classes.txt", "codes.txt")
 LOOSE_CLASS_FILES = ("labelmap.txt", "labels.txt")  # used only when they read as names
+LABELMAP_LINE = r"[^:#]+:\s*\d+\s*,\s*\d+\s*,\s*\d+\s*:.*"  # CVAT: name:r,g,b:parts:actions
 SEPARATORS = "_-. "
 SKIPPED_DIRS = {"__MACOSX"}  # resource forks that macOS adds to zip files
 SAMPLES = 3
@@ -450,7 +451,9 @@ def _class_file(root: Path, folders: list[Folder], decisions: list[str]) -> Path
     for path, dirs, names in os.walk(root):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(names):
-            if name in CLASS_FILES or (name in LOOSE_CLASS_FILES and _names_only(Path(path) / name, stems)):
+            if name in CLASS_FILES or (
+                name in LOOSE_CLASS_FILES and _reads_as_classes(Path(path) / name, stems)
+            ):
                 found.append(Path(path) / name)
     at_root = [p for p in found if p.parent == root]
     if at_root or len(found) == 1:
@@ -463,13 +466,19 @@ def _class_file(root: Path, folders: list[Folder], decisions: list[str]) -> Path
     return None
 
 
-def _names_only(path: Path, stems: set[str]) -> bool:
-    """labels.txt / labelmap.txt as one class name a line (not a list of the dataset's files)."""
+def _reads_as_classes(path: Path, stems: set[str]) -> bool:
+    """labels.txt / labelmap.txt holding one class name a line (not a list of the dataset's files), or
+    CVAT's labelmap.txt (`name:r,g,b::` lines under a `#` header)."""
     try:
-        lines = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+        text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError):
         return False
-    return bool(lines) and all(re.fullmatch(r"[\w \-]+", line) and line not in stems for line in lines)
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    if not lines:
+        return False
+    if path.name == "labelmap.txt" and all(re.fullmatch(LABELMAP_LINE, line) for line in lines):
+        return True
+    return all(re.fullmatch(r"[\w \-]+", line) and line not in stems for line in lines)
 
 
 # ---------------------------------------------------------------------------------------------- nothing pairs

@@ -151,6 +151,12 @@ def _read_lines(path: Path) -> list[str]:
 
 def _parse_class_file(path: Path) -> ClassNames | None:
     lines = _read_lines(path)
+    if (
+        path.name == "labelmap.txt"
+        and lines
+        and all(":" in line for line in lines if not line.startswith("#"))
+    ):
+        return _parse_labelmap(path, [line for line in lines if not line.startswith("#")])
     if path.suffix.lower() != ".csv":
         return ClassNames(lines, None, path) if lines else None
     rows = list(csv.reader(lines))
@@ -170,6 +176,22 @@ def _parse_class_file(path: Path) -> ClassNames | None:
         names.append(name)
         colours.append(colour)
     return ClassNames(names, colours, path) if names else None
+
+
+def _parse_labelmap(path: Path, lines: list[str]) -> ClassNames:
+    """CVAT's labelmap.txt: `name:r,g,b:parts:actions` a line; row i names value i, its colour codes it."""
+    names, colours = [], []
+    for line in lines:
+        name, colour = line.split(":")[:2]
+        try:
+            rgb = [int(c) for c in colour.split(",")]
+        except ValueError:
+            rgb = []
+        if len(rgb) != 3 or not all(0 <= c <= 255 for c in rgb):
+            raise SegwiseError(f"{path}: line {line!r} is not name:r,g,b with r,g,b 0..255; fix the line")
+        names.append(name.strip())
+        colours.append(rgb)
+    return ClassNames(names, colours, path)
 
 
 # ---------------------------------------------------------------------------------------------- matching
