@@ -350,3 +350,15 @@ def test_a_mask_without_an_image_is_a_problem_check_lists(tmp_path):
     with pytest.raises(SegwiseError, match="stray_mask.gif: mask without an image"):
         load_data(tmp_path, use_cache=False)
     assert check_data(tmp_path).exit_code == 1
+
+
+def test_hrf_numbered_manual_folder_beats_its_field_of_view(tmp_path):
+    """HRF: images/01_dr.JPG, manual1/01_dr.tif (labels), mask/01_dr_mask.tif (field of view)."""
+    for index, kind in enumerate(("dr", "g", "h")):
+        save(photo(index), tmp_path / "images" / f"01_{kind}.JPG", quality=95)
+        save(vessels(index), tmp_path / "manual1" / f"01_{kind}.tif")
+        save(field_of_view(), tmp_path / "mask" / f"01_{kind}_mask.tif")
+    source = find_data(tmp_path)
+    assert [mask.parent.name for _, mask in source.pairs["all"]] == ["manual1"] * 3
+    assert any("rejected mask/: one large region per image" in line for line in source.decisions)
+    assert load_data(tmp_path, val_fraction=0.34, use_cache=False).mode == "binary"

@@ -185,6 +185,7 @@ def _label_score(name: str) -> int:
     """2 for a name that says labels (gt, manual, *annot, segmentation, ...), 1 for mask(s), else 0."""
     lower = name.lower()
     words = _words(name)
+    words += [w.rstrip("0123456789") for w in words]  # manual1, labels2
     if lower in LABEL_NAMES or any(
         w in LABEL_WORDS or w.endswith("annot") or w.startswith("segmentation") or "groundtruth" in w
         for w in words
@@ -287,15 +288,15 @@ def _common_affixes(stems: list[str]) -> tuple[str, str]:
 
 
 def _rules(images: list[str], masks: list[str]) -> list[tuple[str, object, object]]:
-    """Candidate rules (description, image key, mask key), the affixes read from the data itself."""
+    """Candidate rules (description, image key, mask key) for sorted stems, affixes read from the data."""
     rules: list[tuple[str, object, object]] = [("same stem", lambda s: s, lambda s: s)]
     mask_set = sorted(masks)
     grown: Counter = Counter()  # mask = image + suffix
     shrunk: Counter = Counter()  # image = mask + suffix
     for image in images[:50]:
-        grown.update(m[len(image) :] for m in _starting_with(mask_set, image) if m != image)
+        grown.update(m[len(image) :] for m in _starting_with(mask_set, image) if _suffix_like(m, image))
     for mask in mask_set[:50]:
-        shrunk.update(i[len(mask) :] for i in _starting_with(sorted(images), mask) if i != mask)
+        shrunk.update(i[len(mask) :] for i in _starting_with(images, mask) if _suffix_like(i, mask))
     for suffix, _ in grown.most_common(5):
         cut = len(suffix)
         rules.append((f"mask = image + {suffix!r}", lambda s: s, lambda s, x=suffix, n=cut: _cut(s, x, n)))
@@ -309,6 +310,11 @@ def _rules(images: list[str], masks: list[str]) -> list[tuple[str, object, objec
             described = f"common affixes {ip!r}…{is_!r} ↔ {mp!r}…{ms!r}"
             rules.append((described, _between(ip, is_), _between(mp, ms)))
     return rules
+
+
+def _suffix_like(longer: str, stem: str) -> bool:
+    """`longer` is `stem` plus a suffix that does not continue a number (`x_1` + `0` is `x_10`)."""
+    return longer != stem and not longer[len(stem)].isdigit()
 
 
 def _starting_with(sorted_stems: list[str], prefix: str) -> list[str]:
@@ -346,7 +352,7 @@ def _pairings(images: dict[str, Path], masks: dict[str, Path]) -> list[tuple[str
 
 def _pair_by(images: dict[str, Path], masks: dict[str, Path], image_key, mask_key) -> dict[str, Path] | None:
     """image stem → mask under keys; None when a key is shared by two images or two masks (two ways)."""
-    mask_of: dict[str, Path] = {}
+    mask_of: dict[str, Path | None] = {}
     for stem, path in masks.items():
         key = mask_key(stem)
         if key is None:
