@@ -13,9 +13,9 @@ Layouts (`layout=` option; "auto" tries them in this order):
               or DATA/{train,val,test}/images/; or images and masks side by side in one folder
               (x.png ↔ x_mask.png); masks/<class name>/ subfolders hold one binary mask per class
               (multilabel)
-    tree      anything else: image and mask folders found anywhere below DATA, paired by stem under
-              one rule per folder (see discover.py); tried last, and after a layout above that fits
-              the folders' names but finds no masks folder
+    tree      image folders and mask folders (or masks beside their images) anywhere below DATA
+              paired by file stem, one rule per folder (see discover.py); tried last, also when a
+              layout above fits the folder names but finds no masks folder or no pairs
 
 Masks are matched to images by file stem, also with a mask suffix (`x.png` ↔ `masks/x.png`,
 `x_mask.png`, `x_P.png`, ...). Split list files `train.txt`/`val.txt`/`test.txt` (stems or file names,
