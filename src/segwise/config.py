@@ -35,7 +35,7 @@ Optimizer = Literal["adamw", "sgd", "adam"]
 Schedule = Literal["one_cycle", "cosine", "poly"]
 Monitor = Literal["val_miou", "val_loss", "val_pixel_accuracy", "train_loss"]
 MonitorMode = Literal["auto", "max", "min"]
-Layout = Literal["auto", "coco", "voc", "segnet", "fastai", "folders"]
+Layout = Literal["auto", "coco", "voc", "segnet", "fastai", "folders", "tree"]
 Weighting = Literal["none", "inverse", "one_minus", "median_frequency"]
 # Prediction and export choices (segwise predict / export; inference/ checks them against these)
 Merge = Literal["mean", "gmean", "max", "vote"]

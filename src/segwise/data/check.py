@@ -52,6 +52,7 @@ class CheckReport:
     pixels: dict[str, list[int]]  # split → pixels per class
     void_pixels: dict[str, int]  # split → ignored pixels
     problems: list[Problem] = field(default_factory=list)
+    decisions: list[str] = field(default_factory=list)  # how discovery paired the files (layout "tree")
 
     @property
     def exit_code(self) -> int:
@@ -59,6 +60,7 @@ class CheckReport:
 
     def text(self) -> str:
         lines = [f"{self.root}  (layout: {self.layout})"]
+        lines += [("found:    " if i == 0 else " " * 10) + line for i, line in enumerate(self.decisions)]
         lines.append("pairs:    " + ", ".join(f"{s} {n}" for s, n in self.pairs_per_split.items()))
         common = ", ".join(f"{w}×{h} ({n})" for (h, w), n in self.sizes.most_common(3))
         more = f" and {len(self.sizes) - 3} other sizes" if len(self.sizes) > 3 else ""
@@ -136,6 +138,7 @@ def check_data(
         pixels,
         void,
         problems,
+        source.decisions,
     )
 
 

@@ -13,6 +13,9 @@ Layouts (`layout=` option; "auto" tries them in this order):
               or DATA/{train,val,test}/images/; or images and masks side by side in one folder
               (x.png ↔ x_mask.png); masks/<class name>/ subfolders hold one binary mask per class
               (multilabel)
+    tree      image folders and mask folders (or masks beside their images) anywhere below DATA
+              paired by file stem, one rule per folder (see discover.py); tried last, also when a
+              layout above fits the folder names but finds no masks folder or no pairs
 
 Masks are matched to images by file stem, also with a mask suffix (`x.png` ↔ `masks/x.png`,
 `x_mask.png`, `x_P.png`, ...). Split list files `train.txt`/`val.txt`/`test.txt` (stems or file names,
@@ -36,6 +39,7 @@ import numpy as np
 from ..config import LAYOUTS
 from ..errors import SegwiseError
 from ..io import is_image_file, read_mask
+from .discover import discover
 
 SPLITS = ("train", "val", "test")
 MASK_SUFFIXES = ("_mask", "_masks", "_P", "_label", "_labels", "_gt", "_seg", "_annot")
@@ -96,6 +100,7 @@ class DataSource:
     class_masks: list[dict[str, Path]] = field(default_factory=list)  # per class: image stem → mask
     problems: list[Problem] = field(default_factory=list)
     coco: dict[Path, CocoMasks] = field(default_factory=dict)
+    decisions: list[str] = field(default_factory=list)  # how the pairs were found, for `segwise check`
 
     @property
     def per_class_masks(self) -> bool:
@@ -146,6 +151,12 @@ def _read_lines(path: Path) -> list[str]:
 
 def _parse_class_file(path: Path) -> ClassNames | None:
     lines = _read_lines(path)
+    if (
+        path.name == "labelmap.txt"
+        and lines
+        and all(":" in line for line in lines if not line.startswith("#"))
+    ):
+        return _parse_labelmap(path, [line for line in lines if not line.startswith("#")])
     if path.suffix.lower() != ".csv":
         return ClassNames(lines, None, path) if lines else None
     rows = list(csv.reader(lines))
@@ -165,6 +176,22 @@ def _parse_class_file(path: Path) -> ClassNames | None:
         names.append(name)
         colours.append(colour)
     return ClassNames(names, colours, path) if names else None
+
+
+def _parse_labelmap(path: Path, lines: list[str]) -> ClassNames:
+    """CVAT's labelmap.txt: `name:r,g,b:parts:actions` a line; row i names value i, its colour codes it."""
+    names, colours = [], []
+    for line in lines:
+        name, colour = line.split(":")[:2]
+        try:
+            rgb = [int(c) for c in colour.split(",")]
+        except ValueError:
+            rgb = []
+        if len(rgb) != 3 or not all(0 <= c <= 255 for c in rgb):
+            raise SegwiseError(f"{path}: line {line!r} is not name:r,g,b with r,g,b 0..255; fix the line")
+        names.append(name.strip())
+        colours.append(rgb)
+    return ClassNames(names, colours, path)
 
 
 # ---------------------------------------------------------------------------------------------- matching
@@ -225,9 +252,14 @@ def _match(
     return [(images[stem], by_image[stem]) for stem in sorted(by_image)]
 
 
+class _NoMasksFolder(SegwiseError):
+    """The folders layout fits the folder names but its masks folder is missing: discovery may still
+    pair the tree (test/images/ beside test/1st_manual/)."""
+
+
 def _match_folders(images_dir: Path, masks_dir: Path, problems: list[Problem]) -> list[Pair]:
     if not masks_dir.is_dir():
-        raise SegwiseError(
+        raise _NoMasksFolder(
             f"{masks_dir}: masks folder not found; put one mask per image there, same file stem"
         )
     return _match(_image_files(images_dir, problems), _image_files(masks_dir, problems), masks_dir, problems)
@@ -495,7 +527,23 @@ def _coco(root: Path, problems: list[Problem], categories: list[str] | None = No
     return DataSource(root, "coco", pairs, ClassNames(names or [], None, files[0]), coco=coco)
 
 
+def _tree(root: Path, problems: list[Problem]) -> DataSource | None:
+    """Whatever no named layout describes: image and mask folders found by discovery."""
+    found = discover(root)
+    if found is None:
+        return None
+    problems += [
+        Problem(path, "unmatched mask", "mask without an image; add the image or remove the mask")
+        for path in found.unmatched
+    ]
+    names = _parse_class_file(found.class_file) if found.class_file else None
+    source = DataSource(root, "tree", found.pairs, names, decisions=found.decisions)
+    source.pairs = _apply_lists(root, source.pairs, problems)
+    return source
+
+
 DETECTORS = {"coco": _coco, "voc": _voc, "segnet": _segnet, "fastai": _fastai, "folders": _folders}
+DETECTORS |= {"tree": _tree}
 
 
 def find_data(root: str | Path, layout: str = "auto", categories: list[str] | None = None) -> DataSource:
@@ -507,26 +555,46 @@ def find_data(root: str | Path, layout: str = "auto", categories: list[str] | No
         raise SegwiseError(f"{root}: dataset folder not found; check the path")
     if not root.is_dir():
         raise SegwiseError(f"{root}: not a folder; pass a folder holding images/ and masks/")
-    problems: list[Problem] = []
-    source = None
-    for name, detect in DETECTORS.items():
-        if layout in ("auto", name):
-            source = detect(root, problems, categories) if name == "coco" else detect(root, problems)
-            if source is not None:
-                break
-    if source is None:
-        if layout != "auto":
-            raise SegwiseError(f"{root}: does not look like a {layout} dataset; {_layout_help(layout)}")
-        raise SegwiseError(
-            f"{root}: no images/ folder; expected {root}/images + {root}/masks "
-            f"(optionally with train/ and val/ subfolders) or {root}/train/images + {root}/train/masks, "
-            "or another layout (`segwise check --help` lists them)"
-        )
-    source.problems = problems
-    trainable = source.pairs.get("train", source.pairs.get("all", []))
-    if not trainable:
+    source = _detect(root, layout, categories)
+    if not _trainable(source):
         raise SegwiseError(f"{root}: no training images found (.png, .jpg, .tif, .bmp); add image/mask pairs")
     return source
+
+
+def _trainable(source: DataSource) -> list[Pair]:
+    return source.pairs.get("train", source.pairs.get("all", []))
+
+
+def _detect(root: Path, layout: str, categories: list[str] | None) -> DataSource:
+    """The first layout that fits (or the named one), with its problems. In auto mode, a layout whose
+    folder names fit but that finds no masks folder or no training pairs gives way to discovery."""
+    problems: list[Problem] = []
+    for name, detect in DETECTORS.items():
+        if layout not in ("auto", name):
+            continue
+        try:
+            source = detect(root, problems, categories) if name == "coco" else detect(root, problems)
+        except _NoMasksFolder as error:
+            if layout != "auto":
+                raise
+            found = _tree(root, tree_problems := [])
+            if found is None:
+                raise error from None
+            source, problems = found, tree_problems
+        if source is not None and layout == "auto" and name != "tree" and not _trainable(source):
+            found = _tree(root, tree_problems := [])
+            if found is not None and _trainable(found):
+                source, problems = found, tree_problems
+        if source is not None:
+            source.problems = problems
+            return source
+    if layout != "auto":
+        raise SegwiseError(f"{root}: does not look like a {layout} dataset; {_layout_help(layout)}")
+    raise SegwiseError(
+        f"{root}: no images/ folder; expected {root}/images + {root}/masks "
+        f"(optionally with train/ and val/ subfolders) or {root}/train/images + {root}/train/masks, "
+        "or another layout (`segwise check --help` lists them)"
+    )
 
 
 def _layout_help(layout: str) -> str:
