@@ -38,8 +38,9 @@ from ..errors import SegwiseError
 from ..io import IMAGE_SUFFIXES, read_mask
 
 MASK_ONLY_SUFFIXES = (".gif",)  # masks only: GIF is lossless but never a training image
-SPLIT_WORDS = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val"}
-SPLIT_WORDS |= {"test": "test", "testing": "test"}
+# Folder and file words naming a split, and the class-name files, shared with the named layouts (formats.py)
+SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val"}
+SPLIT_ALIASES |= {"test": "test", "testing": "test"}
 LABEL_WORDS = {"label", "labels", "gt", "groundtruth", "manual", "annotation", "annotations", "annot", "ann"}
 LABEL_WORDS |= {"segmentation", "segmentations", "seg", "truth", "target", "targets", "trimaps"}
 LABEL_NAMES = ("figure_ground", "ground_truth", "figure-ground", "ground-truth")
@@ -198,8 +199,8 @@ def _split_of(relative: Path) -> str | None:
     """The split named at the outermost level of a folder's path that names one."""
     for part in relative.parts:
         for word in _words(part):
-            if word in SPLIT_WORDS:
-                return SPLIT_WORDS[word]
+            if word in SPLIT_ALIASES:
+                return SPLIT_ALIASES[word]
     return None
 
 

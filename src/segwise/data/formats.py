@@ -39,15 +39,12 @@ import numpy as np
 from ..config import LAYOUTS
 from ..errors import SegwiseError
 from ..io import is_image_file, read_mask
-from .discover import discover
+from .discover import CLASS_FILES, SPLIT_ALIASES, discover
 
 SPLITS = ("train", "val", "test")
 MASK_SUFFIXES = ("_mask", "_masks", "_P", "_label", "_labels", "_gt", "_seg", "_annot")
 MASK_DIRS = ("masks", "labels", "annotations", "annot", "gt")
 VOID_NAMES = ("void", "unlabelled", "unlabeled")
-CLASS_FILES = ("class_dict.csv", "classes.txt", "codes.txt")
-SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val"}
-SPLIT_ALIASES |= {"test": "test", "testing": "test"}
 VOC_NAMES = (
     "background aeroplane bicycle bird boat bottle bus car cat chair cow diningtable dog horse "
     "motorbike person pottedplant sheep sofa train tvmonitor"
