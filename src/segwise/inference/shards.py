@@ -14,6 +14,8 @@ from contextlib import contextmanager
 import torch
 import torch.distributed as dist
 
+from ..engine import distributed
+
 
 @contextmanager
 def process_group() -> Iterator[tuple[int, int]]:
@@ -38,16 +40,14 @@ def process_shard() -> tuple[int, int]:
     else (0, 1)."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    process = distributed.current()
+    return process.rank, process.world_size
 
 
 def total_over_processes(count: int) -> int:
     """The sum of `count` over the processes of the process group (`count` itself without one)."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return count
-    value = torch.tensor([count], dtype=torch.int64)
-    dist.all_reduce(value)
-    return int(value.item())
+    (total,) = distributed.all_sum(count, device=torch.device("cpu"))  # predict's group is gloo: CPU
+    return round(total)
 
 
 def gathered(items: Sequence) -> list:
