@@ -65,10 +65,6 @@ class Task:
         A two-label multilabel run is not binary: its planes are independent, not a class and its complement."""
         return self.mode == "binary"
 
-    def probabilities(self, logits):
-        """Logits N×K×… (torch) → probabilities with the task's activation over dim 1."""
-        return logits.sigmoid() if self.per_label else logits.softmax(1)
-
     def decide_logits(self, logits):
         """Logits N×K×H×W (torch) → the predicted masks at the default decision: the top class of each
         pixel (N×H×W), or every label whose logit is positive, i.e. P > LABEL_THRESHOLD (N×C×H×W of 0/1)."""
