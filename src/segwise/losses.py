@@ -386,6 +386,11 @@ def _options_of(loss: type[nn.Module]) -> list[str]:
     ]
 
 
+def term_weights(spec: str | Mapping[str, float]) -> dict[str, float]:
+    """The terms of a loss spec and their weights: "ce+dice" (each 1.0) or {"ce": 1.0, "dice": 0.5}."""
+    return {name.strip(): 1.0 for name in spec.split("+")} if isinstance(spec, str) else dict(spec)
+
+
 def build_loss(
     spec: str | Mapping[str, float],
     ignore_index: int = IGNORE_INDEX,
@@ -398,7 +403,7 @@ def build_loss(
     so that a config file can set them without code; anything unknown is a SegwiseError.
     """
     _check_mode(mode)
-    weights = {name.strip(): 1.0 for name in spec.split("+")} if isinstance(spec, str) else dict(spec)
+    weights = term_weights(spec)
     unknown = sorted(set(weights) - set(LOSSES))
     if unknown or not weights:
         raise SegwiseError(f"unknown loss {unknown or spec!r}; choose from {sorted(LOSSES)}, joined by '+'")

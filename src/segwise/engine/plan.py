@@ -47,7 +47,7 @@ from ..config import Config, DataConfig, TrainConfig, load_config
 from ..data import SegmentationData, load_data
 from ..errors import SegwiseError
 from ..io import atomic_path
-from ..losses import LOSSES, build_loss, takes_class_weights
+from ..losses import LOSSES, build_loss, takes_class_weights, term_weights
 from ..models import SegmentationModel, create_model
 from ..task import Classes, Task
 from .devices import autocast_dtype, pick_device
@@ -169,7 +169,7 @@ def _planned_weights(config: Config, data_set: SegmentationData, notes: list[str
         weights = class_weights(data_set, options.weighting)
         notes.append(f"class weights ({options.weighting}): {', '.join(f'{w:.3f}' for w in weights)}")
     if weights is not None:
-        terms = _loss_terms(config.train.loss)
+        terms = term_weights(config.train.loss)
         unweighted = [n for n in terms if n in LOSSES and not takes_class_weights(n, task.loss_mode)]
         if unweighted:
             notes.append(f"the {', '.join(unweighted)} term is unweighted: it takes no per-label weights")
@@ -401,11 +401,6 @@ def loss_options(
     mode = task.loss_mode if task is not None else "multiclass"
     return {
         n: {"class_weights": weights}
-        for n in _loss_terms(spec)
+        for n in term_weights(spec)
         if n in LOSSES and takes_class_weights(n, mode)
     }
-
-
-def _loss_terms(spec: str | dict) -> list[str]:
-    """The term names of a loss spec: "ce+dice" or {"ce": 1.0, "dice": 0.5}."""
-    return [n.strip() for n in spec.split("+")] if isinstance(spec, str) else list(spec)
