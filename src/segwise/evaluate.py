@@ -46,6 +46,7 @@ from .inference.postprocess import Steps
 from .inference.threshold import write_threshold
 from .io import atomic_path
 from .metrics import BoundaryScores, ConfusionMatrix, boundary_scores_for, confusion_matrix_for
+from .run import held_out_name
 
 THRESHOLDS = [round(t, 2) for t in np.arange(0.05, 0.96, 0.05)]
 
@@ -205,9 +206,8 @@ def split_pairs(
 
 def held_out_pairs(source: DataSource, listing: Path) -> list[Pair]:
     """The pairs whose images `listing` names (paths relative to the data folder, one a line)."""
-    root = source.root.resolve()
     by_path = {
-        image.resolve().relative_to(root).as_posix(): (image, mask)
+        held_out_name(image, source.root): (image, mask)
         for pairs in source.pairs.values()
         for image, mask in pairs
     }

@@ -52,10 +52,14 @@ def write_metrics(history: list[dict], path: Path) -> None:
 def write_held_out(pairs: list[tuple[Path, Path]], root: Path, path: Path) -> None:
     """The images a run held out for validation, as paths relative to the data folder, one a line (so
     `segwise eval RUN DATA` scores the same images wherever the folder has moved)."""
-    root = root.resolve()
-    lines = [image.resolve().relative_to(root).as_posix() for image, _ in pairs]
+    lines = [held_out_name(image, root) for image, _ in pairs]
     with atomic_path(path) as tmp:
         tmp.write_text("".join(f"{line}\n" for line in lines))
+
+
+def held_out_name(image: Path, root: Path) -> str:
+    """How RUN/val.txt names an image: its path relative to the data folder, with forward slashes."""
+    return image.resolve().relative_to(root.resolve()).as_posix()
 
 
 def load_model(run_dir: str | Path) -> tuple[SegmentationModel, RunConfig]:
