@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SegwiseError
-from ..io import read_image
+from ..io import TIFF_SUFFIXES, read_image
 from ..task import Classes, colours_to_values, no_colour_table
 from .dataset import infer_classes, soft_binary_values
 from .formats import DataSource, Pair, Problem, find_data
@@ -190,7 +190,7 @@ def _read(source: DataSource, split: str, pair: Pair, problems: list[Problem]) -
 
 def _channel_stack(source: DataSource, mask_path: Path) -> bool:
     """Masks stored as one channel per class: per-class mask folders, or a (multi-channel) TIFF."""
-    return source.per_class_masks or mask_path.suffix.lower() in (".tif", ".tiff")
+    return source.per_class_masks or mask_path.suffix.lower() in TIFF_SUFFIXES
 
 
 def _without_path(error: SegwiseError, path: Path) -> str:

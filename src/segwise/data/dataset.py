@@ -29,7 +29,7 @@ from PIL import Image
 
 from ..constants import IGNORE_INDEX
 from ..errors import SegwiseError
-from ..io import read_image, read_mask
+from ..io import TIFF_SUFFIXES, read_image, read_mask
 from ..task import Classes, no_colour_table
 from . import cache
 from .formats import ClassNames, DataSource, Pair, find_data, read_class_names
@@ -142,7 +142,7 @@ def soft_binary_values(counts: Counter) -> bool:
 
 
 def _is_tiff(path: Path) -> bool:
-    return path.suffix.lower() in (".tif", ".tiff")
+    return path.suffix.lower() in TIFF_SUFFIXES
 
 
 def _noisy_binary(values: set[int]) -> bool:
