@@ -220,7 +220,11 @@ def test_samples_without_a_colour_draw_are_normalized_exactly(fast):
     coloured = _draw(recipe, 12, 3, 10, 14, torch.Generator().manual_seed(6)).coloured
     assert coloured.any() and not coloured.all()
     normalized = (images - mean) / std
-    assert torch.allclose(out[~coloured], normalized[~coloured], atol=1e-6)
+    # The fast path leaves these samples' values alone: exact up to the normalization's rounding. The plain
+    # pipeline warps every sample, the identity too, and float32 grid_sample moves values by a few 1e-6:
+    # still three orders of magnitude below a quarter grey level (0.25 / std ≥ 4e-3), so none is quantised.
+    atol = 1e-6 if fast else 1e-5
+    assert torch.allclose(out[~coloured], normalized[~coloured], atol=atol)
     assert ((out[coloured] - normalized[coloured]).abs().flatten(1).amax(1) > 0.01).all()
 
 
