@@ -1,5 +1,6 @@
 """Discovery (layout "tree"): datasets as people download them, generated here as tiny trees."""
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ from PIL import Image
 from segwise.data import load_data
 from segwise.data.check import check_data
 from segwise.data.formats import find_data
+from segwise.data.overrides import MaskPattern, Overrides, folders_of
 from segwise.errors import SegwiseError
 
 H, W = 24, 32
@@ -215,7 +217,9 @@ def test_two_equally_plausible_mask_sets_stop_with_the_choices_and_the_flag(tmp_
     message = str(error.value)
     assert "\n" not in message
     assert "coarse_labels/ (same stem)" in message and "fine_labels/ (same stem)" in message
-    assert "--layout folders" in message
+    assert message.endswith("choose one with --mask-set (coarse_labels or fine_labels)")
+    chosen = find_data(tmp_path, overrides=Overrides(mask_set="fine_labels"))
+    assert [mask.parent.name for _, mask in chosen.pairs["all"]] == ["fine_labels"] * 2
 
 
 def test_nothing_pairable_names_the_nearest_miss(tmp_path):
@@ -228,6 +232,122 @@ def test_nothing_pairable_names_the_nearest_miss(tmp_path):
     message = str(error.value)
     assert "images `21_training.tif` and masks `21_manual1.gif` share the leading ID `21`" in message
     assert "only 2 of 3 images" in message and "`23_training.tif`" in message
+    assert "pass --mask-pattern '{id}_manual1.gif'" in message
+    # ... and the flag it names pairs them, the image without a mask becoming a problem
+    source = find_data(tmp_path, overrides=Overrides(mask_pattern="{id}_manual1.gif"))
+    assert stems(source.pairs["all"]) == [(f"{n}_training.tif", f"{n}_manual1.gif") for n in (21, 22)]
+    assert [(p.path.name, p.kind) for p in source.problems] == [("23_training.tif", "unmatched image")]
+
+
+def near_miss_tree(root: Path) -> None:
+    for number in (21, 22, 23):
+        save(photo(number), root / "images" / f"{number}_training.tif")
+        save(vessels(number), root / "1st_manual" / f"{number}_manual1.gif")
+        save(vessels(number + 1), root / "1st_manual" / f"{number}_manual1_rev.gif")
+
+
+@pytest.mark.parametrize(
+    "pattern", ["{id}_manual1.gif", r"(?P<id>\d+)_manual1\.gif", "{id}_manual1", r"(?P<stem>\d+)_manual1_rev"]
+)
+def test_a_mask_pattern_as_template_or_regex_says_which_files_are_masks(tmp_path, pattern):
+    near_miss_tree(tmp_path)
+    if "stem" in pattern:  # the stem group names a mask by the image's whole stem: no image is `21`
+        with pytest.raises(
+            SegwiseError, match=r"no mask fits --mask-pattern .* \(none for `21_training.tif`\)"
+        ):
+            find_data(tmp_path, overrides=Overrides(mask_pattern=pattern))
+        return
+    source = find_data(tmp_path, overrides=Overrides(mask_pattern=pattern))
+    suffix = "_rev" if "rev" in pattern else ""
+    assert stems(source.pairs["all"]) == [
+        (f"{n}_training.tif", f"{n}_manual1{suffix}.gif") for n in (21, 22, 23)
+    ]
+    assert source.problems == []  # the masks the pattern does not fit are not this set's leftovers
+    assert any(f"--mask-pattern {pattern!r}" in line for line in source.decisions)
+
+
+def test_mask_patterns_read_names_and_refuse_what_cannot_pair(tmp_path):
+    by_stem = MaskPattern("{stem}_mask.png")
+    assert by_stem.key("x_1_mask.png") == "x_1" and by_stem.key("x_1.png") is None
+    assert by_stem.image_key("x_1") == "x_1"
+    by_id = MaskPattern("{id}_manual1.gif")
+    assert by_id.key("21_manual1.gif") == "21" and by_id.image_key("21_training") == "21"
+    assert MaskPattern("{stem}_L").key("0001TP_008550_L.png") == "0001TP_008550"  # no suffix: the stem
+    for bad, says in (("x_mask.png", "needs exactly one of {stem} or {id}"), ("(?P<stem>[", "not a valid")):
+        with pytest.raises(SegwiseError, match=re.escape(says)):
+            MaskPattern(bad)
+
+
+def unnamed_folders(root: Path) -> None:
+    """Folders named nothing discovery knows, holding JPEG masks: only explicit folders can pair them."""
+    for split, count in (("train", 3), ("val", 2)):
+        for index in range(count):
+            save(photo(index), root / f"in_{split}" / f"s{index}.jpg", quality=95)
+            save(horse_mask(index), root / f"out_{split}" / f"s{index}.jpg", quality=95)
+
+
+@pytest.mark.parametrize(
+    "images, masks",
+    [("in_{split}", "out_{split}"), ("train=in_train,val=in_val", "train=out_train,val=out_val")],
+    ids=["split_field", "per_split"],
+)
+def test_explicit_image_and_mask_folders_per_split(tmp_path, images, masks):
+    unnamed_folders(tmp_path)
+    with pytest.raises(SegwiseError):
+        find_data(tmp_path)
+    source = find_data(tmp_path, overrides=Overrides(images=images, masks=masks))
+    assert {split: len(pairs) for split, pairs in source.pairs.items()} == {"train": 3, "val": 2}
+    assert all(mask.parent.name == "out_val" for _, mask in source.pairs["val"])
+    data = load_data(tmp_path, use_cache=False, overrides=Overrides(images=images, masks=masks))
+    assert data.mode == "binary" and len(data.val_pairs) == 2
+
+
+def test_explicit_folders_are_checked_and_refuse_other_layouts(tmp_path):
+    unnamed_folders(tmp_path)
+    with pytest.raises(SegwiseError, match=r"--images 'nowhere': .* is not a folder"):
+        find_data(tmp_path, overrides=Overrides(images="nowhere"))
+    with pytest.raises(SegwiseError, match=r"--masks 'masks_\{split\}': no folder under .* fits it"):
+        folders_of(tmp_path, "masks_{split}", "masks")
+    with pytest.raises(SegwiseError, match=r"'fold' is not a split"):
+        folders_of(tmp_path, "fold=in_train", "images")
+    with pytest.raises(SegwiseError, match=r"--layout voc does not read --images"):
+        find_data(tmp_path, layout="voc", overrides=Overrides(images="in_{split}", masks="out_{split}"))
+
+
+def test_a_region_of_interest_set_makes_its_outside_void(tmp_path):
+    retina(tmp_path)
+    rejected = "\n".join(find_data(tmp_path).decisions)
+    assert "region of interest, not labels (use it as one: --roi mask)" in rejected
+    roi = Overrides(roi="mask")
+    source = find_data(tmp_path, overrides=roi)
+    assert [mask.parent.name for _, mask in source.pairs["train"]] == ["1st_manual"] * 3
+    assert {image.name: region.name for image, region in source.roi.items()}[
+        "21_training.tif"
+    ] == "21_training_mask.gif"
+    assert any("region of interest from training/mask/" in line for line in source.decisions)
+    data = load_data(tmp_path, val_fraction=0.34, use_cache=False, overrides=roi)
+    outside = field_of_view() == 0
+    expected = np.where(outside, 255, vessels(21) // 255)
+    np.testing.assert_array_equal(data.train_masks[0], expected)
+    report = check_data(tmp_path, overrides=roi)
+    assert report.void_pixels["train"] == 3 * int(outside.sum()) and report.exit_code == 0
+    with pytest.raises(
+        SegwiseError,
+        match=r"no mask set named 'fov' pairs with the images in test/images/; pass --roi with one of: 1st_manual, 2nd_manual, mask$",
+    ):
+        find_data(tmp_path, overrides=Overrides(roi="fov"))
+
+
+def test_most_images_paired_is_enough_and_the_rest_are_problems(tmp_path):
+    for index in range(10):
+        save(photo(index), tmp_path / "pictures" / f"p{index}.jpg", quality=95)
+        if index != 4:
+            save(horse_mask(index % 3), tmp_path / "gt" / f"p{index}.png")
+    source = find_data(tmp_path)
+    assert len(source.pairs["all"]) == 9
+    assert [(p.path.name, p.kind) for p in source.problems] == [("p4.jpg", "unmatched image")]
+    with pytest.raises(SegwiseError, match=r"p4.jpg: no mask pairs with this image"):
+        load_data(tmp_path, use_cache=False)
 
 
 def test_no_masks_anywhere_keeps_the_folders_error(tmp_path):
@@ -280,7 +400,10 @@ def test_stems_that_pair_two_ways_stop_with_both_rules(tmp_path):
         save(photo(index), tmp_path / "pictures" / f"p{index}.jpg", quality=95)
         save(horse_mask(index), tmp_path / "gt" / f"p{index}.png")
         save(horse_mask(index + 1), tmp_path / "gt" / f"p{index}_gt.png")
-    with pytest.raises(SegwiseError, match=r"gt/ \(same stem\); gt/ \(mask = image \+ '_gt'\); keep one"):
+    with pytest.raises(
+        SegwiseError,
+        match=r"gt/ \(same stem\); gt/ \(mask = image \+ '_gt'\); name the masks with --mask-pattern",
+    ):
         find_data(tmp_path)
 
 
@@ -362,3 +485,29 @@ def test_hrf_numbered_manual_folder_beats_its_field_of_view(tmp_path):
     assert [mask.parent.name for _, mask in source.pairs["all"]] == ["manual1"] * 3
     assert any("rejected mask/: one large region per image" in line for line in source.decisions)
     assert load_data(tmp_path, val_fraction=0.34, use_cache=False).mode == "binary"
+
+
+def test_overrides_are_recorded_in_the_plan_and_read_again_by_eval_and_check(tmp_path):
+    import segwise
+    from segwise.evaluate import evaluate_run
+    from tests.conftest import TINY, run_cli
+
+    near_miss_tree(tmp_path / "data")
+    assert run_cli("check", tmp_path / "data").returncode == 2  # the two mask names leave it ambiguous
+    checked = run_cli("check", tmp_path / "data", "--mask-pattern", "{id}_manual1.gif")
+    assert checked.returncode == 0, checked.stderr
+    assert "masks from 1st_manual/ (--mask-pattern '{id}_manual1.gif')" in checked.stdout
+    bad = run_cli("check", tmp_path / "data", "--mask-pattern", "(?P<stem>[")
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "not a valid" in bad.stderr
+    run = segwise.train(
+        tmp_path / "data",
+        runs_dir=tmp_path / "runs",
+        epochs=1,
+        progress=False,
+        mask_pattern="{id}_manual1.gif",
+        **TINY,
+    ).run_dir
+    plan = segwise.load(run).config.data["plan"]
+    assert plan["mask_pattern"] == "{id}_manual1.gif" and plan["layout"] == "tree"
+    report = evaluate_run(run, tmp_path / "data")  # the held-out image, found through the recorded pattern
+    assert report.images == 1

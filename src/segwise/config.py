@@ -194,6 +194,23 @@ class DataConfig:
         "binary masks: stored value ≥ this is foreground (e.g. 128)",
         (lambda v: v is None or 0 < v <= 65535, "1..65535"),
     )
+    images: str | None = option(
+        None,
+        "image folder under DATA, `{split}` for each split's, or train=DIR,val=DIR (default: discovered)",
+    )
+    masks: str | None = option(None, "mask folder under DATA, like --images (default: discovered)")
+    mask_pattern: str | None = option(
+        None,
+        "a mask's file name from its image's: `{stem}_mask.png`, `{id}_manual1.gif`, or a regex "
+        "with a group (?P<stem>...) or (?P<id>...)",
+    )
+    mask_set: str | None = option(
+        None, "which discovered mask set holds the labels (a folder name or suffix)"
+    )
+    roi: str | None = option(
+        None,
+        "a discovered mask set that is a region of interest; outside it is void (a folder name or suffix)",
+    )
     weighting: Weighting = option("none", "class weights for the loss from pixel frequencies")
     class_weights: list[float] | None = option(
         None,

@@ -40,6 +40,7 @@ from .constants import (
 )
 from .data.dataset import read_pair
 from .data.formats import DataSource, Pair, find_data
+from .data.overrides import Overrides
 from .errors import SegwiseError
 from .inference import Predictor, load
 from .inference.postprocess import Steps
@@ -169,6 +170,7 @@ def evaluate_split(
     for image_path, mask_path in tqdm(pairs, desc="evaluating", disable=not progress, leave=False):
         image, mask = read_pair(image_path, mask_path, source)
         truth = classes.to_indices(mask, mask_path)
+        truth = source.void_outside_roi(truth, image_path) if source else truth
         probabilities = predictor.predict_proba(image)
         prediction = decide(probabilities).astype(truth.dtype)  # the truth's type: 0/1 planes, not booleans
         target = torch.from_numpy(truth)[None]
@@ -189,11 +191,12 @@ def split_pairs(
     layout: str = "auto",
     categories: list[str] | None = None,
     held_out: Path | None = None,
+    overrides: Overrides | None = None,
 ) -> tuple[list[Pair], DataSource]:
     """The pairs of one split of a dataset folder (a folder without splits has only 'all') and the
     source that reads their masks; read with the layout the run was trained with. Without a 'val'
     split, 'val' is the images the run held out, listed in `held_out` (RUN/val.txt), when there is one."""
-    source = find_data(data, layout, categories)
+    source = find_data(data, layout, categories, overrides)
     source.check()
     if split == "val" and split not in source.pairs and held_out is not None and held_out.is_file():
         return held_out_pairs(source, held_out), source
@@ -303,7 +306,8 @@ def evaluate_run(
     predictor = load(run, device=device)
     plan = predictor.config.data.get("plan") or {}  # the layout the run was trained with
     layout, categories = plan.get("layout", "auto"), plan.get("categories")
-    pairs, source = split_pairs(data, split, layout, categories, held_out=run / HELD_OUT)
+    overrides = Overrides.of(plan)  # the folders, mask pattern and sets the run was trained with
+    pairs, source = split_pairs(data, split, layout, categories, run / HELD_OUT, overrides)
     held_out = run / HELD_OUT if split == "val" and "val" not in source.pairs else None
     evaluation = evaluate_split(predictor, pairs, worst_k=worst, progress=progress, source=source)
     out = Path(output) if output else run / EVAL_DIR / split

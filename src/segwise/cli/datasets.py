@@ -7,8 +7,9 @@ import argparse
 from ..config import Config
 from .arguments import add_command, add_config_flags, overrides
 
-CHECK_FLAGS = ("layout", "categories", "mask_threshold")
-SHOW_FLAGS = ("augment", "size", "seed")
+OVERRIDE_FLAGS = ("images", "masks", "mask_pattern", "mask_set", "roi")  # data/overrides.py
+CHECK_FLAGS = ("layout", "categories", "mask_threshold", *OVERRIDE_FLAGS)
+SHOW_FLAGS = ("augment", "size", "seed", *OVERRIDE_FLAGS)
 SHOW_DEFAULTS = {"augment": "default", "seed": 0}  # show draws with a livelier preset than training's
 
 
@@ -39,10 +40,15 @@ def _add_check(commands: argparse._SubParsersAction) -> None:
 
 def _check(args: argparse.Namespace) -> int:
     from ..data.check import check_data
+    from ..data.overrides import Overrides
 
     options = Config().updated(overrides(args)).data  # validated like a plan's `data:` section
     report = check_data(
-        args.data, options.layout, categories=options.categories, mask_threshold=options.mask_threshold
+        args.data,
+        options.layout,
+        categories=options.categories,
+        mask_threshold=options.mask_threshold,
+        overrides=Overrides.of(options),
     )
     print(report.text())
     return report.exit_code
@@ -65,11 +71,19 @@ def _add_show(commands: argparse._SubParsersAction) -> None:
 
 
 def _show(args: argparse.Namespace) -> int:
+    from ..data.overrides import Overrides
     from ..data.show import write_augmented_grid
 
-    settings = Config().updated(overrides(args)).train  # validated like a plan's `train:` section
+    config = Config().updated(overrides(args))  # validated like a plan's sections
+    settings = config.train
     path = write_augmented_grid(
-        args.data, args.output, settings.augment, args.count, settings.seed, settings.size
+        args.data,
+        args.output,
+        settings.augment,
+        args.count,
+        settings.seed,
+        settings.size,
+        Overrides.of(config.data),
     )
     print(f"wrote {path}  ({args.count} augmented training samples, preset {settings.augment})")
     return 0

@@ -6,6 +6,7 @@ import argparse
 
 from ..errors import SegwiseError
 from .arguments import add_command, add_config_flags, is_rank_zero, overrides
+from .datasets import OVERRIDE_FLAGS
 
 CONFIG_HELP = "plan YAML with `model:`, `train:` and `data:` sections"
 DATA_HELP = "folder with images/ and masks/ (optionally train/ and val/ inside)"
@@ -33,6 +34,7 @@ PLAN_FLAGS = (
     "layout",
     "categories",
     "mask_threshold",
+    *OVERRIDE_FLAGS,
     "weighting",
 )
 

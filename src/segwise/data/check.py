@@ -24,6 +24,7 @@ from ..io import TIFF_SUFFIXES, read_image
 from ..task import Classes, colours_to_values, no_colour_table
 from .dataset import infer_classes, soft_binary_values
 from .formats import DataSource, Pair, Problem, find_data
+from .overrides import Overrides
 
 
 @dataclass
@@ -37,6 +38,7 @@ class _Read:
     counts: Counter
     multichannel: int = 0  # channel count of a mask stored as one channel per class, else 0
     colour_coded: bool = False
+    outside_roi: int = 0  # pixels outside the image's region of interest (--roi): void
 
 
 @dataclass
@@ -101,9 +103,10 @@ def check_data(
     layout: str = "auto",
     categories: list[str] | None = None,
     mask_threshold: int | None = None,
+    overrides: Overrides | None = None,
 ) -> CheckReport:
     """Read every pair of the dataset in `root` and report its summary and all its problems."""
-    source = find_data(root, layout, categories)
+    source = find_data(root, layout, categories, overrides)
     problems = list(source.problems)
     reads = [
         r
@@ -183,9 +186,24 @@ def _read(source: DataSource, split: str, pair: Pair, problems: list[Problem]) -
         return _Read(split, pair, image.shape[:2], image.shape[-1], counts, mask.shape[-1])
     if colour:
         return _Read(split, pair, image.shape[:2], image.shape[-1], Counter(), colour_coded=True)
-    values, counts = np.unique(mask, return_counts=True)
+    outside = _outside_roi(source, image_path, mask.shape[:2], problems)
+    inside = mask if outside is None else mask[~outside]
+    values, counts = np.unique(inside, return_counts=True)
     counts = Counter(dict(zip(values.tolist(), counts.tolist(), strict=True)))
-    return _Read(split, pair, image.shape[:2], image.shape[-1], counts)
+    void = 0 if outside is None else int(outside.sum())
+    return _Read(split, pair, image.shape[:2], image.shape[-1], counts, outside_roi=void)
+
+
+def _outside_roi(
+    source: DataSource, image_path: Path, size: tuple[int, int], problems: list[Problem]
+) -> np.ndarray | None:
+    """Where the image's region of interest says void; an unreadable or misfit region is a problem."""
+    try:
+        return source.outside_roi(image_path, size)
+    except SegwiseError as error:
+        path = source.roi[image_path]
+        problems.append(Problem(path, "unreadable region of interest", _without_path(error, path)))
+        return None
 
 
 def _channel_stack(source: DataSource, mask_path: Path) -> bool:
@@ -238,6 +256,7 @@ def _count(
         void[read.split] += read.size[0] * read.size[1]  # the pixel total, for shares
         return
     index_of = {value: i for i, value in enumerate(classes.values)}
+    void[read.split] += read.outside_roi
     unexpected = []
     for value, count in read.counts.items():
         stored = int(value >= classes.threshold) if classes.threshold is not None else value

@@ -33,6 +33,7 @@ from ..io import TIFF_SUFFIXES, read_image, read_mask
 from ..task import Classes, no_colour_table
 from . import cache
 from .formats import ClassNames, DataSource, Pair, find_data, read_class_names
+from .overrides import Overrides
 
 __all__ = ["Classes", "ClassNames", "SegmentationData", "discover_classes", "load_data", "read_class_names"]
 
@@ -293,13 +294,15 @@ def load_data(
     mask_threshold: int | None = None,
     use_cache: bool = True,
     max_side: int = MAX_TRAIN_SIDE,
+    overrides: Overrides | None = None,
 ) -> SegmentationData:
     """Find, decode, check and cache a dataset. Pass `classes` to map masks to an existing run's classes.
 
     Without a `size`, the training images' typical size is chosen as they are decoded (`choose_size`,
     long side ≤ `max_side`). `layout` names the layout instead of detecting it (formats.LAYOUTS);
     `categories` picks COCO categories; `mask_threshold` makes every mask binary (stored value ≥
-    threshold is foreground).
+    threshold is foreground); `overrides` are the explicit folders, mask pattern, mask set and region
+    of interest (`data.overrides`).
     Decoded arrays are kept in a cache folder (see `segwise.data.cache`) so later runs decode nothing;
     `use_cache=False` decodes into memory and writes nothing.
 
@@ -307,7 +310,7 @@ def load_data(
     >>> data.classes.names, data.train_images.shape        # doctest: +SKIP
     """
     root = Path(root)
-    source = find_data(root, layout, categories)
+    source = find_data(root, layout, categories, overrides)
     source.check()
     found = source.pairs
     if "val" in found and "train" in found:
@@ -321,6 +324,7 @@ def load_data(
         "classes": cache.jsonable(classes),
         "splits": [len(train_pairs), len(val_pairs)],
         "layout": source.layout,
+        "overrides": cache.jsonable(overrides) if overrides else None,
         "categories": categories,
         "mask_threshold": mask_threshold,
     }
@@ -387,7 +391,8 @@ def _decode(
         images, masks = [], []
         for (image, mask), (image_path, mask_path) in zip(raw[split], pairs, strict=True):
             images.append(resize_image(match_channels(image, in_channels, image_path), size))
-            masks.append(resize_mask(classes.to_indices(mask, mask_path), size))
+            labels = source.void_outside_roi(classes.to_indices(mask, mask_path), image_path)
+            masks.append(resize_mask(labels, size))
         return np.stack(images), np.stack(masks)
 
     train_images, train_masks = stack("train", train_pairs)

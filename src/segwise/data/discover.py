@@ -14,17 +14,23 @@ Runs only after every named layout has failed. It finds, anywhere under the root
 Images pair with masks by file stem under ONE rule per folder, tried in order: the same stem; the mask
 stem is the image stem plus a suffix (or prefix) found in the data (`x` ↔ `x_mask`, `x_L`,
 `x_segmentation`); the image stem is the mask stem plus a suffix; both sets differ by their common
-prefix/suffix (`21_training` ↔ `21_manual1`); they share a leading ID containing a digit. A rule counts
-only if it pairs every image of the folder with exactly one mask: pairs are never made by position or
-sort order. Where several mask sets fit the same images, labels-named sets beat a plain `mask` set, a
-first annotator beats a second, and a set whose masks are one large region per image is a region of
-interest, not labels; a tie is an error naming the choices. Every choice is recorded in
+prefix/suffix (`21_training` ↔ `21_manual1`); they share a leading ID containing a digit. A rule pairs
+one image with one mask, never by position or sort order, and counts only if it pairs at least
+COVERAGE of the folder's images (the others become "image without a mask" problems). Where several
+mask sets fit the same images, labels-named sets beat a plain `mask` set, a first annotator beats a
+second, and a set whose masks are one large region per image is a region of interest, not labels; a
+tie is an error naming the choices and the flag that settles it. Every choice is recorded in
 `Discovery.decisions` so that `segwise check` can print it.
+
+The explicit overrides (overrides.py) replace a step each: --images / --masks the folders found,
+--mask-pattern the rules (only the files fitting it are masks, and any share of images may pair),
+--mask-set the choice among mask sets, and --roi takes a set as the region of interest of its images.
 """
 
 from __future__ import annotations
 
 import bisect
+import math
 import os
 import re
 from collections import Counter
@@ -36,11 +42,10 @@ from PIL import Image
 
 from ..errors import SegwiseError
 from ..io import IMAGE_SUFFIXES, read_mask
+from .overrides import SPLIT_ALIASES, MaskPattern, Overrides
 
 MASK_ONLY_SUFFIXES = (".gif",)  # masks only: GIF is lossless but never a training image
 # Folder and file words naming a split, and the class-name files, shared with the named layouts (formats.py)
-SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val"}
-SPLIT_ALIASES |= {"test": "test", "testing": "test"}
 LABEL_WORDS = {"label", "labels", "gt", "groundtruth", "manual", "annotation", "annotations", "annot", "ann"}
 LABEL_WORDS |= {"segmentation", "segmentations", "seg", "truth", "target", "targets", "trimaps"}
 LABEL_NAMES = ("figure_ground", "ground_truth", "figure-ground", "ground-truth")
@@ -52,6 +57,7 @@ SEPARATORS = "_-. "
 SKIPPED_DIRS = {"__MACOSX"}  # resource forks that macOS adds to zip files
 SAMPLES = 3
 FEW_VALUES = 64  # a mask holds at most this many distinct values or colours
+COVERAGE = 0.9  # a rule found in the data must pair this share of a folder's images (the rest: problems)
 REGION_SHARE = 0.5  # a binary mask whose foreground covers this much of every sample is a region of interest
 Pair = tuple[Path, Path]
 
@@ -70,14 +76,16 @@ class Folder:
 
 @dataclass
 class MaskSet:
-    """Masks that pair with every image of an image folder under one rule."""
+    """Masks that pair with the images of an image folder under one rule."""
 
     name: str  # the folder (relative to the root), or the suffix of masks kept beside their images
     rule: str
     by_stem: dict[str, Path]  # image stem → mask
     label_score: int
-    pool: list[Path] = field(default_factory=list)  # every file of its mask folder
+    pool: list[Path] = field(default_factory=list)  # every mask file of its folder the rule could read
     region: bool = False
+    coverage: float = 1.0  # the share of the folder's images it pairs
+    flag: str = ""  # how --mask-set and --roi name it: its folder's name or its suffix
 
     @property
     def annotator(self) -> int:
@@ -94,27 +102,49 @@ class MaskSet:
         number, word, trailing = found.groups()
         return int(number or trailing) if (number or trailing) else words[word]
 
+    def is_named(self, name: str) -> bool:
+        """`name` (from --mask-set or --roi) is this set's folder name, its path or its suffix."""
+        name = name.strip().rstrip("/")
+        return name in (self.flag, self.flag.lstrip(SEPARATORS), self.name.rstrip("/"))
+
 
 @dataclass
 class Discovery:
-    """What discovery decided: pairs per split, the class-name file, masks pairing no image, and why."""
+    """What discovery decided: pairs per split, the class-name file, masks pairing no image, images no
+    mask pairs with, each image's region of interest (--roi), and why."""
 
     pairs: dict[str, list[Pair]]
     class_file: Path | None
     unmatched: list[Path]
     decisions: list[str]
+    unpaired: list[Path] = field(default_factory=list)
+    roi: dict[Path, Path] = field(default_factory=dict)
 
 
-def discover(root: Path) -> Discovery | None:
-    """Pairs of the tree under `root` (see the module docstring); None when it holds no images and masks."""
-    folders = _scan(root)
+def discover(root: Path, overrides: Overrides | None = None) -> Discovery | None:
+    """Pairs of the tree under `root` (see the module docstring), following `overrides` where given;
+    None when it holds no images and masks."""
+    overrides = overrides or Overrides()
+    pattern = overrides.pattern()
+    folders = _scan(root, overrides, pattern)
     images = [f for f in folders if not f.masks]
     masks = [f for f in folders if f.masks]
     if not images:
         return None
     chosen: list[tuple[Folder, MaskSet]] = []
+    roi: dict[Path, Path] = {}
     for folder in images:
-        image_files, candidates = _candidates(root, folder, masks)
+        image_files, candidates = _candidates(root, folder, masks, pattern)
+        if candidates and overrides.roi:
+            region, candidates = _take_named(root, folder, candidates, overrides.roi, "--roi")
+            roi |= {image_files[stem]: mask for stem, mask in region.by_stem.items()}
+            folder.notes.append(
+                f"images {_relative(root, folder.path)}: region of interest from {region.name} ({region.rule}); "
+                "pixels outside it are void"
+            )
+        if candidates and overrides.mask_set:
+            named, _ = _take_named(root, folder, candidates, overrides.mask_set, "--mask-set")
+            candidates = [named]
         if candidates:
             best = _choose_mask_set(root, folder, candidates)
             folder.files = image_files
@@ -122,32 +152,90 @@ def discover(root: Path) -> Discovery | None:
     if not chosen:
         if not masks:  # nothing but images: not a dataset discovery can explain
             return None
-        raise _near_miss(root, images, masks)
+        raise _near_miss(root, images, masks, pattern)
     chosen = _one_image_folder_per_mask_set(root, chosen)
+    return _discovery(root, folders, images, chosen, roi)
+
+
+def _discovery(
+    root: Path,
+    folders: list[Folder],
+    images: list[Folder],
+    chosen: list[tuple[Folder, MaskSet]],
+    roi: dict[Path, Path],
+) -> Discovery:
+    """The pairs of the chosen image folder / mask set couples, with every decision said."""
     decisions = [note for folder, _ in chosen for note in folder.notes]
     kept = {folder.path for folder, _ in chosen}
     decisions += [
-        f"ignored images {_relative(root, f.path)}: no mask set pairs with every one of them"
+        f"ignored images {_relative(root, f.path)}: no mask set pairs with them"
         for f in images
         if f.path not in kept and not f.notes
     ]
     pairs: dict[str, list[Pair]] = {}
+    unpaired: list[Path] = []
     for folder, mask_set in chosen:
         split = folder.split or "all"
-        pairs.setdefault(split, []).extend(
-            (folder.files[s], mask_set.by_stem[s]) for s in sorted(folder.files)
-        )
+        for stem in sorted(folder.files):
+            if stem in mask_set.by_stem:
+                pairs.setdefault(split, []).append((folder.files[stem], mask_set.by_stem[stem]))
+            else:
+                unpaired.append(folder.files[stem])
     used = {mask for _, mask_set in chosen for mask in mask_set.by_stem.values()}
     unmatched = {mask for _, mask_set in chosen for mask in mask_set.pool if mask not in used}
     class_file = _class_file(root, folders, decisions)
-    return Discovery({s: sorted(p) for s, p in pairs.items()}, class_file, sorted(unmatched), decisions)
+    pairs = {s: sorted(p) for s, p in pairs.items()}
+    return Discovery(pairs, class_file, sorted(unmatched), decisions, sorted(unpaired), roi)
+
+
+def _take_named(
+    root: Path, folder: Folder, candidates: list[MaskSet], name: str, flag: str
+) -> tuple[MaskSet, list[MaskSet]]:
+    """The candidate named `name` by the user, and the others; none of that name is an error."""
+    named = [c for c in candidates if c.is_named(name)]
+    if len(named) != 1:
+        offered = ", ".join(sorted({c.flag for c in candidates}))
+        problem = "no mask set named {!r} pairs" if not named else f"{len(named)} mask sets named {{!r}} pair"
+        raise SegwiseError(
+            f"{root}: {problem.format(name)} with the images in {_relative(root, folder.path)}; "
+            f"pass {flag} with one of: {offered}"
+        )
+    (found,) = named
+    return found, [c for c in candidates if c is not found]
 
 
 # ---------------------------------------------------------------------------------------------- the tree
 
 
-def _scan(root: Path) -> list[Folder]:
-    """Every folder under `root` (hidden ones skipped) holding image files, with its role and split."""
+def _scan(root: Path, overrides: Overrides, pattern: MaskPattern | None) -> list[Folder]:
+    """Every folder holding image files, with its role and split: the folders --images and --masks
+    give, and where either is not given, the folders of that role found under `root`."""
+    given_images = overrides.image_folders(root)
+    given_masks = overrides.mask_folders(root)
+    folders = [
+        _given(root, path, split, masks)
+        for given, masks in ((given_images, False), (given_masks, True))
+        for split, path in (given or {}).items()
+    ]
+    given = {folder.path for folder in folders}
+    for folder in _walk(root, pattern):
+        if folder.path in given or (given_masks if folder.masks else given_images) is not None:
+            continue
+        folders.append(folder)
+    return folders
+
+
+def _given(root: Path, path: Path, split: str, masks: bool) -> Folder:
+    files = _files_by_stem(path, os.listdir(path))
+    if not files:
+        raise SegwiseError(f"{path}: no image files in this folder given as {'masks' if masks else 'images'}")
+    split = SPLIT_ALIASES[split] if split != "all" else _split_of(_relative_path(root, path))
+    return Folder(path, files, split, 2 if masks else 0, masks)
+
+
+def _walk(root: Path, pattern: MaskPattern | None) -> list[Folder]:
+    """Every folder under `root` (hidden ones skipped) holding image files. A folder holds masks when
+    its name or its files say so, or when every file fits the --mask-pattern."""
     folders = []
     for path, dirs, names in os.walk(root):
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in SKIPPED_DIRS)
@@ -160,7 +248,10 @@ def _scan(root: Path) -> list[Folder]:
         if not score and len(relative.parts) > 1 and _split_of(Path(folder.name)):
             score = _label_score(folder.parent.name)  # annotations/training/: the split's parent says labels
         split = _split_of(relative)
-        masks = score > 0 or _looks_like_masks(list(files.values()))
+        if pattern is not None and all(pattern.key(f.name) is not None for f in files.values()):
+            masks = True
+        else:
+            masks = score > 0 or _looks_like_masks(list(files.values()))
         folders.append(Folder(folder, files, split, score, masks))
     return folders
 
@@ -230,31 +321,75 @@ def _looks_like_masks(files: list[Path]) -> bool:
 # ---------------------------------------------------------------------------------------------- pairing
 
 
-def _candidates(root: Path, folder: Folder, masks: list[Folder]) -> tuple[dict[str, Path], list[MaskSet]]:
-    """The images of a folder (without masks kept beside them) and every mask set pairing all of them."""
-    images, inline = _inline_sets(folder.files)
+def _candidates(
+    root: Path, folder: Folder, masks: list[Folder], pattern: MaskPattern | None
+) -> tuple[dict[str, Path], list[MaskSet]]:
+    """The images of a folder (without masks kept beside them) and every mask set pairing (most of) them."""
+    where = _relative(root, folder.path)
+    images, inline = _inline_sets(folder.files, pattern)
     candidates = []
-    for suffix, by_stem in inline.items():
-        name = f"*{suffix} in {_relative(root, folder.path)}"
-        candidates.append(MaskSet(name, f"mask = image + {suffix!r}", by_stem, _label_score(suffix)))
+    for suffix, (rule, by_stem) in inline.items():
+        pool = list(by_stem.values())
+        coverage = len(by_stem) / len(images)
+        candidates.append(
+            MaskSet(
+                f"*{suffix} in {where}", rule, by_stem, _label_score(suffix), pool, False, coverage, suffix
+            )
+        )
     for mask_folder in masks:
         if mask_folder.split not in (folder.split, None):  # a mask folder without a split serves all
             continue
-        pool = list(mask_folder.files.values())
-        for rule, by_stem in _pairings(images, mask_folder.files):
-            name = _relative(root, mask_folder.path)
-            candidates.append(MaskSet(name, rule, by_stem, mask_folder.label_score, pool))
+        files = _fitting(mask_folder.files, pattern)
+        name = _relative(root, mask_folder.path)
+        for rule, by_stem in _pairings(images, files, pattern):
+            coverage = len(by_stem) / len(images)
+            candidates.append(
+                MaskSet(
+                    name,
+                    rule,
+                    by_stem,
+                    mask_folder.label_score,
+                    list(files.values()),
+                    False,
+                    coverage,
+                    mask_folder.path.name,
+                )
+            )
     return images, candidates
 
 
+def _fitting(files: dict[str, Path], pattern: MaskPattern | None) -> dict[str, Path]:
+    """The files a --mask-pattern reads as masks (all of them without one)."""
+    if pattern is None:
+        return files
+    return {stem: path for stem, path in files.items() if pattern.key(path.name) is not None}
+
+
 def _relative(root: Path, path: Path) -> str:
-    return str(path.relative_to(root)) + "/" if path != root else "./"
+    """How decisions name a folder: relative to the root (or absolute, for a folder given outside it)."""
+    return str(_relative_path(root, path)) + "/" if path != root else "./"
 
 
-def _inline_sets(files: dict[str, Path]) -> tuple[dict[str, Path], dict[str, dict[str, Path]]]:
-    """Images and masks side by side: the masks are the files named image stem + one suffix (starting
-    with a separator) and every remaining file has one; suffixes of files that are not masks by their
-    name or content are not masks (`x_flipped.jpg`)."""
+def _relative_path(root: Path, path: Path) -> Path:
+    try:
+        return path.relative_to(root)
+    except ValueError:
+        return path
+
+
+def _inline_sets(
+    files: dict[str, Path], pattern: MaskPattern | None = None
+) -> tuple[dict[str, Path], dict[str, tuple[str, dict[str, Path]]]]:
+    """Images and masks side by side: the images, and suffix → (rule, image stem → mask) for each set
+    of masks kept beside them. With a --mask-pattern, the files fitting it are the masks. Without one,
+    the masks are the files named image stem + one suffix (starting with a separator) and every
+    remaining file has one; suffixes of files that are not masks by their name or content are not
+    masks (`x_flipped.jpg`)."""
+    if pattern is not None:
+        fitting = _fitting(files, pattern)
+        images = {stem: path for stem, path in files.items() if stem not in fitting}
+        pairings = _pairings(images, fitting, pattern) if images and fitting else []
+        return images, {pattern.text: pairings[0]} if pairings else {}
     stems = sorted(files)
     found: Counter = Counter()
     for stem in stems:
@@ -270,7 +405,7 @@ def _inline_sets(files: dict[str, Path]) -> tuple[dict[str, Path], dict[str, dic
         if bases and len(by_stem) == len(bases):
             masks = list(by_stem.values())
             if _label_score(suffix) or _looks_like_masks(masks):
-                sets[suffix] = by_stem
+                sets[suffix] = (f"mask = image + {suffix!r}", by_stem)
     if not sets:
         return files, {}
     return bases, sets
@@ -341,12 +476,22 @@ def _between(prefix: str, suffix: str):
     return key
 
 
-def _pairings(images: dict[str, Path], masks: dict[str, Path]) -> list[tuple[str, dict[str, Path]]]:
-    """Every rule that pairs each image with exactly one mask (distinct pairings only)."""
+def _pairings(
+    images: dict[str, Path], masks: dict[str, Path], pattern: MaskPattern | None = None
+) -> list[tuple[str, dict[str, Path]]]:
+    """Every rule that pairs images with masks one to one (distinct pairings only): the --mask-pattern
+    alone when given, else the rules found in the data, each counting only when it pairs at least
+    COVERAGE of the images (the rest are reported as images without a mask)."""
+    if pattern is not None:
+        rules = [(str(pattern), pattern.image_key, lambda stem: pattern.key(masks[stem].name))]
+        least = 1
+    else:
+        rules = _rules(sorted(images), sorted(masks))
+        least = max(1, math.ceil(COVERAGE * len(images)))
     found: list[tuple[str, dict[str, Path]]] = []
-    for rule, image_key, mask_key in _rules(sorted(images), sorted(masks)):
+    for rule, image_key, mask_key in rules:
         by_stem = _pair_by(images, masks, image_key, mask_key)
-        if by_stem is not None and len(by_stem) == len(images) and by_stem not in [p for _, p in found]:
+        if by_stem is not None and len(by_stem) >= least and by_stem not in [p for _, p in found]:
             found.append((rule, by_stem))
     return found
 
@@ -382,25 +527,32 @@ def _choose_mask_set(root: Path, folder: Folder, candidates: list[MaskSet]) -> M
     if len(ranked) > 1 and _rank(ranked[1]) == _rank(best):
         tied = [c for c in ranked if _rank(c) == _rank(best)]
         choices = "; ".join(f"{c.name} ({c.rule})" for c in tied)
+        flags = sorted({c.flag for c in tied})
+        fix = (
+            f"choose one with --mask-set ({' or '.join(flags)})"
+            if len(flags) == len(tied)
+            else "name the masks with --mask-pattern (e.g. '{stem}_gt.png')"
+        )
         raise SegwiseError(
-            f"{root}: images in {where} pair equally well with {len(tied)} mask sets: {choices}; keep one: "
-            f"move it to masks/ beside the images (then --layout folders reads it) or move the others out"
+            f"{root}: images in {where} pair equally well with {len(tied)} mask sets: {choices}; {fix}"
         )
     folder.notes.append(f"images {where}: masks from {best.name} ({best.rule})")
     folder.notes += [f"  rejected {other.name}: {_why_not(other, best)}" for other in ranked[1:]]
     return best
 
 
-def _rank(mask_set: MaskSet) -> tuple[bool, int, int]:
-    return (mask_set.region, -mask_set.label_score, mask_set.annotator)
+def _rank(mask_set: MaskSet) -> tuple[bool, int, int, float]:
+    return (mask_set.region, -mask_set.label_score, mask_set.annotator, -mask_set.coverage)
 
 
 def _why_not(other: MaskSet, best: MaskSet) -> str:
     if other.region:
-        return "one large region per image: a region of interest, not labels"
+        return f"one large region per image: a region of interest, not labels (use it as one: --roi {other.flag})"
     if other.label_score < best.label_score:
-        return f"its name says labels less clearly than {best.name}"
-    return f"annotator {other.annotator}; annotator {best.annotator} is preferred"
+        return f"its name says labels less clearly than {best.name} (choose it: --mask-set {other.flag})"
+    if other.annotator != best.annotator:
+        return f"annotator {other.annotator}; annotator {best.annotator} is preferred (choose it: --mask-set {other.flag})"
+    return f"pairs {other.coverage:.0%} of the images where {best.name} pairs {best.coverage:.0%}"
 
 
 def _is_region(masks: list[Path]) -> bool:
@@ -491,8 +643,19 @@ def _reads_as_classes(path: Path, stems: set[str]) -> bool:
 # ---------------------------------------------------------------------------------------------- nothing pairs
 
 
-def _near_miss(root: Path, images: list[Folder], masks: list[Folder]) -> SegwiseError:
-    """The error when no rule pairs every image: the rule and folders that came closest, with an example."""
+def _near_miss(
+    root: Path, images: list[Folder], masks: list[Folder], pattern: MaskPattern | None
+) -> SegwiseError:
+    """The error when no rule pairs the images: the rule and folders that came closest, with an example
+    and the flag that would pair them."""
+    folders = ", ".join(_relative(root, f.path) for f in images[:3])
+    if pattern is not None:
+        example = next(iter(_inline_sets(images[0].files, pattern)[0].values()), None)
+        return SegwiseError(
+            f"{root}: no mask fits {pattern} with the images in {folders}"
+            + (f" (none for `{example.name}`)" if example else "")
+            + "; compare the pattern with a mask's file name"
+        )
     best: tuple[int, str, Folder, Folder, dict[str, Path]] | None = None
     for image_folder in images:
         bases, _ = _inline_sets(image_folder.files)
@@ -502,25 +665,41 @@ def _near_miss(root: Path, images: list[Folder], masks: list[Folder]) -> Segwise
                 if best is None or len(by_stem) > best[0]:
                     best = (len(by_stem), rule, image_folder, mask_folder, by_stem)
     if best is None or best[0] == 0:
-        folders = ", ".join(_relative(root, f.path) for f in images[:3])
         theirs = ", ".join(_relative(root, f.path) for f in masks[:3]) or "no mask folder"
         return SegwiseError(
-            f"{root}: images in {folders} pair with no masks ({theirs}) under any rule; name each mask like "
-            "its image (x.png ↔ masks/x.png) and use --layout folders"
+            f"{root}: images in {folders} pair with no masks ({theirs}) under any rule; say how a mask is "
+            "named after its image with --mask-pattern (e.g. '{stem}_mask.png'), or pass --images DIR --masks DIR"
         )
     count, rule, image_folder, mask_folder, by_stem = best
     stem = next(iter(sorted(by_stem)))
     example = f"images `{image_folder.files[stem].name}` and masks `{by_stem[stem].name}`"
     example += f" share the leading ID `{_lead(stem)}`" if rule == "shared leading ID" else f" pair by {rule}"
+    image_where, mask_where = _relative(root, image_folder.path), _relative(root, mask_folder.path)
     missing = sorted(set(_inline_sets(image_folder.files)[0]) - set(by_stem))
     if not missing:  # every image pairs, but with masks of another split
         return SegwiseError(
-            f"{root}: {example}, but {_relative(root, image_folder.path)} and {_relative(root, mask_folder.path)} "
-            "name different splits; put the masks in a folder of the images' split"
+            f"{root}: {example}, but {image_where} and {mask_where} name different splits; pass "
+            f"--images {image_where.rstrip('/')} --masks {mask_where.rstrip('/')} (one folder per split: "
+            "train=DIR,val=DIR)"
         )
-    return SegwiseError(
-        f"{root}: no rule pairs every image with one mask; nearest: {example}, but only {count} of "
-        f"{count + len(missing)} images in {_relative(root, image_folder.path)} find a mask in "
-        f"{_relative(root, mask_folder.path)} (none for `{image_folder.files[missing[0]].name}`); "
-        "add the missing masks, or name each mask like its image and use --layout folders"
+    suggested = _suggested_pattern(stem, by_stem[stem].name, rule)
+    fix = (
+        f"pass --mask-pattern '{suggested}' to pair them so (check then lists the images without a mask)"
+        if suggested
+        else "say how a mask is named after its image with --mask-pattern"
     )
+    return SegwiseError(
+        f"{root}: no rule pairs the images with masks; nearest: {example}, but only {count} of "
+        f"{count + len(missing)} images in {image_where} find a mask in {mask_where} (none for "
+        f"`{image_folder.files[missing[0]].name}`); add the missing masks, or {fix}"
+    )
+
+
+def _suggested_pattern(stem: str, mask_name: str, rule: str) -> str | None:
+    """A --mask-pattern template naming `mask_name` after the image `stem`, when one fits."""
+    lead = _lead(stem)
+    if rule == "shared leading ID" and lead and mask_name.startswith(lead):
+        return "{id}" + mask_name[len(lead) :]
+    if mask_name.startswith(stem):
+        return "{stem}" + mask_name[len(stem) :]
+    return None

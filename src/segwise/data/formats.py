@@ -15,7 +15,9 @@ Layouts (`layout=` option; "auto" tries them in this order):
               (multilabel)
     tree      image folders and mask folders (or masks beside their images) anywhere below DATA
               paired by file stem, one rule per folder (see discover.py); tried last, also when a
-              layout above fits the folder names but finds no masks folder or no pairs
+              layout above fits the folder names but finds no masks folder or no pairs; the only
+              layout that reads the explicit overrides (overrides.py: --images, --masks,
+              --mask-pattern, --mask-set, --roi)
 
 Masks are matched to images by file stem, also with a mask suffix (`x.png` ↔ `masks/x.png`,
 `x_mask.png`, `x_P.png`, ...). Split list files `train.txt`/`val.txt`/`test.txt` (stems or file names,
@@ -37,9 +39,11 @@ from pathlib import Path
 import numpy as np
 
 from ..config import LAYOUTS
+from ..constants import IGNORE_INDEX
 from ..errors import SegwiseError
 from ..io import is_image_file, read_mask
-from .discover import CLASS_FILES, SPLIT_ALIASES, discover
+from .discover import CLASS_FILES, discover
+from .overrides import SPLIT_ALIASES, Overrides
 
 SPLITS = ("train", "val", "test")
 MASK_SUFFIXES = ("_mask", "_masks", "_P", "_label", "_labels", "_gt", "_seg", "_annot")
@@ -98,6 +102,7 @@ class DataSource:
     problems: list[Problem] = field(default_factory=list)
     coco: dict[Path, CocoMasks] = field(default_factory=dict)
     decisions: list[str] = field(default_factory=list)  # how the pairs were found, for `segwise check`
+    roi: dict[Path, Path] = field(default_factory=dict)  # image → its region-of-interest mask (--roi)
 
     @property
     def per_class_masks(self) -> bool:
@@ -113,11 +118,32 @@ class DataSource:
             return np.stack([c if c.ndim == 2 else c[..., 0] for c in channels], axis=-1)
         return read_mask(mask_path)
 
+    def outside_roi(self, image_path: Path, size: tuple[int, int]) -> np.ndarray | None:
+        """H×W booleans, True outside the image's region of interest (void); None without one."""
+        if image_path not in self.roi:
+            return None
+        path = self.roi[image_path]
+        region = read_mask(path)
+        if region.shape[:2] != tuple(size):
+            raise SegwiseError(
+                f"{path}: region of interest is {region.shape[1]}×{region.shape[0]} but its image "
+                f"{image_path.name} is {size[1]}×{size[0]}; regions must match their images"
+            )
+        return ~(region if region.ndim == 2 else region[..., 0]).astype(bool)
+
+    def void_outside_roi(self, labels: np.ndarray, image_path: Path) -> np.ndarray:
+        """Class indices (H×W, or C×H×W per label) with IGNORE_INDEX outside the region of interest."""
+        outside = self.outside_roi(image_path, labels.shape[-2:])
+        if outside is not None:
+            labels = labels.copy()
+            labels[..., outside] = IGNORE_INDEX
+        return labels
+
     def files(self) -> list[Path]:
         """Every file the decoded data depends on (for cache keys): images, masks (all class folders of
-        multilabel data, COCO files once), and the class-name file."""
+        multilabel data, COCO files once, regions of interest), and the class-name file."""
         files = {path for pairs in self.pairs.values() for pair in pairs for path in pair}
-        files |= {path for masks in self.class_masks for path in masks.values()}
+        files |= {path for masks in self.class_masks for path in masks.values()} | set(self.roi.values())
         if self.class_names is not None and self.class_names.path.is_file():
             files.add(self.class_names.path)
         return sorted(files)
@@ -524,17 +550,22 @@ def _coco(root: Path, problems: list[Problem], categories: list[str] | None = No
     return DataSource(root, "coco", pairs, ClassNames(names or [], None, files[0]), coco=coco)
 
 
-def _tree(root: Path, problems: list[Problem]) -> DataSource | None:
-    """Whatever no named layout describes: image and mask folders found by discovery."""
-    found = discover(root)
+def _tree(root: Path, problems: list[Problem], overrides: Overrides | None = None) -> DataSource | None:
+    """Whatever no named layout describes: image and mask folders found by discovery, following the
+    explicit `overrides` where given."""
+    found = discover(root, overrides)
     if found is None:
         return None
     problems += [
         Problem(path, "unmatched mask", "mask without an image; add the image or remove the mask")
         for path in found.unmatched
     ]
+    problems += [
+        Problem(path, "unmatched image", "no mask pairs with this image; add its mask or remove the image")
+        for path in found.unpaired
+    ]
     names = _parse_class_file(found.class_file) if found.class_file else None
-    source = DataSource(root, "tree", found.pairs, names, decisions=found.decisions)
+    source = DataSource(root, "tree", found.pairs, names, decisions=found.decisions, roi=found.roi)
     source.pairs = _apply_lists(root, source.pairs, problems)
     return source
 
@@ -543,8 +574,15 @@ DETECTORS = {"coco": _coco, "voc": _voc, "segnet": _segnet, "fastai": _fastai, "
 DETECTORS |= {"tree": _tree}
 
 
-def find_data(root: str | Path, layout: str = "auto", categories: list[str] | None = None) -> DataSource:
-    """Find the pairs of the dataset in `root` (see the module docstring); problems are collected."""
+def find_data(
+    root: str | Path,
+    layout: str = "auto",
+    categories: list[str] | None = None,
+    overrides: Overrides | None = None,
+) -> DataSource:
+    """Find the pairs of the dataset in `root` (see the module docstring); problems are collected.
+    Explicit `overrides` (folders, mask pattern, mask set, region of interest) are read by the tree
+    layout, which they imply."""
     root = Path(root)
     if layout not in LAYOUTS:
         raise SegwiseError(f"layout {layout!r} is not known; choose from {list(LAYOUTS)}")
@@ -552,7 +590,18 @@ def find_data(root: str | Path, layout: str = "auto", categories: list[str] | No
         raise SegwiseError(f"{root}: dataset folder not found; check the path")
     if not root.is_dir():
         raise SegwiseError(f"{root}: not a folder; pass a folder holding images/ and masks/")
-    source = _detect(root, layout, categories)
+    if overrides:
+        if layout not in ("auto", "tree"):
+            raise SegwiseError(
+                f"--layout {layout} does not read --images, --masks, --mask-pattern, --mask-set or --roi; "
+                "leave --layout out (they imply the tree layout)"
+            )
+        source = _tree(root, problems := [], overrides)
+        if source is None:
+            raise SegwiseError(f"{root}: no images found with the folders given; check --images and --masks")
+        source.problems = problems
+    else:
+        source = _detect(root, layout, categories)
     if not _trainable(source):
         raise SegwiseError(f"{root}: no training images found (.png, .jpg, .tif, .bmp); add image/mask pairs")
     return source

@@ -15,6 +15,7 @@ from ..constants import IGNORE_INDEX
 from ..io import colorize, write_image
 from .augment import Augment, augment_batch
 from .dataset import load_data
+from .overrides import Overrides
 
 GAP = 4  # white pixels between image and mask, and between cells
 
@@ -25,11 +26,12 @@ def augmented_grid(
     count: int = 16,
     seed: int = 0,
     size: tuple[int, int] | None = None,
+    overrides: Overrides | None = None,
 ) -> np.ndarray:
     """uint8 RGB grid of `count` cells, each an augmented training image beside its mask in the class
     palette (per-label masks: each pixel in the mean colour of its labels; void grey). Samples are drawn in
     a seeded order and repeat when the data has fewer."""
-    data_set = load_data(data, size, seed=seed)
+    data_set = load_data(data, size, seed=seed, overrides=overrides)
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(data_set.train_images), generator=generator)
     picked = order.repeat(math.ceil(count / len(order)))[:count].sort().values.numpy()
@@ -74,7 +76,8 @@ def write_augmented_grid(
     count: int = 16,
     seed: int = 0,
     size: tuple[int, int] | None = None,
+    overrides: Overrides | None = None,
 ) -> Path:
     """Write `augmented_grid(...)` to `output` (PNG, written atomically) and return its path."""
-    write_image(output, augmented_grid(data, augment, count, seed, size))
+    write_image(output, augmented_grid(data, augment, count, seed, size, overrides))
     return Path(output)

@@ -45,6 +45,7 @@ import yaml
 
 from ..config import Config, DataConfig, TrainConfig, load_config
 from ..data import SegmentationData, load_data
+from ..data.overrides import Overrides
 from ..errors import SegwiseError
 from ..io import atomic_path
 from ..losses import LOSSES, build_loss, takes_class_weights, term_weights
@@ -210,6 +211,7 @@ def load_planned_data(
         categories=options.categories,
         mask_threshold=options.mask_threshold,
         max_side=max_side,
+        overrides=Overrides.of(options),
     )
 
 
