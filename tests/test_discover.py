@@ -511,3 +511,22 @@ def test_overrides_are_recorded_in_the_plan_and_read_again_by_eval_and_check(tmp
     assert plan["mask_pattern"] == "{id}_manual1.gif" and plan["layout"] == "tree"
     report = evaluate_run(run, tmp_path / "data")  # the held-out image, found through the recorded pattern
     assert report.images == 1
+
+
+def test_a_cvat_segmentation_mask_export_reads_its_labelmap(tmp_path):
+    """CVAT 'Segmentation mask 1.1': VOC folders with RGB-coded masks whose colours labelmap.txt gives."""
+    colours = np.array([(0, 0, 0), (250, 50, 83), (51, 221, 255)], np.uint8)
+    (tmp_path / "labelmap.txt").write_text(
+        "# label:color_rgb:parts:actions\nbackground:0,0,0::\ncar:250,50,83::\nperson:51,221,255::\n"
+    )
+    for index in range(3):
+        save(photo(index), tmp_path / "JPEGImages" / f"frame_{index:06d}.png")
+        save(colours[camvid_mask(index) % 3], tmp_path / "SegmentationClass" / f"frame_{index:06d}.png")
+    lists = tmp_path / "ImageSets" / "Segmentation"
+    lists.mkdir(parents=True)
+    (lists / "default.txt").write_text("\n".join(f"frame_{i:06d}" for i in range(3)) + "\n")
+    source = find_data(tmp_path)
+    assert source.layout == "voc" and source.class_names.names == ["background", "car", "person"]
+    data = load_data(tmp_path, val_fraction=0.34, use_cache=False)
+    assert data.classes.names == ["background", "car", "person"] and data.mode == "multiclass"
+    np.testing.assert_array_equal(data.train_masks[0], camvid_mask(0) % 3)

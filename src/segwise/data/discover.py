@@ -635,9 +635,19 @@ def _reads_as_classes(path: Path, stems: set[str]) -> bool:
     lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
     if not lines:
         return False
-    if path.name == "labelmap.txt" and all(re.fullmatch(LABELMAP_LINE, line) for line in lines):
+    if is_labelmap(path):
         return True
     return all(re.fullmatch(r"[\w \-]+", line) and line not in stems for line in lines)
+
+
+def is_labelmap(path: Path) -> bool:
+    """CVAT's labelmap.txt: `name:r,g,b:parts:actions` lines under a `#` header."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError):
+        return False
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    return path.name == "labelmap.txt" and bool(lines) and all(re.fullmatch(LABELMAP_LINE, x) for x in lines)
 
 
 # ---------------------------------------------------------------------------------------------- nothing pairs

@@ -42,7 +42,7 @@ from ..config import LAYOUTS
 from ..constants import IGNORE_INDEX
 from ..errors import SegwiseError
 from ..io import is_image_file, read_mask
-from .discover import CLASS_FILES, discover
+from .discover import CLASS_FILES, discover, is_labelmap
 from .overrides import SPLIT_ALIASES, Overrides
 
 SPLITS = ("train", "val", "test")
@@ -156,11 +156,15 @@ class DataSource:
 
 
 def read_class_names(root: Path) -> ClassNames | None:
-    """The first class-name file found in `root` (class_dict.csv, classes.txt, codes.txt), or None."""
+    """The first class-name file found in `root` (class_dict.csv, classes.txt, codes.txt, or the
+    labelmap.txt of a CVAT export), or None."""
     for name in CLASS_FILES:
         path = Path(root) / name
         if path.is_file():
             return _parse_class_file(path)
+    labelmap = Path(root) / "labelmap.txt"
+    if labelmap.is_file() and is_labelmap(labelmap):
+        return _parse_class_file(labelmap)
     return None
 
 
