@@ -16,6 +16,7 @@ the Python API's edge (segwise.train, make_plan, find_lr, load_config).
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Callable
@@ -147,6 +148,15 @@ class TrainConfig:
         (
             lambda v: v is None or (len(v) >= 1 and all(0 < f <= 1 for f in v)),
             "a list of size fractions in (0, 1], one per epoch phase, e.g. [0.5, 1.0]",
+        ),
+    )
+    budget: str | None = option(
+        None,
+        "wall-clock budget of the whole run, e.g. 20m, 1h30m: the plan fits size, batch and epochs to it "
+        "and training stops on time (default without --epochs: 20m)",
+        (
+            lambda v: v is None or re.fullmatch(r"(\s*\d+(\.\d+)?\s*[hms])+\s*", v.lower()) is not None,
+            "a duration such as 20m, 1h30m or 90s",
         ),
     )
     compile: bool = option(False, "torch.compile the model for training")

@@ -24,6 +24,7 @@ LR_FIND_FLAGS = (
     "seed",
 )
 PLAN_FLAGS = (
+    "budget",
     "arch",
     "encoder",
     "encoder_weights",

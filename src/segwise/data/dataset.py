@@ -267,6 +267,18 @@ class SegmentationData:
         """The validation images were held out of the data's pairs (`val_fraction`): it has no val split."""
         return self.source is not None and "val" not in self.source.pairs
 
+    def original_sizes(self, limit: int = 256) -> list[tuple[int, int]]:
+        """H×W of (up to `limit` of) the training images as stored, read from their headers; the
+        decoded size stands in for a file whose header cannot be read."""
+        sizes = []
+        for image_path, _ in self.train_pairs[:limit]:
+            try:
+                with Image.open(image_path) as image:
+                    sizes.append((image.height, image.width))
+            except OSError:
+                sizes.append(tuple(self.size))
+        return sizes or [tuple(self.size)]
+
     def mean_std(self) -> tuple[list[float], list[float]]:
         """Per-channel mean and std of the training images, on the 0..1 scale."""
         pixels = self.train_images.reshape(-1, self.in_channels).astype(np.float64) / 255.0

@@ -131,7 +131,7 @@ def find_lr(
     >>> finding = find_lr("data/cells", encoder="resnet18", output="lr.png")  # doctest: +SKIP
     >>> finding.suggestion                                                     # doctest: +SKIP
     """
-    run = NewRun(data, config, entry_overrides(overrides, fields))
+    run = NewRun(data, config, entry_overrides(overrides, fields), fit_budget=False)
     device = pick_device(run.settings.device)
     keep_freed_memory(device)
     env = Environment(

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,7 @@ from ..io import atomic_path
 from ..losses import LOSSES, build_loss, takes_class_weights, term_weights
 from ..models import SegmentationModel, create_model
 from ..task import Classes, Task
+from .budget import budget_of, parse_budget, plan_budget
 from .devices import autocast_dtype, pick_device
 from .step import autocast
 
@@ -121,16 +123,22 @@ def make_plan(
     return plan_run(data, config, given, probe_device)
 
 
-def plan_run(data: str | Path, config: Config, given: set[str], probe_device: str | None = None) -> Plan:
-    """`make_plan` on a resolved config; `given` names the values to keep (see `resolve_config`)."""
+def plan_run(
+    data: str | Path,
+    config: Config,
+    given: set[str],
+    probe_device: str | None = None,
+    deadline: float | None = None,
+    fit_budget: bool = True,
+) -> Plan:
+    """`make_plan` on a resolved config; `given` names the values to keep (see `resolve_config`).
+    `deadline` is the perf_counter time a budget ends (a run's start + its budget; default: now + it);
+    without `fit_budget` the plan times nothing (lr-find: the length of a run does not matter)."""
     settings, options = config.train, config.data
     device = torch.device(probe_device or str(pick_device(settings.device)))
     max_side = MAX_SIDE.get(device.type, 1024)
     data_set = load_planned_data(data, settings.size, settings.val_fraction, settings.seed, options, max_side)
-    notes = []
-    if settings.size is None:
-        height, width = data_set.size
-        notes.append(f"size {height}×{width}: median aspect ratio and area, long side ≤ {max(height, width)}")
+    notes: list[str] = []
     _check_recorded(options, data_set)
     notes.append(_classes_note(data_set.classes))
     notes.append(
@@ -141,8 +149,20 @@ def plan_run(data: str | Path, config: Config, given: set[str], probe_device: st
     if mean is None:
         mean, std, source = normalization(config, data_set)
         notes.append(f"normalization: {source}")
-    batch_size, epochs = _planned_length(config, data_set, device, given, notes)
-    train = {"size": list(data_set.size), "batch_size": batch_size, "epochs": epochs}
+    budget = budget_of(config, given) if fit_budget else None
+    if budget is not None and not DECIDED_BY_A_CONFIG <= given:
+        deadline = deadline if deadline is not None else time.perf_counter() + parse_budget(budget)
+        data_set, train, max_side = _fit_budget(
+            data, config, data_set, device, given, budget, deadline, notes
+        )
+    else:
+        if settings.size is None:
+            height, width = data_set.size
+            notes.append(
+                f"size {height}×{width}: median aspect ratio and area, long side ≤ {max(height, width)}"
+            )
+        batch_size, epochs = _planned_length(config, data_set, device, given, notes)
+        train = {"size": list(data_set.size), "batch_size": batch_size, "epochs": epochs}
     data_values = {
         "class_weights": weights,
         "mean": [round(float(v), 6) for v in mean],
@@ -153,6 +173,40 @@ def plan_run(data: str | Path, config: Config, given: set[str], probe_device: st
     }
     chosen_under = None if settings.size else max_side
     return Plan(config.updated({"train": train, "data": data_values}), data_set, notes, chosen_under)
+
+
+def _fit_budget(
+    data: str | Path,
+    config: Config,
+    data_set: SegmentationData,
+    device: torch.device,
+    given: set[str],
+    budget: str,
+    deadline: float,
+    notes: list[str],
+) -> tuple[SegmentationData, dict[str, Any], int]:
+    """Size, batch and epochs fitted to the budget (engine/budget.py); the data read again at the
+    chosen size when it is not the one read first. Returns the data, the `train:` values and the cap."""
+    settings = config.train
+    fitted = plan_budget(
+        config,
+        data_set,
+        planned_model(config, data_set, pretrained=False),  # for timing: shapes matter, not weights
+        planned_loss(settings, data_set.classes.task, None),
+        device,
+        budget,
+        deadline,
+        settings.epochs if "epochs" in given else None,
+        settings.batch_size if "batch_size" in given else None,
+        "size" in given,
+    )
+    notes += fitted.notes
+    if tuple(fitted.size) != tuple(data_set.size):
+        data_set = load_planned_data(
+            data, None, settings.val_fraction, settings.seed, config.data, fitted.max_side
+        )
+    train = {"size": list(data_set.size), "batch_size": fitted.batch_size, "epochs": fitted.epochs}
+    return data_set, train | {"budget": budget}, fitted.max_side
 
 
 def _classes_note(classes: Classes) -> str:

@@ -24,6 +24,7 @@ from ..models import SegmentationModel
 from ..run import build_model
 from . import distributed
 from .batches import Batches
+from .budget import budget_of, parse_budget
 from .checkpoint import TrainingState
 from .devices import autocast_dtype, keep_freed_memory, pick_device
 from .plan import (
@@ -112,7 +113,12 @@ class NewRun:
     everything it leaves open planned from the data (engine/plan.py)."""
 
     def __init__(
-        self, data: str | Path | None, config: Config | str | Path | None, overrides: Sections
+        self,
+        data: str | Path | None,
+        config: Config | str | Path | None,
+        overrides: Sections,
+        started: float | None = None,
+        fit_budget: bool = True,
     ) -> None:
         if data is None:
             raise SegwiseError(
@@ -122,9 +128,13 @@ class NewRun:
         self.planned = config is None  # no plan given: its decisions are printed as `segwise plan` would
         self.config, self.given = resolve_config(config, overrides)
         self.settings = self.config.train
+        self.started = started  # perf_counter time the run began: a budget counts from it
+        self.fit_budget = fit_budget
 
     def start(self, env: Environment) -> Start:
-        plan = plan_run(self.data, self.config, self.given, str(env.device))
+        budget = budget_of(self.config, self.given)
+        deadline = self.started + parse_budget(budget) if budget and self.started is not None else None
+        plan = plan_run(self.data, self.config, self.given, str(env.device), deadline, self.fit_budget)
         for note in plan.notes if self.planned else []:
             env.say(f"plan: {note}")
         settings = plan.config.train

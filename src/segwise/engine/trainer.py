@@ -49,6 +49,7 @@ from ..metrics import ConfusionMatrix, confusion_matrix_for
 from ..task import Task
 from . import distributed
 from .batches import Batches, resize_batch
+from .budget import parse_budget
 from .checkpoint import TrainingState, restore_rng_state, rng_state
 from .figures import plot_curves, plot_lr, sample_panel, write_sample_panels
 from .lr_find import lr_range_test
@@ -97,7 +98,10 @@ def train(
         overrides["train"]["augment"] = "none"  # the user's transform replaces the on-device presets
     else:
         transform = None
-    run = ResumedRun(resume, config, overrides) if resume is not None else NewRun(data, config, overrides)
+    if resume is not None:
+        run = ResumedRun(resume, config, overrides)
+    else:
+        run = NewRun(data, config, overrides, started)
     env = training_environment(run.settings, progress)
     trainer = Trainer(run.start(env), env, transform)
     trainer.open_run_dir(runs_dir, name)
@@ -127,6 +131,8 @@ class Trainer:
         self.state = TrainingState()
         self.run_dir: Path | None = None
         self.net, self.net_frozen = None, None
+        self.deadline: float | None = None  # when the time budget ends (perf_counter), if it has one
+        self.val_seconds = 0.0  # the last validation pass, kept free before the deadline
 
     def _find_lr(self, groups: list[dict]) -> float:
         settings, env = self.settings, self.env
@@ -243,6 +249,7 @@ class Trainer:
         )
         self._say_start(epochs.start)
         writer = self._tensorboard(epochs.start)
+        self.deadline = self._deadline(started)
         for epoch in epochs:
             epoch_start = time.perf_counter()
             train_loss, seen = self.train_epoch(epoch)
@@ -266,7 +273,10 @@ class Trainer:
                 "images_per_s": round(seen / train_seconds, 2),
                 "seconds": round(time.perf_counter() - epoch_start, 2),
             }
+            self.val_seconds = row["seconds"] - train_seconds
             improved = self.record(row)
+            out_of_time = self.out_of_time()
+            self.state.stopped = self.state.stopped or out_of_time  # a resume does not continue past it
             if self.env.process.is_main:
                 self.save(row, improved, writer)
             say(
@@ -274,6 +284,9 @@ class Trainer:
                 f"val loss {row['val_loss']:.4f}  val mIoU {row['val_miou']:.4f}{' *' if improved else ''}  "
                 f"{row['images_per_s']:.1f} img/s  {row['seconds']:.1f}s"
             )
+            if out_of_time and epoch < settings.epochs:
+                say(f"segwise: the time budget {settings.budget} is spent; stopping after epoch {epoch}")
+                break
             if self.state.stopped:
                 say(
                     f"segwise: early stopping at epoch {epoch}: {settings.monitor} has not improved for "
@@ -316,8 +329,26 @@ class Trainer:
             bar.set_postfix(
                 loss=f"{running / seen:.4f}", img_s=f"{seen / (time.perf_counter() - started):.1f}", **best
             )
+            if update and self.out_of_time(every=16):
+                break  # validate and save what there is: the budget ends the run
         bar.close()
         return running / max(seen, 1), seen
+
+    def _deadline(self, started: float) -> float | None:
+        """When a new run's time budget ends (perf_counter time); a resumed run has none (it counted
+        from a start long past)."""
+        if self.settings.budget is None or self.start.state is not None:
+            return None
+        return started + parse_budget(self.settings.budget)
+
+    def out_of_time(self, every: int = 1) -> bool:
+        """The budget leaves no room for another validation pass (as long as the last one took). Every
+        process decides alike: rank 0's clock decides for all, asked every `every` steps under torchrun
+        (a broadcast per step would cost more than the seconds it saves)."""
+        if self.deadline is None or (self.env.process.distributed and self.state.step % every):
+            return False
+        late = time.perf_counter() + self.val_seconds > self.deadline
+        return bool(distributed.broadcast(late, self.env.process))
 
     def _network(self, epoch: int) -> torch.nn.Module:
         """The model as trained this epoch. Freezing changes the trainable set, which DDP and
