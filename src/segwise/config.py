@@ -53,6 +53,7 @@ WEIGHTINGS: tuple[str, ...] = typing.get_args(Weighting)
 MERGES: tuple[str, ...] = typing.get_args(Merge)
 BACKENDS: tuple[str, ...] = typing.get_args(Backend)
 EXPORT_FORMATS: tuple[str, ...] = typing.get_args(ExportFormat)
+POLYGON_TOLERANCE = 1.0  # predict --coco-polygons: the most a polygon strays from the mask, pixels
 
 Check = tuple[Callable[[Any], bool], str]  # (is the value valid?, what is expected)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..config import BACKENDS, EXPORT_FORMATS, MERGES
+from ..config import BACKENDS, EXPORT_FORMATS, MERGES, POLYGON_TOLERANCE
 from .arguments import RUN_HELP, add_command, is_rank_zero
 
 
@@ -38,7 +38,22 @@ def _add_predict(commands: argparse._SubParsersAction) -> None:
         "--output-format",
         default="png",
         help="comma-separated outputs: png (index mask, default), overlay, rgba, npy, tiff (probabilities), "
-        "json (object boxes), coco (one COCO instances file for all inputs, objects as RLE)",
+        "json (object boxes), coco (one COCO instances file for all inputs, objects as RLE, or "
+        "polygons with --coco-polygons)",
+    )
+    predict.add_argument(
+        "--coco-polygons",
+        action="store_true",
+        help="coco format: segmentations as polygons (holes kept), simplified to --polygon-tolerance "
+        "pixels, instead of RLE",
+    )
+    predict.add_argument(
+        "--polygon-tolerance",
+        type=float,
+        default=POLYGON_TOLERANCE,
+        metavar="PX",
+        help=f"how far a polygon may stray from the mask, pixels (default {POLYGON_TOLERANCE:g}); less "
+        "where an object would keep an IoU under 0.98 with its mask, 0 for the exact outline",
     )
     predict.add_argument("--batch-size", type=int, default=1, help="images per forward pass (default 1)")
     predict.add_argument(
@@ -114,6 +129,8 @@ def _predict(args: argparse.Namespace) -> int:
         crop=args.crop,
         batch_size=args.batch_size,
         progress=sys.stderr.isatty(),
+        coco_polygons=args.coco_polygons,
+        polygon_tolerance=args.polygon_tolerance,
     )
     if is_rank_zero():
         if report.threshold_file is not None:

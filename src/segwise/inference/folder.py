@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..config import BACKENDS
+from ..config import BACKENDS, POLYGON_TOLERANCE
 from ..errors import SegwiseError
+from . import coco
 from .backends import load_onnx
 from .predictor import PredictionReport, load
 from .shards import process_device, process_group
@@ -39,16 +40,19 @@ def predict_folder(
     crop: bool = False,
     batch_size: int = 1,
     progress: bool = False,
+    coco_polygons: bool = False,
+    polygon_tolerance: float = POLYGON_TOLERANCE,
 ) -> PredictionReport:
     """Predict `inputs` with the run and write them into `output`; see `Predictor.predict_to_folder`.
 
     `backend` "onnxruntime" (or an `onnx` file, which implies it) runs RUN/model.onnx or that file;
     `tta`, `merge`, `tile`, `overlap` and `max_pixels` (`auto_tile_pixels`) are `InferenceOptions`.
     Under torchrun (WORLD_SIZE > 1) every process calls this: each predicts its share on its own GPU,
-    and the report's `total` counts the files of all of them. The formats are checked first, so a
-    typo fails before a model loads.
+    and the report's `total` counts the files of all of them. The formats and the polygon options
+    are checked first, so a typo fails before a model loads.
     """
     formats = parse_formats(formats)
+    coco.checked_polygon_tolerance(formats, coco_polygons, polygon_tolerance)
     if backend not in BACKENDS:
         raise SegwiseError(f"backend '{backend}' is not valid; choose from {', '.join(BACKENDS)}")
     options = {"tta": tta, "merge": merge, "tile": tile, "overlap": overlap}
@@ -71,4 +75,6 @@ def predict_folder(
             batch_size=batch_size,
             progress=progress,
             shard=(rank, world_size),
+            coco_polygons=coco_polygons,
+            polygon_tolerance=polygon_tolerance,
         )

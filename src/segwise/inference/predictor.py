@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..config import RunConfig
+from ..config import POLYGON_TOLERANCE, RunConfig
 from ..constants import THRESHOLD_JSON
 from ..data.dataset import match_channels, resize_image
 from ..engine.devices import pick_device
@@ -256,6 +256,8 @@ class Predictor:
         batch_size: int = 1,
         progress: bool = False,
         shard: tuple[int, int] | None = None,
+        coco_polygons: bool = False,
+        polygon_tolerance: float = POLYGON_TOLERANCE,
     ) -> PredictionReport:
         """Predict every input (files, folders, globs) and write the requested formats into `output`.
 
@@ -266,13 +268,16 @@ class Predictor:
         tiled TIFF masks, `<name>.tif`, of the task's default decision (`predict_large_tiff`: the
         formats, threshold and cleaning do not apply to them, nor are they in the COCO file).
         `coco` writes one file for all inputs once they are predicted (`coco.COCO_FILE`): under a
-        process group every process sends its records and rank 0 writes it.
+        process group every process sends its records and rank 0 writes it. Its segmentations are RLE,
+        or with `coco_polygons` polygons with their holes, simplified by up to `polygon_tolerance`
+        pixels (see `coco`).
         `shard=(rank, world_size)` predicts the inputs `rank::world_size` of the sorted list; None: this
         process's torchrun share, or everything.
 
         >>> segwise.load("runs/cells").predict_to_folder(["new/"], "out", formats=["png", "json"])  # doctest: +SKIP
         """
         formats = parse_formats(formats)
+        tolerance = coco.checked_polygon_tolerance(formats, coco_polygons, polygon_tolerance)
         if batch_size < 1:
             raise SegwiseError(f"batch size {batch_size} is not valid; expected an integer ≥ 1")
         threshold, threshold_file = self._threshold(threshold)
@@ -289,7 +294,7 @@ class Predictor:
             coco_names = coco.file_names(regular, output_names(regular)) if "coco" in formats else None
             jobs = list(enumerate(zip(regular, targets, strict=True)))[rank::world_size]
             written, records = self._write_predictions(
-                jobs, steps, batch_size, progress and rank == 0, coco_names
+                jobs, steps, batch_size, progress and rank == 0, coco_names, tolerance
             )
             files += written
             if coco_names is not None:
@@ -319,10 +324,12 @@ class Predictor:
         batch_size: int,
         progress: bool,
         coco_names: Sequence[str] | None,
+        polygon_tolerance: float | None = None,
     ) -> tuple[list[Path], list[tuple[int, dict]]]:
         """Predict the inputs `batch_size` at a time and write each one's files; jobs are (index in the
         input list, (input, format → files)). Returns the files written and, when `coco_names` (the
-        inputs' COCO file names) are given, the (index, `coco.image_record`) of every input."""
+        inputs' COCO file names) are given, the (index, `coco.image_record`) of every input, its
+        objects as polygons when `polygon_tolerance` is given."""
         classes = self.config.classes
         written: list[Path] = []
         records: list[tuple[int, dict]] = []
@@ -336,9 +343,10 @@ class Predictor:
                     mask = steps(probabilities)
                     written += write_outputs(classes, path, image, probabilities, mask, files)
                     if coco_names is not None:
-                        records.append(
-                            (index, coco.image_record(coco_names[index], mask, probabilities, classes))
+                        record = coco.image_record(
+                            coco_names[index], mask, probabilities, classes, polygon_tolerance
                         )
+                        records.append((index, record))
                     bar.update()
         return written, records
 

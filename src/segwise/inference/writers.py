@@ -10,7 +10,8 @@ Every input gets files named after it in the output folder, one per requested fo
                                  the metadata (float16 TIFFs open in too few viewers)
     json     <name>.json         per-object boxes: class, id, x0 y0 x1 y1 (x1, y1 exclusive), area, score
     crop     <name>_crop.png     the foreground's box cut out, other pixels white (`crop=True`)
-    coco     predictions.coco.json  one COCO instances file for all inputs, objects as RLE (module `coco`)
+    coco     predictions.coco.json  one COCO instances file for all inputs, objects as RLE or polygons
+                                    (module `coco`)
 
 A per-label task (`Task.per_label`: one independent mask per label) writes the same formats, adapted:
 
