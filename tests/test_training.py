@@ -230,9 +230,12 @@ def test_every_option_together_trains_and_is_recorded(shapes_data, tmp_path):
     assert all(np.isfinite(row["train_loss"]) for row in result.history)
     state = torch.load(result.run_dir / "last.pt", weights_only=True)
     assert state["step"] == 2 * 2  # 4 batches an epoch, 2 per optimizer step
-    assert [group["lr"] for group in state["optimizer"]["param_groups"]] == pytest.approx(
-        [0.1 * state["optimizer"]["param_groups"][1]["lr"], state["optimizer"]["param_groups"][1]["lr"]]
-    )
+    groups = state["optimizer"][
+        "param_groups"
+    ]  # encoder, its biases and norms, decoder, its biases and norms
+    decoder_lr = groups[2]["lr"]
+    assert [group["lr"] for group in groups] == pytest.approx([0.1 * decoder_lr] * 2 + [decoder_lr] * 2)
+    assert [group["weight_decay"] for group in groups] == [1e-4, 0.0, 1e-4, 0.0]
     saved = load_file(str(result.run_dir / "model.safetensors"))  # the EMA weights are what is kept
     ema = {k.removeprefix("module."): v for k, v in state["ema"].items() if k != "n_averaged"}
     if result.best_epoch == 2:

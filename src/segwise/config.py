@@ -134,6 +134,11 @@ class TrainConfig:
         _optional(POSITIVE, "a positive number (or null for the default)"),
     )
     freeze_encoder_epochs: int = option(0, "train only decoder and head for the first N epochs")
+    norm_statistics_below: int = option(
+        4,
+        "a pretrained encoder keeps its batch-norm statistics while the batch per process is below this (0: never)",
+        _at_least(0),
+    )
     clip_grad_norm: float | None = option(
         None, "clip the global gradient norm to this", _optional(POSITIVE, "a positive number or null")
     )

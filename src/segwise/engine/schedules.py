@@ -23,19 +23,33 @@ def default_encoder_lr_scale(pretrained: bool) -> float:
 def encoder_decoder_groups(model: nn.Module, encoder_lr_scale: float) -> list[dict]:
     """The model's encoder and decoder parameter groups (`SegmentationModel.parameter_groups`), each
     with its LR as a share of the peak LR (`lr_scale`): the optimizer and every schedule multiply the
-    peak LR by it, so the encoder keeps its share through warm-up and decay. Frozen parameters stay in
-    their group: an optimizer only skips them while their grad is None.
+    peak LR by it, so the encoder keeps its share through warm-up and decay. Each is split in two:
+    biases and norm-layer scales (one-dimensional tensors) take no weight decay, which would only
+    pull them towards zero without regularising anything (the usual practice of timm and torchvision's
+    references). Frozen parameters stay in their group: an optimizer only skips them while their grad
+    is None.
     """
-    return [
-        {"params": group["params"], "name": group["name"], "lr_scale": group["lr"]}
-        for group in model.parameter_groups(encoder_lr=encoder_lr_scale, decoder_lr=1.0)
-    ]
+    groups = []
+    for group in model.parameter_groups(encoder_lr=encoder_lr_scale, decoder_lr=1.0):
+        weights = [p for p in group["params"] if p.ndim > 1]
+        others = [p for p in group["params"] if p.ndim <= 1]
+        groups.append({"params": weights, "name": group["name"], "lr_scale": group["lr"]})
+        groups.append(
+            {
+                "params": others,
+                "name": group["name"] + "_no_decay",
+                "lr_scale": group["lr"],
+                "weight_decay": 0.0,
+            }
+        )
+    return groups
 
 
 def build_optimizer(
     groups: list[dict], name: str, lr: float, weight_decay: float, momentum: float = 0.9
 ) -> torch.optim.Optimizer:
-    """AdamW (default), SGD with Nesterov momentum, or Adam; each group at `lr × lr_scale`."""
+    """AdamW (default), SGD with Nesterov momentum, or Adam; each group at `lr × lr_scale`, with
+    `weight_decay` unless the group sets its own."""
     groups = [{**group, "lr": lr * group.get("lr_scale", 1.0)} for group in groups]
     # torch's fused kernels update every parameter in one pass (CPU and CUDA); elsewhere its default
     fused = (

@@ -87,6 +87,7 @@ class Start:
     std: list[float]
     data_root: Path
     max_side: int | None  # the long-side cap its size was chosen under when the data was read; None: given
+    encoder_weights: str | None = None  # where the encoder's starting weights came from (None: random)
     run_dir: Path | None = None  # a resumed run's folder; a new run makes one once its pieces are built
     state: TrainingState | None = None  # a resumed run's last.pt
 
@@ -145,7 +146,10 @@ class NewRun:
             settings = dataclasses.replace(settings, encoder_lr_scale=default_encoder_lr_scale(pretrained))
         options = plan.config.data
         root = Path(self.data).resolve()
-        return Start(settings, plan.data, options, model, options.mean, options.std, root, plan.max_side)
+        weights = plan.config.model.encoder_weights
+        return Start(
+            settings, plan.data, options, model, options.mean, options.std, root, plan.max_side, weights
+        )
 
 
 class ResumedRun:
@@ -173,9 +177,19 @@ class ResumedRun:
         data_set = self._read_data(options)
         model = _on_device(build_model(recorded.model), self.settings, env.device)
         mean, std, root = recorded.preprocess.mean, recorded.preprocess.std, Path(recorded.data["root"])
-        max_side = recorded.data.get("max_side")
+        max_side, weights = recorded.data.get("max_side"), recorded.data.get("encoder_weights")
         return Start(
-            self.settings, data_set, options, model, mean, std, root, max_side, self.run_dir, self.state
+            self.settings,
+            data_set,
+            options,
+            model,
+            mean,
+            std,
+            root,
+            max_side,
+            weights,
+            self.run_dir,
+            self.state,
         )
 
     def _read_data(self, options: DataConfig) -> SegmentationData:

@@ -116,6 +116,9 @@ class Trainer:
         self.task: Task = start.data_set.classes.task
         self.loss_fn = start.loss()
         self.model = start.model
+        below = self.settings.norm_statistics_below
+        if start.encoder_weights is not None and self.settings.batch_size < below:
+            self.model.keep_encoder_norm_statistics()  # a small batch's statistics would undo pretraining's
         if self.settings.sync_batchnorm and env.process.distributed:
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.train_batches = start.batches("train", env.device, env.process)
@@ -211,6 +214,7 @@ class Trainer:
                 "val_images": len(data_set.val_images),
                 "plan": asdict(options),
                 "max_side": self.start.max_side,  # how the size was chosen, so a resume reads the data alike
+                "encoder_weights": self.start.encoder_weights,  # where training started from
                 "augment_transform": None if self.transform is None else repr(self.transform),
             },
         )
@@ -229,6 +233,11 @@ class Trainer:
 
     def restore(self, state: TrainingState) -> None:
         self.model.load_state_dict(state.model)
+        if len(state.optimizer["param_groups"]) != len(self.optimizer.param_groups):
+            raise SegwiseError(
+                f"{self.start.run_dir}: written by an older segwise whose optimizer grouped the parameters "
+                "differently; it cannot be resumed exactly: start a new run (its weights load as they are)"
+            )
         self.optimizer.load_state_dict(state.optimizer)
         self.scheduler.load_state_dict(state.scheduler)
         self.scaler.load_state_dict(state.scaler)

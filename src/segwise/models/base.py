@@ -71,8 +71,19 @@ class SegmentationModel(nn.Module):
         self._encoder_frozen = False
         self.encoder.train(self.training)
 
+    def keep_encoder_norm_statistics(self, keep: bool = True) -> None:
+        """While training, the encoder's batch-norm layers use and keep their running statistics
+        (a pretrained encoder's, from batches far larger than a small training batch) instead of
+        the batch's own; their scales and shifts still learn."""
+        self._encoder_norms_kept = keep
+        self.train(self.training)
+
     def train(self, mode: bool = True) -> SegmentationModel:
         super().train(mode)
         if getattr(self, "_encoder_frozen", False):
             self.encoder.eval()
+        elif mode and getattr(self, "_encoder_norms_kept", False):
+            for module in self.encoder.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
         return self
