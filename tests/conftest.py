@@ -23,9 +23,17 @@ TINY = {"encoder": "test_resnet", "options": {"decoder_channels": [32, 16, 16, 8
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory):
-    """Decoded-data cache in a temporary folder, never the user's ~/.cache/segwise."""
+    """Decoded-data cache in a temporary folder, never the user's ~/.cache/segwise; empty weight caches
+    and no hub: `encoder_weights: auto` trains from scratch, the same on every machine, with no network
+    attempt (the tests of the online path set their own)."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("SEGWISE_CACHE_DIR", str(tmp_path_factory.mktemp("segwise-cache")))
+        weights = tmp_path_factory.mktemp("weights-cache")
+        for name in ("HF_HOME", "TORCH_HOME"):
+            patch.setenv(name, str(weights / name.lower()))
+        for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "XDG_CACHE_HOME"):
+            patch.delenv(name, raising=False)
+        patch.setenv("HF_HUB_OFFLINE", "1")
         yield
 
 

@@ -83,10 +83,16 @@ POSITIVE: Check = (lambda v: v > 0, "a positive number")
 class ModelConfig:
     arch: str = option("unet", "architecture; `segwise list-models` lists them")
     encoder: str | None = option(None, "timm encoder (default: the architecture's own, resnet34 for most)")
-    encoder_weights: str | None = option(None, "none, imagenet, or a path to a state dict")
+    encoder_weights: str | None = option(
+        "auto",
+        "auto: ImageNet weights when the encoder has them and they can be had (local cache first, then "
+        "the hub), else none; imagenet: those or stop; none; or a state dict file (timm, torchvision, smp)",
+    )
     options: dict[str, Any] = option({}, "the architecture's own, e.g. decoder_channels", flag=False)
 
     def __post_init__(self) -> None:
+        if isinstance(self.encoder_weights, str) and self.encoder_weights.strip().lower() in ("none", ""):
+            self.encoder_weights = None  # `--encoder-weights none` and `encoder_weights: none` alike
         _validate(self, "model")
 
 
@@ -94,8 +100,8 @@ class ModelConfig:
 class TrainConfig:
     epochs: int = option(
         30,
-        "passes over the training data (default: planned, about 5000 image presentations on a CPU and "
-        "20000 on a GPU; 30 with a config file)",
+        "passes over the training data (default: as many as fit in the time budget, see --budget; "
+        "30 with a config file)",
         _at_least(1),
     )
     batch_size: int = option(

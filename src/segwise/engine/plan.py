@@ -8,8 +8,13 @@ written as YAML for a person to read and edit. How each value is chosen:
 - resolution: the median aspect ratio and median area of the training images, long side capped (512 on
   a CPU, 1024 on a GPU), both sides multiples of 32 (a uniform dataset under the cap keeps its own
   size); chosen by `load_data` from the images it decodes, so the data is read once;
-- normalization: the encoder's ImageNet mean/std when it starts from pretrained weights and the images
-  are RGB, the training images' own mean/std otherwise;
+- encoder weights (`resolve_encoder_weights`): `auto` (the default) starts from ImageNet weights when
+  the encoder has published ones that can be had, from a local cache (no network) or the hub (a
+  reachability check of at most 5 s, skipped under HF_HUB_OFFLINE), and from scratch otherwise, said
+  in a note; an explicit `imagenet` that cannot be had stops the plan with the fix;
+- normalization: the statistics the pretrained weights were trained with (a .safetensors file's own
+  `mean`/`std` metadata, else the encoder's pretrained config) when it starts from them and the
+  images are RGB, the training images' own mean/std otherwise;
 - class weights (`weighting`): from the training masks' pixel frequencies f_c:
   inverse 1/f_c and one_minus 1 − f_c (both scaled to mean 1), or median_frequency median(f)/f_c with
   f_c the class's pixels over the pixels of the images it appears in (Eigen & Fergus 2015, SegNet);
@@ -17,13 +22,14 @@ written as YAML for a person to read and edit. How each value is chosen:
   elements with label c, and the weights balance the labels against each other by scaling each
   label's term of the loss (the Lovász hinge pools all labels, so it stays unweighted).
   Default none: weights can hurt as often as help;
-- batch size: a real probe of the training step (forward + backward at the planned size) on the training
-  device. On a GPU the batch doubles until the peak memory passes 80 % of the card or it runs out; on a
-  CPU the activation memory saved for backward is measured at batch 1 and 2 and the batch is the largest
-  power of two whose step stays within a RAM budget (a quarter of the machine's memory, at most 8 GiB).
-  Either way at most 32 and at most an eighth of the training images (but 2 or more), so an epoch has
-  several steps;
-- epochs: about 20 000 image presentations on a GPU, 5 000 on a CPU, between 10 and 300 epochs.
+- size, batch size and epochs: fitted to a time budget (`--budget`, by default 20 minutes when the
+  epochs are not given): engine/budget.py times the real training step at a few resolutions and
+  explains its rules. With the epochs given and no budget: the size above; the batch from a real
+  probe of the training step (forward + backward at the planned size) on the training device — on a
+  GPU the batch doubles until the peak memory passes 80 % of the card or it runs out; on a CPU the
+  activation memory saved for backward is measured at batch 1 and 2 and the batch is the largest
+  power of two whose step stays within a RAM budget (a quarter of the machine's memory, at most
+  8 GiB); either way at most 32 and at most an eighth of the training images (but 2 or more).
 
 Values given explicitly (command-line options, keyword overrides) are kept, and their probes skipped.
 
@@ -33,6 +39,7 @@ Values given explicitly (command-line options, keyword overrides) are kept, and 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -51,6 +58,8 @@ from ..errors import SegwiseError
 from ..io import atomic_path
 from ..losses import LOSSES, build_loss, takes_class_weights, term_weights
 from ..models import SegmentationModel, create_model
+from ..models.encoders import encoder_preprocessing, imagenet_weights
+from ..models.registry import DEFAULT_ENCODER, OWN_ENCODERS
 from ..task import Classes, Task
 from .budget import budget_of, parse_budget, plan_budget
 from .devices import autocast_dtype, pick_device
@@ -137,8 +146,9 @@ def plan_run(
     settings, options = config.train, config.data
     device = torch.device(probe_device or str(pick_device(settings.device)))
     max_side = MAX_SIDE.get(device.type, 1024)
-    data_set = load_planned_data(data, settings.size, settings.val_fraction, settings.seed, options, max_side)
     notes: list[str] = []
+    config = resolve_encoder_weights(config, notes)
+    data_set = load_planned_data(data, settings.size, settings.val_fraction, settings.seed, options, max_side)
     _check_recorded(options, data_set)
     notes.append(_classes_note(data_set.classes))
     notes.append(
@@ -207,6 +217,31 @@ def _fit_budget(
         )
     train = {"size": list(data_set.size), "batch_size": fitted.batch_size, "epochs": fitted.epochs}
     return data_set, train | {"budget": budget}, fitted.max_side
+
+
+def resolve_encoder_weights(config: Config, notes: list[str]) -> Config:
+    """The encoder weights a run starts from: `auto` becomes `imagenet` when the encoder has published
+    weights that can be had (a local cache, or the hub within seconds) and none otherwise, said in a
+    note; `imagenet` asked for explicitly must be had, or the plan stops with the fix; a path or none
+    stays. The plan records the answer, so the run and `train -c plan.yaml` start from the same."""
+    model = config.model
+    if model.encoder_weights not in ("auto", "imagenet"):
+        return config
+    arch_encoder = OWN_ENCODERS.get(model.arch, (None,))[0]
+    encoder = model.encoder or arch_encoder or DEFAULT_ENCODER
+    if arch_encoder is not None and model.encoder_weights == "auto":
+        notes.append(f"encoder weights: none ({model.arch} builds its own {encoder}, no published weights)")
+        return dataclasses.replace(config, model=dataclasses.replace(model, encoder_weights=None))
+    found = imagenet_weights(encoder)
+    if found.available:
+        notes.append(f"encoder weights: ImageNet ({found.where})")
+        weights = "imagenet"
+    elif model.encoder_weights == "imagenet":
+        raise SegwiseError(found.reason)
+    else:
+        notes.append(f"encoder weights: none, from scratch ({found.reason.partition(': ')[2]})")
+        weights = None
+    return dataclasses.replace(config, model=dataclasses.replace(model, encoder_weights=weights))
 
 
 def _classes_note(classes: Classes) -> str:
@@ -351,13 +386,15 @@ def class_weights(data_set: SegmentationData, weighting: str) -> list[float]:
 
 
 def normalization(config: Config, data_set: SegmentationData) -> tuple[list[float], list[float], str]:
-    """ImageNet statistics for a pretrained encoder on RGB input, the data's own otherwise."""
-    if config.model.encoder_weights is not None and data_set.in_channels == 3:
-        import timm
-
-        pretrained = timm.models.get_pretrained_cfg(config.model.encoder.split(".")[0])
-        if pretrained is not None and getattr(pretrained, "mean", None):
-            return list(pretrained.mean), list(pretrained.std), "the pretrained encoder's mean/std"
+    """The statistics pretrained weights were trained with (a weights file's own, else the encoder's
+    pretrained config) on RGB input; the data's own otherwise."""
+    model = config.model
+    encoder = model.encoder or OWN_ENCODERS.get(model.arch, (DEFAULT_ENCODER,))[0]
+    if model.encoder_weights is not None and data_set.in_channels == 3:
+        found = encoder_preprocessing(encoder, model.encoder_weights)
+        if found is not None:
+            mean, std = found
+            return list(mean), list(std), "the pretrained weights' mean/std"
     mean, std = data_set.mean_std()
     return mean, std, "mean/std of the training images"
 
