@@ -77,8 +77,14 @@ def load_model(run_dir: str | Path) -> tuple[SegmentationModel, RunConfig]:
 
 
 def build_model(spec: dict) -> SegmentationModel:
-    """A fresh model from a run's recorded `create_model` arguments (config.yaml's `model`)."""
-    return create_model(**{k: v for k, v in spec.items() if k != "options"}, **spec.get("options", {}))
+    """A fresh model from a run's recorded `create_model` arguments (config.yaml's `model`), with random
+    encoder weights whatever the run started from: its own weights (model.safetensors, last.pt) replace
+    them, so loading, predicting, evaluating, exporting and resuming read no weights file and no network."""
+    recorded = {
+        k: v for k, v in spec.items() if k not in ("options", "encoder_weights", "encoder_weights_mapping")
+    }
+    options = {k: v for k, v in spec.get("options", {}).items() if k != "encoder_weights_mapping"}
+    return create_model(**recorded, encoder_weights=None, **options)
 
 
 def load_weights(model: torch.nn.Module, path: Path) -> None:

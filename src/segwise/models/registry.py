@@ -161,6 +161,7 @@ def create_model(
     num_classes: int = 2,
     in_channels: int = 3,
     encoder_weights: str | Path | None = None,
+    encoder_weights_mapping: str = "by_name",
     **options,
 ) -> SegmentationModel:
     """Build a segmentation model.
@@ -171,7 +172,9 @@ def create_model(
 
     `encoder`: a timm model name (default resnet34); `segnet` and `unet_classic` build their own encoder
     (VGG16-bn with pooling indices, the 2015 contracting path) and accept only its name or None.
-    `encoder_weights`: None (random), "imagenet" (timm's hub) or a path to a local state dict.
+    `encoder_weights`: None (random), "imagenet" (the local cache, else timm's hub) or a path to a state
+    dict of timm, torchvision or segmentation_models_pytorch, matched by name;
+    `encoder_weights_mapping="in_order"` pairs its tensors in order instead (same architecture, other names).
     `options` are the architecture's own (e.g. `decoder_channels`); unknown ones are an error.
     """
     if arch not in ARCHITECTURES:
@@ -198,11 +201,16 @@ def create_model(
                 f"{arch}: builds its own encoder '{own}', got encoder '{encoder}'; leave encoder unset "
                 f"(or use arch 'unet' for timm encoders)"
             )
+        if encoder_weights_mapping != "by_name" and encoder_weights is not None:
+            raise SegwiseError(
+                f"{arch}: encoder_weights_mapping applies to timm encoders; its own encoder '{own}' loads "
+                f"weights by name, got '{encoder_weights_mapping}'"
+            )
         encoder = own
     else:
         encoder = encoder or DEFAULT_ENCODER
         build_encoder = Encoder
-        encoder_options = {"name": encoder, **encoder_options}
+        encoder_options = {"name": encoder, "mapping": encoder_weights_mapping, **encoder_options}
     backbone = build_encoder(in_channels=in_channels, weights=encoder_weights, **encoder_options)
     decoder = builder(backbone, **options)
     head = nn.Conv2d(decoder.out_channels, num_classes, kernel_size=3, padding=1)

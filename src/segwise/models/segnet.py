@@ -17,7 +17,7 @@ from torch import nn
 
 from ..errors import SegwiseError
 from .blocks import ConvBnReLU
-from .encoders import _check_online, read_state_dict
+from .encoders import imagenet_options, read_state_dict
 
 VGG16_STAGES = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))  # (width, convolutions) per stage
 DEPTHS = (3, 4, 5)
@@ -53,8 +53,9 @@ class SegNetEncoder(nn.Module):
 
     def _load(self, weights: str | Path, in_channels: int) -> None:
         if weights == "imagenet":
-            _check_online("vgg16_bn")
-            state, source = timm.create_model("vgg16_bn", pretrained=True).state_dict(), "imagenet"
+            # the cached file when there is one (no network), else timm downloads; refused with the fix otherwise
+            model = timm.create_model("vgg16_bn", pretrained=True, **imagenet_options("vgg16_bn"))
+            state, source = model.state_dict(), "imagenet"
         else:
             state, source = read_state_dict(Path(weights)), str(weights)
         own = self.model.state_dict()
