@@ -155,9 +155,33 @@ def test_structured_overrides_plan_like_keyword_fields(shapes_data):
     assert both.config == keywords.config  # a keyword field wins over the same field in `overrides`
 
 
-def test_pretrained_encoders_get_their_own_normalization(shapes_data):
-    plan = make_plan(shapes_data, batch_size=2, epochs=1, encoder_weights="imagenet", **TINY_MODEL)
+def test_pretrained_encoders_get_their_own_normalization(shapes_data, tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    weights = tmp_path / "test_resnet.safetensors"
+    save_file(timm.create_model("test_resnet").state_dict(), str(weights))
+    plan = make_plan(shapes_data, batch_size=2, epochs=1, encoder_weights=str(weights), **TINY_MODEL)
     assert plan.config.data.mean == [0.5, 0.5, 0.5]  # timm's test_resnet statistics, not the data's
+    save_file(
+        timm.create_model("test_resnet").state_dict(),
+        str(weights),
+        {"mean": "[0.4, 0.4, 0.4]", "std": "[0.2, 0.2, 0.2]"},
+    )
+    plan = make_plan(shapes_data, batch_size=2, epochs=1, encoder_weights=str(weights), **TINY_MODEL)
+    assert plan.config.data.mean == [0.4, 0.4, 0.4]  # the file's own statistics win
+
+
+def test_encoder_weights_auto_falls_back_to_scratch_offline_and_imagenet_stops(shapes_data):
+    plan = make_plan(shapes_data, batch_size=2, epochs=1, **TINY_MODEL)  # tests run offline, caches empty
+    assert plan.config.model.encoder_weights is None
+    assert any(n.startswith("encoder weights: none, from scratch (cannot load ImageNet") for n in plan.notes)
+    with pytest.raises(
+        SegwiseError, match=r"encoder 'test_resnet': cannot load ImageNet weights .* HF_HUB_OFFLINE"
+    ):
+        make_plan(shapes_data, batch_size=2, epochs=1, encoder_weights="imagenet", **TINY_MODEL)
+    none = make_plan(shapes_data, batch_size=2, epochs=1, encoder_weights="none", **TINY_MODEL)
+    assert none.config.model.encoder_weights is None and not any("encoder weights" in n for n in none.notes)
 
 
 @pytest.mark.parametrize(

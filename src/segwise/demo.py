@@ -18,7 +18,11 @@ from .inference import load
 DEMO_IMAGE_SIZE = 96
 DEMO_OVERRIDES = {
     # from scratch, so the demo never reaches for the network and gives the same numbers everywhere
-    "model": {"encoder": "resnet18", "encoder_weights": "none", "options": {"decoder_channels": [128, 64, 32, 16, 16]}},
+    "model": {
+        "encoder": "resnet18",
+        "encoder_weights": "none",
+        "options": {"decoder_channels": [128, 64, 32, 16, 16]},
+    },
     "train": {"epochs": 5, "batch_size": 8, "lr": 3e-3},
 }
 
