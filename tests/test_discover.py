@@ -54,11 +54,15 @@ def retina(root: Path) -> None:  # DRIVE
                 save(vessels(number + 1), root / split / "2nd_manual" / f"{number:02d}_manual2.gif")
 
 
-def two_annotators(root: Path) -> None:  # CHASE_DB1
+def one_bit(mask: np.ndarray) -> np.ndarray:
+    return mask > 0  # Pillow saves a boolean array as a 1-bit PNG (mode "1")
+
+
+def two_annotators(root: Path) -> None:  # CHASE_DB1: 1-bit PNG masks
     for index, side in enumerate(("01L", "01R", "02L")):
         save(photo(index), root / f"Image_{side}.jpg", quality=95)
-        save(vessels(index), root / f"Image_{side}_1stHO.png")
-        save(vessels(index + 3), root / f"Image_{side}_2ndHO.png")
+        save(one_bit(vessels(index)), root / f"Image_{side}_1stHO.png")
+        save(one_bit(vessels(index + 3)), root / f"Image_{side}_2ndHO.png")
 
 
 def horse_mask(index: int) -> np.ndarray:
@@ -153,8 +157,13 @@ def test_flat_folder_with_two_annotators_takes_the_first(tmp_path):
         (f"Image_{s}.jpg", f"Image_{s}_1stHO.png") for s in ("01L", "01R", "02L")
     ]
     assert any("rejected *_2ndHO" in line for line in source.decisions)
+    assert Image.open(source.pairs["all"][0][1]).mode == "1"
     data = load_data(tmp_path, val_fraction=0.34, use_cache=False)
     assert data.mode == "binary" and len(data.train_pairs) == 2
+    sides = {f"Image_{side}.jpg": index for index, side in enumerate(("01L", "01R", "02L"))}
+    masks = np.concatenate([data.train_masks, data.val_masks])
+    for mask, (image, _) in zip(masks, data.train_pairs + data.val_pairs, strict=True):
+        np.testing.assert_array_equal(mask, vessels(sides[image.name]) // 255)  # the first annotator's
 
 
 def test_sibling_image_folders_prefer_colour_and_jpeg_masks_are_thresholded(tmp_path):
