@@ -30,6 +30,7 @@ import torch
 import yaml
 
 import segwise
+from segwise.data import load_data
 from segwise.engine.budget import parse_budget
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -79,7 +80,7 @@ def peer_row(budget: str) -> dict:
 
     started = time.perf_counter()
     deadline = started + parse_budget(budget)
-    data = segwise.load_data(DATA, size=(240, 320), seed=0)
+    data = load_data(DATA, size=(240, 320), seed=0)
     model = smp.Unet("tu-tf_efficientnet_lite0", encoder_weights=None, classes=11)
     state = load_file(str(LITE0))
     missing, _ = model.encoder.model.load_state_dict(state, strict=False)
