@@ -219,7 +219,3 @@ def budget_of(config: Config, given: set[str]) -> str | None:
     if config.train.budget is not None:
         return config.train.budget
     return None if "epochs" in given else DEFAULT_BUDGET
-
-
-def seconds_of(budget: str | None) -> float | None:
-    return None if budget is None else parse_budget(budget)
