@@ -110,7 +110,9 @@ class TrainConfig:
         "config file)",
         _at_least(1),
     )
-    lr: float | Literal["auto"] = option(3e-3, "peak learning rate (one-cycle), or auto: the LR range test picks it")
+    lr: float | Literal["auto"] = option(
+        3e-3, "peak learning rate (one-cycle), or auto: the LR range test picks it"
+    )
     weight_decay: float = option(1e-4, "AdamW/SGD weight decay", _at_least(0, "a number"))
     loss: str | dict[str, float] = option(
         "ce+dice",
