@@ -628,26 +628,31 @@ def _class_file(root: Path, folders: list[Folder], decisions: list[str]) -> Path
 def _reads_as_classes(path: Path, stems: set[str]) -> bool:
     """labels.txt / labelmap.txt holding one class name a line (not a list of the dataset's files), or
     CVAT's labelmap.txt (`name:r,g,b::` lines under a `#` header)."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError):
-        return False
-    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    lines = _content_lines(path)
     if not lines:
         return False
-    if is_labelmap(path):
-        return True
-    return all(re.fullmatch(r"[\w \-]+", line) and line not in stems for line in lines)
+    return _labelmap_lines(path, lines) or all(
+        re.fullmatch(r"[\w \-]+", line) and line not in stems for line in lines
+    )
 
 
 def is_labelmap(path: Path) -> bool:
     """CVAT's labelmap.txt: `name:r,g,b:parts:actions` lines under a `#` header."""
+    lines = _content_lines(path)
+    return bool(lines) and _labelmap_lines(path, lines)
+
+
+def _labelmap_lines(path: Path, lines: list[str]) -> bool:
+    return path.name == "labelmap.txt" and all(re.fullmatch(LABELMAP_LINE, line) for line in lines)
+
+
+def _content_lines(path: Path) -> list[str]:
+    """The non-empty lines of a small text file that are no `#` comment; none when it is no text."""
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError):
-        return False
-    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
-    return path.name == "labelmap.txt" and bool(lines) and all(re.fullmatch(LABELMAP_LINE, x) for x in lines)
+        return []
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
 
 
 # ---------------------------------------------------------------------------------------------- nothing pairs

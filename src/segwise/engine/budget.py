@@ -138,12 +138,12 @@ def plan_budget(
     shapes = data_set.original_sizes()
     sides = [max(data_set.size)] if size_given else candidate_sides(max(data_set.size))
     timer = StepTimer(model, loss_fn, config, data_set, device, batch)
+    steps = -(-len(data_set.train_images) // batch)
+    val_batches = -(-len(data_set.val_images) // batch)
     candidates = []
     for side in sides:
         size = tuple(data_set.size) if size_given else choose_size(shapes, side)
         step, forward = timer.seconds(size)
-        steps = -(-len(data_set.train_images) // batch)
-        val_batches = -(-len(data_set.val_images) // batch)
         candidates.append(Candidate(side, size, EPOCH_MARGIN * (steps * step + val_batches * forward), steps))
     total = parse_budget(budget)
     seconds = deadline - time.perf_counter() - FINISH_SHARE * total

@@ -59,7 +59,7 @@ from ..io import atomic_path
 from ..losses import LOSSES, build_loss, takes_class_weights, term_weights
 from ..models import SegmentationModel, create_model
 from ..models.encoders import encoder_preprocessing, imagenet_weights
-from ..models.registry import DEFAULT_ENCODER, OWN_ENCODERS
+from ..models.registry import OWN_ENCODERS, encoder_name
 from ..task import Classes, Task
 from .budget import budget_of, parse_budget, plan_budget
 from .devices import autocast_dtype, pick_device
@@ -227,9 +227,8 @@ def resolve_encoder_weights(config: Config, notes: list[str]) -> Config:
     model = config.model
     if model.encoder_weights not in ("auto", "imagenet"):
         return config
-    arch_encoder = OWN_ENCODERS.get(model.arch, (None,))[0]
-    encoder = model.encoder or arch_encoder or DEFAULT_ENCODER
-    if arch_encoder is not None and model.encoder_weights == "auto":
+    encoder = encoder_name(model.arch, model.encoder)
+    if model.arch in OWN_ENCODERS and model.encoder_weights == "auto":
         notes.append(f"encoder weights: none ({model.arch} builds its own {encoder}, no published weights)")
         return dataclasses.replace(config, model=dataclasses.replace(model, encoder_weights=None))
     found = imagenet_weights(encoder)
@@ -389,9 +388,8 @@ def normalization(config: Config, data_set: SegmentationData) -> tuple[list[floa
     """The statistics pretrained weights were trained with (a weights file's own, else the encoder's
     pretrained config) on RGB input; the data's own otherwise."""
     model = config.model
-    encoder = model.encoder or OWN_ENCODERS.get(model.arch, (DEFAULT_ENCODER,))[0]
     if model.encoder_weights is not None and data_set.in_channels == 3:
-        found = encoder_preprocessing(encoder, model.encoder_weights)
+        found = encoder_preprocessing(encoder_name(model.arch, model.encoder), model.encoder_weights)
         if found is not None:
             mean, std = found
             return list(mean), list(std), "the pretrained weights' mean/std"

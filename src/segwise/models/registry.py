@@ -150,6 +150,12 @@ OWN_ENCODERS: dict[str, tuple[str, Callable[..., nn.Module]]] = {
 }
 
 
+def encoder_name(arch: str, encoder: str | None = None) -> str:
+    """The encoder `create_model(arch, encoder=...)` builds: the architecture's own, else the given
+    timm encoder or DEFAULT_ENCODER."""
+    return OWN_ENCODERS[arch][0] if arch in OWN_ENCODERS else encoder or DEFAULT_ENCODER
+
+
 def list_models(pattern: str = "*") -> list[str]:
     """Architecture names matching a shell-style pattern, e.g. `list_models("unet*")`."""
     return sorted(name for name in ARCHITECTURES if fnmatch.fnmatch(name, pattern))
@@ -194,6 +200,7 @@ def create_model(
         for p in allowed
         if p.startswith("encoder_")
     }
+    name = encoder_name(arch, encoder)
     if arch in OWN_ENCODERS:
         own, build_encoder = OWN_ENCODERS[arch]
         if encoder not in (None, own):
@@ -206,17 +213,15 @@ def create_model(
                 f"{arch}: encoder_weights_mapping applies to timm encoders; its own encoder '{own}' loads "
                 f"weights by name, got '{encoder_weights_mapping}'"
             )
-        encoder = own
     else:
-        encoder = encoder or DEFAULT_ENCODER
         build_encoder = Encoder
-        encoder_options = {"name": encoder, "mapping": encoder_weights_mapping, **encoder_options}
+        encoder_options = {"name": name, "mapping": encoder_weights_mapping, **encoder_options}
     backbone = build_encoder(in_channels=in_channels, weights=encoder_weights, **encoder_options)
     decoder = builder(backbone, **options)
     head = nn.Conv2d(decoder.out_channels, num_classes, kernel_size=3, padding=1)
     config = {
         "arch": arch,
-        "encoder": encoder,
+        "encoder": name,
         "num_classes": num_classes,
         "in_channels": in_channels,
         "options": dict(options),
