@@ -16,6 +16,7 @@ run never leaves a half-written file where a good one was.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -140,12 +141,20 @@ os.umask(_UMASK)
 _FILE_MODE = 0o666 & ~_UMASK
 
 
+# A temporary file's name: `.<target name>.<pid>-<random>.tmp<target suffix>`, beside its target. The
+# process id lets a later command tell debris (its writer is gone, e.g. killed) from a file another live
+# process is still writing, so that sweeping never races a concurrent run.
+_TEMPORARY = re.compile(r"^\.(?P<target>.+)\.(?P<pid>\d+)-[a-z0-9_]+\.tmp(\.[^.]*)?$")
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    handle, tmp = tempfile.mkstemp(
+        prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp" + path.suffix, dir=path.parent
+    )
     os.close(handle)
     tmp = Path(tmp)
     try:
@@ -154,6 +163,39 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def is_temporary(path: Path) -> bool:
+    """Whether `path` is named like one of `atomic_path`'s temporary files."""
+    return _TEMPORARY.match(Path(path).name) is not None
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def sweep_temporaries(folder: str | Path, recursive: bool = False) -> list[Path]:
+    """Delete what interrupted writes left in `folder`: files named by `atomic_path` whose writing
+    process is gone. Nothing else is touched. Returns the deleted paths."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = folder.rglob(".*.tmp*") if recursive else folder.glob(".*.tmp*")
+    removed = []
+    for path in found:
+        match = _TEMPORARY.match(path.name)
+        if match and path.is_file() and not path.is_symlink() and not _alive(int(match["pid"])):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def write_index_png(path: str | Path, mask: np.ndarray, palette: list[list[int]]) -> None:
