@@ -8,6 +8,7 @@ from segwise.config import TrainConfig
 from segwise.engine.budget import (
     DEFAULT_BUDGET,
     TARGET_EPOCHS,
+    TARGET_EPOCHS_PRETRAINED,
     Candidate,
     candidate_sides,
     choose,
@@ -78,10 +79,10 @@ def test_given_epochs_pick_the_largest_size_they_fit_in():
 
 
 def test_a_budget_plan_times_the_candidates_and_records_the_budget(shapes_data):
-    plan = make_plan(shapes_data, budget="10m", **TINY_MODEL)
+    plan = make_plan(shapes_data, budget="10h", **TINY_MODEL)
     notes = "\n".join(plan.notes)
-    assert "budget 10m:" in notes and "one epoch (batch 2, measured): 64×64" in notes
-    assert plan.config.train.budget == "10m" and plan.config.train.batch_size == 2  # 16 images: an eighth
+    assert "budget 10h:" in notes and "one epoch (batch 2, measured): 64×64" in notes
+    assert plan.config.train.budget == "10h" and plan.config.train.batch_size == 2  # 16 images: an eighth
     assert plan.config.train.epochs == 300  # tiny data: the epoch cap, not the budget, ends it
     assert list(plan.config.train.size) == [64, 64]
 
@@ -119,3 +120,11 @@ def test_the_budget_flag_reaches_the_plan(shapes_data, tmp_path):
     assert done.returncode == 0, done.stderr
     text = out.read_text()
     assert "# budget 5m:" in text and yaml.safe_load(text)["train"]["budget"] == "5m"
+
+
+def test_a_pretrained_encoder_spends_the_budget_on_resolution_sooner():
+    candidates = camvid_like({480: 100.0, 352: 55.0, 320: 38.0, 256: 25.0})
+    scratch, _, _ = choose(candidates, 1200.0, None)
+    pretrained, epochs, why = choose(candidates, 1200.0, None, TARGET_EPOCHS_PRETRAINED)
+    assert scratch.max_side == 320 and pretrained.max_side == 352 and epochs == 21
+    assert str(TARGET_EPOCHS_PRETRAINED) in why

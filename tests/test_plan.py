@@ -16,6 +16,7 @@ from segwise.engine.plan import (
     class_weights,
     loss_options,
     make_plan,
+    planned_augment,
     planned_epochs,
     planned_loss,
     probe_batch_size,
@@ -278,3 +279,31 @@ def test_isbi2012_plans_binary_one_channel_at_its_own_size():
     data = plan.config.data
     assert data.mode == "binary" and len(data.mean) == 1 and plan.config.train.size == [512, 512]
     assert plan.config.train.batch_size >= 1
+
+
+def test_masks_with_an_up_and_a_down_get_horizontal_flips_only():
+    rng = np.random.default_rng(0)
+    scattered = rng.integers(0, 3, (6, 32, 48)).astype(np.uint8)  # cells: classes anywhere
+    notes: list[str] = []
+    assert planned_augment(_data(scattered, 3), notes) == "flips" and "every orientation" in notes[-1]
+    street = scattered.copy()
+    street[:, :12] = 1  # "sky" fills the top rows, and appears nowhere else
+    street[:, 12:][street[:, 12:] == 1] = 2
+    street[:, 12, :4] = IGNORE_INDEX
+    assert planned_augment(_data(street, 3), notes) == "light"
+    assert "c1 keeps to the top half (100% of its pixels)" in notes[-1]
+    labels = np.zeros((4, 2, 32, 48), np.uint8)
+    labels[:, 1, 20:] = 1  # per label: the second label only in the bottom half
+    labels[:, 0, :, :10] = 1
+    assert planned_augment(_data(labels, 2, multilabel=True), notes) == "light" and "bottom" in notes[-1]
+
+
+def test_the_plan_chooses_augmentation_unless_it_is_given(shapes_data, tmp_path):
+    plan = make_plan(shapes_data, epochs=1, **TINY_MODEL)
+    assert plan.config.train.augment == "flips" and any(n.startswith("augment flips") for n in plan.notes)
+    given = make_plan(shapes_data, epochs=1, augment="default", **TINY_MODEL)
+    assert given.config.train.augment == "default" and not any(n.startswith("augment") for n in given.notes)
+    path = tmp_path / "plan.yaml"
+    config = given.config.updated({"train": {"augment": "heavy"}})
+    write_plan(planning.Plan(config, given.data, [], None), path)
+    assert make_plan(shapes_data, path).config.train.augment == "heavy"  # a config file's choice is kept

@@ -8,13 +8,16 @@ budget. The rules, and why:
   Smaller batches give more updates for the same images; on CamVid, 30 epochs at batch 8 beat 14 at
   batch 16 in the same time (BENCHMARKS.md, "Recipes");
 - **resolution**: the largest candidate (the data's aspect ratio kept; long side 1, 3/4, 2/3 or 1/2
-  of the full-size plan) at which the budget still buys enough training: TARGET_EPOCHS epochs, or
-  TARGET_STEPS optimizer steps for a large dataset. Resolution is spent only once the model has seen
-  the data often enough: a plan that spends the budget on resolution and too few updates loses to a
-  smaller one (360×480 for 14 epochs: 0.41 val mIoU; 240×320 for 30: 0.57). When no candidate buys
-  that much, the smallest one is taken;
+  of the full-size plan) at which the budget still buys enough training: TARGET_EPOCHS epochs from
+  scratch, TARGET_EPOCHS_PRETRAINED from pretrained weights, or TARGET_STEPS optimizer steps for a
+  large dataset. Resolution is spent only once the model has seen the data often enough: from scratch,
+  a plan that spends the budget on resolution and too few updates loses to a smaller one (360×480 for
+  14 epochs: 0.41 val mIoU; 240×320 for 30: 0.57). A pretrained encoder needs fewer passes and gains
+  more from resolution (CamVid, lite0 weights: 192×256 for 28 epochs 0.663, 240×320 for 15 epochs
+  0.675). When no candidate buys that much, the smallest one is taken;
 - **epochs**: as many as fit in what is left of the budget once the data is read and the candidates
-  timed, with EPOCH_MARGIN for augmentation and batching the timing does not see, at most MAX_EPOCHS;
+  timed (the fastest of StepTimer.REPEATS steps after a warm-up one: a single step over-estimated an epoch
+  by 10-20 %, so planned runs ended early), with EPOCH_MARGIN for augmentation and batching the timing does not see, at most MAX_EPOCHS;
   the LR schedule spans exactly these epochs, so it completes when the budget does;
 - the trainer stops on time regardless: once the budget is spent it ends the epoch, validates and
   saves (trainer.py).
@@ -43,6 +46,7 @@ BATCH = 8
 SIDE_SCALES = (1.0, 3 / 4, 2 / 3, 1 / 2)
 MIN_SIDE = 128
 TARGET_EPOCHS = 30
+TARGET_EPOCHS_PRETRAINED = 20
 TARGET_STEPS = 4_000
 MAX_EPOCHS = 300
 EPOCH_MARGIN = 1.03  # augmentation, batching and metrics: measured epochs ran within 3 % of the timed step
@@ -97,26 +101,31 @@ def candidate_sides(full_side: int) -> list[int]:
 
 
 def choose(
-    candidates: list[Candidate], seconds: float, epochs_given: int | None
+    candidates: list[Candidate], seconds: float, epochs_given: int | None, target_epochs: int = TARGET_EPOCHS
 ) -> tuple[Candidate, int, str]:
-    """The candidate, its epochs and the reason (module docstring), from the timed candidates (largest first)."""
+    """The candidate, its epochs and the reason (module docstring), from the timed candidates (largest
+    first); `target_epochs` is the passes a model needs before resolution is worth more."""
     if epochs_given is not None:
         fitting = [c for c in candidates if c.epochs_within(seconds) >= epochs_given]
         chosen = fitting[0] if fitting else candidates[-1]
         return chosen, epochs_given, f"the largest whose {epochs_given} given epochs fit"
     for candidate in candidates:
         epochs = candidate.epochs_within(seconds)
-        if epochs >= TARGET_EPOCHS or epochs * candidate.steps_per_epoch >= TARGET_STEPS:
-            why = f"the largest that buys {TARGET_EPOCHS} epochs or {TARGET_STEPS} steps"
+        if epochs >= target_epochs or epochs * candidate.steps_per_epoch >= TARGET_STEPS:
+            why = f"the largest that buys {target_epochs} epochs or {TARGET_STEPS} steps"
             return candidate, min(MAX_EPOCHS, int(epochs)), why
     smallest = candidates[-1]
-    epochs = int(smallest.epochs_within(seconds))
+    epochs = int(smallest.epochs_within(seconds)) if seconds > 0 else 0
+    if seconds <= 0:
+        raise SegwiseError(
+            "train.budget: reading the data and timing the step used the whole budget; give a longer --budget"
+        )
     if epochs < 1:
         raise SegwiseError(
             f"train.budget: one epoch at {smallest.size[0]}×{smallest.size[1]} takes about "
             f"{smallest.epoch_seconds:.0f} s, more than the {seconds:.0f} s left; give a longer --budget"
         )
-    return smallest, epochs, f"none buys {TARGET_EPOCHS} epochs: the smallest"
+    return smallest, epochs, f"none buys {target_epochs} epochs: the smallest"
 
 
 def plan_budget(
@@ -147,7 +156,10 @@ def plan_budget(
         candidates.append(Candidate(side, size, EPOCH_MARGIN * (steps * step + val_batches * forward), steps))
     total = parse_budget(budget)
     seconds = deadline - time.perf_counter() - FINISH_SHARE * total
-    chosen, epochs, why = choose(candidates, seconds, epochs_given)
+    pretrained = config.model.encoder_weights is not None
+    target = TARGET_EPOCHS_PRETRAINED if pretrained else TARGET_EPOCHS
+    chosen, epochs, why = choose(candidates, seconds, epochs_given, target)
+    why += " (pretrained encoder)" if pretrained and epochs_given is None else ""
     timings = ", ".join(f"{c.size[0]}×{c.size[1]} {c.epoch_seconds:.1f} s" for c in candidates)
     notes = [
         f"budget {budget}: {seconds:.0f} s left for training; one epoch (batch {batch}, measured): {timings}",
@@ -161,7 +173,7 @@ def plan_budget(
 class StepTimer:
     """Times the real training step and a validation forward pass of the planned model at a size."""
 
-    REPEATS = 1
+    REPEATS = 3
 
     def __init__(
         self,
@@ -189,10 +201,12 @@ class StepTimer:
         self.step(
             self.model, x, masks, True
         )  # a new shape's first step pays for allocation and kernel choice
-        started = self._now()
-        for _ in range(self.REPEATS):
+        times = []
+        for _ in range(self.REPEATS):  # the fastest: what the machine does undisturbed, in steady state
+            started = self._now()
             self.step(self.model, x, masks, True)
-        step = (self._now() - started) / self.REPEATS
+            times.append(self._now() - started)
+        step = min(times)
         self.model.eval()
         started = self._now()
         with torch.no_grad(), torch.autocast(self.device.type, self.dtype, enabled=self.dtype is not None):

@@ -22,6 +22,11 @@ written as YAML for a person to read and edit. How each value is chosen:
   elements with label c, and the weights balance the labels against each other by scaling each
   label's term of the loss (the Lovász hinge pools all labels, so it stays unweighted).
   Default none: weights can hurt as often as help;
+- augmentation (`planned_augment`): `flips` (the 8 symmetries of the square) for data without an up
+  and a down — cells, tissue, aerial tiles; `light` (horizontal flips, a mild affine, colour) when the
+  training masks show one: a class of at least 1 % of the pixels with UPRIGHT_SHARE or more of them in
+  one half of the image (sky above, road below). Road scenes flipped upside down are images the model
+  never meets, and cost it on CamVid;
 - size, batch size and epochs: fitted to a time budget (`--budget`, by default 20 minutes when the
   epochs are not given): engine/budget.py times the real training step at a few resolutions and
   explains its rules. With the epochs given and no budget: the size above; the batch from a real
@@ -72,6 +77,8 @@ MAX_BATCH = 32
 GPU_MEMORY_SHARE = 0.8
 CPU_BUDGET_BYTES = 8 * 2**30
 DECIDED_BY_A_CONFIG = frozenset({"size", "batch_size", "epochs"})  # a given config file already chose these
+KEPT_FROM_A_CONFIG = DECIDED_BY_A_CONFIG | {"augment"}
+UPRIGHT_SHARE = 0.75  # of a class's pixels in the top or the bottom half: the data has an up and a down
 
 Sections = dict[str, dict[str, Any]]  # structured overrides: {"train": {"epochs": 5}, "model": {...}}
 
@@ -108,7 +115,7 @@ def resolve_config(config: Config | str | Path | None, overrides: Sections) -> t
     size, batch size and epochs it holds."""
     given = given_names(overrides)
     if config is not None:
-        given |= DECIDED_BY_A_CONFIG
+        given |= KEPT_FROM_A_CONFIG
     if not isinstance(config, Config):
         config = load_config(config)
     return config.updated(overrides), given
@@ -173,6 +180,8 @@ def plan_run(
             )
         batch_size, epochs = _planned_length(config, data_set, device, given, notes)
         train = {"size": list(data_set.size), "batch_size": batch_size, "epochs": epochs}
+    if "augment" not in given:
+        train["augment"] = planned_augment(data_set, notes)
     data_values = {
         "class_weights": weights,
         "mean": [round(float(v), 6) for v in mean],
@@ -366,6 +375,32 @@ def class_frequencies(data_set: SegmentationData) -> list[float]:
     """Share of the (non-void) training pixels in each class; per label: share of the elements with it."""
     per_image, image_pixels = data_set.classes.task.pixel_counts(data_set.train_masks)
     return (per_image.sum(0) / np.maximum(1, image_pixels.sum(0))).tolist()
+
+
+def planned_augment(data_set: SegmentationData, notes: list[str]) -> str:
+    """`light` when the training masks have an up and a down, `flips` otherwise (module docstring)."""
+    masks = data_set.train_masks
+    half = masks.shape[-2] // 2
+    task = data_set.classes.task
+    top = task.pixel_counts(masks[..., :half, :])[0].sum(0).astype(np.float64)
+    bottom = task.pixel_counts(masks[..., masks.shape[-2] - half :, :])[0].sum(0).astype(np.float64)
+    total = top + bottom
+    large = total >= 0.01 * max(1.0, total.sum())
+    upper = np.divide(top, total, out=np.full_like(total, 0.5), where=total > 0)
+    lopsided = [c for c in np.flatnonzero(large) if max(upper[c], 1 - upper[c]) >= UPRIGHT_SHARE]
+    if not lopsided:
+        notes.append(
+            "augment flips: no class keeps to the top or the bottom half, so every orientation is fair"
+        )
+        return "flips"
+    c = max(lopsided, key=lambda c: max(upper[c], 1 - upper[c]))  # name the clearest witness
+    where = "top" if upper[c] >= 0.5 else "bottom"
+    share = max(upper[c], 1 - upper[c])
+    notes.append(
+        f"augment light: {data_set.classes.names[c]} keeps to the {where} half ({share:.0%} of its pixels), so "
+        "the images have an up and a down: horizontal flips only"
+    )
+    return "light"
 
 
 def class_weights(data_set: SegmentationData, weighting: str) -> list[float]:
