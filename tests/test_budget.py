@@ -128,3 +128,10 @@ def test_a_pretrained_encoder_spends_the_budget_on_resolution_sooner():
     pretrained, epochs, why = choose(candidates, 1200.0, None, TARGET_EPOCHS_PRETRAINED)
     assert scratch.max_side == 320 and pretrained.max_side == 352 and epochs == 21
     assert str(TARGET_EPOCHS_PRETRAINED) in why
+
+
+def test_a_budget_spent_in_the_last_epoch_is_not_called_early_stopping(shapes_data, tmp_path, capsys):
+    result = segwise.train(shapes_data, runs_dir=tmp_path, budget="1s", epochs=1, size=[64, 64], **TINY)
+    assert len(result.history) == 1
+    said = capsys.readouterr()
+    assert "epoch   1/1" in said.out + said.err and "early stopping" not in said.out + said.err

@@ -293,8 +293,9 @@ class Trainer:
                 f"val loss {row['val_loss']:.4f}  val mIoU {row['val_miou']:.4f}{' *' if improved else ''}  "
                 f"{row['images_per_s']:.1f} img/s  {row['seconds']:.1f}s"
             )
-            if out_of_time and epoch < settings.epochs:
-                say(f"segwise: the time budget {settings.budget} is spent; stopping after epoch {epoch}")
+            if out_of_time:  # after the last epoch too: that is the budget's end, not early stopping
+                if epoch < settings.epochs:
+                    say(f"segwise: the time budget {settings.budget} is spent; stopping after epoch {epoch}")
                 break
             if self.state.stopped:
                 say(
