@@ -192,7 +192,7 @@ class StepTimer:
             self.model.to(memory_format=torch.channels_last)
         optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-6)
         scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
-        self.step = Step(self.model, loss_fn, optimizer, scaler, self.dtype, self.channels_last)
+        self.step = Step(self.model, loss_fn.to(device), optimizer, scaler, self.dtype, self.channels_last)
 
     def seconds(self, size: tuple[int, int]) -> tuple[float, float]:
         """(training step, validation forward) seconds for one batch at `size`."""

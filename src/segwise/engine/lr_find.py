@@ -141,7 +141,7 @@ def find_lr(
     finding = lr_range_test(
         start.model,
         start.batches("train", device),
-        start.loss(),
+        start.loss(env.device),
         encoder_decoder_groups(start.model, start.settings.encoder_lr_scale),
         start.settings,
         env.dtype,

@@ -91,8 +91,10 @@ class Start:
     run_dir: Path | None = None  # a resumed run's folder; a new run makes one once its pieces are built
     state: TrainingState | None = None  # a resumed run's last.pt
 
-    def loss(self) -> torch.nn.Module:
-        return planned_loss(self.settings, self.data_set.classes.task, self.data_options.class_weights)
+    def loss(self, device: torch.device) -> torch.nn.Module:
+        """The planned loss on `device`: its class-weight buffers must live where the logits are."""
+        task = self.data_set.classes.task
+        return planned_loss(self.settings, task, self.data_options.class_weights).to(device)
 
     def batches(
         self, split: str, device: torch.device, process: distributed.Process = distributed.SINGLE

@@ -114,7 +114,7 @@ class Trainer:
     def __init__(self, start: Start, env: Environment, transform=None) -> None:
         self.start, self.env, self.settings = start, env, start.settings
         self.task: Task = start.data_set.classes.task
-        self.loss_fn = start.loss()
+        self.loss_fn = start.loss(env.device)
         self.model = start.model
         below = self.settings.norm_statistics_below
         if start.encoder_weights is not None and self.settings.batch_size < below:
