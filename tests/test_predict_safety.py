@@ -30,7 +30,9 @@ def run(tmp_path_factory) -> Path:
 
 def contents(folder: Path) -> dict[str, bytes]:
     """Every file under `folder` (hidden ones too), by relative path, with its bytes."""
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
 
 
 def predict(run: Path, *args) -> subprocess.CompletedProcess:
@@ -122,6 +124,23 @@ def test_the_python_api_refuses_alike_and_takes_overwrite(run, tmp_path):
     assert report.files == [tmp_path / "out" / "a.png"] and read_mask(report.files[0]).shape == (37, 53)
 
 
+def test_all_processes_refuse_together_where_one_would_replace_a_file(tmp_path):
+    from segwise.inference.writers import claim_folder, plan_outputs
+    from segwise.task import Classes
+
+    images = [noise_image(tmp_path / "in" / f"{i}.png", seed=i) for i in range(4)]
+    plan = plan_outputs(
+        images, [], tmp_path / "out", ["png"], False, Classes(["background", "cell"], [0, 255])
+    )
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "1.png").write_bytes(b"kept")  # in the share of rank 1 of 2
+    claim_folder(plan, False, rank=0, world_size=2)  # rank 0 alone: its share (0.png, 2.png) is free
+    others = [tmp_path / "out" / "1.png"]  # what rank 1 reports through the gather
+    with pytest.raises(SegwiseError, match=r"1 existing file\(s\): 1\.png"):
+        claim_folder(plan, False, rank=0, world_size=2, gather=lambda mine: mine + others)
+    claim_folder(plan, True, rank=1, world_size=2, gather=lambda mine: mine)
+
+
 # --- one unreadable input does not stop the others ----------------------------------------------------------
 
 
@@ -132,7 +151,7 @@ def test_an_unreadable_image_is_skipped_and_named_at_the_end(run, tmp_path, batc
     (tmp_path / "in" / "b.png").write_text("not a picture")
     out = tmp_path / "out"
     result = predict(run, tmp_path / "in", "-o", out, "--batch-size", batch_size)
-    assert_one_line_error(result, "1 of 4 input(s)", "b.png", "cannot read image", "replace or remove")
+    assert_one_line_error(result, "not predicted", "b.png", "cannot read image", "replace or remove")
     assert "wrote 3 file(s)" in result.stdout
     assert sorted(p.name for p in out.iterdir()) == ["a.png", "c.png", "d.png"]
 
@@ -150,7 +169,7 @@ def test_the_report_lists_every_skipped_input(run, tmp_path):
     assert all("cannot read image" in reasons[name] for name in ("bad1.png", "bad2.jpg", "bad3.tif"))
     assert "5 channels where 3 are expected" in reasons["five.tif"]
     result = predict(run, tmp_path / "in", "-o", tmp_path / "cli")
-    assert_one_line_error(result, "4 of 6 input(s)", "bad1.png", "bad2.jpg", "bad3.tif", "and 1 more")
+    assert_one_line_error(result, "4 inputs not predicted", "bad1.png", "bad2.jpg", "bad3.tif", "and 1 more")
 
 
 # --- no debris -------------------------------------------------------------------------------------------

@@ -42,6 +42,7 @@ def predict_folder(
     progress: bool = False,
     coco_polygons: bool = False,
     polygon_tolerance: float = POLYGON_TOLERANCE,
+    overwrite: bool = False,
 ) -> PredictionReport:
     """Predict `inputs` with the run and write them into `output`; see `Predictor.predict_to_folder`.
 
@@ -49,7 +50,8 @@ def predict_folder(
     `tta`, `merge`, `tile`, `overlap` and `max_pixels` (`auto_tile_pixels`) are `InferenceOptions`.
     Under torchrun (WORLD_SIZE > 1) every process calls this: each predicts its share on its own GPU,
     and the report's `total` counts the files of all of them. The formats and the polygon options
-    are checked first, so a typo fails before a model loads.
+    are checked first, so a typo fails before a model loads. Nothing existing is replaced and no
+    dataset folder written into unless `overwrite`; unreadable inputs are skipped (report's `skipped`).
     """
     formats = parse_formats(formats)
     coco.checked_polygon_tolerance(formats, coco_polygons, polygon_tolerance)
@@ -77,4 +79,5 @@ def predict_folder(
             shard=(rank, world_size),
             coco_polygons=coco_polygons,
             polygon_tolerance=polygon_tolerance,
+            overwrite=overwrite,
         )
