@@ -24,9 +24,9 @@ def _add_predict(commands: argparse._SubParsersAction) -> None:
         help="write masks for new images with a trained run",
         description="Predict every input image at its own size (EXIF orientation applied): an index-PNG mask "
         "in the class palette, or any of --format's outputs, optionally cleaned (--min-size, --fill-holes, "
-        "--largest). Under torchrun each process predicts a disjoint share of the inputs. Nothing existing is "
-        "replaced, nor a dataset's images or masks folder written into, without --overwrite; an input that "
-        "cannot be read is skipped and named at the end (exit code 2).",
+        "--largest). Under torchrun each process predicts a disjoint share of the inputs. Nothing existing "
+        "is replaced, nor a dataset's images or masks folder written into, without --overwrite; an input "
+        "that cannot be read is skipped and named at the end (exit code 2).",
         examples=[
             "segwise predict runs/cells new_images/ extra.png -o masks/",
             "segwise predict runs/cells 'scans/**/*.tif' -o out --format png,overlay,json --min-size 50",

@@ -50,8 +50,7 @@ def predict_folder(
     `tta`, `merge`, `tile`, `overlap` and `max_pixels` (`auto_tile_pixels`) are `InferenceOptions`.
     Under torchrun (WORLD_SIZE > 1) every process calls this: each predicts its share on its own GPU,
     and the report's `total` counts the files of all of them. The formats and the polygon options
-    are checked first, so a typo fails before a model loads. Nothing existing is replaced and no
-    dataset folder written into unless `overwrite`; unreadable inputs are skipped (report's `skipped`).
+    are checked first, so a typo fails before a model loads.
     """
     formats = parse_formats(formats)
     coco.checked_polygon_tolerance(formats, coco_polygons, polygon_tolerance)

@@ -258,9 +258,10 @@ def _refuse_dataset_folder(plan: Plan) -> None:
     """Refuse a folder the outputs go into that already holds images or masks of a dataset other than
     the planned outputs: the folder holds the inputs, or it or its parent is named like a dataset's
     images or masks (`discover.names_dataset_folder`: masks/, labels/, gt/, images/, masks/train/)."""
-    planned = {path.resolve() for path in plan.files_of(0, 1)}
+    planned = {path.resolve(): path for path in plan.files_of(0, 1)}
     input_folders = {path.resolve().parent for path in plan.inputs}
-    for folder in sorted({path.resolve().parent for path in planned}):
+    shown = {path.parent: given.parent for path, given in planned.items()}  # as the user wrote them
+    for folder in sorted(shown):
         if not folder.is_dir():
             continue
         held = sorted(
@@ -273,9 +274,9 @@ def _refuse_dataset_folder(plan: Plan) -> None:
         else:
             continue
         raise SegwiseError(
-            f"{folder}: holds {len(held)} image(s) or mask(s) ({why}): {_some(held, folder)}; predictions "
-            "written there would mix with them: choose another output folder (-o), or pass --overwrite "
-            "(overwrite=True) to write there anyway"
+            f"{shown[folder]}: holds {len(held)} image(s) or mask(s) ({why}): {_some(held, folder)}; "
+            "predictions written there would mix with them: choose another output folder (-o), or pass "
+            "--overwrite (overwrite=True) to write there anyway"
         )
 
 
