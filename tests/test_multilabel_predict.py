@@ -251,5 +251,6 @@ def test_cli_predict_writes_label_folders(multilabel_run, tmp_path, capsys):
 
     code = main(
         ["predict", str(multilabel_run), str(tmp_path / "a.png"), "-o", str(out), "--threshold", "0.99"]
+        + ["--overwrite"]  # the masks of the first prediction are there
     )
     assert code == 0 and not read_mask(out / "road" / "a.png").any()  # 0.982 ≤ 0.99: no label left

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from ..config import BACKENDS, EXPORT_FORMATS, MERGES, POLYGON_TOLERANCE
+from ..errors import SegwiseError
 from .arguments import RUN_HELP, add_command, is_rank_zero
 
 
@@ -22,7 +24,9 @@ def _add_predict(commands: argparse._SubParsersAction) -> None:
         help="write masks for new images with a trained run",
         description="Predict every input image at its own size (EXIF orientation applied): an index-PNG mask "
         "in the class palette, or any of --format's outputs, optionally cleaned (--min-size, --fill-holes, "
-        "--largest). Under torchrun each process predicts a disjoint share of the inputs.",
+        "--largest). Under torchrun each process predicts a disjoint share of the inputs. Nothing existing "
+        "is replaced, nor a dataset's images or masks folder written into, without --overwrite; an input "
+        "that cannot be read is skipped and named at the end (exit code 2).",
         examples=[
             "segwise predict runs/cells new_images/ extra.png -o masks/",
             "segwise predict runs/cells 'scans/**/*.tif' -o out --format png,overlay,json --min-size 50",
@@ -31,8 +35,34 @@ def _add_predict(commands: argparse._SubParsersAction) -> None:
     )
     predict.add_argument("run", help=RUN_HELP)
     predict.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
-    predict.add_argument("-o", "--output", required=True, help="folder for the masks (created if missing)")
+    _add_output_options(predict)
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    predict.add_argument("--batch-size", type=int, default=1, help="images per forward pass (default 1)")
+    predict.add_argument(
+        "--threshold",
+        type=float,
+        help="binary: foreground where P > T (default: RUN/threshold.json if saved, else 0.5); "
+        "multiclass: pixels whose best probability is ≤ T become background; per-label runs: each "
+        "label present where its P > T (default 0.5)",
+    )
+    predict.add_argument("--min-size", type=int, help="remove objects under N pixels (per class)")
+    predict.add_argument("--fill-holes", action="store_true", help="fill background holes inside objects")
+    predict.add_argument("--largest", action="store_true", help="keep only the largest object of each class")
+    predict.add_argument(
+        "--crop", action="store_true", help="also write NAME_crop.png: the objects' box on a white background"
+    )
+    _add_backend_options(predict)
+    _add_tta_and_tile_options(predict)
+
+
+def _add_output_options(predict: argparse.ArgumentParser) -> None:
+    predict.add_argument("-o", "--output", required=True, help="folder for the masks (created if missing)")
+    predict.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace existing outputs and write into a folder holding a dataset's images or masks "
+        "(an input is never overwritten)",
+    )
     predict.add_argument(
         "--format",
         "--output-format",
@@ -55,22 +85,6 @@ def _add_predict(commands: argparse._SubParsersAction) -> None:
         help=f"how far a polygon may stray from the mask, pixels (default {POLYGON_TOLERANCE:g}); less "
         "where an object would keep an IoU under 0.98 with its mask, 0 for the exact outline",
     )
-    predict.add_argument("--batch-size", type=int, default=1, help="images per forward pass (default 1)")
-    predict.add_argument(
-        "--threshold",
-        type=float,
-        help="binary: foreground where P > T (default: RUN/threshold.json if saved, else 0.5); "
-        "multiclass: pixels whose best probability is ≤ T become background; per-label runs: each "
-        "label present where its P > T (default 0.5)",
-    )
-    predict.add_argument("--min-size", type=int, help="remove objects under N pixels (per class)")
-    predict.add_argument("--fill-holes", action="store_true", help="fill background holes inside objects")
-    predict.add_argument("--largest", action="store_true", help="keep only the largest object of each class")
-    predict.add_argument(
-        "--crop", action="store_true", help="also write NAME_crop.png: the objects' box on a white background"
-    )
-    _add_backend_options(predict)
-    _add_tta_and_tile_options(predict)
 
 
 def _add_backend_options(predict: argparse.ArgumentParser) -> None:
@@ -131,6 +145,7 @@ def _predict(args: argparse.Namespace) -> int:
         progress=sys.stderr.isatty(),
         coco_polygons=args.coco_polygons,
         polygon_tolerance=args.polygon_tolerance,
+        overwrite=args.overwrite,
     )
     if is_rank_zero():
         if report.threshold_file is not None:
@@ -138,7 +153,19 @@ def _predict(args: argparse.Namespace) -> int:
                 f"foreground threshold {report.threshold} from {report.threshold_file} (--threshold overrides)"
             )
         print(f"wrote {report.total} file(s) to {args.output}")
+    if report.skipped:
+        raise SegwiseError(_skipped_message(report.skipped))
     return 0
+
+
+def _skipped_message(skipped: list[tuple[Path, str]], shown: int = 3) -> str:
+    """One line for the inputs that could not be read: the first few by name, the first one's reason
+    (which names its fix)."""
+    if len(skipped) == 1:
+        return f"not predicted: {skipped[0][1]}"
+    names = ", ".join(str(path) for path, _ in skipped[:shown])
+    more = f" and {len(skipped) - shown} more" if len(skipped) > shown else ""
+    return f"{len(skipped)} inputs not predicted ({names}{more}); the first: {skipped[0][1]}"
 
 
 def _add_export(commands: argparse._SubParsersAction) -> None:

@@ -50,6 +50,7 @@ LABEL_WORDS = {"label", "labels", "gt", "groundtruth", "manual", "annotation", "
 LABEL_WORDS |= {"segmentation", "segmentations", "seg", "truth", "target", "targets", "trimaps"}
 LABEL_NAMES = ("figure_ground", "ground_truth", "figure-ground", "ground-truth")
 MASK_WORDS = {"mask", "masks"}
+IMAGE_WORDS = {"image", "images", "img", "imgs", "jpegimages"}  # only to recognise a dataset's folders
 CLASS_FILES = ("class_dict.csv", "classes.txt", "codes.txt")
 LOOSE_CLASS_FILES = ("labelmap.txt", "labels.txt")  # used only when they read as names
 LABELMAP_LINE = r"[^:#]+:\s*\d+\s*,\s*\d+\s*,\s*\d+\s*:.*"  # CVAT: name:r,g,b:parts:actions
@@ -284,6 +285,11 @@ def _label_score(name: str) -> int:
     ):
         return 2
     return 1 if any(w in MASK_WORDS for w in words) else 0
+
+
+def names_dataset_folder(name: str) -> bool:
+    """Whether a folder's name says it holds a dataset's images or masks (images, masks, gt, labels, ...)."""
+    return _label_score(name) > 0 or any(word in IMAGE_WORDS for word in _words(name))
 
 
 def _split_of(relative: Path) -> str | None:

@@ -42,6 +42,7 @@ def predict_folder(
     progress: bool = False,
     coco_polygons: bool = False,
     polygon_tolerance: float = POLYGON_TOLERANCE,
+    overwrite: bool = False,
 ) -> PredictionReport:
     """Predict `inputs` with the run and write them into `output`; see `Predictor.predict_to_folder`.
 
@@ -77,4 +78,5 @@ def predict_folder(
             shard=(rank, world_size),
             coco_polygons=coco_polygons,
             polygon_tolerance=polygon_tolerance,
+            overwrite=overwrite,
         )

@@ -47,7 +47,15 @@ from .shards import gathered, process_shard, total_over_processes
 from .sliding import check_overlap, parse_tile, predict_sliding, sliding_rows
 from .threshold import saved_threshold
 from .tta import DEFAULT_BATCH_PIXELS, check_merge, predict_tta, to_probabilities, views_for
-from .writers import collect_inputs, output_names, parse_formats, plan_outputs, write_outputs
+from .writers import (
+    claim_folder,
+    collect_inputs,
+    output_names,
+    parse_formats,
+    plan_outputs,
+    read_inputs,
+    write_outputs,
+)
 
 ImageLike = str | Path | np.ndarray | Image.Image
 
@@ -81,6 +89,9 @@ class PredictionReport:
     total: int = 0  # files written by all processes together
     threshold: float | None = None  # the decision threshold used; None: the task's default decision
     threshold_file: Path | None = None  # the run's threshold.json it came from, when not given
+    skipped: list[tuple[Path, str]] = field(
+        default_factory=list
+    )  # inputs not predicted, and why (all processes')
 
 
 class Predictor:
@@ -258,8 +269,12 @@ class Predictor:
         shard: tuple[int, int] | None = None,
         coco_polygons: bool = False,
         polygon_tolerance: float = POLYGON_TOLERANCE,
+        overwrite: bool = False,
     ) -> PredictionReport:
         """Predict every input (files, folders, globs) and write the requested formats into `output`.
+
+        Before anything is written, an output that is an input fails, and without `overwrite` one that
+        exists or a dataset's folder (`writers.claim_folder`). Unreadable inputs are the report's `skipped`.
 
         `formats`: names from `writers.FORMATS`, or one comma-separated string. `threshold` None takes
         the run's threshold.json when `segwise eval --save-threshold` wrote one (binary runs), else the
@@ -285,25 +300,38 @@ class Predictor:
         rank, world_size = shard or process_shard()
         output = Path(output)
         paths = sorted(collect_inputs(inputs))
-        large = {path for path in paths if self._too_large_for_memory(path)}
-        regular = [path for path in paths if path not in large]
-        files: list[Path] = []
+        large = [path for path in paths if self._too_large_for_memory(path)]
+        plan = plan_outputs(paths, large, output, formats, crop, self.config.classes)
+        claim_folder(plan, overwrite, rank, world_size, gathered)
+        regular, files, skipped = plan.regular, [], []  # skipped: (input, why) of those that cannot be read
         if regular:
-            targets = plan_outputs(regular, output, formats, crop, self.config.classes)
             output.mkdir(parents=True, exist_ok=True)
             coco_names = coco.file_names(regular, output_names(regular)) if "coco" in formats else None
-            jobs = list(enumerate(zip(regular, targets, strict=True)))[rank::world_size]
+            jobs = list(enumerate(zip(regular, plan.targets, strict=True)))[rank::world_size]
             written, records = self._write_predictions(
-                jobs, steps, batch_size, progress and rank == 0, coco_names, tolerance
+                jobs, steps, batch_size, progress and rank == 0, coco_names, tolerance, skipped
             )
             files += written
             if coco_names is not None:
                 records = gathered(records)  # every process takes part, also one with an empty share
                 if rank == 0:
-                    files.append(coco.write_coco(output / coco.COCO_FILE, records, self.config.classes))
-        for path in sorted(large)[rank::world_size]:
-            files.append(self.predict_large_tiff(path, output / f"{path.stem}.tif"))
-        return PredictionReport(files, total_over_processes(len(files)), threshold, threshold_file)
+                    files.append(coco.write_coco(plan.coco_file, records, self.config.classes))
+        files += self._write_large(
+            list(zip(large, plan.large_targets, strict=True))[rank::world_size], skipped
+        )
+        total = total_over_processes(len(files))
+        return PredictionReport(files, total, threshold, threshold_file, gathered(skipped))
+
+    def _write_large(self, jobs: Sequence[tuple[Path, Path]], skipped: list[tuple[Path, str]]) -> list[Path]:
+        """Predict each (huge TIFF, its mask's path) with `predict_large_tiff`; returns the masks written.
+        One that fails is added to `skipped` as (input, why): one bad slide does not stop the others."""
+        written = []
+        for path, target in jobs:
+            try:
+                written.append(self.predict_large_tiff(path, target))
+            except SegwiseError as error:
+                skipped.append((path, str(error)))
+        return written
 
     def _threshold(self, threshold: float | None) -> tuple[float | None, Path | None]:
         """The threshold to decide with and the file it came from: the given one, else the saved one."""
@@ -324,19 +352,23 @@ class Predictor:
         batch_size: int,
         progress: bool,
         coco_names: Sequence[str] | None,
-        polygon_tolerance: float | None = None,
+        polygon_tolerance: float | None,
+        skipped: list[tuple[Path, str]],
     ) -> tuple[list[Path], list[tuple[int, dict]]]:
         """Predict the inputs `batch_size` at a time and write each one's files; jobs are (index in the
         input list, (input, format → files)). Returns the files written and, when `coco_names` (the
         inputs' COCO file names) are given, the (index, `coco.image_record`) of every input, its
-        objects as polygons when `polygon_tolerance` is given."""
+        objects as polygons when `polygon_tolerance` is given. Inputs that cannot be read are left
+        out, each added to `skipped` as (input, why)."""
         classes = self.config.classes
         written: list[Path] = []
         records: list[tuple[int, dict]] = []
         with tqdm(total=len(jobs), desc="predicting", unit="image", disable=not progress, leave=False) as bar:
             for start in range(0, len(jobs), batch_size):
-                batch = jobs[start : start + batch_size]
-                images = [read_image(path) for _, (path, _) in batch]
+                chunk = jobs[start : start + batch_size]
+                read = read_inputs([path for _, (path, _) in chunk], self.model.in_channels, skipped)
+                batch, images = [job for job in chunk if job[1][0] in read], list(read.values())
+                bar.update(len(chunk) - len(batch))  # the skipped ones
                 for (index, (path, files)), image, probabilities in zip(
                     batch, images, self.predict_proba_batch(images), strict=True
                 ):

@@ -26,8 +26,16 @@ A per-label task (`Task.per_label`: one independent mask per label) writes the s
 Everything is at the input's own size after its EXIF orientation is applied (as `io.read_image` and
 every viewer show it). `<name>` is the input's stem; inputs sharing a stem keep their folders apart
 (`a/x.png`, `b/x.png` → `a/x.png`, `b/x.png` under the output folder) and same-folder twins their
-suffix (`x.png`, `x.jpg` → `x_png.png`, `x_jpg.png`). Files are written atomically, and an output path
-that is an input fails before anything is written.
+suffix (`x.png`, `x.jpg` → `x_png.png`, `x_jpg.png`). A TIFF too large for memory gets one tiled TIFF
+mask, `<name>.tif`, named by the same rule among the large ones.
+
+Nothing of the user's is lost (`plan_outputs`, `claim_folder`): every output is planned and checked
+before the first is written. An output path that is an input always fails; without `overwrite`, so
+does an output that exists, or a folder the outputs go into that already holds a dataset's images or
+masks (the inputs' own folder, or one named like images/, masks/, labels/, gt/), since predicted masks
+among ground-truth ones cannot be told apart afterwards. Files are written atomically, and temporaries
+left by killed writers are swept at the start. An input that cannot be read is skipped, not fatal
+(`read_inputs`).
 
 `Predictor.predict_to_folder` puts these pieces together.
 """
@@ -37,17 +45,22 @@ from __future__ import annotations
 import glob
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ..data.dataset import match_channels
+from ..data.discover import MASK_ONLY_SUFFIXES, names_dataset_folder
 from ..errors import SegwiseError
 from ..io import (
     IMAGE_SUFFIXES,
     atomic_path,
     colorize,
     is_image_file,
+    read_image,
+    sweep_temporaries,
     write_image,
     write_index_png,
 )
@@ -128,19 +141,45 @@ def parse_formats(formats: str | Sequence[str]) -> list[str]:
     return parsed
 
 
-def plan_outputs(
-    paths: Sequence[Path], out_dir: Path, formats: Sequence[str], crop: bool, classes: Classes
-) -> list[dict[str, list[Path]]]:
-    """For each input, the files each format will write (format → paths), checked before anything is:
-    no output overwrites an input or another input's output, and label folders have usable names.
-    The COCO file (written once for all inputs) is checked the same way but is not among them.
+@dataclass
+class Plan:
+    """Every file a prediction will write, planned on the whole input list (so the names do not depend on
+    how it is later sharded) and checked before anything is written."""
 
-    The names are planned on the whole list, so they do not depend on how it is later sharded."""
+    out_dir: Path
+    inputs: list[Path]  # all of them
+    regular: list[Path]  # the inputs predicted whole, in memory
+    targets: list[dict[str, list[Path]]]  # their files: format → paths
+    large: list[Path]  # TIFFs read by region (`Predictor.predict_large_tiff`)
+    large_targets: list[Path]  # each one's tiled TIFF mask
+    coco_file: Path | None  # one for all inputs, written by rank 0
+
+    def files_of(self, rank: int, world_size: int) -> list[Path]:
+        """The files process `rank` of `world_size` writes: its share of the inputs', rank 0 the COCO file."""
+        files = [p for files in self.targets[rank::world_size] for group in files.values() for p in group]
+        files += self.large_targets[rank::world_size]
+        return files + ([self.coco_file] if self.coco_file is not None and rank == 0 else [])
+
+
+def plan_outputs(
+    paths: Sequence[Path],
+    large: Sequence[Path],
+    out_dir: Path,
+    formats: Sequence[str],
+    crop: bool,
+    classes: Classes,
+) -> Plan:
+    """The files each input will write (`large` ones: one tiled TIFF mask `<name>.tif` each), checked:
+    no output overwrites an input or another input's output, and label folders have usable names."""
+    regular = [path for path in paths if path not in large]
     wanted = [kind for kind in formats if kind in SUFFIXES] + (["crop"] if crop else [])
     labels = label_folders(classes.names) if classes.task.per_label and "png" in formats else None
-    targets = [{f: _targets(out_dir, name, f, labels) for f in wanted} for name in output_names(paths)]
-    _check_targets(paths, targets, out_dir / coco.COCO_FILE if "coco" in formats else None)
-    return targets
+    targets = [{f: _targets(out_dir, name, f, labels) for f in wanted} for name in output_names(regular)]
+    large_targets = [out_dir / f"{name}.tif" for name in output_names(large)]
+    coco_file = out_dir / coco.COCO_FILE if "coco" in formats else None
+    plan = Plan(out_dir, list(paths), regular, targets, list(large), large_targets, coco_file)
+    _check_targets(plan)
+    return plan
 
 
 def label_folders(names: Sequence[str]) -> list[str]:
@@ -161,19 +200,18 @@ def _targets(out_dir: Path, name: str, kind: str, labels: Sequence[str] | None) 
     return [out_dir / f"{name}{SUFFIXES[kind]}"]
 
 
-def _check_targets(
-    paths: Sequence[Path], targets: Sequence[dict[str, list[Path]]], coco_file: Path | None
-) -> None:
+def _check_targets(plan: Plan) -> None:
     """No target is an input or another input's target (the COCO file: one for all inputs)."""
-    inputs = {path.resolve(): path for path in paths}
+    inputs = {path.resolve(): path for path in plan.inputs}
     owned: list[tuple[Path | str, Path]] = [
         (path, target)
-        for path, files in zip(paths, targets, strict=True)
+        for path, files in zip(plan.regular, plan.targets, strict=True)
         for group in files.values()
         for target in group
     ]
-    if coco_file is not None:
-        owned.append(("the COCO file of all inputs", coco_file))
+    owned += zip(plan.large, plan.large_targets, strict=True)
+    if plan.coco_file is not None:
+        owned.append(("the COCO file of all inputs", plan.coco_file))
     owners: dict[Path, Path | str] = {}
     for owner, target in owned:
         resolved = target.resolve()
@@ -187,6 +225,91 @@ def _check_targets(
                 "rename one of them or predict them separately"
             )
         owners[resolved] = owner
+
+
+def claim_folder(
+    plan: Plan,
+    overwrite: bool,
+    rank: int = 0,
+    world_size: int = 1,
+    gather: Callable[[list[Path]], list[Path]] = list,
+) -> None:
+    """Refuse, before anything is written, to mix predictions into a dataset's folder or to replace an
+    existing file, unless `overwrite`; then clear what killed writers left in the folder.
+
+    `gather` (`shards.gathered` under a process group) collects every process's files that exist, so
+    that all processes refuse together and none starts writing before all have looked. Each looks only
+    at its own share: shards run one after another into one folder do not refuse each other's files."""
+    if not overwrite:
+        _refuse_dataset_folder(plan)
+    existing = [] if overwrite else [path for path in plan.files_of(rank, world_size) if path.exists()]
+    if rank == 0 and not existing:  # one process, before any writes; live writers' temporaries are kept
+        sweep_temporaries(plan.out_dir, recursive=True)
+    existing = gather(existing)
+    if existing:
+        raise SegwiseError(
+            f"{plan.out_dir}: would replace {len(existing)} existing file(s): "
+            f"{_some(existing, plan.out_dir)}; pass --overwrite (overwrite=True) to replace them, "
+            "or choose another output folder (-o)"
+        )
+
+
+def _refuse_dataset_folder(plan: Plan) -> None:
+    """Refuse a folder the outputs go into that already holds images or masks of a dataset other than
+    the planned outputs: the folder holds the inputs, or it or its parent is named like a dataset's
+    images or masks (`discover.names_dataset_folder`: masks/, labels/, gt/, images/, masks/train/)."""
+    planned = {path.resolve(): path for path in plan.files_of(0, 1)}
+    input_folders = {path.resolve().parent for path in plan.inputs}
+    shown = {path.parent: given.parent for path, given in planned.items()}  # as the user wrote them
+    for folder in sorted(shown):
+        if not folder.is_dir():
+            continue
+        held = sorted(
+            path for path in folder.iterdir() if _is_image_or_mask(path) and path.resolve() not in planned
+        )
+        if held and folder in input_folders:
+            why = "the inputs' own folder"
+        elif held and (names_dataset_folder(folder.name) or names_dataset_folder(folder.parent.name)):
+            why = "named like a dataset's images or masks"
+        else:
+            continue
+        raise SegwiseError(
+            f"{shown[folder]}: holds {len(held)} image(s) or mask(s) ({why}): {_some(held, folder)}; "
+            "predictions written there would mix with them: choose another output folder (-o), or pass "
+            "--overwrite (overwrite=True) to write there anyway"
+        )
+
+
+def _is_image_or_mask(path: Path) -> bool:
+    return is_image_file(path) or (
+        path.suffix.lower() in MASK_ONLY_SUFFIXES and not path.name.startswith(".")
+    )
+
+
+def _some(paths: Sequence[Path], folder: Path, shown: int = 3) -> str:
+    """The first `shown` paths (relative to `folder`) and how many more."""
+    names = [
+        path.relative_to(folder).as_posix() if path.is_relative_to(folder) else str(path) for path in paths
+    ]
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
+def read_inputs(
+    paths: Sequence[Path], channels: int, skipped: list[tuple[Path, str]]
+) -> dict[Path, np.ndarray]:
+    """The images of `paths` that read as images the model can take (`channels`), by path; each other
+    one goes to `skipped` as (path, why), so that one bad file does not stop the others."""
+    images = {}
+    for path in paths:
+        try:
+            image = read_image(path)
+            match_channels(image, channels, path)  # here, so that a bad one fails alone, not its batch
+        except SegwiseError as error:
+            skipped.append((path, str(error)))
+            continue
+        images[path] = image
+    return images
 
 
 def write_outputs(
