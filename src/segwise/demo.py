@@ -50,7 +50,7 @@ def run_demo(out: str | Path = "demo", progress: bool = True, **fields) -> DemoR
     predictor = load(result.run_dir)
     splits = find_pairs(data_dir)
     matrix = evaluate_split(predictor, splits["val"], progress=progress and sys.stderr.isatty()).matrix
-    predictions = predictor.predict_to_folder(
-        [image for image, _ in splits["test"]], out / "predictions"
+    predictions = predictor.predict_to_folder(  # the demo's own folder: a second demo replaces its files
+        [image for image, _ in splits["test"]], out / "predictions", overwrite=True
     ).files
     return DemoResult(data_dir, result.run_dir, predictions, matrix.mean_iou(), time.perf_counter() - started)
