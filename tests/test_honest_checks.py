@@ -283,7 +283,10 @@ def test_every_command_that_reads_a_run_refuses_a_huge_input_size_in_one_line(tm
 
 @pytest.mark.parametrize(
     "channels, expected",
-    [("wide", "unet: decoder_channels needs 5 entries"), ([32, 16, 16, 8, "x"], "model: unet does not build")],
+    [
+        ("wide", "unet: decoder_channels needs 5 entries"),
+        ([32, 16, 16, 8, "x"], "model: unet does not build"),
+    ],
 )
 def test_model_options_that_build_no_model_are_one_error_naming_the_config(tmp_path, channels, expected):
     run = write_run(tmp_path)

@@ -378,11 +378,6 @@ class RunConfig:
     train: TrainConfig
     data: dict[str, Any] = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
-        _check_model(self.model, self.classes, self.preprocess)
-        _check_classes(self.classes)
-        _check_run_data(self.data)
-
     def save(self, path: Path) -> None:
         values = asdict(self)
         values["classes"] = self.classes.to_dict()
@@ -391,7 +386,17 @@ class RunConfig:
     @classmethod
     def load(cls, path: Path) -> RunConfig:
         with _naming(path):
-            return _build(cls, read_yaml(path), "")
+            config = _build(cls, read_yaml(path), "")
+            config.check()
+        return config
+
+    def check(self) -> None:
+        """What the sections' own checks cannot see: the model against the classes and the input, the
+        classes' names and values, what the run recorded about its data. Run on every load (a config
+        built in code, with a stand-in model, is trusted)."""
+        _check_model(self.model, self.classes, self.preprocess)
+        _check_classes(self.classes)
+        _check_run_data(self.data)
 
 
 def _check_model(model: dict[str, Any], classes: Classes, preprocess: PreprocessConfig) -> None:
