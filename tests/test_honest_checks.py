@@ -298,6 +298,20 @@ def test_model_options_that_build_no_model_are_one_error_naming_the_config(tmp_p
     assert line.startswith(f"segwise: error: {run / 'config.yaml'}: {expected}"), line
 
 
+def test_plan_files_are_held_to_the_same_rules_and_aliases_are_read_once(tmp_path):
+    from segwise.config import load_config
+
+    plan = tmp_path / "plan.yaml"
+    plan.write_text('model:\n  arch: "unet\\e[31m"\n')
+    with pytest.raises(SegwiseError, match=r"plan\.yaml: model\.arch: 'unet\\x1b\[31m' holds the control"):
+        load_config(plan)
+    # 30 levels of nine aliases each: 9**29 strings if every appearance were walked
+    levels = ['a0: &a0 ["x", "y"]'] + [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 30)]
+    plan.write_text("\n".join(levels) + "\n")
+    with pytest.raises(SegwiseError, match=r"plan\.yaml: unknown key\(s\) \['a0', 'a1', "):
+        load_config(plan)
+
+
 def test_train_size_beyond_the_limit_is_refused_before_reading_data(tmp_path):
     result = run_cli("train", tmp_path / "absent", "--size", "60000", *TINY_FLAGS)
     assert result.returncode == 2
