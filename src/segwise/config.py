@@ -16,10 +16,13 @@ the Python API's edge (segwise.train, make_plan, find_lr, load_config).
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
+import unicodedata
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -78,6 +81,24 @@ def _optional(check: Check, what: str) -> Check:
 
 POSITIVE: Check = (lambda v: v > 0, "a positive number")
 
+# The largest image size a model is fed. Every image is resized to a run's input size before the model,
+# so a size from a foreign config.yaml is an allocation: 60000×60000 would be 43 GB of float input
+# before the first layer. 4096×4096 is where `segwise predict` starts tiling (its --max-pixels
+# default), so no sensible run trains above it; one side may be long (a strip) up to 16384.
+MAX_SIDE = 16384
+MAX_PIXELS = 4096 * 4096
+
+
+def _size(minimum: int) -> Check:
+    """[height, width]: integers from `minimum` to MAX_SIDE, at most MAX_PIXELS in all."""
+    return (
+        lambda v: (
+            v is None
+            or (len(v) == 2 and minimum <= min(v) and max(v) <= MAX_SIDE and v[0] * v[1] <= MAX_PIXELS)
+        ),
+        f"[height, width], each ≥ {minimum} and ≤ {MAX_SIDE}, at most {MAX_PIXELS} pixels (4096×4096) in all",
+    )
+
 
 @dataclass
 class ModelConfig:
@@ -121,7 +142,7 @@ class TrainConfig:
     size: list[int] | None = option(
         None,
         "training size H or HxW (default: the data's typical size)",
-        (lambda v: v is None or (len(v) == 2 and min(v) >= 8), "[height, width], each ≥ 8"),
+        _size(8),
     )
     val_fraction: float = option(
         0.2, "share held out when DATA has no val/ split", (lambda v: 0 < v < 1, "a number between 0 and 1")
@@ -329,13 +350,28 @@ def choices(hint: Any) -> tuple[Any, ...] | None:
 
 @dataclass
 class PreprocessConfig:
-    input_size: list[int]  # [H, W] images are resized to before the model
-    mean: list[float]
-    std: list[float]
+    input_size: list[int] = field(metadata={"check": _size(1)})  # [H, W] images are resized to for the model
+    mean: list[float] = field(metadata={"check": (lambda v: len(v) >= 1, "one number per input channel")})
+    std: list[float] = field(metadata={"check": (lambda v: len(v) >= 1, "one number per input channel")})
+
+    def __post_init__(self) -> None:
+        _validate(self, "preprocess")
+        for key in ("mean", "std"):
+            values = getattr(self, key)
+            _check(all(math.isfinite(v) for v in values), f"preprocess.{key}", values, "finite numbers")
+        _check(
+            len(self.std) == len(self.mean) and min(self.std) > 0,
+            "preprocess.std",
+            self.std,
+            f"{len(self.mean)} positive numbers, one per input channel like preprocess.mean",
+        )
 
 
 @dataclass
 class RunConfig:
+    """A run folder's config.yaml. It may come from anyone, so `load` checks every value before any is
+    used (types, ranges, sizes, the classes against the model); an error names the file and the key."""
+
     model: dict[str, Any]  # create_model arguments: arch, encoder, num_classes, in_channels, options
     classes: Classes
     preprocess: PreprocessConfig
@@ -349,12 +385,128 @@ class RunConfig:
 
     @classmethod
     def load(cls, path: Path) -> RunConfig:
-        return _build(cls, read_yaml(path), str(path))
+        with _naming(path):
+            config = _build(cls, read_yaml(path), "")
+            config.check()
+        return config
+
+    def check(self) -> None:
+        """What the sections' own checks cannot see: the model against the classes and the input, the
+        classes' names and values, what the run recorded about its data. Run on every load (a config
+        built in code, with a stand-in model, is trusted)."""
+        _check_model(self.model, self.classes, self.preprocess)
+        _check_classes(self.classes)
+        _check_run_data(self.data)
+
+
+def _check_model(model: dict[str, Any], classes: Classes, preprocess: PreprocessConfig) -> None:
+    """The recorded `create_model` arguments: names and counts that match the classes and the input."""
+    for key, hint, expected in (
+        ("arch", str, "an architecture name"),
+        ("encoder", str | None, "an encoder name or null"),
+        ("num_classes", int, "an integer"),
+        ("in_channels", int, "an integer"),
+    ):
+        _check(key in model and _type_ok(model[key], hint), f"model.{key}", model.get(key), expected)
+    _check(
+        model["num_classes"] == classes.num_classes,
+        "model.num_classes",
+        model["num_classes"],
+        f"{classes.num_classes}, one output per class of classes.names",
+    )
+    _check(
+        model["in_channels"] == len(preprocess.mean),
+        "model.in_channels",
+        model["in_channels"],
+        f"{len(preprocess.mean)}, one per value of preprocess.mean",
+    )
+    _check(isinstance(model.get("options", {}), dict), "model.options", model.get("options"), "a mapping")
+
+
+def class_names_problem(names: list[str]) -> str | None:
+    """What is wrong with a list of class names, or None. A name is printed, written into CSV headers,
+    reports and file metadata: it must be non-empty text without control characters (NUL, escape
+    codes, tabs, line breaks), and no two alike. Class-name files and run configs are held to it alike."""
+    for name in names:
+        if not name.strip() or _control_character(name):
+            return f"class name {name!r} is empty or holds a control character"
+    twice = sorted({name for name in names if names.count(name) > 1})
+    return f"class name {twice[0]!r} is given twice" if twice else None
+
+
+def _control_character(text: str, allowed: str = "") -> str | None:
+    """The first control character (Unicode category Cc: NUL, ESC, DEL, …) of `text` not in `allowed`."""
+    return next((c for c in text if unicodedata.category(c) == "Cc" and c not in allowed), None)
+
+
+def _check_classes(classes: Classes) -> None:
+    """Names a person reads (see class_names_problem), one stored value and colour per class."""
+    names, count = classes.names, classes.num_classes
+    problem = class_names_problem(names) if count else "no classes"
+    if problem is not None:
+        raise SegwiseError(f"classes.names: {problem}; expected distinct names of plain text, one per class")
+    _check(
+        len(classes.values) == count
+        and len(set(classes.values)) == count
+        and all(map(_stored, classes.values)),
+        "classes.values",
+        classes.values,
+        f"{count} distinct stored mask values, 0..65535, one per name",
+    )
+    _check(
+        len(classes.palette) == count and all(map(_colour, classes.palette)),
+        "classes.palette",
+        classes.palette,
+        f"{count} colours [r, g, b] of 0..255, one per name",
+    )
+    _check(
+        classes.colours is None or (len(classes.colours) >= count and all(map(_colour, classes.colours))),
+        "classes.colours",
+        classes.colours,
+        f"null, or at least {count} colours [r, g, b] of 0..255",
+    )
+    for key in ("ignore_value", "threshold"):
+        value = getattr(classes, key)
+        _check(
+            value is None or _stored(value), f"classes.{key}", value, "null or a stored mask value 0..65535"
+        )
+
+
+def _stored(value: int) -> bool:
+    return 0 <= value <= 65535
+
+
+def _colour(value: list[int]) -> bool:
+    return len(value) == 3 and all(0 <= c <= 255 for c in value)
+
+
+def _check_run_data(data: dict[str, Any]) -> None:
+    """What the run recorded about its data, as far as loading, evaluating and resuming read it."""
+    _check(isinstance(data.get("root", ""), str), "data.root", data.get("root"), "the data folder's path")
+    max_side = data.get("max_side")
+    _check(
+        max_side is None or (_type_ok(max_side, int) and 8 <= max_side <= MAX_SIDE),
+        "data.max_side",
+        max_side,
+        f"null or an integer 8..{MAX_SIDE}",
+    )
+    if "plan" in data:
+        _build(DataConfig, data["plan"], "data.plan")
+
+
+@contextmanager
+def _naming(path: Path):
+    """Errors raised inside name the file `path` first, once."""
+    try:
+        yield
+    except SegwiseError as error:
+        message = str(error)
+        raise SegwiseError(message if message.startswith(f"{path}: ") else f"{path}: {message}") from None
 
 
 def _check(ok: bool, key: str, value: Any, expected: str) -> None:
     if not ok:
-        raise SegwiseError(f"{key}: {value!r} is not valid; expected {expected}")
+        raise SegwiseError(f"{key}: {_shown(value)} is not valid; expected {expected}")
 
 
 def _validate(section: Any, where: str) -> None:
@@ -402,41 +554,80 @@ def _build(cls: type, values: Any, where: str) -> Any:
     """Make dataclass `cls` from a dict, checking keys and types; errors name the key and the fix."""
     if isinstance(values, cls):
         return values
+    at = f"{where}: " if where else ""
     if not isinstance(values, dict):
-        raise SegwiseError(
-            f"{where}: expected a mapping of {cls.__name__} fields, got {type(values).__name__}"
-        )
+        raise SegwiseError(f"{at}expected a mapping of {cls.__name__} fields, got {type(values).__name__}")
     hints = typing.get_type_hints(cls)
     names = field_names(cls)
-    unknown = sorted(set(values) - set(names))
+    unknown = sorted(set(values) - set(names), key=str)
     if unknown:
-        raise SegwiseError(f"{where}: unknown key(s) {unknown}; valid keys are {names}")
+        raise SegwiseError(f"{at}unknown key(s) {unknown}; valid keys are {names}")
     kwargs = {}
     for key, value in values.items():
         hint = hints[key]
         if dataclasses.is_dataclass(hint) and isinstance(value, dict):
-            value = _build(hint, value, f"{where}.{key}")
+            value = _build(hint, value, _key(where, key))
         elif not _type_ok(value, hint):
             allowed = choices(hint)
             expected = " | ".join(map(str, allowed)) if allowed else hint
-            raise SegwiseError(f"{where}.{key}: {value!r} has the wrong type; expected {expected}")
+            raise SegwiseError(f"{_key(where, key)}: {_shown(value)} has the wrong type; expected {expected}")
         if hint is float and isinstance(value, int):
             value = float(value)
         kwargs[key] = value
     try:
         return cls(**kwargs)
     except TypeError as error:  # a required key is missing
-        raise SegwiseError(f"{where}: {error}; valid keys are {names}") from None
+        raise SegwiseError(f"{at}{error}; valid keys are {names}") from None
+
+
+def _key(where: str, key: Any) -> str:
+    """`section.key` (a top-level key alone)."""
+    return f"{where}.{key}" if where else str(key)
 
 
 def read_yaml(path: str | Path) -> Any:
+    """A config file's values; strings with control characters other than tabs and line breaks (NUL,
+    escape codes, which no config needs and which reach paths, terminals and file headers) refused."""
     path = Path(path)
     if not path.is_file():
         raise SegwiseError(f"{path}: config file not found; check the path")
     try:
-        return yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise SegwiseError(f"{path}: not valid YAML ({' '.join(str(error).split())})") from None
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as error:
+        raise SegwiseError(f"{path}: not valid YAML ({' '.join(str(error).split())[:300]})") from None
+    with _naming(path):
+        _refuse_control_characters(values)
+    return values
+
+
+def _refuse_control_characters(values: Any) -> None:
+    """Every string of a loaded YAML document, keys too, without control characters other than tabs and
+    line breaks. A YAML alias makes a node appear many times (or inside itself): each is looked at once."""
+    pending, seen = [(values, "")], set()
+    while pending:
+        value, key = pending.pop()
+        if isinstance(value, str):
+            found = _control_character(value, allowed="\t\n\r")
+            if found is not None:
+                raise SegwiseError(
+                    f"{key or 'a key'}: {_shown(value, 60)} holds the control character {found!r}; "
+                    "no config needs one: remove it, or write the file again"
+                )
+        elif isinstance(value, (dict, list)) and id(value) not in seen:
+            seen.add(id(value))
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for name, item in items:
+                if isinstance(value, dict):
+                    pending.append((name, key))
+                    pending.append((item, _key(key, name)))
+                else:
+                    pending.append((item, f"{key}[{name}]"))
+
+
+def _shown(value: Any, limit: int = 200) -> str:
+    """`repr(value)` cut at `limit` characters: control characters escaped, one line however long."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def write_yaml(path: str | Path, data: Any) -> None:
@@ -446,5 +637,8 @@ def write_yaml(path: str | Path, data: Any) -> None:
 
 def load_config(path: str | Path | None = None, **overrides: Any) -> Config:
     """Read a plan YAML (sections `model`, `train` and `data`), then apply keyword overrides."""
-    config = Config() if path is None else _build(Config, read_yaml(path), str(path))
+    config = Config()
+    if path is not None:
+        with _naming(Path(path)):
+            config = _build(Config, read_yaml(path), "")
     return config.updated(Config.sections_of(**overrides))

@@ -1,4 +1,4 @@
-"""The one exception type for mistakes in the user's input.
+"""The one exception type for mistakes in the user's input, and the one warning type.
 
 Library code raises `SegwiseError` with a message that names the file, the problem and the fix.
 The CLI prints it as a single line and exits with code 2; set SEGWISE_DEBUG=1 to see the traceback.
@@ -8,3 +8,8 @@ Internal invariants use `assert`, never this class.
 
 class SegwiseError(Exception):
     """A user mistake (missing file, bad mask, bad config): one clear line, exit code 2."""
+
+
+class SegwiseWarning(UserWarning):
+    """Input that works but is likely not what was meant (masks with no foreground, a run file that
+    cannot be read and is left out): the CLI prints it as one line, `segwise: warning: ...`."""

@@ -71,7 +71,10 @@ def load_model(run_dir: str | Path) -> tuple[SegmentationModel, RunConfig]:
         if not (run_dir / required).is_file():
             raise SegwiseError(f"{run_dir / required}: missing; is {run_dir} a finished segwise run?")
     config = RunConfig.load(run_dir / CONFIG)
-    model = build_model(config.model)
+    try:
+        model = build_model(config.model)
+    except SegwiseError as error:  # an unknown architecture, encoder or option: name the file it is in
+        raise SegwiseError(f"{run_dir / CONFIG}: {error}") from None
     load_weights(model, run_dir / WEIGHTS)
     return model.eval(), config
 
@@ -84,7 +87,13 @@ def build_model(spec: dict) -> SegmentationModel:
         k: v for k, v in spec.items() if k not in ("options", "encoder_weights", "encoder_weights_mapping")
     }
     options = {k: v for k, v in spec.get("options", {}).items() if k != "encoder_weights_mapping"}
-    return create_model(**recorded, encoder_weights=None, **options)
+    try:
+        return create_model(**recorded, encoder_weights=None, **options)
+    except (TypeError, ValueError, RuntimeError) as error:  # option values config.yaml's checks cannot know
+        raise SegwiseError(
+            f"model: {spec.get('arch')} does not build from the recorded options "
+            f"({' '.join(str(error).split())[:200]}); was this config.yaml written by segwise?"
+        ) from None
 
 
 def load_weights(model: torch.nn.Module, path: Path) -> None:

@@ -26,7 +26,8 @@ def _add_check(commands: argparse._SubParsersAction) -> None:
         help="summarise DATA and list every problem in it",
         description="Read every image and mask once; print pairs per split, sizes, channels, classes with "
         "pixel shares and the void share, then every problem (unmatched, duplicate, unreadable, size "
-        "mismatch, unexpected mask values, classes absent from a split).\n"
+        "mismatch, unexpected mask values, classes absent from a split, too few pairs to hold validation "
+        "images out) and warnings (no foreground in the training masks, classes no class-name file declared).\n"
         "Exit code 0: clean; 1: problems found; 2: DATA cannot be used at all.\n"
         "Layouts: images/+masks/ (split subfolders, x_mask.png names, masks/<class>/ one binary mask per "
         "label), fastai (images/ labels/ codes.txt valid.txt), segnet (train/ trainannot/ ...), voc "

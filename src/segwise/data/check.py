@@ -2,9 +2,12 @@
 
 Every file is read once; problems are collected, never raised, so one run lists them all:
 unmatched images or masks, duplicate stems, files named in split lists that do not exist, unreadable
-files, masks of another size than their image, mask values that are no class, and classes with no
-pixels in a split. Masks are summarised as value → pixel-count histograms, so a large dataset is not
-held in memory. A dataset that cannot be read at all (no such folder, no pairs, an unusable class
+files, masks of another size than their image, mask values that are no class (beyond a class-name
+file's lines: one problem of the file, in training's words), classes with no pixels in a split, and
+too few pairs to hold validation images out (training's own rule, `split_problem`). Warnings leave
+the exit code alone: training masks with no foreground anywhere, and mask values that became classes
+with no class-name file to declare them. Masks are summarised as value → pixel-count histograms, so
+a large dataset is not held in memory. A dataset that cannot be read at all (no such folder, no pairs, an unusable class
 file) raises SegwiseError instead: exit code 2 rather than 1.
 
     >>> report = check_data("data/camvid")  # doctest: +SKIP
@@ -22,7 +25,14 @@ import numpy as np
 from ..errors import SegwiseError
 from ..io import TIFF_SUFFIXES, read_image
 from ..task import Classes, colours_to_values, no_colour_table
-from .dataset import infer_classes, soft_binary_values
+from .dataset import (
+    infer_classes,
+    no_foreground_warning,
+    soft_binary_values,
+    split_problem,
+    stray_values_message,
+    undeclared_classes_warning,
+)
 from .formats import DataSource, Pair, Problem, find_data
 from .overrides import Overrides
 
@@ -55,6 +65,7 @@ class CheckReport:
     void_pixels: dict[str, int]  # split → ignored pixels
     problems: list[Problem] = field(default_factory=list)
     decisions: list[str] = field(default_factory=list)  # how discovery paired the files (layout "tree")
+    warnings: list[str] = field(default_factory=list)  # usable, but maybe not what was meant
 
     @property
     def exit_code(self) -> int:
@@ -81,6 +92,7 @@ class CheckReport:
             if not classes.task.per_label:  # label stacks have no void value
                 shares = "".join(f"{_share(self.void_pixels[s], self._total(s)):>10}" for s in splits)
                 lines.append(f"  {'(void/ignored)':<20}{'':>7}{shares}")
+        lines += [f"warning: {warning}" for warning in self.warnings]
         if self.problems:
             lines.append(f"{len(self.problems)} problem(s):")
             lines += [f"  [{p.kind}] {p}" for p in self.problems]
@@ -115,12 +127,7 @@ def check_data(
         if (r := _read(source, split, pair, problems))
     ]
     classes = _classes(source, reads, mask_threshold, problems)
-    pixels: dict[str, list[int]] = {}
-    void: dict[str, int] = {}
-    for split in source.pairs:
-        pixels[split], void[split] = [0] * classes.num_classes, 0
-    for read in reads:
-        _count(read, classes, pixels, void, problems)
+    pixels, void = _tally(source, reads, classes, problems)
     for split, counts in pixels.items():
         for name, count in zip(classes.names, counts, strict=True):
             if count == 0 and source.pairs[split]:
@@ -131,6 +138,8 @@ def check_data(
                         f"class '{name}' has no pixels in the {split} split; add examples or drop the class",
                     )
                 )
+    if (too_few := split_problem(source.pairs)) is not None:
+        problems.append(too_few)
     return CheckReport(
         source.root,
         source.layout,
@@ -142,7 +151,19 @@ def check_data(
         void,
         problems,
         source.decisions,
+        _warnings(source, classes, pixels),
     )
+
+
+def _warnings(source: DataSource, classes: Classes, pixels: dict[str, list[int]]) -> list[str]:
+    """What training would warn about: no foreground in its masks, classes no file declared."""
+    training = pixels.get("train", pixels.get("all", []))  # the split training learns from
+    declared = source.class_names is not None or source.per_class_masks
+    found = (
+        no_foreground_warning(classes, training, source.root),
+        undeclared_classes_warning(classes, declared, source.root),
+    )
+    return [warning for warning in found if warning is not None]
 
 
 def _read(source: DataSource, split: str, pair: Pair, problems: list[Problem]) -> _Read | None:
@@ -241,20 +262,42 @@ def _classes(
     return infer_classes(summaries, paths, names, False, threshold, source.root, counts=Counter())
 
 
-def _count(
-    read: _Read,
-    classes: Classes,
-    pixels: dict[str, list[int]],
-    void: dict[str, int],
-    problems: list[Problem],
-) -> None:
-    """Add one file's pixels to its split's class counts; values that are no class are a problem."""
+def _tally(
+    source: DataSource, reads: list[_Read], classes: Classes, problems: list[Problem]
+) -> tuple[dict[str, list[int]], dict[str, int]]:
+    """Pixels per class and void pixels per split. Mask values that are no class are a problem of the
+    mask, or with a class-name file one problem of the file, worded as training words it."""
+    pixels = {split: [0] * classes.num_classes for split in source.pairs}
+    void = {split: 0 for split in source.pairs}
+    unexpected = {r.pair[1]: found for r in reads if (found := _count(r, classes, pixels, void))}
+    names = source.class_names
+    if unexpected and names is not None and classes.threshold is None:
+        stray = sorted(set().union(*unexpected.values()))
+        masks = sorted(path.name for path in unexpected)
+        shown = ", ".join(masks[:3]) + (", …" if len(masks) > 3 else "")
+        which = f"{len(masks)} mask(s) ({shown})"
+        problems.append(Problem(names.path, "unexpected values", stray_values_message(names, stray, which)))
+        return pixels, void
+    for path, values in unexpected.items():
+        problems.append(
+            Problem(
+                path,
+                "unexpected values",
+                f"mask values {sorted(values)[:8]} are not among the classes' values {classes.values}; "
+                "fix the mask (or the class-name file)",
+            )
+        )
+    return pixels, void
+
+
+def _count(read: _Read, classes: Classes, pixels: dict[str, list[int]], void: dict[str, int]) -> list[int]:
+    """Add one file's pixels to its split's class counts; returns its values that are no class."""
     if classes.task.per_label:  # counts are positives per channel; a pixel counts for each of its labels
         for channel, positives in read.counts.items():
             if channel < classes.num_classes:
                 pixels[read.split][channel] += positives
         void[read.split] += read.size[0] * read.size[1]  # the pixel total, for shares
-        return
+        return []
     index_of = {value: i for i, value in enumerate(classes.values)}
     void[read.split] += read.outside_roi
     unexpected = []
@@ -266,12 +309,4 @@ def _count(
             void[read.split] += count
         else:
             unexpected.append(value)
-    if unexpected:
-        problems.append(
-            Problem(
-                read.pair[1],
-                "unexpected values",
-                f"mask values {sorted(unexpected)[:8]} are not among the classes' values {classes.values}; "
-                "fix the mask (or the class-name file)",
-            )
-        )
+    return unexpected

@@ -27,12 +27,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..config import class_names_problem
 from ..constants import IGNORE_INDEX
 from ..errors import SegwiseError
 from ..io import TIFF_SUFFIXES, read_image, read_mask
 from ..task import Classes, no_colour_table
 from . import cache
-from .formats import ClassNames, DataSource, Pair, find_data, read_class_names
+from .formats import ClassNames, DataSource, Pair, Problem, find_data, read_class_names
 from .overrides import Overrides
 
 __all__ = ["Classes", "ClassNames", "SegmentationData", "discover_classes", "load_data", "read_class_names"]
@@ -50,7 +51,7 @@ def discover_classes(
     if not values:
         raise SegwiseError(f"{source}: no masks to learn classes from; add image/mask pairs")
     if names is not None:
-        return _named_classes(values, names)
+        return _named_classes(values, _checked(names))
     if values <= {0, 255} or values <= {0, 1}:
         return Classes(["background", "foreground"], [0, 255] if 255 in values else [0, 1])
     ignore = 255 if 255 in values else None
@@ -66,6 +67,15 @@ def discover_classes(
     )
 
 
+def _checked(names: ClassNames) -> ClassNames:
+    """The names of a class-name file, held to the rule a run's config.yaml is (config.class_names_problem):
+    a name that could not be loaded back from the run folder is refused before training, not after."""
+    problem = class_names_problem(names.names)
+    if problem is not None:
+        raise SegwiseError(f"{names.path}: {problem}; give each class its own name of plain text")
+    return names
+
+
 def _named_classes(values: set[int], names: ClassNames) -> Classes:
     """Classes from a name file: row i is stored value i; a void row (or 255) is the ignore value."""
     void = names.void_row
@@ -76,11 +86,60 @@ def _named_classes(values: set[int], names: ClassNames) -> Classes:
     ignore = void if void is not None else (255 if 255 in values else None)
     stray = sorted(v for v in values if v >= len(names.names) and v != ignore)
     if stray:
-        raise SegwiseError(
-            f"{names.path}: names {len(names.names)} classes (values 0..{len(names.names) - 1}) but masks hold "
-            f"value(s) {stray[:8]}; add a line per value or fix the masks"
-        )
+        raise SegwiseError(f"{names.path}: {stray_values_message(names, stray)}")
     return Classes([names.names[i] for i in rows], rows, palette, ignore_value=ignore)
+
+
+def stray_values_message(names: ClassNames, stray: list[int], masks: str = "masks") -> str:
+    """Masks hold values beyond the class-name file's lines: training refuses them, `segwise check`
+    reports them, in these words (`masks` says which masks, when known)."""
+    count = len(names.names)
+    return (
+        f"names {count} classes (values 0..{count - 1}) but {masks} hold value(s) {stray[:8]}; "
+        "add a line per value or fix the masks"
+    )
+
+
+def undeclared_classes_warning(classes: Classes, declared: bool, root: Path) -> str | None:
+    """Without a class-name file (`declared`: a file or per-class folders named them), the values of
+    multiclass masks (the channels of multilabel ones) became classes by count, and nothing can tell
+    a stray value from a class: say so, and how to declare them. Binary 0/1 and 0/255 masks need no file."""
+    if declared or classes.mode == "binary":
+        return None
+    what = "channel" if classes.task.per_label else "value"
+    values, count = classes.values, classes.num_classes
+    recode = "" if values == list(range(count)) else f" (recode the masks to values 0..{count - 1} first)"
+    return (
+        f"{root}: no class-name file, so the mask {what}s {_value_list(values)} became {count} classes "
+        f"named {classes.names[0]} … {classes.names[-1]}; if that is not what the masks mean, declare the "
+        f"classes in {root / 'classes.txt'}, one name per line, line i naming mask {what} i{recode}"
+    )
+
+
+def no_foreground_warning(classes: Classes, pixels: list[int], root: Path) -> str | None:
+    """The training masks (`pixels`: their pixels per class, per label their positives) mark nothing to
+    learn: one class everywhere, e.g. all background, or no label at all. A model then answers that
+    everywhere and is scored perfect on it (classes absent from the truth do not count): say so."""
+    if classes.task.per_label:
+        if any(pixels):
+            return None
+        what = "no training mask marks any label"
+    else:
+        present = [name for name, count in zip(classes.names, pixels, strict=True) if count]
+        if len(present) > 1:
+            return None
+        what = f"every training pixel is '{present[0]}'" if present else "the training masks are all void"
+    return (
+        f"{root}: {what}, no foreground anywhere: a model learns to answer that everywhere, and metrics "
+        "such as val mIoU 1.0 mean nothing; check that the masks were saved with their labels, or add "
+        "masks that mark the foreground"
+    )
+
+
+def _value_list(values: list[int]) -> str:
+    if len(values) > 2 and values == list(range(values[0], values[-1] + 1)):
+        return f"{values[0]}..{values[-1]}"
+    return str(values[:8])[:-1] + (", …]" if len(values) > 8 else "]")
 
 
 def infer_classes(
@@ -99,6 +158,7 @@ def infer_classes(
     """
     if not masks:
         raise SegwiseError(f"{source}: no masks to learn classes from; add image/mask pairs")
+    names = _checked(names) if names is not None else None
     tiff_channels = {m.shape[-1] for m, p in zip(masks, paths, strict=True) if m.ndim == 3 and _is_tiff(p)}
     colours = names.colours if names else None
     if multilabel or (tiff_channels and not colours):
@@ -285,11 +345,31 @@ class SegmentationData:
         return pixels.mean(0).tolist(), np.maximum(pixels.std(0), 1e-3).tolist()
 
 
-def _split(pairs: list[Pair], val_fraction: float, seed: int) -> tuple[list[Pair], list[Pair]]:
-    if len(pairs) < 2:
-        raise SegwiseError(
-            f"{pairs[0][0].parent}: need at least 2 image/mask pairs to hold one out for validation"
-        )
+def split_problem(found: dict[str, list[Pair]]) -> Problem | None:
+    """Why the pairs found cannot give a training and a validation set, or None. The one rule both
+    `load_data` (training refuses the data) and `segwise check` (reports it) apply: data without a val
+    split holds validation images out of its training pairs, so it needs at least two."""
+    if "train" in found and "val" in found:
+        return None
+    pairs = found.get("train", found.get("all", []))
+    if len(pairs) >= 2 or not pairs:  # no pairs at all is find_data's error
+        return None
+    return Problem(
+        pairs[0][0].parent,
+        "too few pairs",
+        "need at least 2 image/mask pairs to hold one out for validation; add pairs or a val/ split",
+    )
+
+
+def _split(found: dict[str, list[Pair]], val_fraction: float, seed: int) -> tuple[list[Pair], list[Pair]]:
+    """The training and validation pairs: the data's own splits, or a `val_fraction` of the training
+    pairs held out (drawn with `seed`)."""
+    problem = split_problem(found)
+    if problem is not None:
+        raise SegwiseError(str(problem))
+    if "train" in found and "val" in found:
+        return found["train"], found["val"]
+    pairs = found.get("train", found.get("all", []))
     order = np.random.default_rng(seed).permutation(len(pairs))
     count = min(len(pairs) - 1, max(1, int(round(len(pairs) * val_fraction))))
     return [pairs[i] for i in sorted(order[count:])], [pairs[i] for i in sorted(order[:count])]
@@ -325,10 +405,7 @@ def load_data(
     source = find_data(root, layout, categories, overrides)
     source.check()
     found = source.pairs
-    if "val" in found and "train" in found:
-        train_pairs, val_pairs = found["train"], found["val"]
-    else:
-        train_pairs, val_pairs = _split(found.get("train", found.get("all", [])), val_fraction, seed)
+    train_pairs, val_pairs = _split(found, val_fraction, seed)
 
     options = {
         "size": size,

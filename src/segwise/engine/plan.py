@@ -48,6 +48,7 @@ import dataclasses
 import math
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -58,8 +59,9 @@ import yaml
 
 from ..config import Config, DataConfig, TrainConfig, load_config
 from ..data import SegmentationData, load_data
+from ..data.dataset import no_foreground_warning, undeclared_classes_warning
 from ..data.overrides import Overrides
-from ..errors import SegwiseError
+from ..errors import SegwiseError, SegwiseWarning
 from ..io import atomic_path
 from ..losses import LOSSES, build_loss, takes_class_weights, term_weights
 from ..models import SegmentationModel, create_model
@@ -158,9 +160,9 @@ def plan_run(
     data_set = load_planned_data(data, settings.size, settings.val_fraction, settings.seed, options, max_side)
     _check_recorded(options, data_set)
     notes.append(_classes_note(data_set.classes))
-    notes.append(
-        "training pixel share per class: " + ", ".join(f"{f:.4f}" for f in class_frequencies(data_set))
-    )
+    frequencies = class_frequencies(data_set)
+    notes.append("training pixel share per class: " + ", ".join(f"{f:.4f}" for f in frequencies))
+    _warn_about_data(data_set, frequencies, declared=options.classes is not None)
     weights = _planned_weights(config, data_set, notes)
     mean, std = options.mean, options.std
     if mean is None:
@@ -250,6 +252,20 @@ def resolve_encoder_weights(config: Config, notes: list[str]) -> Config:
         notes.append(f"encoder weights: none, from scratch ({found.reason.partition(': ')[2]})")
         weights = None
     return dataclasses.replace(config, model=dataclasses.replace(model, encoder_weights=weights))
+
+
+def _warn_about_data(data_set: SegmentationData, frequencies: list[float], declared: bool) -> None:
+    """Warn (SegwiseWarning) about data that trains but likely not as meant, in `segwise check`'s words:
+    no foreground in the training masks; classes that no class-name file (nor the plan) declared."""
+    source = data_set.source
+    declared = declared or source is None or source.class_names is not None or source.per_class_masks
+    found = (
+        no_foreground_warning(data_set.classes, frequencies, data_set.root),  # shares: zero or not is enough
+        undeclared_classes_warning(data_set.classes, declared, data_set.root),
+    )
+    for message in found:
+        if message is not None:
+            warnings.warn(SegwiseWarning(message), stacklevel=3)
 
 
 def _classes_note(classes: Classes) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..config import class_names_problem
 from ..constants import EVAL_DIR, METRICS_JSON
 from ..errors import SegwiseError
 from .figures import plot_comparison
@@ -14,7 +15,64 @@ def load_metrics(run_dir: str | Path, split: str) -> dict:
     path = Path(run_dir) / EVAL_DIR / split / METRICS_JSON
     if not path.is_file():
         raise SegwiseError(f"{path}: not found; run `segwise eval {run_dir} DATA --split {split}` first")
-    return json.loads(path.read_text())
+    return read_evaluation(path)
+
+
+def read_evaluation(path: Path) -> dict:
+    """An evaluation's metrics.json (evaluate.metrics_dict), checked for every value the comparison and
+    the report read: a file that is not one is a one-line error naming it, never a traceback."""
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        problem = f"not JSON ({' '.join(str(error).split())[:100]})"
+    else:
+        problem = _evaluation_problem(metrics)
+    if problem is not None:
+        raise SegwiseError(
+            f"{path}: not an evaluation written by segwise: {problem}; delete it or run `segwise eval` again"
+        )
+    return metrics
+
+
+def _evaluation_problem(metrics) -> str | None:
+    if not isinstance(metrics, dict):
+        return "not a JSON object"
+    overall, per_class = metrics.get("overall"), metrics.get("per_class")
+    if not isinstance(overall, dict) or "mean_iou" not in overall or not all(map(_score, overall.values())):
+        return "no overall scores"
+    if not isinstance(per_class, dict) or not all(
+        isinstance(c, dict) and "iou" in c and _integer(c.get("support")) and all(map(_score, c.values()))
+        for c in per_class.values()
+    ):
+        return "no per-class scores"
+    names = class_names_problem(list(per_class))
+    if names is not None:
+        return names
+    if not _integer(metrics.get("pixels")) or not (
+        metrics.get("images") is None or _integer(metrics["images"])
+    ):
+        return "no pixel and image counts"
+    best = metrics.get("best_threshold", {"threshold": 0.5})
+    if (
+        not isinstance(best, dict)
+        or not _number(best.get("threshold"))
+        or not all(map(_score, best.values()))
+    ):
+        return "an unreadable best_threshold"
+    return None
+
+
+def _integer(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _score(value) -> bool:
+    """A number, or null (JSON has no NaN: an undefined score)."""
+    return value is None or _number(value)
 
 
 def comparison_table(run_dirs: list[str | Path], split: str = "val") -> dict[str, dict[str, float | None]]:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import base64
 import csv
-import json
 import tempfile
+import warnings
 from html import escape
 from pathlib import Path
 
@@ -30,10 +30,12 @@ from ..constants import (
     WORST_PNG,
 )
 from ..engine.figures import plot_curves, plot_lr
-from ..errors import SegwiseError
+from ..errors import SegwiseError, SegwiseWarning
 from ..io import atomic_path
+from .compare import read_evaluation
 
 MAX_SAMPLES = 8
+HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_miou", "val_pixel_accuracy", "lr")  # drawn here
 
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0 auto;
@@ -69,19 +71,38 @@ def _table(header: list[str], rows: list[list]) -> str:
 
 
 def read_history(run_dir: Path) -> list[dict]:
+    """RUN/metrics.csv as training writes it (run.write_metrics), one dict of numbers per epoch; none
+    without the file. A file that is not such a table (text, other columns, values that are no numbers)
+    is left out with a SegwiseWarning: nothing else in the report depends on it."""
     path = run_dir / METRICS
     if not path.is_file():
         return []
-    with open(path, newline="") as handle:
-        return [
-            {k: float(v) if k != "epoch" else int(v) for k, v in row.items()}
-            for row in csv.DictReader(handle)
-        ]
+    try:
+        return _parse_history(path)
+    except (OSError, ValueError, csv.Error) as error:  # a UnicodeDecodeError is a ValueError
+        message = f"{path}: not a metrics table written by segwise ({error}); training curves left out"
+        warnings.warn(SegwiseWarning(message), stacklevel=2)
+        return []
+
+
+def _parse_history(path: Path) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        missing = [column for column in HISTORY_COLUMNS if column not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"no column(s) {', '.join(missing)}")
+        history = []
+        for row in reader:
+            try:
+                history.append({k: int(v) if k == "epoch" else float(v) for k, v in row.items()})
+            except (TypeError, ValueError):  # a value that is no number, a short or long row (None)
+                raise ValueError(f"line {reader.line_num} is not one number per column") from None
+    return history
 
 
 def _training(run_dir: Path, history: list[dict], scratch: Path) -> str:
     if not history:
-        return "<p class='muted'>No metrics.csv in this run.</p>"
+        return "<p class='muted'>No readable metrics.csv in this run.</p>"
     curves, lr = scratch / CURVES, scratch / LR_PLOT
     plot_curves(history, curves)
     plot_lr(history, lr)
@@ -177,7 +198,11 @@ def build_report(run_dir: str | Path) -> str:
             f"<h2>Evaluation</h2><p class='muted'>Not evaluated yet: run `segwise eval {escape(str(run_dir))} DATA`.</p>"
         )
     for folder in evaluated:
-        metrics = json.loads((folder / METRICS_JSON).read_text())
+        try:
+            metrics = read_evaluation(folder / METRICS_JSON)
+        except SegwiseError as error:  # one broken evaluation leaves the rest of the report standing
+            warnings.warn(SegwiseWarning(f"{error}; left out of the report"), stacklevel=2)
+            continue
         sections.append(f"<h2>Evaluation: {escape(folder.name)}</h2>" + _evaluation(folder, metrics))
         sections.append(
             f"<h2>Dataset: {escape(folder.name)}</h2>" + _dataset_summary(config, metrics, folder.name)
