@@ -15,7 +15,7 @@ import sys
 
 from ..errors import SegwiseError
 from . import datasets, demo, evaluation, prediction, training
-from .arguments import is_rank_zero, options_markdown
+from .arguments import apply_max_pixels, is_rank_zero, options_markdown
 
 __all__ = ["build_parser", "main", "options_markdown"]
 
@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    apply_max_pixels(args)
     try:
         return args.handler(args)
     except SegwiseError as error:
