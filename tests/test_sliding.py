@@ -147,8 +147,10 @@ def test_predictor_tiles_at_native_resolution_and_switches_tiling_on_for_huge_im
     tiled = predictor.predict_proba(big, tile=(48, 64))
     assert tiled.shape == (3, 100, 90)
     np.testing.assert_allclose(tiled.sum(0), 1, atol=1e-5)
-    automatic = predictor.predict_proba(big, auto_tile_pixels=50 * 50)  # tile = the training size
-    np.testing.assert_allclose(automatic, tiled, atol=1e-6)
+    assert predictor.auto_tile() == (1024, 1024)  # not the training size: fewer, larger forward passes
+    automatic = predictor.predict_proba(big, auto_tile_pixels=50 * 50)  # native resolution, one tile here
+    np.testing.assert_allclose(automatic, predictor.predict_proba(big, tile=1024), atol=1e-6)
+    assert not np.allclose(automatic, tiled, atol=1e-3)
     assert not np.allclose(predictor.predict_proba(big), tiled, atol=1e-3)  # below the limit: resized
     with_tta = predictor.predict_proba(big, tile=(48, 64), tta="flips")
     assert with_tta.shape == (3, 100, 90)

@@ -38,3 +38,8 @@ PER_IMAGE_CSV = "per_image.csv"
 CONFUSION_PNG = "confusion.png"
 IOU_PNG = "iou_per_class.png"
 WORST_PNG = "worst.png"
+
+# The most pixels an image may have for segwise to read it (io.max_pixels); the environment variable,
+# set by the commands' --max-pixels, raises or lowers it.
+MAX_PIXELS_ENV = "SEGWISE_MAX_PIXELS"
+DEFAULT_MAX_PIXELS = 16384 * 16384

@@ -11,13 +11,22 @@ often fills only 12 bits or less, so dividing by 65535 would leave it nearly bla
 similar tools normalise each image by percentiles for the same reason. A constant image is divided by
 its type's maximum instead. Every write goes to a temporary name first and is renamed into place, so an interrupted
 run never leaves a half-written file where a good one was.
+
+Every image is checked against one pixel limit (`max_pixels`) from its header, before any pixel is
+decoded, whatever its format: a few bytes can claim 60000×60000 pixels and cost gigabytes and minutes
+to decode (a decompression bomb). The limit is SEGWISE_MAX_PIXELS, which the commands' --max-pixels
+sets, else 16384² pixels. PIL's own check is switched off while segwise opens a file, since it would
+contradict this one: it warns above 89 M pixels, refuses above 179 M whatever --max-pixels says, and
+skips TIFFs (read here with tifffile).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +34,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .constants import DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV
 from .errors import SegwiseError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -37,27 +47,107 @@ def is_image_file(path: Path) -> bool:
 TIFF_SUFFIXES = (".tif", ".tiff")
 
 
-def _open(path: Path, what: str) -> Image.Image:
-    path = Path(path)
+def max_pixels() -> int:
+    """The most pixels segwise reads from one image: SEGWISE_MAX_PIXELS (--max-pixels), else the default."""
+    text = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not text:
+        return DEFAULT_MAX_PIXELS
+    if not text.isdigit() or int(text) < 1:
+        raise SegwiseError(
+            f"{MAX_PIXELS_ENV}={text}: not a pixel count; set a positive integer, e.g. {DEFAULT_MAX_PIXELS}"
+        )
+    return int(text)
+
+
+def check_pixels(path: Path, height: int, width: int, pixels: int | None = None, what: str = "image") -> None:
+    """Refuse an image whose header claims more than `max_pixels` pixels (`pixels`: H×W unless a TIFF
+    stack holds more planes)."""
+    pixels = height * width if pixels is None else pixels
+    limit = max_pixels()
+    if pixels > limit:
+        raise SegwiseError(
+            f"{path}: {what} of {width}×{height} ({pixels:,} pixels) is over the limit of {limit:,} pixels; "
+            f"if the file is trusted, raise the limit with --max-pixels N (or {MAX_PIXELS_ENV}=N)"
+        )
+
+
+_PIL_LIMIT = threading.Lock()  # PIL's limit is a module global: one thread at a time swaps it
+
+
+def _header(path: Path, what: str) -> Image.Image:
+    """The file opened lazily by PIL (only the header is read), without PIL's own size check."""
     if not path.is_file():
         raise SegwiseError(f"{path}: {what} not found; check the path")
     try:
-        image = Image.open(path)
-        image.load()
+        with _PIL_LIMIT:
+            saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                return Image.open(path)
+            finally:
+                Image.MAX_IMAGE_PIXELS = saved
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
         raise SegwiseError(f"{path}: cannot read {what} ({error}); replace or remove the file") from None
+
+
+def open_image(path: str | Path, what: str = "image") -> Image.Image:
+    """A PIL image with only its header read, refused (SegwiseError) if it claims more than `max_pixels`.
+    Decoding starts when its pixels are asked for; use it as a context manager to close the file."""
+    path = Path(path)
+    image = _header(path, what)
     try:
-        return ImageOps.exif_transpose(image)
+        check_pixels(path, image.height, image.width, what=what)
+    except SegwiseError:
+        image.close()
+        raise
+    return image
+
+
+def _tiff_header(path: Path, what: str) -> tuple[int, int, int]:
+    """Height, width and pixel count (H×W times any stack planes; samples and channels not counted) of
+    a TIFF's first series, from its header."""
+    import tifffile
+
+    if not path.is_file():
+        raise SegwiseError(f"{path}: {what} not found; check the path")
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            axes, shape = series.axes, series.shape
+        height, width = shape[axes.index("Y")], shape[axes.index("X")]
+    except Exception as error:  # tifffile raises many types for damaged files
+        raise SegwiseError(f"{path}: cannot read {what} ({error}); replace or remove the file") from None
+    return height, width, math.prod(n for axis, n in zip(axes, shape, strict=True) if axis not in "SC")
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """Height and width of an image from its header, no pixels decoded (the limit is not checked)."""
+    path = Path(path)
+    if path.suffix.lower() in TIFF_SUFFIXES:
+        return _tiff_header(path, "image")[:2]
+    with _header(path, "image") as image:
+        return image.height, image.width
+
+
+def _open(path: Path, what: str) -> Image.Image:
+    image = open_image(path, what)
+    try:
+        image.load()
+    except (OSError, ValueError, SyntaxError) as error:  # e.g. a truncated file, after its header
+        image.close()
+        raise SegwiseError(f"{path}: cannot read {what} ({error}); replace or remove the file") from None
+    try:
+        ImageOps.exif_transpose(image, in_place=True)  # in place: a copy would double a large image's memory
     except Exception:  # a broken EXIF block is no reason to refuse the pixels
-        return image
+        pass
+    return image
 
 
 def _read_tiff(path: Path, what: str) -> np.ndarray:
     """A TIFF as H×W or H×W×C (planar C×H×W files are moved to channels-last)."""
     import tifffile
 
-    if not path.is_file():
-        raise SegwiseError(f"{path}: {what} not found; check the path")
+    height, width, pixels = _tiff_header(path, what)
+    check_pixels(path, height, width, pixels, what)
     try:
         array = tifffile.imread(path)  # the first series: planar channels come back as C×H×W
     except Exception as error:  # tifffile raises many types for damaged files
@@ -103,7 +193,7 @@ def read_image(path: str | Path) -> np.ndarray:
         return np.array(image, dtype=np.uint8)
     if image.mode == "PA":
         return np.array(image.convert("RGBA"), dtype=np.uint8)
-    return np.array(image.convert("RGB"), dtype=np.uint8)
+    return np.array(image if image.mode == "RGB" else image.convert("RGB"), dtype=np.uint8)
 
 
 def read_mask(path: str | Path) -> np.ndarray:

@@ -17,7 +17,7 @@ import warnings
 
 from ..errors import SegwiseError, SegwiseWarning
 from . import datasets, demo, evaluation, prediction, training
-from .arguments import is_rank_zero, options_markdown
+from .arguments import apply_max_pixels, is_rank_zero, options_markdown
 
 __all__ = ["build_parser", "main", "options_markdown"]
 
@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    apply_max_pixels(args)
     with warnings.catch_warnings():
         warnings.simplefilter("always", SegwiseWarning)  # each command says all of its own
         warnings.showwarning = _one_line(warnings.showwarning)

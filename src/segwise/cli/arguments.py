@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..config import SECTIONS, Config, choices
+from ..constants import DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV
 
 RUN_HELP = "run folder written by `segwise train`"
 
@@ -48,6 +49,30 @@ def add_command(
     )
     parser.set_defaults(handler=handler, config_fields=())
     return parser
+
+
+def add_max_pixels(parser: argparse.ArgumentParser) -> None:
+    """--max-pixels: the one limit on the pixels of any image the command reads (`io.max_pixels`)."""
+    parser.add_argument(
+        "--max-pixels",
+        type=_pixel_count,
+        metavar="N",
+        help=f"refuse images of more than N pixels, read from the file's header before decoding "
+        f"(default {DEFAULT_MAX_PIXELS} = 16384²; also {MAX_PIXELS_ENV})",
+    )
+
+
+def apply_max_pixels(args: argparse.Namespace) -> None:
+    """Make a given --max-pixels the limit of this process and of those it starts (data-loader
+    workers), through the environment variable `io.max_pixels` reads."""
+    if getattr(args, "max_pixels", None) is not None:
+        os.environ[MAX_PIXELS_ENV] = str(args.max_pixels)
+
+
+def _pixel_count(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a pixel count; give a positive integer")
+    return int(text)
 
 
 # ---- flags generated from the config fields -------------------------------------------------------

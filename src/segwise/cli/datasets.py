@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..config import Config
-from .arguments import add_command, add_config_flags, overrides
+from .arguments import add_command, add_config_flags, add_max_pixels, overrides
 
 OVERRIDE_FLAGS = ("images", "masks", "mask_pattern", "mask_set", "roi")  # data/overrides.py
 CHECK_FLAGS = ("layout", "categories", "mask_threshold", *OVERRIDE_FLAGS)
@@ -36,6 +36,7 @@ def _add_check(commands: argparse._SubParsersAction) -> None:
         examples=["segwise check data/camvid"],
     )
     check.add_argument("data", help="dataset folder")
+    add_max_pixels(check)
     add_config_flags(check, CHECK_FLAGS)
 
 

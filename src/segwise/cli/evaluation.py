@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .arguments import RUN_HELP, add_command
+from .arguments import RUN_HELP, add_command, add_max_pixels
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -40,6 +40,7 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
         help="binary runs: write the best threshold to RUN/threshold.json",
     )
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    add_max_pixels(evaluate)
 
 
 def _eval(args: argparse.Namespace) -> int:

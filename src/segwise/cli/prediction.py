@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..config import BACKENDS, EXPORT_FORMATS, MERGES, POLYGON_TOLERANCE
 from ..errors import SegwiseError
-from .arguments import RUN_HELP, add_command, is_rank_zero
+from .arguments import RUN_HELP, add_command, add_max_pixels, is_rank_zero
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -112,12 +112,7 @@ def _add_tta_and_tile_options(predict: argparse.ArgumentParser) -> None:
     predict.add_argument(
         "--overlap", type=float, default=0.25, help="share of a tile its neighbour covers (0.25)"
     )
-    predict.add_argument(
-        "--max-pixels",
-        type=int,
-        help="images above this many pixels are tiled at the training size; such TIFFs are read by region "
-        "and written as tiled TIFF masks (default 16777216 = 4096²)",
-    )
+    add_max_pixels(predict)
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -134,7 +129,6 @@ def _predict(args: argparse.Namespace) -> int:
         merge=args.merge,
         tile=args.tile,
         overlap=args.overlap,
-        max_pixels=args.max_pixels,
         formats=args.format,
         threshold=args.threshold,
         min_size=args.min_size,

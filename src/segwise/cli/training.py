@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import SegwiseError
-from .arguments import add_command, add_config_flags, is_rank_zero, overrides
+from .arguments import add_command, add_config_flags, add_max_pixels, is_rank_zero, overrides
 from .datasets import OVERRIDE_FLAGS
 
 CONFIG_HELP = "plan YAML with `model:`, `train:` and `data:` sections"
@@ -65,6 +65,7 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--runs-dir", default="runs", help="where run folders go (default: runs)")
     train.add_argument("--resume", metavar="RUN", help="continue RUN from its last checkpoint (no DATA)")
     train.add_argument("-q", "--quiet", action="store_true", help="print nothing but the result")
+    add_max_pixels(train)
     add_config_flags(train)
 
 

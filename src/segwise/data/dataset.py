@@ -30,7 +30,7 @@ from PIL import Image
 from ..config import class_names_problem
 from ..constants import IGNORE_INDEX
 from ..errors import SegwiseError
-from ..io import TIFF_SUFFIXES, read_image, read_mask
+from ..io import TIFF_SUFFIXES, image_size, read_image, read_mask
 from ..task import Classes, no_colour_table
 from . import cache
 from .formats import ClassNames, DataSource, Pair, Problem, find_data, read_class_names
@@ -333,9 +333,8 @@ class SegmentationData:
         sizes = []
         for image_path, _ in self.train_pairs[:limit]:
             try:
-                with Image.open(image_path) as image:
-                    sizes.append((image.height, image.width))
-            except OSError:
+                sizes.append(image_size(image_path))
+            except SegwiseError:
                 sizes.append(tuple(self.size))
         return sizes or [tuple(self.size)]
 

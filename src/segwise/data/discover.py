@@ -38,10 +38,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from ..errors import SegwiseError
-from ..io import IMAGE_SUFFIXES, read_mask
+from ..io import IMAGE_SUFFIXES, open_image, read_mask
 from .overrides import SPLIT_ALIASES, MaskPattern, Overrides
 
 MASK_ONLY_SUFFIXES = (".gif",)  # masks only: GIF is lossless but never a training image
@@ -309,11 +308,11 @@ def _looks_like_masks(files: list[Path]) -> bool:
     samples = files[:: max(1, len(files) // SAMPLES)][:SAMPLES]
     for path in samples:
         try:
-            with Image.open(path) as image:
+            with open_image(path) as image:  # checked against the pixel limit before decoding
                 if image.mode in ("P", "1"):
                     continue
                 array = np.asarray(image.convert("RGB") if image.mode not in ("L", "I;16", "I") else image)
-        except (OSError, ValueError):
+        except (OSError, ValueError, SegwiseError):
             return False
         if array.ndim == 3:  # one number per colour, so that counting them stays cheap
             array = (
@@ -576,9 +575,9 @@ def _is_region(masks: list[Path]) -> bool:
 
 def _channels(path: Path) -> int:
     try:
-        with Image.open(path) as image:
+        with open_image(path) as image:
             return len(image.getbands())
-    except OSError:
+    except (OSError, SegwiseError):
         return 0
 
 

@@ -31,7 +31,6 @@ def predict_folder(
     merge: str = "mean",
     tile: str | int | tuple[int, int] | None = None,
     overlap: float = 0.25,
-    max_pixels: int | None = None,
     formats: str | Sequence[str] = ("png",),
     threshold: float | None = None,
     min_size: int | None = None,
@@ -47,7 +46,7 @@ def predict_folder(
     """Predict `inputs` with the run and write them into `output`; see `Predictor.predict_to_folder`.
 
     `backend` "onnxruntime" (or an `onnx` file, which implies it) runs RUN/model.onnx or that file;
-    `tta`, `merge`, `tile`, `overlap` and `max_pixels` (`auto_tile_pixels`) are `InferenceOptions`.
+    `tta`, `merge`, `tile` and `overlap` are `InferenceOptions`.
     Under torchrun (WORLD_SIZE > 1) every process calls this: each predicts its share on its own GPU,
     and the report's `total` counts the files of all of them. The formats and the polygon options
     are checked first, so a typo fails before a model loads.
@@ -57,7 +56,6 @@ def predict_folder(
     if backend not in BACKENDS:
         raise SegwiseError(f"backend '{backend}' is not valid; choose from {', '.join(BACKENDS)}")
     options = {"tta": tta, "merge": merge, "tile": tile, "overlap": overlap}
-    options |= {"auto_tile_pixels": max_pixels} if max_pixels else {}
     with process_group() as (rank, world_size):
         device = process_device(device)
         if backend == "onnxruntime" or onnx:

@@ -1,11 +1,14 @@
 """Images too large for memory: read by region, predicted in tile rows, written as a tiled TIFF.
 
 A 20000×20000 RGB slide is 1.2 GB of pixels and, as float probabilities of five classes, 8 GB more.
-Here neither ever exists whole: the TIFF is opened lazily (memory-mapped when uncompressed and
-contiguous, else through tifffile's zarr view, which decodes only the TIFF tiles or strips a region
-touches), `sliding.sliding_rows` keeps one tile-row band of accumulators and hands out finished rows,
-and the mask goes to disk as 256×256 TIFF tiles from a generator as soon as a full row of them is done.
-Peak memory is set by the width of the image and the tile height, not by the image's area.
+Here the probabilities never exist whole, and a TIFF's pixels neither: the TIFF is opened lazily (read
+by file offset when uncompressed and contiguous, else through tifffile's zarr view, which decodes only
+the TIFF tiles or strips a region touches); other formats cannot be read by region, so their pixels
+are decoded whole (uint8, 3 bytes a pixel for RGB) and cut into regions in memory.
+`sliding.sliding_rows` keeps one tile-row band of accumulators and hands out finished rows, and the
+mask goes to disk as 256×256 TIFF tiles from a generator as soon as a full row of them is done. Peak
+memory is set by the width of the image and the tile height, not by the image's area. Every image,
+read by region or not, is first checked against the pixel limit (`io.max_pixels`).
 
 The mask is the task's default decision (`Task.decide`): an index TIFF in the class palette, or for a
 per-label task an H×W×C TIFF, one 0/255 channel per label: the multi-channel TIFF masks that training
@@ -27,36 +30,35 @@ import zarr
 
 from ..data.dataset import match_channels
 from ..errors import SegwiseError
-from ..io import TIFF_SUFFIXES, atomic_path
+from ..io import TIFF_SUFFIXES, atomic_path, check_pixels, read_image
 from ..task import Classes, Task
 
 OUTPUT_TILE = 256  # TIFF tiles must be multiples of 16; 256 is what viewers such as QuPath expect
 
 
-def tiff_size(path: str | Path) -> tuple[int, int] | None:
-    """Height and width of a TIFF's first image from its header (no pixels read), or None if not a TIFF."""
-    path = Path(path)
-    if path.suffix.lower() not in TIFF_SUFFIXES:
-        return None
-    try:
-        with tifffile.TiffFile(path) as tif:
-            page = tif.series[0].levels[0]
-            axes = page.axes
-            return page.shape[axes.index("Y")], page.shape[axes.index("X")]
-    except (tifffile.TiffFileError, OSError, ValueError, IndexError):
-        return None
-
-
 def open_regions(
     path: str | Path, channels: int
 ) -> tuple[tuple[int, int], Callable[[int, int, int, int], torch.Tensor]]:
-    """(height, width) of a TIFF and a reader of its regions as uint8 tensors `channels`×h×w.
-
-    Only the bytes of the region's rows are read: by file offset for uncompressed contiguous data (not
-    a memory map: mapped pages count in the process's RSS once touched), else through zarr chunks, one
-    per TIFF tile or strip.
-    """
+    """(height, width) of an image and a reader of its regions as uint8 tensors `channels`×h×w: a TIFF
+    read by region (`_tiff_regions`), any other image decoded whole first."""
     path = Path(path)
+    if path.suffix.lower() in TIFF_SUFFIXES:
+        return _tiff_regions(path, channels)
+    pixels = torch.from_numpy(match_channels(read_image(path), channels, path)).permute(2, 0, 1)
+
+    def read(top: int, bottom: int, left: int, right: int) -> torch.Tensor:
+        return pixels[:, top:bottom, left:right]
+
+    return (pixels.shape[1], pixels.shape[2]), read
+
+
+def _tiff_regions(
+    path: Path, channels: int
+) -> tuple[tuple[int, int], Callable[[int, int, int, int], torch.Tensor]]:
+    """A TIFF's size and region reader. Only the bytes of the region's rows are read: by file offset for
+    uncompressed contiguous data (not a memory map: mapped pages count in the process's RSS once
+    touched), else through zarr chunks, one per TIFF tile or strip.
+    """
     try:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0].levels[0]
@@ -69,7 +71,12 @@ def open_regions(
             f"this one has axes {axes} and {dtype}; convert it (e.g. with vips or tifffile) first"
         )
     height, width = shape[:2]
+    check_pixels(path, height, width)
     samples = shape[2] if len(shape) == 3 else 1
+    if offset is not None and path.stat().st_size < offset + height * width * samples:
+        raise SegwiseError(
+            f"{path}: cannot read TIFF (the file is shorter than its header says); replace or remove the file"
+        )
     if offset is None:
         pixels = zarr.open(tifffile.imread(path, aszarr=True, level=0), mode="r")
 

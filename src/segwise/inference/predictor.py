@@ -14,11 +14,14 @@ Test-time augmentation (`tta=`) and tiles (`tile=`) are options of `predict_prob
 Tiles are different: with tiling the image is processed at its native resolution and each tile is fed
 at tile size (the model pads to its stride itself), because a huge image shrunk to the training size
 keeps nothing of its detail. So tile models trained at the data's own scale (crops or tiles of large
-images), and pick a tile at least the training size. Tiling switches on by itself, with the training
-size as the tile, when an image holds more than `auto_tile_pixels` pixels.
+images), and pick a tile at least the training size. Tiling switches on by itself when an image holds
+more than `auto_tile_pixels` pixels, with tiles of `AUTO_TILE` pixels a side (`auto_tile`): the models
+are fully convolutional, so a tile need not be the training size, and training-size tiles (64×64,
+say) would make a large image tens of thousands of small forward passes.
 
-`predict_to_folder` is `segwise predict` on a loaded predictor: inputs to files (`writers`), TIFFs too
-large for memory read by region (`large`), the run's saved threshold, a share of the inputs per process.
+`predict_to_folder` is `segwise predict` on a loaded predictor: inputs to files (`writers`), images too
+large for their probabilities to be held whole streamed by tile rows into tiled TIFF masks (`large`),
+the run's saved threshold, a share of the inputs per process.
 """
 
 from __future__ import annotations
@@ -38,13 +41,13 @@ from ..constants import THRESHOLD_JSON
 from ..data.dataset import match_channels, resize_image
 from ..engine.devices import pick_device
 from ..errors import SegwiseError
-from ..io import read_image
+from ..io import TIFF_SUFFIXES, image_size, read_image
 from ..models import SegmentationModel
 from ..run import load_model
 from . import coco, postprocess
-from .large import check_mask_classes, open_regions, tiff_size, write_mask_tiff
+from .large import check_mask_classes, open_regions, write_mask_tiff
 from .shards import gathered, process_shard, total_over_processes
-from .sliding import check_overlap, parse_tile, predict_sliding, sliding_rows
+from .sliding import check_overlap, parse_tile, predict_sliding, sliding_rows, tile_starts
 from .threshold import saved_threshold
 from .tta import DEFAULT_BATCH_PIXELS, check_merge, predict_tta, to_probabilities, views_for
 from .writers import (
@@ -59,6 +62,14 @@ from .writers import (
 
 ImageLike = str | Path | np.ndarray | Image.Image
 
+# Side of automatic tiles: a few forward passes per megapixel rather than thousands, and one tile is
+# about what `tta.DEFAULT_BATCH_PIXELS` lets a forward pass hold.
+AUTO_TILE = 1024
+# Full-size float probabilities above this many bytes are not held: the image is streamed by tile rows
+# into a tiled TIFF mask (`predict_large_tiff`). 1 GiB is 134 M pixels of two classes (11585²).
+STREAM_BYTES = 2**30
+MANY_TILES = 16  # an image predicted in at least this many tiles shows a progress bar of its own
+
 
 @dataclass(frozen=True)
 class InferenceOptions:
@@ -70,7 +81,7 @@ class InferenceOptions:
     overlap: float = 0.25  # share of a tile its neighbour covers
     weighting: str = "gaussian"  # gaussian | constant
     tile_batch: int = 4  # tiles per forward pass
-    auto_tile_pixels: int = 4096 * 4096  # images above this are tiled even without `tile`
+    auto_tile_pixels: int = 4096 * 4096  # images above this are tiled (`auto_tile`) even without `tile`
     max_batch_pixels: int = DEFAULT_BATCH_PIXELS  # pixels per forward pass across TTA views
 
     def checked(self) -> InferenceOptions:
@@ -156,8 +167,15 @@ class Predictor:
     def tile_for(self, height: int, width: int, options: InferenceOptions) -> tuple[int, int] | None:
         """The tile an image of this size is predicted with, or None for the whole image."""
         if options.tile is None and height * width > options.auto_tile_pixels:
-            return tuple(self.config.preprocess.input_size)
+            return self.auto_tile()
         return options.tile
+
+    def auto_tile(self) -> tuple[int, int]:
+        """The tile used when none is given: `AUTO_TILE` a side, or the training size where larger,
+        rounded up to a multiple of the model's stride (its padding would otherwise waste the rest)."""
+        stride = getattr(self.model, "stride", 32)
+        sides = (max(AUTO_TILE, side) for side in self.config.preprocess.input_size)
+        return tuple(-(-side // stride) * stride for side in sides)
 
     @torch.no_grad()
     def predict_proba(self, image: ImageLike, **options) -> np.ndarray:
@@ -229,21 +247,30 @@ class Predictor:
         return postprocess.Steps(self.task)(self.predict_proba(image, **options))
 
     def predict_large_tiff(
-        self, source: str | Path, target: str | Path, options: InferenceOptions | None = None
+        self,
+        source: str | Path,
+        target: str | Path,
+        options: InferenceOptions | None = None,
+        progress: bool = False,
     ) -> Path:
-        """Predict a TIFF of any size tile by tile and write its mask as a tiled TIFF (see `large`),
-        never holding the image or its probabilities whole.
+        """Predict an image of any size tile row by tile row and write its mask as a tiled TIFF (see
+        `large`), never holding its probabilities whole, nor a TIFF's pixels.
 
-        Tiles default to the training size (see the module doc on tiles and resolution); TTA applies per
-        tile. The mask is the task's default decision."""
+        Tiles default to `auto_tile` (see the module doc on tiles and resolution); TTA applies per
+        tile. The mask is the task's default decision. `progress` shows a bar of the tiles when there
+        are at least `MANY_TILES`."""
         source, target = Path(source), Path(target)
         settings = (options or self.options).checked()
         size, read = open_regions(source, self.model.in_channels)
         check_mask_classes(source, self.config.classes)
-        tile = settings.tile or tuple(self.config.preprocess.input_size)
-        with torch.no_grad():
+        tile = settings.tile or self.auto_tile()
+        count = len(tile_starts(size[0], tile[0], settings.overlap)) * len(
+            tile_starts(size[1], tile[1], settings.overlap)
+        )
+        bar = tqdm(total=count, desc=source.name, unit="tile", disable=not progress or count < MANY_TILES)
+        with torch.no_grad(), bar:
             rows = sliding_rows(
-                self.tile_predictor(settings),
+                _counted(self.tile_predictor(settings), bar),
                 read,
                 size,
                 tile,
@@ -279,8 +306,8 @@ class Predictor:
         `formats`: names from `writers.FORMATS`, or one comma-separated string. `threshold` None takes
         the run's threshold.json when `segwise eval --save-threshold` wrote one (binary runs), else the
         task's default decision; then `min_size`, `fill_holes`, `largest` clean the mask
-        (`postprocess.Steps`). TIFFs above `options.auto_tile_pixels` are read by region and written as
-        tiled TIFF masks, `<name>.tif`, of the task's default decision (`predict_large_tiff`: the
+        (`postprocess.Steps`). Images too large to hold their probabilities (`_streamed`) are streamed
+        into tiled TIFF masks, `<name>.tif`, of the task's default decision (`predict_large_tiff`: the
         formats, threshold and cleaning do not apply to them, nor are they in the COCO file).
         `coco` writes one file for all inputs once they are predicted (`coco.COCO_FILE`): under a
         process group every process sends its records and rank 0 writes it. Its segmentations are RLE,
@@ -298,9 +325,10 @@ class Predictor:
         threshold, threshold_file = self._threshold(threshold)
         steps = postprocess.Steps(self.task, threshold, min_size, fill_holes, largest)
         rank, world_size = shard or process_shard()
+        progress = progress and rank == 0  # one process shows the bars
         output = Path(output)
         paths = sorted(collect_inputs(inputs))
-        large = [path for path in paths if self._too_large_for_memory(path)]
+        large = [path for path in paths if self._streamed(path)]
         plan = plan_outputs(paths, large, output, formats, crop, self.config.classes)
         claim_folder(plan, overwrite, rank, world_size, gathered)
         regular, files, skipped = plan.regular, [], []  # skipped: (input, why) of those that cannot be read
@@ -309,7 +337,7 @@ class Predictor:
             coco_names = coco.file_names(regular, output_names(regular)) if "coco" in formats else None
             jobs = list(enumerate(zip(regular, plan.targets, strict=True)))[rank::world_size]
             written, records = self._write_predictions(
-                jobs, steps, batch_size, progress and rank == 0, coco_names, tolerance, skipped
+                jobs, steps, batch_size, progress, coco_names, tolerance, skipped
             )
             files += written
             if coco_names is not None:
@@ -317,18 +345,20 @@ class Predictor:
                 if rank == 0:
                     files.append(coco.write_coco(plan.coco_file, records, self.config.classes))
         files += self._write_large(
-            list(zip(large, plan.large_targets, strict=True))[rank::world_size], skipped
+            list(zip(large, plan.large_targets, strict=True))[rank::world_size], skipped, progress
         )
         total = total_over_processes(len(files))
         return PredictionReport(files, total, threshold, threshold_file, gathered(skipped))
 
-    def _write_large(self, jobs: Sequence[tuple[Path, Path]], skipped: list[tuple[Path, str]]) -> list[Path]:
-        """Predict each (huge TIFF, its mask's path) with `predict_large_tiff`; returns the masks written.
+    def _write_large(
+        self, jobs: Sequence[tuple[Path, Path]], skipped: list[tuple[Path, str]], progress: bool
+    ) -> list[Path]:
+        """Predict each (streamed image, its mask's path) with `predict_large_tiff`; returns the masks written.
         One that fails is added to `skipped` as (input, why): one bad slide does not stop the others."""
         written = []
         for path, target in jobs:
             try:
-                written.append(self.predict_large_tiff(path, target))
+                written.append(self.predict_large_tiff(path, target, progress=progress))
             except SegwiseError as error:
                 skipped.append((path, str(error)))
         return written
@@ -340,10 +370,17 @@ class Predictor:
         saved = saved_threshold(self.run_dir, self.task)
         return saved, None if saved is None else self.run_dir / THRESHOLD_JSON
 
-    def _too_large_for_memory(self, path: Path) -> bool:
-        """A TIFF above the automatic tiling limit: it is read by region, never whole."""
-        size = tiff_size(path)
-        return size is not None and size[0] * size[1] > self.options.auto_tile_pixels
+    def _streamed(self, path: Path) -> bool:
+        """Whether `path` is predicted by `predict_large_tiff`: a TIFF above the automatic tiling limit
+        (read by region, never whole), or any image whose full-size probabilities would pass
+        `STREAM_BYTES`. A file whose header cannot be read is left to the ordinary path to report."""
+        try:
+            height, width = image_size(path)
+        except SegwiseError:
+            return False
+        if path.suffix.lower() in TIFF_SUFFIXES and height * width > self.options.auto_tile_pixels:
+            return True
+        return height * width * self.config.classes.num_classes * 4 > STREAM_BYTES
 
     def _write_predictions(
         self,
@@ -381,6 +418,17 @@ class Predictor:
                         records.append((index, record))
                     bar.update()
         return written, records
+
+
+def _counted(predict_tiles, bar: tqdm):
+    """`predict_tiles` that advances `bar` by the tiles it predicted."""
+
+    def predict(tiles: torch.Tensor) -> torch.Tensor:
+        probs = predict_tiles(tiles)
+        bar.update(len(tiles))
+        return probs
+
+    return predict
 
 
 def load(run_dir: str | Path, device: str = "auto", **options) -> Predictor:
