@@ -34,6 +34,7 @@ from ..config import Config, PreprocessConfig, RunConfig, TrainConfig
 from ..constants import (
     CONFIG,
     CURVES,
+    DATA_RECORD,
     HELD_OUT,
     IGNORE_INDEX,
     LAST,
@@ -43,8 +44,10 @@ from ..constants import (
     TENSORBOARD,
     WEIGHTS,
 )
+from ..data import fingerprint
 from ..data.augment import PerSampleBatches
 from ..errors import SegwiseError
+from ..io import sweep_temporaries
 from ..metrics import ConfusionMatrix, confusion_matrix_for
 from ..task import Task
 from . import distributed
@@ -77,6 +80,7 @@ def train(
     name: str | None = None,
     progress: bool = True,
     resume: str | Path | None = None,
+    allow_changed_data: bool = False,
     **fields: Any,
 ) -> TrainResult:
     """Train a model on the images and masks in `data` and write a run folder.
@@ -87,7 +91,8 @@ def train(
 
     `config` is a Config or a plan YAML; `overrides` set fields per section (`{"train": {"epochs": 5}}`)
     and `fields` by name (`epochs=5`). Without a config, everything not given is planned from the data.
-    `resume` continues a run folder from its last checkpoint with the run's own config and data.
+    `resume` continues a run folder from its last checkpoint with the run's own config and data; if the
+    data changed since the run started it refuses, unless `allow_changed_data` (recorded in RUN/data.json).
     `augment` is a preset name or, from Python, a per-sample transform such as an albumentations
     `Compose` (run on the CPU in DataLoader workers instead of the on-device presets).
     """
@@ -104,7 +109,7 @@ def train(
         run = NewRun(data, config, overrides, started)
     env = training_environment(run.settings, progress)
     trainer = Trainer(run.start(env), env, transform)
-    trainer.open_run_dir(runs_dir, name)
+    trainer.open_run_dir(runs_dir, name, allow_changed_data)
     return trainer.fit(started)
 
 
@@ -185,21 +190,75 @@ class Trainer:
 
     # ---- the run folder and the state in last.pt
 
-    def open_run_dir(self, runs_dir: str | Path, name: str | None) -> None:
-        """A resumed run restores its state from its folder; a new one makes its folder and records its
-        config there, now that every recorded value (the LR found by lr-find included) is settled."""
+    def open_run_dir(self, runs_dir: str | Path, name: str | None, allow_changed_data: bool = False) -> None:
+        """A resumed run restores its state from its folder once its data proves unchanged (or changed
+        with `allow_changed_data`); a new one makes its folder and records its config and data there,
+        now that every recorded value (the LR found by lr-find included) is settled."""
         if self.start.state is not None:
             self.run_dir = self.start.run_dir
+            if self.env.process.is_main:  # what a killed process was writing when it died
+                sweep_temporaries(self.run_dir, recursive=True)
+            self._check_data(allow_changed_data)
             self.restore(self.start.state)
             return
         run_dir = None
         if self.env.process.is_main:
             run_dir = runfolder.create_run_dir(runs_dir, name or self.start.data_root.name)
             self._run_config().save(run_dir / CONFIG)
-            data_set = self.start.data_set
-            if data_set.held_out:  # so that `segwise eval` can score these same images later
-                runfolder.write_held_out(data_set.val_pairs, data_set.root, run_dir / HELD_OUT)
+            self._record_data(run_dir, fingerprint.fingerprint(self.start.data_set))
         self.run_dir = distributed.broadcast(run_dir, self.env.process)
+
+    def _record_data(self, run_dir: Path, record: dict) -> None:
+        data_set = self.start.data_set
+        if data_set.held_out:  # so that `segwise eval` can score these same images later
+            runfolder.write_held_out(data_set.val_pairs, data_set.root, run_dir / HELD_OUT)
+        fingerprint.write(run_dir / DATA_RECORD, record)
+
+    def _check_data(self, allow: bool) -> None:
+        """Refuse to resume on data that changed since the run started (RUN/data.json), unless `allow`:
+        then say so, and record it in data.json's history, with config.yaml's image counts and val.txt
+        updated to the data the run goes on with. A run folder without a readable record gets one."""
+        path, epoch = self.run_dir / DATA_RECORD, self.start.state.epoch
+        current = fingerprint.fingerprint(self.start.data_set)
+        try:
+            recorded = fingerprint.read(path)
+        except SegwiseError:
+            if not allow:
+                raise
+            recorded = None  # unreadable: allowed to go on, the data now is recorded afresh
+        changed = fingerprint.changes(recorded, current) if recorded is not None else []
+        if changed and not allow:
+            raise SegwiseError(
+                f"{self.run_dir}: the data changed since the run started: {', '.join(changed)}; resuming "
+                f"would go on with other data than its first {epoch} epoch(s) saw. Restore the data, start "
+                "a new run, or pass --allow-changed-data to continue on the data as it is now"
+            )
+        if changed:
+            self._go_on_with_changed_data(changed, path)
+        elif recorded is None:
+            self.env.say(
+                f"segwise: {path} missing or unreadable: the data cannot be compared with what the run "
+                "started on; it is recorded as it is now"
+            )
+            changed = ["not compared: no readable record of the data the run started on"]
+        if changed and self.env.process.is_main:
+            self._record_data(self.run_dir, fingerprint.allowed(current, recorded, epoch, changed))
+
+    def _go_on_with_changed_data(self, changed: list[str], path: Path) -> None:
+        """config.yaml's image counts follow the data; its classes cannot (the model's head has them)."""
+        config, now = RunConfig.load(self.run_dir / CONFIG), self.start.data_set
+        if (config.classes.names, config.classes.values) != (now.classes.names, now.classes.values):
+            raise SegwiseError(
+                f"{self.run_dir}: the classes changed with the data ({config.classes.names} → "
+                f"{now.classes.names}); a run cannot go on with other classes: restore the data or start a new run"
+            )
+        self.env.say(f"segwise: resuming on changed data ({', '.join(changed)}); recorded in {path}")
+        if self.env.process.is_main:
+            config.data["train_images"], config.data["val_images"] = (
+                len(now.train_images),
+                len(now.val_images),
+            )
+            config.save(self.run_dir / CONFIG)
 
     def _run_config(self) -> RunConfig:
         data_set, options = self.start.data_set, self.start.data_options
