@@ -70,9 +70,13 @@ def _train_args(data: Path, runs: Path, plan: Path, epochs: int) -> list[str]:
     ]
 
 
-def _history(run_dir: Path) -> list[dict]:
+def _history(run_dir: Path, columns: tuple[str, ...] | None = None) -> list[dict]:
+    """metrics.csv without its timings (or only the `columns` given)."""
     with open(run_dir / "metrics.csv") as handle:
-        return [{k: v for k, v in row.items() if k not in TIMING} for row in csv.DictReader(handle)]
+        rows = list(csv.DictReader(handle))
+    if columns is not None:
+        return [{k: row[k] for k in columns} for row in rows]
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in rows]
 
 
 def _temporaries(folder: Path) -> list[Path]:
@@ -109,11 +113,30 @@ def _held_out_data(root: Path, count: int) -> Path:
     return root
 
 
-def test_resume_on_changed_data_stops_and_says_what_changed(tmp_path):
+def _signalled_in_process(args: list[str], monkeypatch, signum: int) -> subprocess.CompletedProcess:
+    """`segwise ARGS` in this process, sent `signum` just before it puts its second last.pt in place
+    (epoch 1's checkpoint is there, epoch 2's is written but not yet renamed)."""
+    replace, count = os.replace, [0]
+
+    def signalling_replace(source, target, *rest, **options):
+        if os.path.basename(target) == "last.pt":
+            count[0] += 1
+            if count[0] == 2:
+                os.kill(os.getpid(), signum)
+        return replace(source, target, *rest, **options)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "replace", signalling_replace)
+        return run_cli(*args)
+
+
+def test_resume_on_changed_data_stops_and_says_what_changed(tmp_path, monkeypatch):
     data = _held_out_data(tmp_path / "data", 24)
     runs = tmp_path / "runs"
-    trained = run_cli(*_train_args(data, runs, _plan(tmp_path), epochs=1))
-    assert trained.returncode == 0, trained.stderr
+    stopped = _signalled_in_process(
+        _train_args(data, runs, _plan(tmp_path), epochs=3), monkeypatch, signal.SIGINT
+    )
+    assert stopped.returncode == 130, stopped.stderr
     run_dir = runs / "run"
     recorded = json.loads((run_dir / "data.json").read_text())
     assert len(recorded["splits"]["train"]) == 19 and len(recorded["splits"]["val"]) == 5
@@ -136,6 +159,7 @@ def test_resume_on_changed_data_stops_and_says_what_changed(tmp_path):
 
     allowed = run_cli("train", "--resume", run_dir, "--allow-changed-data")
     assert allowed.returncode == 0, allowed.stderr
+    assert [int(row["epoch"]) for row in _history(run_dir)] == [1, 2, 3]  # trained on, on the new data
     record = json.loads((run_dir / "data.json").read_text())
     assert len(record["splits"]["train"]) + len(record["splits"]["val"]) == 16
     (entry,) = record["history"]
@@ -190,23 +214,21 @@ def test_an_unreadable_data_record_is_one_line(tmp_path):
 # ---- finding 5: no debris after a crash -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("die_in", ["last.pt", "model.safetensors"])
-def test_debris_of_a_process_killed_mid_write_is_swept_by_the_resume(shapes_data, tmp_path, die_in):
+def test_debris_of_a_process_killed_mid_write_is_swept_by_the_resume(shapes_data, tmp_path):
     args = _train_args(shapes_data, tmp_path / "runs", _plan(tmp_path), epochs=2)
-    killed = _dying_train(args, die_in, die_at=2, die_by="SIGKILL")
+    killed = _dying_train(args, "last.pt", die_at=2, die_by="SIGKILL")
     assert killed.returncode == -signal.SIGKILL
     run_dir = tmp_path / "runs" / "run"
-    debris = _temporaries(run_dir)
-    assert [path.name.split(".")[1:3] for path in debris] == [die_in.split(".")]  # the finding, reproduced
+    assert [path.name.split(".")[1:3] for path in _temporaries(run_dir)] == [["last", "pt"]]  # the finding
 
     resumed = run_cli("train", "--resume", run_dir, "-q")
     assert resumed.returncode == 0, resumed.stderr
     assert _temporaries(run_dir) == []
 
 
-def test_sigterm_mid_write_removes_the_temporary_and_exits_143(shapes_data, tmp_path):
+def test_sigterm_mid_write_removes_the_temporary_and_exits_143(shapes_data, tmp_path, monkeypatch):
     args = _train_args(shapes_data, tmp_path / "runs", _plan(tmp_path), epochs=2)
-    stopped = _dying_train(args, "last.pt", die_at=2, die_by="SIGTERM")
+    stopped = _signalled_in_process(args, monkeypatch, signal.SIGTERM)
     assert stopped.returncode == 128 + signal.SIGTERM
     assert stopped.stderr.strip().splitlines()[-1] == "segwise: stopped by SIGTERM"
     assert "Traceback" not in stopped.stderr
@@ -325,45 +347,44 @@ KILLS = 10
 
 @pytest.mark.slow
 def test_killed_at_random_points_and_resumed_ends_like_an_uninterrupted_run(shapes_data, tmp_path):
-    """SIGKILL or SIGTERM at a random point, ten times in a row, resuming each time (a run killed
-    before its first checkpoint starts again); the run ends with the uninterrupted run's history and no
-    temporary file anywhere in its folder."""
-    plan, epochs = _plan(tmp_path), 12
+    """SIGKILL or SIGTERM at a random point of training, ten times in a row, resuming each time (a run
+    killed before its first checkpoint starts again); the run ends with the uninterrupted run's history
+    and no temporary file anywhere in its folder."""
+    plan, epochs = _plan(tmp_path), 14
     straight = run_cli(*_train_args(shapes_data, tmp_path / "straight", plan, epochs))
     assert straight.returncode == 0, straight.stderr
-    straight_dir = tmp_path / "straight" / "run"
-    # Kill points are drawn from this machine's own pace: a process's start (timed on a resume that
-    # trains nothing) plus up to 1.2 epochs, so that ten kills fall all along the run without ending it.
-    started = time.monotonic()
-    idle = subprocess.run([sys.executable, "-m", "segwise", "train", "--resume", straight_dir, "-q"])
-    assert idle.returncode == 0
-    start_up = time.monotonic() - started
-    with open(straight_dir / "metrics.csv") as handle:
-        epoch = float(np.mean([float(row["seconds"]) for row in csv.DictReader(handle)]))
+    # A kill falls half an epoch to an epoch and a half (this machine's own pace) after the child says
+    # it starts training: ten kills spread along the run, each at most an epoch further, never past its end.
+    epoch = float(np.mean([float(row["seconds"]) for row in _history(tmp_path / "straight" / "run", TIMING)]))
     rng, run_dir, kills = random.Random(20), tmp_path / "killed" / "run", 0
-    log = tmp_path / "stderr.txt"
-    while kills < KILLS and not _finished(run_dir, epochs):
-        if (run_dir / "last.pt").is_file():
-            command = ["train", "--resume", str(run_dir), "-q"]
-        else:
-            shutil.rmtree(run_dir, ignore_errors=True)  # killed before its first epoch: start again
-            command = _train_args(shapes_data, tmp_path / "killed", plan, epochs)
-        with open(log, "w") as stderr:
-            child = subprocess.Popen([sys.executable, "-m", "segwise", *command], stderr=stderr)
-            try:
-                child.wait(timeout=start_up + rng.uniform(0, 1.2) * epoch)
-            except subprocess.TimeoutExpired:
+    start = _train_args(shapes_data, tmp_path / "killed", plan, epochs)
+    while kills < KILLS:
+        with open(tmp_path / "stderr.txt", "w") as log:
+            command = [sys.executable, "-m", "segwise", *_continue(run_dir, start)[:-1]]  # not quiet
+            child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True)
+            for line in child.stdout:
+                if line.startswith(("segwise: training", "segwise: resuming")):
+                    break
+            time.sleep(rng.uniform(0.5, 1.5) * epoch)
+            if child.poll() is None:
                 child.send_signal(rng.choice([signal.SIGKILL, signal.SIGTERM]))
                 kills += 1
-            child.wait()
-        assert child.returncode in (0, -signal.SIGKILL, -signal.SIGTERM, 128 + signal.SIGTERM), (
-            log.read_text()
-        )
-    assert kills == KILLS
-    finished = run_cli("train", "--resume", run_dir, "-q")
+            child.communicate()
+        stopped = (0, -signal.SIGKILL, -signal.SIGTERM, 128 + signal.SIGTERM)
+        assert child.returncode in stopped, (tmp_path / "stderr.txt").read_text()
+        assert not _finished(run_dir, epochs)
+    finished = run_cli(*_continue(run_dir, start))
     assert finished.returncode == 0, finished.stderr
-    assert _history(run_dir) == _history(straight_dir)
+    assert _history(run_dir) == _history(tmp_path / "straight" / "run")
     assert _temporaries(run_dir) == []
+
+
+def _continue(run_dir: Path, start: list[str]) -> list[str]:
+    """What a user runs after a kill: resume, or start again when no epoch had ended; quiet (-q) last."""
+    if (run_dir / "last.pt").is_file():
+        return ["train", "--resume", str(run_dir), "-q"]
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return start
 
 
 def _finished(run_dir: Path, epochs: int) -> bool:

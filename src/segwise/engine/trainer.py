@@ -20,6 +20,7 @@ import dataclasses
 import math
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -156,6 +157,7 @@ class Trainer:
         """Optimizer, LR schedule, gradient scaler (fp16 only), EMA of the weights, and the step using them."""
         settings, device = self.settings, self.env.device
         steps_per_epoch = -(-self.train_batches.batches_per_epoch(drop_last=True) // settings.accumulate)
+        self.steps_per_epoch = steps_per_epoch
         self.optimizer = build_optimizer(
             groups, settings.optimizer, settings.lr, settings.weight_decay, settings.momentum
         )
@@ -198,8 +200,10 @@ class Trainer:
             self.run_dir = self.start.run_dir
             if self.env.process.is_main:  # what a killed process was writing when it died
                 sweep_temporaries(self.run_dir, recursive=True)
-            self._check_data(allow_changed_data)
-            self.restore(self.start.state)
+            changed = self._check_data(allow_changed_data)
+            self.restore(self.start.state, replan_schedule=changed)
+            if changed and self.env.process.is_main:  # last.pt's schedule now fits the data data.json records
+                self.captured().save(self.run_dir)
             return
         run_dir = None
         if self.env.process.is_main:
@@ -214,10 +218,11 @@ class Trainer:
             runfolder.write_held_out(data_set.val_pairs, data_set.root, run_dir / HELD_OUT)
         fingerprint.write(run_dir / DATA_RECORD, record)
 
-    def _check_data(self, allow: bool) -> None:
+    def _check_data(self, allow: bool) -> bool:
         """Refuse to resume on data that changed since the run started (RUN/data.json), unless `allow`:
         then say so, and record it in data.json's history, with config.yaml's image counts and val.txt
-        updated to the data the run goes on with. A run folder without a readable record gets one."""
+        updated to the data the run goes on with. A run folder without a readable record gets one.
+        Whether the run goes on with changed data."""
         path, epoch = self.run_dir / DATA_RECORD, self.start.state.epoch
         current = fingerprint.fingerprint(self.start.data_set)
         try:
@@ -233,6 +238,7 @@ class Trainer:
                 f"would go on with other data than its first {epoch} epoch(s) saw. Restore the data, start "
                 "a new run, or pass --allow-changed-data to continue on the data as it is now"
             )
+        going_on = bool(changed)
         if changed:
             self._go_on_with_changed_data(changed, path)
         elif recorded is None:
@@ -243,6 +249,7 @@ class Trainer:
             changed = ["not compared: no readable record of the data the run started on"]
         if changed and self.env.process.is_main:
             self._record_data(self.run_dir, fingerprint.allowed(current, recorded, epoch, changed))
+        return going_on
 
     def _go_on_with_changed_data(self, changed: list[str], path: Path) -> None:
         """config.yaml's image counts follow the data; its classes cannot (the model's head has them)."""
@@ -290,7 +297,10 @@ class Trainer:
             rng=rng_state(self.generator),
         )
 
-    def restore(self, state: TrainingState) -> None:
+    def restore(self, state: TrainingState, replan_schedule: bool = False) -> None:
+        """Put `state` into the pieces. On changed data (`replan_schedule`) an epoch has another number
+        of steps, so the schedule saved for the old number does not fit (one-cycle would run out of
+        steps): the one built for the data as it is now continues from the same epoch instead."""
         self.model.load_state_dict(state.model)
         if len(state.optimizer["param_groups"]) != len(self.optimizer.param_groups):
             raise SegwiseError(
@@ -298,7 +308,13 @@ class Trainer:
                 "differently; it cannot be resumed exactly: start a new run (its weights load as they are)"
             )
         self.optimizer.load_state_dict(state.optimizer)
-        self.scheduler.load_state_dict(state.scheduler)
+        if replan_schedule:
+            with warnings.catch_warnings():  # torch warns of scheduler steps before any optimizer step
+                warnings.simplefilter("ignore")
+                for _ in range(state.epoch * self.steps_per_epoch):
+                    self.scheduler.step()
+        else:
+            self.scheduler.load_state_dict(state.scheduler)
         self.scaler.load_state_dict(state.scaler)
         if self.ema is not None:
             self.ema.load_state_dict(state.ema)
