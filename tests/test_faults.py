@@ -138,9 +138,7 @@ def test_resume_on_changed_data_stops_and_says_what_changed(tmp_path, monkeypatc
     )
     assert stopped.returncode == 130, stopped.stderr
     run_dir = runs / "run"
-    recorded = json.loads((run_dir / "data.json").read_text())
-    assert len(recorded["splits"]["train"]) == 19 and len(recorded["splits"]["val"]) == 5
-    unchanged = {name: (run_dir / name).read_bytes() for name in ("config.yaml", "last.pt", "data.json")}
+    unchanged = {name: (run_dir / name).read_bytes() for name in ("config.yaml", "last.pt", "metrics.csv")}
 
     for index in range(8):  # eight pairs deleted, five masks edited, as in the report
         (data / "images" / f"pair{index:02d}.png").unlink()
@@ -156,6 +154,8 @@ def test_resume_on_changed_data_stops_and_says_what_changed(tmp_path, monkeypatc
     assert "5 masks changed (masks/pair08.png, masks/pair09.png, …)" in refused.stderr
     assert "removed" in refused.stderr and "--allow-changed-data" in refused.stderr
     assert {name: (run_dir / name).read_bytes() for name in unchanged} == unchanged
+    recorded = json.loads((run_dir / "data.json").read_text())  # as the run started: 19 + 5
+    assert len(recorded["splits"]["train"]) == 19 and len(recorded["splits"]["val"]) == 5
 
     allowed = run_cli("train", "--resume", run_dir, "--allow-changed-data")
     assert allowed.returncode == 0, allowed.stderr
@@ -265,8 +265,9 @@ def test_a_full_disk_while_training_is_one_line_and_keeps_the_old_checkpoint(
 
     def filling_save(obj, handle, *rest, **options):  # some of epoch 2's checkpoint fits, then no more
         if obj.get("epoch") == 2:
-            handle.write(bytes(1000))
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            with open(handle, "wb") if isinstance(handle, (str, os.PathLike)) else handle as file:
+                file.write(bytes(1000))
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return save(obj, handle, *rest, **options)
 
     monkeypatch.setattr(torch, "save", filling_save)
