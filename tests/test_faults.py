@@ -230,7 +230,7 @@ def test_sigterm_mid_write_removes_the_temporary_and_exits_143(shapes_data, tmp_
     args = _train_args(shapes_data, tmp_path / "runs", _plan(tmp_path), epochs=2)
     stopped = _signalled_in_process(args, monkeypatch, signal.SIGTERM)
     assert stopped.returncode == 128 + signal.SIGTERM
-    assert stopped.stderr.strip().splitlines()[-1] == "segwise: stopped by SIGTERM"
+    assert stopped.stderr.strip().splitlines()[-1] == "segwise: interrupted by SIGTERM"
     assert "Traceback" not in stopped.stderr
     run_dir = tmp_path / "runs" / "run"
     assert _temporaries(run_dir) == []

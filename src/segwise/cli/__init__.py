@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt as stop:
             signum = stop.signum if isinstance(stop, Stopped) else signal.SIGINT
             if is_rank_zero():
-                print(f"segwise: stopped by {signal.Signals(signum).name}", file=sys.stderr)
+                by = "" if signum == signal.SIGINT else f" by {signal.Signals(signum).name}"
+                print(f"segwise: interrupted{by}", file=sys.stderr)
             return 128 + signum  # the shell's convention for a process ended by a signal
 
 
