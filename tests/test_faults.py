@@ -1,8 +1,9 @@
 """Faults: a resume on changed data, processes killed mid-write, a full disk, and kills at random points.
 
-The kills are real: a child `segwise train` whose `os.replace` (how `atomic_path` puts a finished
-temporary file in place) signals its own process just before the Nth replacement of a chosen file, so
-that the temporary file is complete but not yet renamed: the worst moment for debris.
+The signals are real. SIGKILL goes to a child `segwise train` (DYING) and SIGINT/SIGTERM to `segwise`
+run in this process, each just before the process renames its Nth finished last.pt into place (its
+`os.replace`, how `atomic_path` ends a write): the worst moment for debris. The slow test kills a
+child at random points instead, ten times in a row.
 """
 
 from __future__ import annotations
