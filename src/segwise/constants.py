@@ -13,6 +13,7 @@ A run folder, `runs/<name>/`, holds:
     tensorboard/       only with --tensorboard
     val_samples/       image | truth | prediction panels
     val.txt            the images a run held out for validation when the data had no val/ split
+    data.json          the data it trains on: pairs per split, files' sizes and times (data/fingerprint.py)
     threshold.json     a binary run's foreground threshold, from `segwise eval --save-threshold`
     eval/SPLIT/        `segwise eval`: metrics.json, per_image.csv, confusion.png, iou_per_class.png, worst.png
     report.html        `segwise report`
@@ -30,6 +31,7 @@ TENSORBOARD = "tensorboard"
 SAMPLES = "val_samples"
 THRESHOLD_JSON = "threshold.json"
 HELD_OUT = "val.txt"  # image paths relative to the data folder, one a line
+DATA_RECORD = "data.json"
 REPORT = "report.html"
 
 EVAL_DIR = "eval"

@@ -22,9 +22,11 @@ skips TIFFs (read here with tifffile).
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import re
+import shutil
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -239,20 +241,78 @@ _TEMPORARY = re.compile(r"^\.(?P<target>.+)\.(?P<pid>\d+)-[a-z0-9_]+\.tmp(\.[^.]
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds. A full disk
+    ends as one SegwiseError naming the file and the free space; the old `path`, if any, stays as it was."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(
-        prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp" + path.suffix, dir=path.parent
-    )
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp = tempfile.mkstemp(
+            prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp" + path.suffix, dir=path.parent
+        )
+    except OSError as error:
+        if _disk_full(error, path.parent):
+            raise disk_full_error(path) from None
+        raise
     os.close(handle)
     tmp = Path(tmp)
     try:
         yield tmp
         os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600 files; a run folder should be readable like any other
         os.replace(tmp, path)
+    except Exception as error:
+        if _disk_full(error, path.parent):
+            raise disk_full_error(path, tmp) from None
+        raise
     finally:
         tmp.unlink(missing_ok=True)
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _disk_full(error: BaseException, folder: Path) -> bool:
+    """Whether a failed write ran out of space. Writers say so their own way: an OSError (ENOSPC,
+    EDQUOT), somewhere in the chain of a wrapping error (torch raises a RuntimeError while handling the
+    OSError of the file it writes to), or only in the message (safetensors' SafetensorError, from Rust).
+    A writer that keeps nothing of the cause is judged by the disk: not a byte left."""
+    seen: BaseException | None = error
+    for _ in range(8):  # a chain is short; the bound guards against a cycle
+        if seen is None:
+            break
+        if isinstance(seen, OSError) and seen.errno in _DISK_FULL:
+            return True
+        if any(os.strerror(code) in str(seen) for code in _DISK_FULL):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    try:
+        return not isinstance(error, SegwiseError) and shutil.disk_usage(folder).free == 0
+    except OSError:
+        return False
+
+
+def disk_full_error(path: Path, tmp: Path | None = None) -> SegwiseError:
+    """One line for a write that found the disk full: the free space, roughly what the file needs
+    (what was written before the disk filled, or the size of the file it replaces), and that the old
+    file is intact (atomic_path never replaced it)."""
+    free = shutil.disk_usage(path.parent).free if path.parent.is_dir() else 0
+    written = tmp.stat().st_size if tmp is not None and tmp.is_file() else 0
+    previous = path.stat().st_size if path.is_file() else 0
+    needed = f"; the file needs about {_size(max(written, previous))}" if max(written, previous) else ""
+    kept = f"the previous {path.name} is intact" if path.is_file() else "nothing was written"
+    return SegwiseError(
+        f"{path}: out of disk space ({_size(free)} free{needed}); {kept}. "
+        "Free some space and run the command again"
+    )
+
+
+def _size(count: float) -> str:
+    if count < 1000:
+        return f"{count:.0f} bytes"
+    for unit in ("KB", "MB"):
+        count /= 1000
+        if count < 1000:
+            return f"{count:.1f} {unit}"
+    return f"{count / 1000:.1f} GB"
 
 
 def is_temporary(path: Path) -> bool:
@@ -283,7 +343,10 @@ def sweep_temporaries(folder: str | Path, recursive: bool = False) -> list[Path]
     for path in found:
         match = _TEMPORARY.match(path.name)
         if match and path.is_file() and not path.is_symlink() and not _alive(int(match["pid"])):
-            path.unlink(missing_ok=True)
+            try:
+                path.unlink(missing_ok=True)
+            except OSError:  # a folder not ours to change (a shared, read-only run): leave it
+                continue
             removed.append(path)
     return removed
 

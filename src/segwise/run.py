@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from .config import RunConfig
 from .constants import CONFIG, WEIGHTS
 from .errors import SegwiseError
-from .io import atomic_path
+from .io import atomic_path, sweep_temporaries
 from .models import SegmentationModel, create_model
 
 
@@ -67,6 +67,7 @@ def load_model(run_dir: str | Path) -> tuple[SegmentationModel, RunConfig]:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise SegwiseError(f"{run_dir}: run folder not found; pass a folder written by `segwise train`")
+    sweep_temporaries(run_dir, recursive=True)  # what a killed `segwise train` or `eval` was writing
     for required in (CONFIG, WEIGHTS):
         if not (run_dir / required).is_file():
             raise SegwiseError(f"{run_dir / required}: missing; is {run_dir} a finished segwise run?")

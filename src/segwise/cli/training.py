@@ -64,6 +64,12 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--name", help="run name (default: the data folder's name); never overwrites a run")
     train.add_argument("--runs-dir", default="runs", help="where run folders go (default: runs)")
     train.add_argument("--resume", metavar="RUN", help="continue RUN from its last checkpoint (no DATA)")
+    train.add_argument(
+        "--allow-changed-data",
+        action="store_true",
+        help="with --resume: continue even though the data changed since the run started (recorded in "
+        "RUN/data.json); without it such a resume stops and says what changed",
+    )
     train.add_argument("-q", "--quiet", action="store_true", help="print nothing but the result")
     add_max_pixels(train)
     add_config_flags(train)
@@ -74,6 +80,8 @@ def _train(args: argparse.Namespace) -> int:
 
     if (args.data is None) == (args.resume is None):
         raise SegwiseError("train: pass DATA to start a run, or --resume RUN (without DATA) to continue one")
+    if args.allow_changed_data and args.resume is None:
+        raise SegwiseError("train: --allow-changed-data goes with --resume RUN; a new run records its data")
     result = train(
         args.data,
         args.config,
@@ -82,6 +90,7 @@ def _train(args: argparse.Namespace) -> int:
         name=args.name,
         progress=not args.quiet,
         resume=args.resume,
+        allow_changed_data=args.allow_changed_data,
     )
     if is_rank_zero():
         print(

@@ -43,8 +43,10 @@ class TrainingState:
     def save(self, run_dir: Path) -> None:
         """Write RUN/last.pt atomically: a plain dict of tensors, numbers, lists and dicts."""
         values = {item.name: getattr(self, item.name) for item in dataclasses.fields(self)}
-        with atomic_path(run_dir / LAST) as tmp:
-            torch.save(values, tmp)
+        # through a Python file, so that a full disk surfaces as its OSError (torch's own file writer
+        # reports only a RuntimeError without the cause) and atomic_path can say so in one line
+        with atomic_path(run_dir / LAST) as tmp, open(tmp, "wb") as handle:
+            torch.save(values, handle)
 
     @classmethod
     def load(cls, run_dir: Path) -> TrainingState:

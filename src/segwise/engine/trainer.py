@@ -20,6 +20,7 @@ import dataclasses
 import math
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from ..config import Config, PreprocessConfig, RunConfig, TrainConfig
 from ..constants import (
     CONFIG,
     CURVES,
+    DATA_RECORD,
     HELD_OUT,
     IGNORE_INDEX,
     LAST,
@@ -43,8 +45,10 @@ from ..constants import (
     TENSORBOARD,
     WEIGHTS,
 )
+from ..data import fingerprint
 from ..data.augment import PerSampleBatches
 from ..errors import SegwiseError
+from ..io import sweep_temporaries
 from ..metrics import ConfusionMatrix, confusion_matrix_for
 from ..task import Task
 from . import distributed
@@ -77,6 +81,7 @@ def train(
     name: str | None = None,
     progress: bool = True,
     resume: str | Path | None = None,
+    allow_changed_data: bool = False,
     **fields: Any,
 ) -> TrainResult:
     """Train a model on the images and masks in `data` and write a run folder.
@@ -87,7 +92,8 @@ def train(
 
     `config` is a Config or a plan YAML; `overrides` set fields per section (`{"train": {"epochs": 5}}`)
     and `fields` by name (`epochs=5`). Without a config, everything not given is planned from the data.
-    `resume` continues a run folder from its last checkpoint with the run's own config and data.
+    `resume` continues a run folder from its last checkpoint with the run's own config and data; if the
+    data changed since the run started it refuses, unless `allow_changed_data` (recorded in RUN/data.json).
     `augment` is a preset name or, from Python, a per-sample transform such as an albumentations
     `Compose` (run on the CPU in DataLoader workers instead of the on-device presets).
     """
@@ -104,7 +110,7 @@ def train(
         run = NewRun(data, config, overrides, started)
     env = training_environment(run.settings, progress)
     trainer = Trainer(run.start(env), env, transform)
-    trainer.open_run_dir(runs_dir, name)
+    trainer.open_run_dir(runs_dir, name, allow_changed_data)
     return trainer.fit(started)
 
 
@@ -151,6 +157,7 @@ class Trainer:
         """Optimizer, LR schedule, gradient scaler (fp16 only), EMA of the weights, and the step using them."""
         settings, device = self.settings, self.env.device
         steps_per_epoch = -(-self.train_batches.batches_per_epoch(drop_last=True) // settings.accumulate)
+        self.steps_per_epoch = steps_per_epoch
         self.optimizer = build_optimizer(
             groups, settings.optimizer, settings.lr, settings.weight_decay, settings.momentum
         )
@@ -185,21 +192,80 @@ class Trainer:
 
     # ---- the run folder and the state in last.pt
 
-    def open_run_dir(self, runs_dir: str | Path, name: str | None) -> None:
-        """A resumed run restores its state from its folder; a new one makes its folder and records its
-        config there, now that every recorded value (the LR found by lr-find included) is settled."""
+    def open_run_dir(self, runs_dir: str | Path, name: str | None, allow_changed_data: bool = False) -> None:
+        """A resumed run restores its state from its folder once its data proves unchanged (or changed
+        with `allow_changed_data`); a new one makes its folder and records its config and data there,
+        now that every recorded value (the LR found by lr-find included) is settled."""
         if self.start.state is not None:
             self.run_dir = self.start.run_dir
-            self.restore(self.start.state)
+            if self.env.process.is_main:  # what a killed process was writing when it died
+                sweep_temporaries(self.run_dir, recursive=True)
+            changed = self._check_data(allow_changed_data)
+            self.restore(self.start.state, replan_schedule=changed)
+            if changed and self.env.process.is_main:  # last.pt's schedule now fits the data data.json records
+                self.captured().save(self.run_dir)
             return
         run_dir = None
         if self.env.process.is_main:
             run_dir = runfolder.create_run_dir(runs_dir, name or self.start.data_root.name)
             self._run_config().save(run_dir / CONFIG)
-            data_set = self.start.data_set
-            if data_set.held_out:  # so that `segwise eval` can score these same images later
-                runfolder.write_held_out(data_set.val_pairs, data_set.root, run_dir / HELD_OUT)
+            self._record_data(run_dir, fingerprint.fingerprint(self.start.data_set))
         self.run_dir = distributed.broadcast(run_dir, self.env.process)
+
+    def _record_data(self, run_dir: Path, record: dict) -> None:
+        data_set = self.start.data_set
+        if data_set.held_out:  # so that `segwise eval` can score these same images later
+            runfolder.write_held_out(data_set.val_pairs, data_set.root, run_dir / HELD_OUT)
+        fingerprint.write(run_dir / DATA_RECORD, record)
+
+    def _check_data(self, allow: bool) -> bool:
+        """Refuse to resume on data that changed since the run started (RUN/data.json), unless `allow`:
+        then say so, and record it in data.json's history, with config.yaml's image counts and val.txt
+        updated to the data the run goes on with. A run folder without a readable record gets one.
+        Whether the run goes on with changed data."""
+        path, epoch = self.run_dir / DATA_RECORD, self.start.state.epoch
+        current = fingerprint.fingerprint(self.start.data_set)
+        try:
+            recorded = fingerprint.read(path)
+        except SegwiseError:
+            if not allow:
+                raise
+            recorded = None  # unreadable: allowed to go on, the data now is recorded afresh
+        changed = fingerprint.changes(recorded, current) if recorded is not None else []
+        if changed and not allow:
+            raise SegwiseError(
+                f"{self.run_dir}: the data changed since the run started: {', '.join(changed)}; resuming "
+                f"would go on with other data than its first {epoch} epoch(s) saw. Restore the data, start "
+                "a new run, or pass --allow-changed-data to continue on the data as it is now"
+            )
+        going_on = bool(changed)
+        if changed:
+            self._go_on_with_changed_data(changed, path)
+        elif recorded is None:
+            self.env.say(
+                f"segwise: {path} missing or unreadable: the data cannot be compared with what the run "
+                "started on; it is recorded as it is now"
+            )
+            changed = ["not compared: no readable record of the data the run started on"]
+        if changed and self.env.process.is_main:
+            self._record_data(self.run_dir, fingerprint.allowed(current, recorded, epoch, changed))
+        return going_on
+
+    def _go_on_with_changed_data(self, changed: list[str], path: Path) -> None:
+        """config.yaml's image counts follow the data; its classes cannot (the model's head has them)."""
+        config, now = RunConfig.load(self.run_dir / CONFIG), self.start.data_set
+        if (config.classes.names, config.classes.values) != (now.classes.names, now.classes.values):
+            raise SegwiseError(
+                f"{self.run_dir}: the classes changed with the data ({config.classes.names} → "
+                f"{now.classes.names}); a run cannot go on with other classes: restore the data or start a new run"
+            )
+        self.env.say(f"segwise: resuming on changed data ({', '.join(changed)}); recorded in {path}")
+        if self.env.process.is_main:
+            config.data["train_images"], config.data["val_images"] = (
+                len(now.train_images),
+                len(now.val_images),
+            )
+            config.save(self.run_dir / CONFIG)
 
     def _run_config(self) -> RunConfig:
         data_set, options = self.start.data_set, self.start.data_options
@@ -231,7 +297,10 @@ class Trainer:
             rng=rng_state(self.generator),
         )
 
-    def restore(self, state: TrainingState) -> None:
+    def restore(self, state: TrainingState, replan_schedule: bool = False) -> None:
+        """Put `state` into the pieces. On changed data (`replan_schedule`) an epoch has another number
+        of steps, so the schedule saved for the old number does not fit (one-cycle would run out of
+        steps): the one built for the data as it is now continues from the same epoch instead."""
         self.model.load_state_dict(state.model)
         if len(state.optimizer["param_groups"]) != len(self.optimizer.param_groups):
             raise SegwiseError(
@@ -239,7 +308,13 @@ class Trainer:
                 "differently; it cannot be resumed exactly: start a new run (its weights load as they are)"
             )
         self.optimizer.load_state_dict(state.optimizer)
-        self.scheduler.load_state_dict(state.scheduler)
+        if replan_schedule:
+            with warnings.catch_warnings():  # torch warns of scheduler steps before any optimizer step
+                warnings.simplefilter("ignore")
+                for _ in range(state.epoch * self.steps_per_epoch):
+                    self.scheduler.step()
+        else:
+            self.scheduler.load_state_dict(state.scheduler)
         self.scaler.load_state_dict(state.scaler)
         if self.ema is not None:
             self.ema.load_state_dict(state.ema)
