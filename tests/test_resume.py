@@ -26,15 +26,18 @@ import os, signal, sys, torch
 import segwise.engine.plan as plan
 from segwise.cli import main
 build_loss, calls = plan.build_loss, [0]
-def killing_build_loss(spec, **options):
-    loss = build_loss(spec, **options)
-    def wrapped(logits, masks):
+class Killing(torch.nn.Module):  # a module, as the trainer moves the loss to its device
+    def __init__(self, loss):
+        super().__init__()
+        self.loss = loss
+    def forward(self, logits, masks):
         if torch.is_grad_enabled():  # training steps only, not validation
             calls[0] += 1
             if calls[0] == int(os.environ["KILL_AT_STEP"]):
                 os.kill(os.getpid(), signal.SIGKILL)
-        return loss(logits, masks)
-    return wrapped
+        return self.loss(logits, masks)
+def killing_build_loss(spec, **options):
+    return Killing(build_loss(spec, **options))
 plan.build_loss = killing_build_loss
 sys.exit(main(sys.argv[1:]))
 """
