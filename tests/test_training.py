@@ -174,15 +174,18 @@ def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_good_chec
 
     calls = [0]
 
-    def exploding_loss(spec, **options):
-        loss = build_loss(spec, **options)
+    class Exploding(torch.nn.Module):  # a module, as the trainer moves the loss to its device
+        def __init__(self, loss):
+            super().__init__()
+            self.loss = loss
 
-        def wrapped(logits, masks):
+        def forward(self, logits, masks):
             calls[0] += torch.is_grad_enabled()
-            value = loss(logits, masks)
+            value = self.loss(logits, masks)
             return value * float("nan") if calls[0] > 5 else value  # 4 steps an epoch: NaN in epoch 2
 
-        return wrapped
+    def exploding_loss(spec, **options):
+        return Exploding(build_loss(spec, **options))
 
     monkeypatch.setattr(plan, "build_loss", exploding_loss)
     with pytest.raises(SegwiseError, match="loss became nan at epoch 2.*last good epoch \\(1\\)"):
