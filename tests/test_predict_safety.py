@@ -190,3 +190,14 @@ def test_temporaries_of_dead_writers_are_swept_and_live_ones_kept(run, tmp_path)
     assert not any(path.exists() for path in dead)
     assert live.read_bytes() == b"half written"
     assert (out / "a.png").is_file()
+
+
+def test_an_output_that_is_a_file_or_under_one_is_one_line(run, tmp_path):
+    ground_truth(tmp_path / "in", count=1)
+    blocker = tmp_path / "taken"
+    blocker.write_text("a file, not a folder")
+    refused = predict(run, tmp_path / "in" / "images", "-o", blocker)
+    assert_one_line_error(refused, "taken: is a file, not a folder")
+    under = predict(run, tmp_path / "in" / "images", "-o", blocker / "sub")
+    assert_one_line_error(under, "cannot make the folder")
+    assert blocker.read_text() == "a file, not a folder"

@@ -45,7 +45,7 @@ from .errors import SegwiseError
 from .inference import Predictor, load
 from .inference.postprocess import Steps
 from .inference.threshold import write_threshold
-from .io import atomic_path
+from .io import atomic_path, make_folder
 from .metrics import BoundaryScores, ConfusionMatrix, boundary_scores_for, confusion_matrix_for
 from .run import held_out_name
 
@@ -255,7 +255,7 @@ def write_evaluation(evaluation: Evaluation, predictor: Predictor, out: Path) ->
     """Write metrics.json, per_image.csv and the figures into `out`; return the metrics dictionary."""
     from .report.figures import plot_confusion, plot_iou_bars, plot_label_confusion, plot_worst
 
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     metrics = evaluation.metrics()
     write_json(metrics, out / METRICS_JSON)
     write_per_image_csv(evaluation, out / PER_IMAGE_CSV)

@@ -239,20 +239,40 @@ _FILE_MODE = 0o666 & ~_UMASK
 _TEMPORARY = re.compile(r"^\.(?P<target>.+)\.(?P<pid>\d+)-[a-z0-9_]+\.tmp(\.[^.]*)?$")
 
 
+def make_folder(folder: str | Path) -> Path:
+    """`folder` and its parents, made when missing; a path that is a file, or a place the process may not
+    write to, is one SegwiseError naming it."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise SegwiseError(f"{folder}: is a file, not a folder; choose a folder for the output") from None
+    except OSError as error:
+        if _disk_full(error, folder.parent):
+            raise disk_full_error(folder) from None
+        raise SegwiseError(
+            f"{folder}: cannot make the folder ({error.strerror or error}); choose a place you may write to"
+        ) from None
+    return folder
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds. A full disk
     ends as one SegwiseError naming the file and the free space; the old `path`, if any, stays as it was."""
     path = Path(path)
+    make_folder(path.parent)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         handle, tmp = tempfile.mkstemp(
             prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp" + path.suffix, dir=path.parent
         )
     except OSError as error:
         if _disk_full(error, path.parent):
             raise disk_full_error(path) from None
-        raise
+        raise SegwiseError(
+            f"{path}: cannot write it ({error.strerror or error}); check that you may write to "
+            f"{path.parent}, or choose another place"
+        ) from None
     os.close(handle)
     tmp = Path(tmp)
     try:

@@ -17,14 +17,14 @@ from safetensors.torch import load_file, save_file
 from .config import RunConfig
 from .constants import CONFIG, WEIGHTS
 from .errors import SegwiseError
-from .io import atomic_path, sweep_temporaries
+from .io import atomic_path, make_folder, sweep_temporaries
 from .models import SegmentationModel, create_model
 
 
 def create_run_dir(runs_dir: str | Path, name: str) -> Path:
     """Create a new, empty run folder; an existing name is never reused (`name-2`, `name-3`, … instead)."""
     runs_dir = Path(runs_dir)
-    runs_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(runs_dir)
     base = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "run"
     for attempt in range(1, 10_000):
         candidate = runs_dir / (base if attempt == 1 else f"{base}-{attempt}")

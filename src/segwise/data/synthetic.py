@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from ..io import atomic_path, default_palette
+from ..io import atomic_path, default_palette, make_folder
 
 CLASS_NAMES = ["background", "disc", "rectangle", "triangle", "ring"]
 BINARY_CLASS_NAMES = ["background", "shape"]
@@ -120,8 +120,8 @@ def write_synthetic_dataset(
     counts = {"train": num_train, "val": num_val, "test": num_test}
     offset = 0
     for split, count in counts.items():
-        (root / split / "images").mkdir(parents=True, exist_ok=True)
-        (root / split / "masks").mkdir(parents=True, exist_ok=True)
+        make_folder(root / split / "images")
+        make_folder(root / split / "masks")
         for index in range(count):
             image, mask = synthetic_sample(seed * 1_000_003 + offset + index, size, binary)
             stem = f"{split}_{index:04d}"

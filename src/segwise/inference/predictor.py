@@ -41,7 +41,7 @@ from ..constants import THRESHOLD_JSON
 from ..data.dataset import match_channels, resize_image
 from ..engine.devices import pick_device
 from ..errors import SegwiseError
-from ..io import TIFF_SUFFIXES, image_size, read_image
+from ..io import TIFF_SUFFIXES, image_size, make_folder, read_image
 from ..models import SegmentationModel
 from ..run import load_model
 from . import coco, postprocess
@@ -333,7 +333,7 @@ class Predictor:
         claim_folder(plan, overwrite, rank, world_size, gathered)
         regular, files, skipped = plan.regular, [], []  # skipped: (input, why) of those that cannot be read
         if regular:
-            output.mkdir(parents=True, exist_ok=True)
+            make_folder(output)
             coco_names = coco.file_names(regular, output_names(regular)) if "coco" in formats else None
             jobs = list(enumerate(zip(regular, plan.targets, strict=True)))[rank::world_size]
             written, records = self._write_predictions(
