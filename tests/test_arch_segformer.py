@@ -156,6 +156,16 @@ def test_segformer_on_a_cnn_encoder_uses_every_level_as_smp():
     assert n_parameters(model) == n_parameters(reference)
 
 
+def test_torchscript_export_of_a_mit_runs_at_any_size(tmp_path):
+    from segwise.inference.export import check_parity, export_torchscript
+
+    model = segwise.create_model(
+        "segformer", encoder="mit_b0", num_classes=3, decoder_segmentation_channels=32
+    )
+    path = export_torchscript(model, tmp_path / "segformer.pt")
+    assert check_parity(model, path, sizes=[(64, 96), (80, 72), (33, 45)], atol=1e-5) <= 1e-5
+
+
 @pytest.mark.slow  # the exporter takes ~40 s of CPU on a MiT
 def test_onnx_export_matches_pytorch_at_two_sizes(tmp_path):
     pytest.importorskip("onnxruntime")
