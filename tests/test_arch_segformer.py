@@ -179,6 +179,7 @@ def test_onnx_export_matches_pytorch_at_two_sizes(tmp_path):
     assert check_parity(model, path, sizes=[(64, 96), (80, 72)], atol=1e-4) <= 1e-4
 
 
+@pytest.mark.slow  # about 10 s on 2 cores
 def test_trains_one_epoch_and_predicts_at_an_odd_size(shapes_data, tmp_path):
     result = segwise.train(
         shapes_data,

@@ -135,6 +135,8 @@ def _segformer(encoder: Encoder, decoder_segmentation_channels: int = 256):
 # Each entry builds a decoder from an encoder and its own options (prefixed `decoder_`), nothing else.
 # Options prefixed `encoder_` (e.g. `encoder_output_stride`) configure the encoder: `create_model` passes
 # them, with the builder's defaults, to `Encoder` (without the prefix) before the builder runs.
+# A decoder may set `head_kernel_size` (default 3) and `align_corners` (default False: how the base model
+# upsamples the logits) to its paper's or smp's head.
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "unet": _unet,
     "fpn": _fpn,
