@@ -23,6 +23,9 @@ class SegmentationModel(nn.Module):
         self.stride = max(encoder.reductions)
         self.in_channels = config["in_channels"]
         self.num_classes = config["num_classes"]
+        # how the logits are upsampled to the input: smp's heads for some architectures use
+        # align_corners=True, and a decoder that reproduces smp's logits says so
+        self.align_corners = getattr(decoder, "align_corners", False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != self.in_channels:
@@ -38,7 +41,9 @@ class SegmentationModel(nn.Module):
         x = F.pad(x, (left, pad_w - left, top, pad_h - top))
         logits = self.head(self.decoder(self.encoder(x)))
         if logits.shape[-2:] != x.shape[-2:]:
-            logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+            logits = F.interpolate(
+                logits, size=x.shape[-2:], mode="bilinear", align_corners=self.align_corners
+            )
         return logits[..., top : top + height, left : left + width]
 
     def parameter_groups(self, encoder_lr: float, decoder_lr: float) -> list[dict]:

@@ -16,7 +16,9 @@ from .encoders import Encoder
 from .fcn import FCNDecoder
 from .fpn import FPNDecoder
 from .linknet import LinknetDecoder
+from .mit import MIT_SIZES, MixTransformerEncoder
 from .pspnet import PSPDecoder
+from .segformer import SegformerDecoder
 from .segnet import SegNetDecoder, SegNetEncoder
 from .unet import UnetDecoder
 from .unet_classic import ClassicDecoder, ClassicEncoder
@@ -126,9 +128,15 @@ def _fcn(
     return FCNDecoder(encoder.channels, decoder_channels, decoder_dropout)
 
 
+def _segformer(encoder: Encoder, decoder_segmentation_channels: int = 256):
+    return SegformerDecoder(encoder.channels, encoder.reductions, decoder_segmentation_channels)
+
+
 # Each entry builds a decoder from an encoder and its own options (prefixed `decoder_`), nothing else.
 # Options prefixed `encoder_` (e.g. `encoder_output_stride`) configure the encoder: `create_model` passes
 # them, with the builder's defaults, to `Encoder` (without the prefix) before the builder runs.
+# A decoder may set `head_kernel_size` (default 3) and `align_corners` (default False: how the base model
+# upsamples the logits) to its paper's or smp's head.
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "unet": _unet,
     "fpn": _fpn,
@@ -140,6 +148,7 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "unetplusplus": _unetplusplus,
     "unet_classic": _unet_classic,
     "segnet": _segnet,
+    "segformer": _segformer,
 }
 
 # Architectures that bring their own encoder instead of a timm one: the encoder name each accepts, and
@@ -148,6 +157,10 @@ OWN_ENCODERS: dict[str, tuple[str, Callable[..., nn.Module]]] = {
     "unet_classic": ("unet_classic", ClassicEncoder),
     "segnet": ("vgg16_bn", SegNetEncoder),
 }
+
+# Encoders implemented in segwise because timm lacks them; built like `Encoder` (same arguments), so every
+# architecture that takes a timm encoder takes them too, by name.
+PACKAGE_ENCODERS: dict[str, Callable[..., nn.Module]] = dict.fromkeys(MIT_SIZES, MixTransformerEncoder)
 
 
 def encoder_name(arch: str, encoder: str | None = None) -> str:
@@ -176,7 +189,7 @@ def create_model(
     >>> model(torch.zeros(1, 1, 250, 333)).shape  # doctest: +SKIP
     torch.Size([1, 5, 250, 333])
 
-    `encoder`: a timm model name (default resnet34); `segnet` and `unet_classic` build their own encoder
+    `encoder`: a timm model name (default resnet34) or `mit_b0` … `mit_b5`; `segnet` and `unet_classic` build their own encoder
     (VGG16-bn with pooling indices, the 2015 contracting path) and accept only its name or None.
     `encoder_weights`: None (random), "imagenet" (the local cache, else timm's hub) or a path to a state
     dict of timm, torchvision or segmentation_models_pytorch, matched by name;
@@ -214,11 +227,12 @@ def create_model(
                 f"weights by name, got '{encoder_weights_mapping}'"
             )
     else:
-        build_encoder = Encoder
+        build_encoder = PACKAGE_ENCODERS.get(name, Encoder)
         encoder_options = {"name": name, "mapping": encoder_weights_mapping, **encoder_options}
     backbone = build_encoder(in_channels=in_channels, weights=encoder_weights, **encoder_options)
     decoder = builder(backbone, **options)
-    head = nn.Conv2d(decoder.out_channels, num_classes, kernel_size=3, padding=1)
+    kernel = getattr(decoder, "head_kernel_size", 3)  # a decoder may ask for its paper's head (e.g. 1×1)
+    head = nn.Conv2d(decoder.out_channels, num_classes, kernel_size=kernel, padding=kernel // 2)
     config = {
         "arch": arch,
         "encoder": name,
