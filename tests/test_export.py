@@ -23,6 +23,8 @@ SMALL = {
     "fcn": {"decoder_channels": 16},
     "pspnet": {"decoder_channels": 16},
     "unetplusplus": {"decoder_channels": [16, 16, 8, 8, 8]},
+    "manet": {"decoder_channels": [16, 16, 8, 8, 8], "decoder_pab_channels": 8},
+    "pan": {"decoder_channels": 16},
 }
 
 

@@ -16,6 +16,8 @@ from .encoders import Encoder
 from .fcn import FCNDecoder
 from .fpn import FPNDecoder
 from .linknet import LinknetDecoder
+from .manet import MAnetDecoder
+from .pan import PANDecoder
 from .pspnet import PSPDecoder
 from .segnet import SegNetDecoder, SegNetEncoder
 from .unet import UnetDecoder
@@ -126,6 +128,28 @@ def _fcn(
     return FCNDecoder(encoder.channels, decoder_channels, decoder_dropout)
 
 
+def _manet(
+    encoder: Encoder,
+    decoder_channels: list[int] | None = None,
+    decoder_pab_channels: int = 64,
+    decoder_upsampling: str = "nearest",
+):
+    return MAnetDecoder(
+        encoder.channels, encoder.reductions, decoder_channels, decoder_pab_channels, decoder_upsampling
+    )
+
+
+def _pan(
+    encoder: Encoder,
+    encoder_output_stride: int = 16,
+    decoder_channels: int = 32,
+    decoder_upsampling: str = "bilinear",
+):
+    if encoder_output_stride not in (16, 32):
+        raise SegwiseError(f"pan: encoder_output_stride must be 16 or 32, got {encoder_output_stride}")
+    return PANDecoder(encoder.channels, decoder_channels, decoder_upsampling)
+
+
 # Each entry builds a decoder from an encoder and its own options (prefixed `decoder_`), nothing else.
 # Options prefixed `encoder_` (e.g. `encoder_output_stride`) configure the encoder: `create_model` passes
 # them, with the builder's defaults, to `Encoder` (without the prefix) before the builder runs.
@@ -140,6 +164,8 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "unetplusplus": _unetplusplus,
     "unet_classic": _unet_classic,
     "segnet": _segnet,
+    "manet": _manet,
+    "pan": _pan,
 }
 
 # Architectures that bring their own encoder instead of a timm one: the encoder name each accepts, and
