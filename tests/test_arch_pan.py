@@ -6,8 +6,8 @@ from torch import nn
 
 import segwise
 from segwise.errors import SegwiseError
-from tests.test_architectures import n_parameters
 from tests.test_arch_manet import load_smp_weights
+from tests.test_architectures import n_parameters
 
 # smp's PAN names -> segwise's: its FPA is our `pyramid`, its GAUs (deepest first) our `gaus`
 PAN_RENAMES = {

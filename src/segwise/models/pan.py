@@ -72,7 +72,8 @@ class FeaturePyramidAttention(nn.Module):
         pyramid = _resize(x3, x2.shape[-2:], "bilinear") + self.conv2(x2)
         pyramid = _resize(pyramid, x1.shape[-2:], "bilinear") + self.conv1(x1)
         pyramid = _resize(pyramid, x.shape[-2:], "bilinear")
-        return pyramid * self.project(x) + _resize(self.pooled(x), x.shape[-2:], "bilinear")
+        # the global branch is 1×1: its bilinear upsampling is a broadcast
+        return pyramid * self.project(x) + self.pooled(x)
 
 
 class GlobalAttentionUpsample(nn.Module):
