@@ -26,7 +26,7 @@ import segwise  # noqa: E402
 from segwise.models.unet import UnetBlock  # noqa: E402
 
 # segwise architecture -> smp class; both at their defaults (DeepLabV3 at output stride 8, V3+ at 16,
-# PSPNet on the first three encoder stages).
+# PSPNet on the first three encoder stages, PAN at output stride 16).
 PAIRS = {
     "unet": "Unet",
     "unetplusplus": "UnetPlusPlus",
@@ -36,6 +36,8 @@ PAIRS = {
     "linknet": "Linknet",
     "pspnet": "PSPNet",
     "segformer": "Segformer",
+    "manet": "MAnet",
+    "pan": "PAN",
 }
 
 

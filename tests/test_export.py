@@ -23,6 +23,8 @@ SMALL = {
     "fcn": {"decoder_channels": 16},
     "pspnet": {"decoder_channels": 16},
     "unetplusplus": {"decoder_channels": [16, 16, 8, 8, 8]},
+    "manet": {"decoder_channels": [16, 16, 8, 8, 8], "decoder_pab_channels": 8},
+    "pan": {"decoder_channels": 16},
 }
 
 
@@ -31,9 +33,21 @@ def small(arch: str) -> torch.nn.Module:
 
 
 # The exporter takes ~5-10 s of CPU per architecture: unet runs by default, the others as `slow`.
-@pytest.mark.parametrize(
-    "arch", [a if a == "unet" else pytest.param(a, marks=pytest.mark.slow) for a in segwise.list_models()]
-)
+# pan: torch.export cannot prove its pyramid's shapes for every H×W (max pools and align_corners
+# resizes of maps that may be 1×1); TorchScript export works.
+ONNX_KNOWN_FAILURES = {"pan": "torch.export cannot bound the shapes of PAN's pyramid (issue 22)"}
+
+
+def _onnx_param(arch: str):
+    if arch == "unet":
+        return arch
+    marks = [pytest.mark.slow]
+    if arch in ONNX_KNOWN_FAILURES:
+        marks.append(pytest.mark.xfail(reason=ONNX_KNOWN_FAILURES[arch], strict=True))
+    return pytest.param(arch, marks=marks)
+
+
+@pytest.mark.parametrize("arch", [_onnx_param(a) for a in segwise.list_models()])
 def test_onnx_export_matches_pytorch_at_two_sizes(arch, tmp_path):
     onnx = pytest.importorskip("onnx")
     model = small(arch).train()

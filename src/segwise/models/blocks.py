@@ -32,19 +32,24 @@ class SeparableConv2d(nn.Sequential):
         )
 
 
+def channel_gate(channels: int, reduction: int = 16) -> nn.Sequential:
+    """Squeeze & excitation (Hu et al., 2018): one weight in (0, 1) per channel, from its global average."""
+    return nn.Sequential(
+        nn.AdaptiveAvgPool2d(1),
+        nn.Conv2d(channels, max(1, channels // reduction), 1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(max(1, channels // reduction), channels, 1),
+        nn.Sigmoid(),
+    )
+
+
 class SCSE(nn.Module):
     """Concurrent spatial and channel squeeze & excitation (Roy et al., 2018), as smp's `scse` attention:
     the feature map reweighted per channel (from its global average) plus per pixel (from a 1×1 conv)."""
 
     def __init__(self, channels: int, reduction: int = 16) -> None:
         super().__init__()
-        self.channel_gate = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1),
-            nn.Conv2d(channels, max(1, channels // reduction), 1),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(max(1, channels // reduction), channels, 1),
-            nn.Sigmoid(),
-        )
+        self.channel_gate = channel_gate(channels, reduction)
         self.spatial_gate = nn.Sequential(nn.Conv2d(channels, 1, 1), nn.Sigmoid())
 
     def forward(self, x):

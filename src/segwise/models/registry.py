@@ -16,7 +16,9 @@ from .encoders import Encoder
 from .fcn import FCNDecoder
 from .fpn import FPNDecoder
 from .linknet import LinknetDecoder
+from .manet import MAnetDecoder
 from .mit import MIT_SIZES, MixTransformerEncoder
+from .pan import PANDecoder
 from .pspnet import PSPDecoder
 from .segformer import SegformerDecoder
 from .segnet import SegNetDecoder, SegNetEncoder
@@ -132,6 +134,28 @@ def _segformer(encoder: Encoder, decoder_segmentation_channels: int = 256):
     return SegformerDecoder(encoder.channels, encoder.reductions, decoder_segmentation_channels)
 
 
+def _manet(
+    encoder: Encoder,
+    decoder_channels: list[int] | None = None,
+    decoder_pab_channels: int = 64,
+    decoder_upsampling: str = "nearest",
+):
+    return MAnetDecoder(
+        encoder.channels, encoder.reductions, decoder_channels, decoder_pab_channels, decoder_upsampling
+    )
+
+
+def _pan(
+    encoder: Encoder,
+    encoder_output_stride: int = 16,
+    decoder_channels: int = 32,
+    decoder_upsampling: str = "bilinear",
+):
+    if encoder_output_stride not in (16, 32):
+        raise SegwiseError(f"pan: encoder_output_stride must be 16 or 32, got {encoder_output_stride}")
+    return PANDecoder(encoder.channels, decoder_channels, decoder_upsampling)
+
+
 # Each entry builds a decoder from an encoder and its own options (prefixed `decoder_`), nothing else.
 # Options prefixed `encoder_` (e.g. `encoder_output_stride`) configure the encoder: `create_model` passes
 # them, with the builder's defaults, to `Encoder` (without the prefix) before the builder runs.
@@ -149,6 +173,8 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "unet_classic": _unet_classic,
     "segnet": _segnet,
     "segformer": _segformer,
+    "manet": _manet,
+    "pan": _pan,
 }
 
 # Architectures that bring their own encoder instead of a timm one: the encoder name each accepts, and
