@@ -35,6 +35,7 @@ PAIRS = {
     "deeplabv3plus": "DeepLabV3Plus",
     "linknet": "Linknet",
     "pspnet": "PSPNet",
+    "upernet": "UPerNet",
 }
 
 

@@ -21,6 +21,7 @@ from .segnet import SegNetDecoder, SegNetEncoder
 from .unet import UnetDecoder
 from .unet_classic import ClassicDecoder, ClassicEncoder
 from .unetplusplus import UnetPlusPlusDecoder
+from .upernet import UPerNetDecoder
 
 DEFAULT_ENCODER = "resnet34"
 
@@ -126,6 +127,15 @@ def _fcn(
     return FCNDecoder(encoder.channels, decoder_channels, decoder_dropout)
 
 
+def _upernet(
+    encoder: Encoder,
+    encoder_depth: int | None = None,
+    decoder_channels: int = 256,
+    decoder_use_norm: str = "batchnorm",
+):
+    return UPerNetDecoder(encoder.channels, encoder.reductions, decoder_channels, decoder_use_norm)
+
+
 # Each entry builds a decoder from an encoder and its own options (prefixed `decoder_`), nothing else.
 # Options prefixed `encoder_` (e.g. `encoder_output_stride`) configure the encoder: `create_model` passes
 # them, with the builder's defaults, to `Encoder` (without the prefix) before the builder runs.
@@ -140,6 +150,7 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "unetplusplus": _unetplusplus,
     "unet_classic": _unet_classic,
     "segnet": _segnet,
+    "upernet": _upernet,
 }
 
 # Architectures that bring their own encoder instead of a timm one: the encoder name each accepts, and
@@ -218,7 +229,8 @@ def create_model(
         encoder_options = {"name": name, "mapping": encoder_weights_mapping, **encoder_options}
     backbone = build_encoder(in_channels=in_channels, weights=encoder_weights, **encoder_options)
     decoder = builder(backbone, **options)
-    head = nn.Conv2d(decoder.out_channels, num_classes, kernel_size=3, padding=1)
+    kernel = getattr(decoder, "head_kernel_size", 3)  # 1 where the paper's (and smp's) head is 1×1
+    head = nn.Conv2d(decoder.out_channels, num_classes, kernel_size=kernel, padding=kernel // 2)
     config = {
         "arch": arch,
         "encoder": name,
