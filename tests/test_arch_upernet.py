@@ -35,8 +35,20 @@ def _load_in_order(model: torch.nn.Module, reference: torch.nn.Module) -> None:
     model.load_state_dict(dict(zip(ours, theirs.values(), strict=True)))
 
 
+@pytest.mark.parametrize("encoder", ["resnet34", "resnet50", "convnext_tiny"])
+def test_upernet_parameter_count_equals_smp(encoder):
+    smp = pytest.importorskip("segmentation_models_pytorch")
+    smp_encoder = encoder if encoder.startswith("resnet") else f"tu-{encoder}"  # smp's own ResNets
+    reference = smp.UPerNet(smp_encoder, encoder_weights=None, classes=3)
+    model = segwise.create_model("upernet", encoder=encoder, num_classes=3)
+    assert n_parameters(model) == n_parameters(reference)
+    assert n_parameters(model.decoder) == n_parameters(reference.decoder)
+
+
+# ConvNeXt's logits on timm's small test_convnext (its features also start at stride 4, with LayerNorm),
+# which keeps the test fast; convnext_tiny's parameters are counted above
 @pytest.mark.parametrize(
-    "encoder, smp_encoder", [("resnet50", "resnet50"), ("convnext_tiny", "tu-convnext_tiny")]
+    "encoder, smp_encoder", [("resnet50", "resnet50"), ("test_convnext", "tu-test_convnext")]
 )
 def test_upernet_equals_smp_given_the_same_weights(encoder, smp_encoder):
     smp = pytest.importorskip("segmentation_models_pytorch")
