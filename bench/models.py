@@ -38,6 +38,7 @@ PAIRS = {
     "segformer": "Segformer",
     "manet": "MAnet",
     "pan": "PAN",
+    "upernet": "UPerNet",
 }
 
 

@@ -294,9 +294,14 @@ class Encoder(nn.Module):
         self.channels: list[int] = list(self.model.feature_info.channels())
         self.reductions: list[int] = list(self.model.feature_info.reduction())
         assert self.reductions == sorted(self.reductions), "features must come shallow to deep"
+        # Some timm models (Swin, MambaOut) give N×H×W×C features; every decoder takes N×C×H×W.
+        self.channels_last = getattr(self.model, "output_fmt", "NCHW") == "NHWC"
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return self.model(x)
+        features = self.model(x)
+        if self.channels_last:
+            features = [f.permute(0, 3, 1, 2) for f in features]
+        return features
 
 
 def _weight_options(name: str, weights: str | Path | None, mapping: str) -> dict:

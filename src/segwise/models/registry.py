@@ -25,6 +25,7 @@ from .segnet import SegNetDecoder, SegNetEncoder
 from .unet import UnetDecoder
 from .unet_classic import ClassicDecoder, ClassicEncoder
 from .unetplusplus import UnetPlusPlusDecoder
+from .upernet import UPerNetDecoder
 
 DEFAULT_ENCODER = "resnet34"
 
@@ -156,6 +157,15 @@ def _pan(
     return PANDecoder(encoder.channels, decoder_channels, decoder_upsampling)
 
 
+def _upernet(
+    encoder: Encoder,
+    encoder_depth: int | None = None,
+    decoder_channels: int = 256,
+    decoder_use_norm: str = "batchnorm",
+):
+    return UPerNetDecoder(encoder.channels, encoder.reductions, decoder_channels, decoder_use_norm)
+
+
 # Each entry builds a decoder from an encoder and its own options (prefixed `decoder_`), nothing else.
 # Options prefixed `encoder_` (e.g. `encoder_output_stride`) configure the encoder: `create_model` passes
 # them, with the builder's defaults, to `Encoder` (without the prefix) before the builder runs.
@@ -175,6 +185,7 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "segformer": _segformer,
     "manet": _manet,
     "pan": _pan,
+    "upernet": _upernet,
 }
 
 # Architectures that bring their own encoder instead of a timm one: the encoder name each accepts, and
