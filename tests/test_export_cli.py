@@ -131,3 +131,20 @@ def test_export_help_has_an_example(capsys):
     with pytest.raises(SystemExit):
         main(["export", "--help"])
     assert "example:" in capsys.readouterr().out
+
+
+def test_a_model_that_cannot_be_exported_is_named_by_the_file_asked_for(
+    exported_run, tmp_path, capsys, monkeypatch
+):
+    from segwise.errors import SegwiseError
+    from segwise.inference import export
+
+    def refuse(model, path, **options):
+        raise SegwiseError(f"{path}: this model cannot be exported to ONNX (a shape it cannot bound)")
+
+    monkeypatch.setattr(export, "export_onnx", refuse)
+    run, _ = exported_run
+    code = main(["export", str(run), "--format", "onnx", "-o", str(tmp_path / "mine.onnx")])
+    line = one_line_error(capsys, code)
+    assert f"{tmp_path / 'mine.onnx'}: this model cannot" in line and ".tmp" not in line
+    assert list(tmp_path.iterdir()) == []

@@ -129,6 +129,9 @@ def export_run(
     }
     write = export_onnx if format == "onnx" else export_torchscript
     with atomic_path(path) as tmp:
-        write(model, tmp, sample_size=(height, width), metadata=metadata)
-        differences = [(size, check_parity(model, tmp, sizes=[size], atol=atol)) for size in sizes]
+        try:
+            write(model, tmp, sample_size=(height, width), metadata=metadata)
+            differences = [(size, check_parity(model, tmp, sizes=[size], atol=atol)) for size in sizes]
+        except SegwiseError as error:  # the user asked for `path`; the temporary name means nothing to them
+            raise SegwiseError(str(error).replace(str(tmp), str(path))) from None
     return path, differences
