@@ -114,12 +114,12 @@ def choose(
         if epochs >= target_epochs or epochs * candidate.steps_per_epoch >= TARGET_STEPS:
             why = f"the largest that buys {target_epochs} epochs or {TARGET_STEPS} steps"
             return candidate, min(MAX_EPOCHS, int(epochs)), why
-    smallest = candidates[-1]
-    epochs = int(smallest.epochs_within(seconds)) if seconds > 0 else 0
     if seconds <= 0:
         raise SegwiseError(
             "train.budget: reading the data and timing the step used the whole budget; give a longer --budget"
         )
+    smallest = candidates[-1]
+    epochs = int(smallest.epochs_within(seconds))
     if epochs < 1:
         raise SegwiseError(
             f"train.budget: one epoch at {smallest.size[0]}×{smallest.size[1]} takes about "
