@@ -23,6 +23,7 @@ skips TIFFs (read here with tifffile).
 from __future__ import annotations
 
 import errno
+import io
 import math
 import os
 import re
@@ -32,12 +33,13 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .constants import DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV
-from .errors import SegwiseError
+from .errors import PixelLimitError, SegwiseError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
@@ -67,7 +69,7 @@ def check_pixels(path: Path, height: int, width: int, pixels: int | None = None,
     pixels = height * width if pixels is None else pixels
     limit = max_pixels()
     if pixels > limit:
-        raise SegwiseError(
+        raise PixelLimitError(
             f"{path}: {what} of {width}×{height} ({pixels:,} pixels) is over the limit of {limit:,} pixels; "
             f"if the file is trusted, raise the limit with --max-pixels N (or {MAX_PIXELS_ENV}=N)"
         )
@@ -80,15 +82,21 @@ def _header(path: Path, what: str) -> Image.Image:
     """The file opened lazily by PIL (only the header is read), without PIL's own size check."""
     if not path.is_file():
         raise SegwiseError(f"{path}: {what} not found; check the path")
+    return _pil_header(path, path, what)
+
+
+def _pil_header(source: Path | BinaryIO, name: Path | str, what: str) -> Image.Image:
     try:
         with _PIL_LIMIT:
             saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
             try:
-                return Image.open(path)
+                return Image.open(source)
             finally:
                 Image.MAX_IMAGE_PIXELS = saved
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
-        raise SegwiseError(f"{path}: cannot read {what} ({error}); replace or remove the file") from None
+        # PIL names the file it was given, an object's repr when that is a buffer
+        reason = "not an image format PIL reads" if isinstance(error, UnidentifiedImageError) else error
+        raise SegwiseError(f"{name}: cannot read {what} ({reason}); replace or remove the file") from None
 
 
 def open_image(path: str | Path, what: str = "image") -> Image.Image:
@@ -131,12 +139,16 @@ def image_size(path: str | Path) -> tuple[int, int]:
 
 
 def _open(path: Path, what: str) -> Image.Image:
-    image = open_image(path, what)
+    return _decoded(open_image(path, what), path, what)
+
+
+def _decoded(image: Image.Image, name: Path | str, what: str) -> Image.Image:
+    """The image's pixels decoded, EXIF orientation applied."""
     try:
         image.load()
     except (OSError, ValueError, SyntaxError) as error:  # e.g. a truncated file, after its header
         image.close()
-        raise SegwiseError(f"{path}: cannot read {what} ({error}); replace or remove the file") from None
+        raise SegwiseError(f"{name}: cannot read {what} ({error}); replace or remove the file") from None
     try:
         ImageOps.exif_transpose(image, in_place=True)  # in place: a copy would double a large image's memory
     except Exception:  # a broken EXIF block is no reason to refuse the pixels
@@ -184,7 +196,23 @@ def read_image(path: str | Path) -> np.ndarray:
     if path.suffix.lower() in TIFF_SUFFIXES:
         array = to_uint8(_read_tiff(path, "image"))
         return array[..., None] if array.ndim == 2 else array
-    image = _open(path, "image")
+    return _pixels(_open(path, "image"))
+
+
+def read_image_bytes(data: bytes, name: str = "upload") -> np.ndarray:
+    """`read_image` for an image held in memory (an upload), under the same pixel limit, checked from
+    the header before any pixel is decoded; `name` is what errors call it. TIFFs are read by PIL here."""
+    image = _pil_header(io.BytesIO(data), name, "image")
+    try:
+        check_pixels(Path(name), image.height, image.width)
+    except SegwiseError:
+        image.close()
+        raise
+    return _pixels(_decoded(image, name, "image"))
+
+
+def _pixels(image: Image.Image) -> np.ndarray:
+    """A decoded PIL image as uint8 H×W×C: 1 gray, 3 RGB or 4 RGBA channels."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         return to_uint8(np.asarray(image))[..., None]
     if image.mode == "L":

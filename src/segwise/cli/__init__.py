@@ -22,13 +22,13 @@ import warnings
 from collections.abc import Iterator
 
 from ..errors import SegwiseError, SegwiseWarning
-from . import datasets, demo, evaluation, prediction, training
+from . import datasets, demo, evaluation, prediction, serving, training
 from .arguments import apply_max_pixels, is_rank_zero, options_markdown
 
 __all__ = ["build_parser", "main", "options_markdown"]
 
 # In the order `segwise --help` lists their commands.
-GROUPS = (training, prediction, demo, evaluation, datasets)
+GROUPS = (training, prediction, demo, evaluation, datasets, serving)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -140,6 +140,13 @@ def _polygon_tracer(tolerance: float) -> Callable[[postprocess.Component], list[
 
 def write_coco(target: Path, records: Sequence[tuple[int, dict]], classes: Classes) -> Path:
     """Write the file from (input index, `image_record`) pairs, in any order, atomically."""
+    with atomic_path(target) as tmp:
+        tmp.write_text(json.dumps(coco_document(records, classes)))
+    return target
+
+
+def coco_document(records: Sequence[tuple[int, dict]], classes: Classes) -> dict:
+    """The COCO dictionary (images, annotations, categories) of (input index, `image_record`) pairs."""
     images, annotations = [], []
     for index, record in sorted(records, key=lambda pair: pair[0]):
         image_id = index + 1
@@ -148,9 +155,7 @@ def write_coco(target: Path, records: Sequence[tuple[int, dict]], classes: Class
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, **annotation})
     names = classes.names[_first_category(classes.task) :]
     categories = [{"id": number, "name": name} for number, name in enumerate(names, start=1)]
-    with atomic_path(target) as tmp:
-        tmp.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
-    return target
+    return {"images": images, "annotations": annotations, "categories": categories}
 
 
 def _first_category(task: Task) -> int:

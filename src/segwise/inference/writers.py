@@ -324,7 +324,7 @@ def write_outputs(
     decided mask (H×W class indices, or a per-label task's boolean C×H×W stack); returns those written."""
     task = classes.task
     found = task.foreground(mask)
-    rgb = np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image[..., :3]
+    rgb = _rgb(image)
     written = []
     for kind, targets in files.items():
         target = targets[0]
@@ -334,9 +334,7 @@ def write_outputs(
         elif kind == "png":
             write_index_png(target, mask, classes.palette)
         elif kind == "overlay":
-            colours = colorize(mask, classes.palette)  # a label stack: the mean colour of each pixel's labels
-            blended = (1 - OVERLAY_ALPHA) * rgb + OVERLAY_ALPHA * colours.astype(np.float32)
-            write_image(target, np.where(found[..., None], blended + 0.5, rgb).astype(np.uint8))
+            write_image(target, overlay(classes, image, mask))
         elif kind == "rgba":
             alpha = np.where(found, 255, 0).astype(np.uint8)[..., None]
             write_image(target, np.concatenate([rgb, alpha], axis=-1))
@@ -356,6 +354,20 @@ def write_outputs(
             raise AssertionError(kind)
         written += targets
     return written
+
+
+def overlay(classes: Classes, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The image as RGB with the found classes blended in in their colours (a label stack: the mean
+    colour of each pixel's labels); background pixels keep the image's own."""
+    rgb = _rgb(image)
+    colours = colorize(mask, classes.palette)
+    blended = (1 - OVERLAY_ALPHA) * rgb + OVERLAY_ALPHA * colours.astype(np.float32)
+    return np.where(classes.task.foreground(mask)[..., None], blended + 0.5, rgb).astype(np.uint8)
+
+
+def _rgb(image: np.ndarray) -> np.ndarray:
+    """H×W×3 of an H×W×C image: gray repeated, an alpha or extra channels left out."""
+    return np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image[..., :3]
 
 
 def _write_probability_tiff(target: Path, probabilities: np.ndarray, names: Sequence[str]) -> None:
