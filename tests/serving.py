@@ -1,13 +1,9 @@
-"""Helpers for the `segwise serve` tests: images as upload bytes, and a real server on a loopback port."""
+"""Helpers for the `segwise serve` tests: images as upload bytes."""
 
 from __future__ import annotations
 
-import contextlib
 import io
-import threading
-import time
 import zlib
-from collections.abc import Iterator
 
 import numpy as np
 from PIL import Image
@@ -37,24 +33,3 @@ def png_claiming(width: int, height: int) -> bytes:
 
 def decoded(body: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(body)))
-
-
-@contextlib.contextmanager
-def live_server(app) -> Iterator[str]:
-    """Run `app` with uvicorn on a free loopback port in a thread; yields its base URL."""
-    import uvicorn
-
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)

@@ -86,5 +86,5 @@ def test_every_flag_the_readme_names_exists():
         for flag in action.option_strings
     }
     named = set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", README.read_text()))
-    others = {"--nproc-per-node", "--huge"}  # torchrun's, and bench/infer.py's
+    others = {"--nproc-per-node", "--huge", "--data-binary"}  # torchrun's, bench/infer.py's, curl's
     assert named - others <= known, sorted(named - others - known)

@@ -15,8 +15,8 @@ pytest.importorskip("uvicorn", reason="segwise[serve] is not installed")
 httpx = pytest.importorskip("httpx", reason="httpx is not installed")
 
 import segwise  # noqa: E402
-from segwise.serve import create_app  # noqa: E402
-from tests.serving import live_server, png_bytes, random_image  # noqa: E402
+from segwise.serve import create_app, in_background  # noqa: E402
+from tests.serving import png_bytes, random_image  # noqa: E402
 
 REQUESTS, CLIENTS = 200, 16
 
@@ -26,7 +26,7 @@ def test_200_requests_from_16_clients_all_answer_right_and_the_server_stays_heal
     images = [random_image(40 + 7 * i, 60 - 5 * i, seed=i) for i in range(4)]
     expected = predictor.predict_proba_batch(images)
     app = create_app([trained_run], device="cpu", max_batch=8, max_queue=REQUESTS)
-    with live_server(app) as url:
+    with in_background(app) as url:
 
         def one(index: int) -> tuple[int, int, np.ndarray | None]:
             with httpx.Client(base_url=url, timeout=60) as client:
@@ -71,7 +71,7 @@ def test_the_page_shows_the_overlay_at_the_images_size_in_a_real_browser(trained
     path.write_bytes(png_bytes(image))
     browser = _browser()
     try:
-        with live_server(create_app([trained_run], device="cpu")) as url:
+        with in_background(create_app([trained_run], device="cpu")) as url:
             browser.get(url)
             WebDriverWait(browser, 30).until(lambda b: b.find_elements(By.CSS_SELECTOR, "#model option"))
             browser.find_element(By.ID, "files").send_keys(str(path))

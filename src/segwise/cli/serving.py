@@ -16,10 +16,11 @@ def register(commands: argparse._SubParsersAction) -> None:
         description="Serve one or more runs: POST /predict takes an image and answers a mask, overlay, "
         "probabilities or objects; GET /models and /health describe the server; the page at / lets you drop "
         "images and see the overlay. Requests that arrive together are predicted in one batch. Listens on "
-        "127.0.0.1 (this machine only) unless --host says otherwise. Needs the extra: pip install 'segwise[serve]'.",
+        "127.0.0.1 (this machine only) unless --host says otherwise. From a shell: "
+        "curl --data-binary @cell.png 'http://127.0.0.1:8000/predict?format=overlay' -o overlay.png. Needs the extra: pip install 'segwise[serve]'.",
         examples=[
             "segwise serve runs/cells                      # then open http://127.0.0.1:8000",
-            "curl --data-binary @cell.png 'http://127.0.0.1:8000/predict?format=overlay' -o overlay.png",
+            "segwise serve runs/cells runs/roads --port 9000 --max-batch 4",
         ],
     )
     serve.add_argument("runs", nargs="+", metavar="RUN", help="run folders to serve (named by folder)")

@@ -9,7 +9,10 @@ static/ the page. FastAPI and uvicorn are imported only here, so the rest of seg
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import threading
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from ..errors import SegwiseError
@@ -44,3 +47,31 @@ def serve(
     import uvicorn
 
     uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+@contextlib.contextmanager
+def in_background(app, host: str = "127.0.0.1", port: int = 0, timeout_s: float = 30) -> Iterator[str]:
+    """Serve `app` with uvicorn in a thread while the block runs (port 0: a free one); yields the base
+    URL. For notebooks, tests and benchmarks.
+
+    >>> with in_background(create_app(["runs/cells"])) as url:  # doctest: +SKIP
+    ...     httpx.post(f"{url}/predict", content=open("cell.png", "rb").read())
+    """
+    require_serve()
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True, name="segwise-serve")
+    thread.start()
+    deadline = time.monotonic() + timeout_s
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            server.should_exit = True
+            raise SegwiseError(f"serve: the server did not start on {host}:{port}")
+        time.sleep(0.02)
+    bound = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://{host}:{bound}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=timeout_s)
