@@ -80,6 +80,7 @@ function render() {
   const canvas = $("view");
   canvas.width = width;
   canvas.height = height;
+  canvas.style.width = `${Math.max(width, 480)}px`;  // small images shown larger, pixels kept sharp
   const context = canvas.getContext("2d");
   context.drawImage(state.image, 0, 0, width, height);
   const frame = context.getImageData(0, 0, width, height);
