@@ -185,34 +185,34 @@ def _with_choices(
     path: Path, task: Task, names: Sequence[str], choices: dict[int, Kept], given: Steps
 ) -> Applied:
     """`given` completed by the recorded choices: each option not given takes each class's recorded value."""
-    effective = {}
-    for index in tuned_classes(task):
-        recorded = choices.get(index, Kept())
-        effective[index] = Kept(
-            recorded.threshold if given.threshold is None else None,
-            Cleaning(
-                given.min_size if given.min_size is not None else recorded.cleaning.min_size,
-                given.fill_holes or recorded.cleaning.fill_holes,
-                given.largest or recorded.cleaning.largest,
-            ),
-        )
+    effective = {index: _completed(given, choices.get(index, Kept())) for index in tuned_classes(task)}
     threshold = given.threshold if given.threshold is not None else _recorded_threshold(task, effective)
     steps = Steps(task, threshold, per_class={index: kept.cleaning for index, kept in effective.items()})
-    from_file = {index: choices[index] for index in choices if index in effective}
     described = [
         f"class '{names[index]}' " + ", ".join(words)
-        for index, kept in from_file.items()
+        for index, kept in choices.items()
         if (words := _in_effect(kept, effective[index]))
     ]
-    message = f"post-processing from {path}: " + ("; ".join(described) or "nothing kept")
-    recorded_threshold = task.has_foreground_threshold and given.threshold is None and threshold is not None
-    binary_threshold = threshold if task.has_foreground_threshold else None
-    return Applied(
-        steps,
-        binary_threshold,
-        path if recorded_threshold else None,
-        message + " (flags override, --no-postprocess ignores it)",
+    if not described:  # say why nothing applies: nothing was kept, or the flags replace all of it
+        overridden = any(kept.describe() for kept in choices.values())
+        described = ["every recorded option replaced by the flags" if overridden else "nothing kept"]
+    message = (
+        f"post-processing from {path}: {'; '.join(described)} (flags override, --no-postprocess ignores it)"
     )
+    if not task.has_foreground_threshold:
+        return Applied(steps, message=message)
+    from_file = given.threshold is None and threshold is not None
+    return Applied(steps, threshold, path if from_file else None, message)
+
+
+def _completed(given: Steps, recorded: Kept) -> Kept:
+    """One class's options: those given, and the recorded ones for the rest."""
+    cleaning = Cleaning(
+        given.min_size if given.min_size is not None else recorded.cleaning.min_size,
+        given.fill_holes or recorded.cleaning.fill_holes,
+        given.largest or recorded.cleaning.largest,
+    )
+    return Kept(recorded.threshold if given.threshold is None else None, cleaning)
 
 
 def _recorded_threshold(task: Task, effective: dict[int, Kept]) -> float | list[float] | None:
