@@ -7,6 +7,7 @@ import argparse
 import sys
 
 from ..config import POSTPROCESS_MARGIN, POSTPROCESS_METRICS
+from ..constants import POSTPROCESS_JSON
 from .arguments import RUN_HELP, add_command, add_max_pixels, add_no_postprocess
 
 
@@ -77,6 +78,10 @@ def _eval(args: argparse.Namespace) -> int:
         print(f"best foreground threshold by Dice: {threshold} (Dice {dice:.4f})")
         if report.threshold_file is not None:
             print(f"saved to {report.threshold_file}")
+            if (report.threshold_file.parent / POSTPROCESS_JSON).is_file():  # it takes precedence
+                print(
+                    f"note: predict and eval apply {report.threshold_file.parent / POSTPROCESS_JSON} instead"
+                )
     print(f"wrote {report.output}")
     if report.report is not None:
         print(f"report: {report.report}")

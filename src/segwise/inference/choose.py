@@ -12,15 +12,16 @@ top of what was kept before it, and kept only if it improves the class's metric 
 The operations are `postprocess`'s own, so what is chosen here is what `predict` and `eval` apply
 (`tuned`). Scores come from the metric's sufficient statistics, each class's true positives, false
 positives and false negatives summed over the images: the dataset-level IoU and Dice `segwise eval`
-reports, exact, and with a grid of thresholds or sizes costing one count per image rather than one pass.
+reports, exact; a whole grid of thresholds is scored from one histogram per image and class, and a grid
+of sizes from one labelling of its objects.
 
 Each class is judged on its own plane (the class against everything else) with only its own options
 applied. That is exact for a binary task and for a per-label task, whose planes are independent. In a
 multiclass mask, the pixels of an object removed from class c go to the class around it: class c's
 score is still exact, but the neighbour's gain is not counted (nnU-Net makes the same simplification).
 
-Memory: the predictions are streamed, image by image, once. What later options need is kept compact: the
-truth and, per pixel, one byte of decision. For a binary or per-label task that byte holds how many
+Memory: the predictions are streamed, image by image, once. What later options need is kept compact, a
+byte of truth and a byte of decision per pixel (and label), not the float32 probabilities. For a binary or per-label task that byte holds how many
 thresholds of the grid the pixel's probability passes (so any threshold of the grid decides exactly as
 `Task.decide` would) and the default decision in its top bit; for a multiclass task it is the top class.
 """
@@ -142,24 +143,12 @@ def choose_postprocessing(
         raise SegwiseError("no predictions to choose post-processing on; pick a split that holds images")
     choices = {}
     for index in tuned_classes(task):
-        tp, _, fn = counts[index][-1]  # the default decision's
-        present = tp + fn > 0
-        choices[index] = ClassChoice(
-            index, names[index], int(tp + fn), _score(metric, counts[index][-1]) if present else None
-        )
+        tp, fp, fn = counts[index][-1]  # the default decision's counts
+        before = _score(metric, counts[index][-1]) if tp + fn else None
+        choices[index] = ClassChoice(index, names[index], int(tp + fn), before)
     live = {index: choice for index, choice in choices.items() if choice.pixels}
     if _thresholded(task):
-        for choice in live.values():
-            scores = [_score(metric, row) for row in counts[choice.index][:-1]]
-            best = max(range(len(THRESHOLDS)), key=lambda i: (scores[i], -abs(THRESHOLDS[i] - 0.5)))
-            _try(
-                choice,
-                "threshold",
-                THRESHOLDS[best],
-                scores[best],
-                margin,
-                replace(choice.kept, threshold=THRESHOLDS[best]),
-            )
+        _choose_threshold(metric, margin, live, counts)
     sizes = min_sizes(int(np.median([image.truth.shape[-2] * image.truth.shape[-1] for image in images])))
     _choose_min_size(task, metric, margin, images, live, sizes)
     for option in ("fill_holes", "largest"):
@@ -194,6 +183,18 @@ def _try(choice: ClassChoice, option: str, value, after: float, margin: float, k
     choice.trials.append(Trial(option, value, before, after, better))
     if better:
         choice.kept = kept
+
+
+def _choose_threshold(
+    metric: str, margin: float, live: dict[int, ClassChoice], counts: dict[int, np.ndarray]
+) -> None:
+    """The best threshold of the grid for every live class (ties: the nearest 0.5), kept if it beats
+    the default decision by the margin."""
+    for index, choice in live.items():
+        scores = [_score(metric, row) for row in counts[index][:-1]]
+        best = max(range(len(THRESHOLDS)), key=lambda i: (scores[i], -abs(THRESHOLDS[i] - 0.5)))
+        threshold = THRESHOLDS[best]
+        _try(choice, "threshold", threshold, scores[best], margin, replace(choice.kept, threshold=threshold))
 
 
 def _read(

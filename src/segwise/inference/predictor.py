@@ -243,7 +243,8 @@ class Predictor:
     def predict(self, image: ImageLike, **options) -> np.ndarray:
         """Class indices H×W (int64) at the image's own size, for a per-label task a boolean C×H×W stack
         (label present where P > 0.5); options as for `predict_proba`. For other thresholds and
-        cleaning, apply `postprocess.Steps(predictor.task, ...)` to `predict_proba`."""
+        cleaning, apply `postprocess.Steps(predictor.task, ...)` to `predict_proba`; for the run's
+        recorded ones, `tuned.applied_steps(predictor.run_dir, predictor.task, predictor.class_names).steps`."""
         return postprocess.Steps(self.task)(self.predict_proba(image, **options))
 
     def predict_large_tiff(

@@ -12,7 +12,7 @@ too); otherwise threshold.json's threshold applies. Options given explicitly (`-
 postprocess.json, for a binary run whose class 'cell' kept a threshold and a minimum size:
 
     {"format": 1, "metric": "iou", "margin": 0.005, "split": "val", "images": 12,
-     "classes": {"cell": {"index": 1, "before": 0.71, "after": 0.80,
+     "classes": {"cell": {"index": 1, "pixels": 52311, "before": 0.71, "after": 0.80,
                           "kept": {"threshold": 0.35, "min_size": 64},
                           "tried": [{"option": "threshold", "value": 0.35, "before": 0.71,
                                      "after": 0.76, "kept": true}, ...]}}}
