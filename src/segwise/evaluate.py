@@ -1,7 +1,8 @@
 """Evaluating a trained run on image/mask pairs, at each image's own resolution.
 
-`evaluate_run` is `segwise eval`: the run's split of a dataset evaluated, the evaluation folder written,
-the best threshold saved when asked, the report refreshed. Underneath, `evaluate_split` gives the
+`evaluate_run` is `segwise eval`: the run's split of a dataset evaluated (its masks post-processed as
+`segwise predict` would, `inference.tuned`), the evaluation folder written, the best threshold saved
+when asked, the report refreshed. Underneath, `evaluate_split` gives the
 confusion matrix (dataset-level and per image), the worst images for a gallery, boundary scores and,
 for binary runs, the best foreground threshold by Dice. A per-label task (one mask per label) is
 scored per label, a label predicted where its probability exceeds 0.5. `write_evaluation` writes it
