@@ -45,6 +45,7 @@ Weighting = Literal["none", "inverse", "one_minus", "median_frequency"]
 Merge = Literal["mean", "gmean", "max", "vote"]
 Backend = Literal["torch", "onnxruntime"]
 ExportFormat = Literal["onnx", "torchscript"]
+PostprocessMetric = Literal["iou", "dice"]  # what `segwise tune-postprocess` raises (inference/choose.py)
 
 AUGMENT_PRESETS: tuple[str, ...] = typing.get_args(AugmentPreset)
 PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
@@ -56,6 +57,8 @@ WEIGHTINGS: tuple[str, ...] = typing.get_args(Weighting)
 MERGES: tuple[str, ...] = typing.get_args(Merge)
 BACKENDS: tuple[str, ...] = typing.get_args(Backend)
 EXPORT_FORMATS: tuple[str, ...] = typing.get_args(ExportFormat)
+POSTPROCESS_METRICS: tuple[str, ...] = typing.get_args(PostprocessMetric)
+POSTPROCESS_MARGIN = 0.005  # tune-postprocess: the least gain (absolute) for which an option is kept
 POLYGON_TOLERANCE = 1.0  # predict --coco-polygons: the most a polygon strays from the mask, pixels
 
 Check = tuple[Callable[[Any], bool], str]  # (is the value valid?, what is expected)

@@ -15,6 +15,8 @@ A run folder, `runs/<name>/`, holds:
     val.txt            the images a run held out for validation when the data had no val/ split
     data.json          the data it trains on: pairs per split, files' sizes and times (data/fingerprint.py)
     threshold.json     a binary run's foreground threshold, from `segwise eval --save-threshold`
+    postprocess.json   per-class post-processing chosen on data by `segwise tune-postprocess` (inference/tuned.py);
+                       predict and eval apply it. A folds parent (`folds.json` beside fold_0/ …) holds it for the ensemble
     eval/SPLIT/        `segwise eval`: metrics.json, per_image.csv, confusion.png, iou_per_class.png, worst.png
     report.html        `segwise report`
 """
@@ -30,6 +32,8 @@ LR_PLOT = "lr.png"
 TENSORBOARD = "tensorboard"
 SAMPLES = "val_samples"
 THRESHOLD_JSON = "threshold.json"
+POSTPROCESS_JSON = "postprocess.json"
+FOLDS_JSON = "folds.json"  # a folds parent's record of its folds (cross-validation); fold_0/ … are runs
 HELD_OUT = "val.txt"  # image paths relative to the data folder, one a line
 DATA_RECORD = "data.json"
 REPORT = "report.html"

@@ -1,7 +1,8 @@
 """Evaluating a trained run on image/mask pairs, at each image's own resolution.
 
-`evaluate_run` is `segwise eval`: the run's split of a dataset evaluated, the evaluation folder written,
-the best threshold saved when asked, the report refreshed. Underneath, `evaluate_split` gives the
+`evaluate_run` is `segwise eval`: the run's split of a dataset evaluated (its masks post-processed as
+`segwise predict` would, `inference.tuned`), the evaluation folder written, the best threshold saved
+when asked, the report refreshed. Underneath, `evaluate_split` gives the
 confusion matrix (dataset-level and per image), the worst images for a gallery, boundary scores and,
 for binary runs, the best foreground threshold by Dice. A per-label task (one mask per label) is
 scored per label, a label predicted where its probability exceeds 0.5. `write_evaluation` writes it
@@ -28,6 +29,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .config import RunConfig
 from .constants import (
     CONFUSION_PNG,
     EVAL_DIR,
@@ -44,12 +46,12 @@ from .data.overrides import Overrides
 from .errors import SegwiseError
 from .inference import Predictor, load
 from .inference.postprocess import Steps
-from .inference.threshold import write_threshold
+from .inference.threshold import THRESHOLDS, write_threshold
+from .inference.tuned import applied_steps
 from .io import atomic_path, make_folder
 from .metrics import BoundaryScores, ConfusionMatrix, boundary_scores_for, confusion_matrix_for
 from .run import held_out_name
-
-THRESHOLDS = [round(t, 2) for t in np.arange(0.05, 0.96, 0.05)]
+from .task import Classes
 
 
 @dataclass
@@ -154,10 +156,13 @@ def evaluate_split(
     worst_k: int = 6,
     progress: bool = False,
     source: DataSource | None = None,
+    steps: Steps | None = None,
 ) -> Evaluation:
     """Predict every pair at its own size; per-image scores, boundary scores, worst images, thresholds.
 
-    `source` reads masks that are not plain files (COCO annotations, per-class mask folders)."""
+    `source` reads masks that are not plain files (COCO annotations, per-class mask folders). `steps`
+    turns probabilities into masks (default: the task's decision, no cleaning); the best-threshold
+    search always reads the probabilities themselves."""
     if not pairs:
         raise SegwiseError("no image/mask pairs to evaluate; pick a split that holds images")
     classes = predictor.config.classes
@@ -166,11 +171,9 @@ def evaluate_split(
     boundary = boundary_scores_for(task)
     by_threshold = {t: ConfusionMatrix(2) for t in THRESHOLDS} if task.has_foreground_threshold else {}
     worst: list[Sample] = []
-    decide = Steps(task)  # as `predict` decides: the top class, or each label on its own
+    decide = steps or Steps(task)  # as `predict` decides: the top class, or each label on its own
     for image_path, mask_path in tqdm(pairs, desc="evaluating", disable=not progress, leave=False):
-        image, mask = read_pair(image_path, mask_path, source)
-        truth = classes.to_indices(mask, mask_path)
-        truth = source.void_outside_roi(truth, image_path) if source else truth
+        image, truth = read_truth((image_path, mask_path), classes, source)
         probabilities = predictor.predict_proba(image)
         prediction = decide(probabilities).astype(truth.dtype)  # the truth's type: 0/1 planes, not booleans
         target = torch.from_numpy(truth)[None]
@@ -183,6 +186,30 @@ def evaluate_split(
         worst = sorted(worst, key=lambda s: (not math.isnan(s.mean_iou), s.mean_iou))[:worst_k]
     thresholds = {t: float(counts.dice()[1]) for t, counts in by_threshold.items()} or None
     return Evaluation(classes.names, pairs, matrix, boundary, worst, thresholds)
+
+
+def read_truth(
+    pair: Pair, classes: Classes, source: DataSource | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """An image and its truth as the run's class indices (a per-label task: C×H×W of 0/1), void outside
+    the source's region of interest."""
+    image_path, mask_path = pair
+    image, mask = read_pair(image_path, mask_path, source)
+    truth = classes.to_indices(mask, mask_path)
+    return image, source.void_outside_roi(truth, image_path) if source else truth
+
+
+def trained_reading(config: RunConfig) -> tuple[str, list[str] | None, Overrides]:
+    """How the run read its data: the layout, the categories, and the folders, mask pattern and sets."""
+    plan = config.data.get("plan") or {}
+    return plan.get("layout", "auto"), plan.get("categories"), Overrides.of(plan)
+
+
+def run_source(config: RunConfig, data: str | Path) -> DataSource:
+    """`data` read as the run was trained on it (`trained_reading`)."""
+    source = find_data(data, *trained_reading(config))
+    source.check()
+    return source
 
 
 def split_pairs(
@@ -280,6 +307,7 @@ class EvaluationReport:
     output: Path  # the evaluation folder
     report: Path | None  # RUN/report.html when it was refreshed (output folder left at its default)
     held_out: Path | None = None  # RUN/val.txt when it chose the images (the data has no val split)
+    postprocessing: str | None = None  # one line: the recorded post-processing applied, if any
 
 
 def evaluate_run(
@@ -292,11 +320,13 @@ def evaluate_run(
     save_threshold: bool = False,
     device: str = "auto",
     progress: bool = False,
+    postprocess: bool = True,
 ) -> EvaluationReport:
     """`segwise eval`: evaluate the run on one split of `data`, read with the layout and categories the
     run was trained with (split "val" of data without a val split: the images the run held out, RUN/val.txt); write the evaluation folder (default RUN/eval/SPLIT) with `worst` images in the
     gallery; with `save_threshold`, record a binary run's best threshold in RUN/threshold.json; refresh
-    RUN/report.html unless `output` is given.
+    RUN/report.html unless `output` is given. The masks are post-processed as `segwise predict` would
+    (RUN/postprocess.json, else RUN/threshold.json: `inference.tuned`) unless `postprocess` is False.
 
     >>> evaluate_run("runs/cells", "data/cells", split="val").metrics["overall"]["mean_iou"]  # doctest: +SKIP
     """
@@ -304,15 +334,14 @@ def evaluate_run(
 
     run = Path(run)
     predictor = load(run, device=device)
-    plan = predictor.config.data.get("plan") or {}  # the layout the run was trained with
-    layout, categories = plan.get("layout", "auto"), plan.get("categories")
-    overrides = Overrides.of(plan)  # the folders, mask pattern and sets the run was trained with
+    layout, categories, overrides = trained_reading(predictor.config)
     pairs, source = split_pairs(data, split, layout, categories, run / HELD_OUT, overrides)
     held_out = run / HELD_OUT if split == "val" and "val" not in source.pairs else None
-    evaluation = evaluate_split(predictor, pairs, worst_k=worst, progress=progress, source=source)
+    applied = applied_steps(run, predictor.task, predictor.class_names, recorded=postprocess)
+    evaluation = evaluate_split(predictor, pairs, worst, progress, source, applied.steps)
     out = Path(output) if output else run / EVAL_DIR / split
     metrics = write_evaluation(evaluation, predictor, out)
     best = evaluation.best_threshold
     saved = write_threshold(run, *best, split) if save_threshold and best is not None else None
     report = None if output else write_report(run)
-    return EvaluationReport(len(pairs), metrics, best, saved, out, report, held_out)
+    return EvaluationReport(len(pairs), metrics, best, saved, out, report, held_out, applied.message)

@@ -62,6 +62,16 @@ def add_max_pixels(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_no_postprocess(parser: argparse.ArgumentParser) -> None:
+    """--no-postprocess: leave out the run's recorded post-processing (`inference.tuned`)."""
+    parser.add_argument(
+        "--no-postprocess",
+        action="store_true",
+        help="ignore the run's recorded post-processing (RUN/postprocess.json from `segwise "
+        "tune-postprocess`, RUN/threshold.json from `eval --save-threshold`)",
+    )
+
+
 def apply_max_pixels(args: argparse.Namespace) -> None:
     """Make a given --max-pixels the limit of this process and of those it starts (data-loader
     workers), through the environment variable `io.max_pixels` reads."""

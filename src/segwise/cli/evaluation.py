@@ -1,15 +1,19 @@
-"""`segwise eval`, `segwise report` and `segwise compare`: how good a trained run is."""
+"""`segwise eval`, `segwise tune-postprocess`, `segwise report` and `segwise compare`: how good a trained
+run is, and the post-processing that makes it better."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from .arguments import RUN_HELP, add_command, add_max_pixels
+from ..config import POSTPROCESS_MARGIN, POSTPROCESS_METRICS
+from ..constants import POSTPROCESS_JSON
+from .arguments import RUN_HELP, add_command, add_max_pixels, add_no_postprocess
 
 
 def register(commands: argparse._SubParsersAction) -> None:
     _add_eval(commands)
+    _add_tune(commands)
     _add_report(commands)
     _add_compare(commands)
 
@@ -39,6 +43,7 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="binary runs: write the best threshold to RUN/threshold.json",
     )
+    add_no_postprocess(evaluate)
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     add_max_pixels(evaluate)
 
@@ -55,8 +60,11 @@ def _eval(args: argparse.Namespace) -> int:
         save_threshold=args.save_threshold,
         device=args.device,
         progress=sys.stderr.isatty(),
+        postprocess=not args.no_postprocess,
     )
     overall = report.metrics["overall"]
+    if report.postprocessing is not None:
+        print(report.postprocessing)
     if report.held_out is not None:
         print(f"val: the {report.images} images the run held out for validation ({report.held_out})")
     print(
@@ -70,9 +78,76 @@ def _eval(args: argparse.Namespace) -> int:
         print(f"best foreground threshold by Dice: {threshold} (Dice {dice:.4f})")
         if report.threshold_file is not None:
             print(f"saved to {report.threshold_file}")
+            if (report.threshold_file.parent / POSTPROCESS_JSON).is_file():  # it takes precedence
+                print(
+                    f"note: predict and eval apply {report.threshold_file.parent / POSTPROCESS_JSON} instead"
+                )
     print(f"wrote {report.output}")
     if report.report is not None:
         print(f"report: {report.report}")
+    return 0
+
+
+def _add_tune(commands: argparse._SubParsersAction) -> None:
+    tune = add_command(
+        commands,
+        "tune-postprocess",
+        _tune,
+        help="choose each class's post-processing on held-out predictions (predict and eval apply it)",
+        description="Choose per class, in this order and each on top of what was kept, the threshold "
+        "(binary and per-label runs), the minimum object size, hole filling and keeping only the largest "
+        "object, on predictions the model did not train on: the data's val split (without one, the images "
+        "the run held out), or for a folds parent each fold's held-out images. An option is kept only if "
+        "it raises the class's IoU or Dice by --margin. The choices go to RUN/postprocess.json, which "
+        "`segwise predict` and `segwise eval` apply from then on (their flags override it, "
+        "--no-postprocess ignores it).",
+        examples=[
+            "segwise tune-postprocess runs/cells data/cells",
+            "segwise tune-postprocess runs/cells-cv data/cells --metric dice --margin 0.01   # folds parent",
+        ],
+    )
+    tune.add_argument("run", help=RUN_HELP + ", or a folds parent (folds.json beside fold_0/ …)")
+    tune.add_argument("data", help="dataset folder (same layout as for training)")
+    tune.add_argument(
+        "--split",
+        help="split to choose on: val (default; without a val split: the images the run held out), "
+        "train, test or all; not for a folds parent",
+    )
+    tune.add_argument(
+        "--metric", choices=POSTPROCESS_METRICS, default="iou", help="per-class score to raise (default iou)"
+    )
+    tune.add_argument(
+        "--margin",
+        type=float,
+        default=POSTPROCESS_MARGIN,
+        help=f"least gain in the metric for an option to be kept (default {POSTPROCESS_MARGIN})",
+    )
+    tune.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    add_max_pixels(tune)
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from ..tune import tune_postprocess
+
+    report = tune_postprocess(
+        args.run,
+        args.data,
+        split=args.split,
+        metric=args.metric,
+        margin=args.margin,
+        device=args.device,
+        progress=sys.stderr.isatty(),
+    )
+    choices = report.choices
+    metric = {"iou": "IoU", "dice": "Dice"}[choices.metric]
+    print(f"chosen on {report.split}: {choices.images} images, {metric}, margin {choices.margin}")
+    for choice in choices.classes:
+        if choice.before is None:
+            print(f"  {choice.name:<20} not in these images' masks: nothing chosen")
+            continue
+        kept = ", ".join(choice.kept.describe()) or "nothing kept"
+        print(f"  {choice.name:<20} {metric} {choice.before:.4f} -> {choice.after:.4f}  {kept}")
+    print(f"wrote {report.path} (predict and eval apply it; --no-postprocess ignores it)")
     return 0
 
 

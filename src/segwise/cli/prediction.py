@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..config import BACKENDS, EXPORT_FORMATS, MERGES, POLYGON_TOLERANCE
 from ..errors import SegwiseError
-from .arguments import RUN_HELP, add_command, add_max_pixels, is_rank_zero
+from .arguments import RUN_HELP, add_command, add_max_pixels, add_no_postprocess, is_rank_zero
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -41,13 +41,19 @@ def _add_predict(commands: argparse._SubParsersAction) -> None:
     predict.add_argument(
         "--threshold",
         type=float,
-        help="binary: foreground where P > T (default: RUN/threshold.json if saved, else 0.5); "
+        help="binary: foreground where P > T (default: RUN/postprocess.json's or RUN/threshold.json's if "
+        "recorded, else 0.5); "
         "multiclass: pixels whose best probability is ≤ T become background; per-label runs: each "
         "label present where its P > T (default 0.5)",
     )
-    predict.add_argument("--min-size", type=int, help="remove objects under N pixels (per class)")
+    predict.add_argument(
+        "--min-size",
+        type=int,
+        help="remove objects under N pixels, every class (overrides RUN/postprocess.json)",
+    )
     predict.add_argument("--fill-holes", action="store_true", help="fill background holes inside objects")
     predict.add_argument("--largest", action="store_true", help="keep only the largest object of each class")
+    add_no_postprocess(predict)
     predict.add_argument(
         "--crop", action="store_true", help="also write NAME_crop.png: the objects' box on a white background"
     )
@@ -140,12 +146,11 @@ def _predict(args: argparse.Namespace) -> int:
         coco_polygons=args.coco_polygons,
         polygon_tolerance=args.polygon_tolerance,
         overwrite=args.overwrite,
+        postprocess=not args.no_postprocess,
     )
     if is_rank_zero():
-        if report.threshold_file is not None:
-            print(
-                f"foreground threshold {report.threshold} from {report.threshold_file} (--threshold overrides)"
-            )
+        if report.postprocessing is not None:
+            print(report.postprocessing)
         print(f"wrote {report.total} file(s) to {args.output}")
     if report.skipped:
         raise SegwiseError(_skipped_message(report.skipped))

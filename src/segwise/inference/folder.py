@@ -42,11 +42,13 @@ def predict_folder(
     coco_polygons: bool = False,
     polygon_tolerance: float = POLYGON_TOLERANCE,
     overwrite: bool = False,
+    postprocess: bool = True,
 ) -> PredictionReport:
     """Predict `inputs` with the run and write them into `output`; see `Predictor.predict_to_folder`.
 
     `backend` "onnxruntime" (or an `onnx` file, which implies it) runs RUN/model.onnx or that file;
-    `tta`, `merge`, `tile` and `overlap` are `InferenceOptions`.
+    `tta`, `merge`, `tile` and `overlap` are `InferenceOptions`; `postprocess` False ignores the run's
+    recorded post-processing (postprocess.json, threshold.json).
     Under torchrun (WORLD_SIZE > 1) every process calls this: each predicts its share on its own GPU,
     and the report's `total` counts the files of all of them. The formats and the polygon options
     are checked first, so a typo fails before a model loads.
@@ -77,4 +79,5 @@ def predict_folder(
             coco_polygons=coco_polygons,
             polygon_tolerance=polygon_tolerance,
             overwrite=overwrite,
+            postprocess=postprocess,
         )

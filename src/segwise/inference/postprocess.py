@@ -18,12 +18,13 @@ Conventions shared by every function here:
     >>> from segwise.inference import postprocess
     >>> clean = postprocess.fill_holes(postprocess.remove_small(mask, 50))  # doctest: +SKIP
     >>> mask = postprocess.Steps(predictor.task, threshold=0.3, min_size=50)(probabilities)  # doctest: +SKIP
+    >>> per_class = postprocess.Steps(task, per_class={2: Cleaning(min_size=64)})(probabilities)  # doctest: +SKIP
     >>> boxes = postprocess.components(clean, probabilities, class_names)   # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 
 import numpy as np
@@ -56,63 +57,112 @@ class Component:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "pixels"}
 
 
-@dataclass
-class Steps:
-    """The post-processing a prediction goes through, in this order: decide, remove small, fill, largest.
+@dataclass(frozen=True)
+class Cleaning:
+    """How one class's objects are cleaned once the mask is decided (see `Steps`)."""
 
-    The task decides (`Task.decide`: what `threshold` means there; None is the default decision); a
-    per-label task's planes are then cleaned each on its own.
-    """
-
-    task: Task
-    threshold: float | None = None
-    min_size: int | None = None
+    min_size: int | None = None  # remove its objects under this many pixels
     fill_holes: bool = False
     largest: bool = False
 
     def __post_init__(self) -> None:
-        if self.threshold is not None:
-            check_probability(self.threshold)
         if self.min_size is not None and self.min_size < 1:
             raise SegwiseError(f"min_size {self.min_size} is not valid; expected an integer ≥ 1 (pixels)")
 
+
+@dataclass
+class Steps:
+    """The post-processing a prediction goes through, in this order: decide, remove small, fill, largest.
+
+    The task decides (`Task.decide`: what `threshold` means there, one value or for a per-label task
+    one per label; None is the default decision); a per-label task's planes are then cleaned each on
+    its own. `min_size`, `fill_holes` and `largest` clean every class alike; `per_class` gives the
+    classes it names (class index, or a per-label task's label index) a `Cleaning` of their own
+    instead. In a class mask every class's objects are removed in one pass, decided on the mask before
+    it, so one class's setting does not depend on the order the classes are visited in.
+    """
+
+    task: Task
+    threshold: float | Sequence[float] | None = None
+    min_size: int | None = None
+    fill_holes: bool = False
+    largest: bool = False
+    per_class: Mapping[int, Cleaning] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.threshold is not None:
+            for value in np.atleast_1d(self.threshold):
+                check_probability(float(value))
+        self.cleaning(-1)  # checks min_size
+
+    def cleaning(self, index: int) -> Cleaning:
+        """How class (or label) `index` is cleaned."""
+        return self.per_class.get(index, Cleaning(self.min_size, self.fill_holes, self.largest))
+
     def __call__(self, probabilities: np.ndarray) -> np.ndarray:
         """Probabilities C×H×W → class indices H×W, or a per-label task's boolean C×H×W stack."""
-        mask = self.task.decide(probabilities, self.threshold)
-        if self.task.per_label:
-            return np.stack([self._clean(plane) for plane in mask])
-        return self._clean(mask)
+        return self.clean(self.task.decide(probabilities, self.threshold))
 
-    def _clean(self, mask: np.ndarray) -> np.ndarray:
-        if self.min_size:
-            mask = remove_small(mask, self.min_size)
-        if self.fill_holes:
-            mask = fill_holes(mask)
-        if self.largest:
-            mask = keep_largest(mask)
+    def clean(self, mask: np.ndarray) -> np.ndarray:
+        """A decided mask (class indices H×W, or a per-label task's C×H×W stack) cleaned by class."""
+        if self.task.per_label:
+            return np.stack([clean_plane(plane, self.cleaning(index)) for index, plane in enumerate(mask)])
+        settings = {index: self.cleaning(index) for index in range(1, self.task.num_classes)}
+        sizes = {index: c.min_size for index, c in settings.items() if c.min_size}
+        if sizes:
+            mask = remove_small(mask, sizes)
+        filled = [index for index, c in settings.items() if c.fill_holes]
+        if filled:
+            mask = fill_holes(mask, filled)
+        largest = [index for index, c in settings.items() if c.largest]
+        if largest:
+            mask = keep_largest(mask, largest)
         return mask
 
 
-def remove_small(mask: np.ndarray, min_size: int) -> np.ndarray:
-    """Remove the components of every non-background class with fewer than `min_size` pixels."""
-    if min_size < 1:
-        raise SegwiseError(f"min_size {min_size} is not valid; expected an integer ≥ 1 (pixels)")
-    return _replace(mask, lambda sizes: sizes < min_size)
+def clean_plane(plane: np.ndarray, cleaning: Cleaning) -> np.ndarray:
+    """One boolean plane (a binary mask, or one label of a stack) through `cleaning`."""
+    if cleaning.min_size:
+        plane = remove_small(plane, cleaning.min_size)
+    if cleaning.fill_holes:
+        plane = fill_holes(plane)
+    if cleaning.largest:
+        plane = keep_largest(plane)
+    return plane
 
 
-def keep_largest(mask: np.ndarray) -> np.ndarray:
-    """Keep only the largest component of every non-background class (ties: the first in scan order)."""
-    return _replace(mask, lambda sizes: np.arange(len(sizes)) != sizes.argmax())
+def remove_small(mask: np.ndarray, min_size: int | Mapping[int, int]) -> np.ndarray:
+    """Remove the components of every non-background class with fewer than `min_size` pixels, or with
+    a mapping {class: pixels}, of the classes it names with fewer than their own size (a binary mask's
+    foreground is class 1)."""
+    limits = dict(min_size) if isinstance(min_size, Mapping) else None
+    for size in limits.values() if limits is not None else [min_size]:
+        if size < 1:
+            raise SegwiseError(f"min_size {size} is not valid; expected an integer ≥ 1 (pixels)")
+    if limits is None:
+        return _replace(mask, lambda value, sizes: sizes < min_size)
+    return _replace(mask, lambda value, sizes: sizes < limits[value], limits)
 
 
-def fill_holes(mask: np.ndarray) -> np.ndarray:
-    """Give background pixels enclosed by one class (holes) that class."""
+def keep_largest(mask: np.ndarray, classes: Collection[int] | None = None) -> np.ndarray:
+    """Keep only the largest component of every non-background class, or of `classes` (ties: the first
+    in scan order)."""
+    return _replace(mask, lambda value, sizes: np.arange(len(sizes)) != sizes.argmax(), classes)
+
+
+def fill_holes(mask: np.ndarray, classes: Collection[int] | None = None) -> np.ndarray:
+    """Give background pixels enclosed by one class (holes) that class; only `classes`' holes if given."""
     if mask.dtype == bool:
-        return mask | _holes(mask)
+        return mask | _holes(mask) if _selected(mask, classes) else mask.copy()
     out = mask.copy()
-    for value in _classes(mask):
+    for value in _selected(mask, classes):
         out[_holes(mask == value) & (mask == 0)] = value
     return out
+
+
+def label(foreground: np.ndarray) -> tuple[np.ndarray, int]:
+    """The 8-connected components of a boolean plane, numbered 1…count in scan order (0: outside)."""
+    return ndimage.label(foreground, structure=_EIGHT)
 
 
 def components(
@@ -154,7 +204,7 @@ def _objects(
     first_id: int,
 ) -> list[Component]:
     """The 8-connected components of one class's boolean plane, numbered from `first_id`."""
-    labels, count = ndimage.label(foreground, structure=_EIGHT)
+    labels, count = label(foreground)
     areas = np.bincount(labels.ravel(), minlength=count + 1)
     scores = (
         ndimage.mean(probabilities[value], labels, np.arange(1, count + 1))
@@ -200,6 +250,11 @@ def _classes(mask: np.ndarray) -> list[int]:
     return [int(v) for v in np.flatnonzero(np.bincount(mask.ravel().astype(np.intp, copy=False))) if v != 0]
 
 
+def _selected(mask: np.ndarray, classes: Collection[int] | None) -> list[int]:
+    """The non-background classes present in `mask`, only those in `classes` when given."""
+    return [value for value in _classes(mask) if classes is None or value in classes]
+
+
 def _holes(foreground: np.ndarray) -> np.ndarray:
     """Background regions (4-connected) of a boolean mask that do not reach the border.
 
@@ -214,36 +269,36 @@ def _holes(foreground: np.ndarray) -> np.ndarray:
     return enclosed[labels]
 
 
-def _replace(mask: np.ndarray, remove_where) -> np.ndarray:
-    """Relabel the components that `remove_where(sizes)` selects (per class) by the surrounding majority.
+def _replace(mask: np.ndarray, remove_where, classes: Collection[int] | None = None) -> np.ndarray:
+    """Relabel the components that `remove_where(class, sizes)` selects by the surrounding majority.
 
-    `remove_where` gets the component sizes of one class (index 0 = component 1) and returns a boolean
-    array of those to remove. All removals are decided on the input mask first, so the result does not
-    depend on the order the classes are visited in.
+    `remove_where` gets a class and the sizes of its components (index 0 = component 1) and returns a
+    boolean array of those to remove; only `classes` are visited when given. All removals are decided
+    on the input mask first, so the result does not depend on the order the classes are visited in.
     """
     binary = mask.dtype == bool
     source = mask.astype(np.int64)
     removed_parts: list[tuple[np.ndarray, tuple[slice, slice], int]] = []
     removed = np.zeros(source.shape, dtype=bool)
-    for value in _classes(source):
-        labels, count = ndimage.label(source == value, structure=_EIGHT)
+    for value in _selected(source, classes):
+        labels, count = label(source == value)
         if count == 0:
             continue
         sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
-        drop = np.flatnonzero(remove_where(sizes)) + 1
+        drop = np.flatnonzero(remove_where(value, sizes)) + 1
         boxes = ndimage.find_objects(labels)
-        for label in drop:
-            removed_parts.append((labels, boxes[label - 1], int(label)))
+        for number in drop:
+            removed_parts.append((labels, boxes[number - 1], int(number)))
         drop_table = np.zeros(count + 1, dtype=bool)
         drop_table[drop] = True
         removed |= drop_table[labels]  # a lookup per pixel; np.isin would sort
     out = source.copy()
     height, width = source.shape
-    for labels, (rows, cols), label in removed_parts:
+    for labels, (rows, cols), number in removed_parts:
         # Look one pixel beyond the component's box: its outside neighbours live there.
         rows = slice(max(rows.start - 1, 0), min(rows.stop + 1, height))
         cols = slice(max(cols.start - 1, 0), min(cols.stop + 1, width))
-        part = labels[rows, cols] == label
+        part = labels[rows, cols] == number
         ring = ndimage.binary_dilation(part, structure=_EIGHT) & ~part & ~removed[rows, cols]
         neighbours = source[rows, cols][ring]
         out[rows, cols][part] = np.bincount(neighbours).argmax() if neighbours.size else 0

@@ -21,7 +21,7 @@ say) would make a large image tens of thousands of small forward passes.
 
 `predict_to_folder` is `segwise predict` on a loaded predictor: inputs to files (`writers`), images too
 large for their probabilities to be held whole streamed by tile rows into tiled TIFF masks (`large`),
-the run's saved threshold, a share of the inputs per process.
+the run's recorded post-processing, a share of the inputs per process.
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..config import POLYGON_TOLERANCE, RunConfig
-from ..constants import THRESHOLD_JSON
 from ..data.dataset import match_channels, resize_image
 from ..engine.devices import pick_device
 from ..errors import SegwiseError
@@ -48,8 +47,8 @@ from . import coco, postprocess
 from .large import check_mask_classes, open_regions, write_mask_tiff
 from .shards import gathered, process_shard, total_over_processes
 from .sliding import check_overlap, parse_tile, predict_sliding, sliding_rows, tile_starts
-from .threshold import saved_threshold
 from .tta import DEFAULT_BATCH_PIXELS, check_merge, predict_tta, to_probabilities, views_for
+from .tuned import applied_steps
 from .writers import (
     claim_folder,
     collect_inputs,
@@ -99,10 +98,11 @@ class PredictionReport:
     files: list[Path] = field(default_factory=list)  # written by this process
     total: int = 0  # files written by all processes together
     threshold: float | None = None  # the decision threshold used; None: the task's default decision
-    threshold_file: Path | None = None  # the run's threshold.json it came from, when not given
+    threshold_file: Path | None = None  # the run's file it came from (threshold.json, postprocess.json)
     skipped: list[tuple[Path, str]] = field(
         default_factory=list
     )  # inputs not predicted, and why (all processes')
+    postprocessing: str | None = None  # one line: the recorded post-processing applied, if any
 
 
 class Predictor:
@@ -243,7 +243,8 @@ class Predictor:
     def predict(self, image: ImageLike, **options) -> np.ndarray:
         """Class indices H×W (int64) at the image's own size, for a per-label task a boolean C×H×W stack
         (label present where P > 0.5); options as for `predict_proba`. For other thresholds and
-        cleaning, apply `postprocess.Steps(predictor.task, ...)` to `predict_proba`."""
+        cleaning, apply `postprocess.Steps(predictor.task, ...)` to `predict_proba`; for the run's
+        recorded ones, `tuned.applied_steps(predictor.run_dir, predictor.task, predictor.class_names).steps`."""
         return postprocess.Steps(self.task)(self.predict_proba(image, **options))
 
     def predict_large_tiff(
@@ -297,16 +298,17 @@ class Predictor:
         coco_polygons: bool = False,
         polygon_tolerance: float = POLYGON_TOLERANCE,
         overwrite: bool = False,
+        postprocess: bool = True,
     ) -> PredictionReport:
         """Predict every input (files, folders, globs) and write the requested formats into `output`.
 
         Before anything is written, an output that is an input fails, and without `overwrite` one that
         exists or a dataset's folder (`writers.claim_folder`). Unreadable inputs are the report's `skipped`.
 
-        `formats`: names from `writers.FORMATS`, or one comma-separated string. `threshold` None takes
-        the run's threshold.json when `segwise eval --save-threshold` wrote one (binary runs), else the
-        task's default decision; then `min_size`, `fill_holes`, `largest` clean the mask
-        (`postprocess.Steps`). Images too large to hold their probabilities (`_streamed`) are streamed
+        `formats`: names from `writers.FORMATS`, or one comma-separated string. `threshold` decides and
+        `min_size`, `fill_holes`, `largest` clean (`postprocess.Steps`); with `postprocess`, those not
+        given are the run's recorded ones (`tuned.applied_steps`), named in the report's `postprocessing`.
+        Images too large to hold their probabilities (`_streamed`) are streamed
         into tiled TIFF masks, `<name>.tif`, of the task's default decision (`predict_large_tiff`: the
         formats, threshold and cleaning do not apply to them, nor are they in the COCO file).
         `coco` writes one file for all inputs once they are predicted (`coco.COCO_FILE`): under a
@@ -322,8 +324,8 @@ class Predictor:
         tolerance = coco.checked_polygon_tolerance(formats, coco_polygons, polygon_tolerance)
         if batch_size < 1:
             raise SegwiseError(f"batch size {batch_size} is not valid; expected an integer ≥ 1")
-        threshold, threshold_file = self._threshold(threshold)
-        steps = postprocess.Steps(self.task, threshold, min_size, fill_holes, largest)
+        given = {"threshold": threshold, "min_size": min_size, "fill_holes": fill_holes, "largest": largest}
+        applied = applied_steps(self.run_dir, self.task, self.class_names, **given, recorded=postprocess)
         rank, world_size = shard or process_shard()
         progress = progress and rank == 0  # one process shows the bars
         output = Path(output)
@@ -337,7 +339,7 @@ class Predictor:
             coco_names = coco.file_names(regular, output_names(regular)) if "coco" in formats else None
             jobs = list(enumerate(zip(regular, plan.targets, strict=True)))[rank::world_size]
             written, records = self._write_predictions(
-                jobs, steps, batch_size, progress, coco_names, tolerance, skipped
+                jobs, applied.steps, batch_size, progress, coco_names, tolerance, skipped
             )
             files += written
             if coco_names is not None:
@@ -348,7 +350,9 @@ class Predictor:
             list(zip(large, plan.large_targets, strict=True))[rank::world_size], skipped, progress
         )
         total = total_over_processes(len(files))
-        return PredictionReport(files, total, threshold, threshold_file, gathered(skipped))
+        return PredictionReport(
+            files, total, applied.threshold, applied.threshold_file, gathered(skipped), applied.message
+        )
 
     def _write_large(
         self, jobs: Sequence[tuple[Path, Path]], skipped: list[tuple[Path, str]], progress: bool
@@ -362,13 +366,6 @@ class Predictor:
             except SegwiseError as error:
                 skipped.append((path, str(error)))
         return written
-
-    def _threshold(self, threshold: float | None) -> tuple[float | None, Path | None]:
-        """The threshold to decide with and the file it came from: the given one, else the saved one."""
-        if threshold is not None or self.run_dir is None:
-            return threshold, None
-        saved = saved_threshold(self.run_dir, self.task)
-        return saved, None if saved is None else self.run_dir / THRESHOLD_JSON
 
     def _streamed(self, path: Path) -> bool:
         """Whether `path` is predicted by `predict_large_tiff`: a TIFF above the automatic tiling limit

@@ -6,10 +6,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from ..constants import THRESHOLD_JSON
 from ..errors import SegwiseError
 from ..io import atomic_path
 from ..task import Task
+
+# The thresholds tried for a foreground probability: `eval`'s best threshold and `tune-postprocess`.
+THRESHOLDS = [
+    round(float(t), 2) for t in np.arange(0.05, 0.96, 0.05)
+]  # Python floats, as JSON reads them back
 
 
 def saved_threshold(run_dir: str | Path, task: Task) -> float | None:
