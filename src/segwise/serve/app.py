@@ -28,9 +28,8 @@ from starlette.concurrency import run_in_threadpool
 
 from ..data.dataset import match_channels
 from ..errors import PixelLimitError, SegwiseError
-from ..inference import postprocess
 from ..inference.predictor import Predictor, load
-from ..inference.threshold import saved_threshold
+from ..inference.tuned import applied_steps
 from ..io import read_image_bytes
 from .batcher import Batcher, BatchKey, QueueFull
 from .models import model_card, model_names
@@ -53,6 +52,8 @@ def create_app(runs: Sequence[str | Path], device: str = "auto", limits: Limits 
     if not runs:
         raise SegwiseError("serve: no run given; pass one or more run folders")
     predictors = {name: load(run, device=device) for name, run in zip(model_names(runs), runs, strict=True)}
+    for predictor in predictors.values():  # a damaged postprocess.json stops the start, not each request
+        applied_steps(predictor.run_dir, predictor.task, predictor.class_names)
     batcher = Batcher(
         _batch_predictor(predictors), limits.max_batch, limits.max_wait_ms / 1000, limits.max_queue
     )
@@ -135,9 +136,11 @@ def _add_predict(app: FastAPI, predictors: dict[str, Predictor], batcher: Batche
             raise HTTPException(
                 503, "too many requests waiting; retry shortly", {"Retry-After": "1"}
             ) from None
-        if threshold is None and predictor.run_dir is not None:
-            threshold = saved_threshold(predictor.run_dir, predictor.task)
-        steps = postprocess.Steps(predictor.task, threshold, min_size, fill_holes, largest)
+        # the run's recorded post-processing (postprocess.json, threshold.json), as `segwise predict` applies it
+        steps = applied_steps(
+            predictor.run_dir, predictor.task, predictor.class_names, threshold=threshold, min_size=min_size,
+            fill_holes=fill_holes, largest=largest,
+        ).steps  # fmt: skip
         try:
             body = await run_in_threadpool(
                 lambda: answer(format, predictor.config.classes, image, probabilities, steps(probabilities))
