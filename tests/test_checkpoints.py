@@ -276,6 +276,7 @@ def _tiny_smp_unet(tmp_path):
     return tmp_path / "smp_unet"
 
 
+@pytest.mark.slow  # one epoch of a tiny U-Net, a few seconds on 2 cores
 def test_training_starts_from_the_checkpoint_and_records_it(shapes_data, tmp_path):
     folder = _tiny_smp_unet(tmp_path)
     result = segwise.train(
@@ -303,3 +304,30 @@ def test_a_given_architecture_that_contradicts_the_checkpoint_stops_the_run(shap
         SegwiseError, match=r"init_from is smp Unet, unet on test_resnet; arch 'fpn' .*contradict"
     ):
         segwise.train(shapes_data, runs_dir=tmp_path / "runs", epochs=1, init_from=str(folder), arch="fpn")
+
+
+def test_the_cli_names_a_contradicting_flag_in_one_line(shapes_data, tmp_path, capsys):
+    from segwise.cli import main
+
+    folder = _tiny_smp_unet(tmp_path)
+    code = main(
+        ["train", str(shapes_data), "--init-from", str(folder), "--encoder", "resnet18", "--epochs", "1"]
+    )
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert err.startswith(
+        f"segwise: error: {folder}: init_from is smp Unet, unet on test_resnet; encoder 'resnet18'"
+    )
+
+
+def test_a_segwise_run_folder_loads_with_its_own_logits_or_a_new_head(trained_run):
+    own = segwise.load(trained_run, device="cpu").model
+    model, loaded = load_checkpoint(trained_run)
+    assert loaded["layout"] == "segwise run" and not loaded["new_head"]
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), own.eval()(x))
+    model, loaded = load_checkpoint(trained_run, num_classes=own.num_classes + 1)
+    assert loaded["new_head"] and model.head.out_channels == own.num_classes + 1
+    trained = own.state_dict()
+    assert all(torch.equal(v, trained[k]) for k, v in model.state_dict().items() if not k.startswith("head."))

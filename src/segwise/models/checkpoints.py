@@ -9,7 +9,8 @@ from config.json:
 - transformers' SegFormer (`model_type: segformer`): the Mix Transformer and its all-MLP head, as
   segwise's `segformer` on `mit_b0` … `mit_b5`;
 - transformers' UperNet (`model_type: upernet`) on a ConvNeXt backbone, as segwise's `upernet` on timm's
-  ConvNeXt of the same depths and widths; its auxiliary FCN head, a training aid, is not loaded.
+  ConvNeXt of the same depths and widths; its auxiliary FCN head, a training aid, is not loaded;
+- a finished segwise run (config.yaml + model.safetensors), to train it further on other data.
 
 The folder gives the model's architecture, encoder and options (`read_checkpoint`); the tensors are
 renamed onto segwise's modules and must fit every one of them, or the mismatch is named. Where the two
@@ -35,13 +36,15 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file
+from torch import nn
 
+from ..config import RunConfig
+from ..constants import CONFIG, WEIGHTS
 from ..errors import SegwiseError
 from .base import SegmentationModel
 from .mit import HEADS, MIT_SIZES, MLP_RATIO, SR_RATIOS
 from .registry import create_model
 
-WEIGHTS = "model.safetensors"
 SHARD_INDEX = "model.safetensors.index.json"
 PICKLED = ("pytorch_model.bin", "model.pth", "model.pt")
 HEAD = ("head.weight", "head.bias")
@@ -102,7 +105,7 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
             raise SegwiseError(
                 f"{pickled}: pickled weights are not read (unpickling can run code); convert to safetensors "
                 f"with `python -c \"import torch, safetensors.torch as s; s.save_file(torch.load('{pickled}', "
-                f"weights_only=True), '{folder / WEIGHTS}')\"` where you trust the file"
+                f"weights_only=True), '{folder / WEIGHTS}')\"`"
             )
         raise SegwiseError(f"{files[0]}: missing; init_from reads {WEIGHTS} (safetensors) from the folder")
     state: dict[str, torch.Tensor] = {}
@@ -137,6 +140,8 @@ def _shards(index: Path) -> list[Path]:
 def read_checkpoint(path: str | Path) -> Checkpoint:
     """The checkpoint folder's layout and the segwise model that matches it, from config.json alone."""
     folder = Path(path)
+    if folder.is_dir() and not (folder / "config.json").is_file() and (folder / CONFIG).is_file():
+        return _segwise_run(folder)
     config = read_config(folder)
     config_file = folder / "config.json"
     if "_model_class" in config:
@@ -147,8 +152,16 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         return _transformers_upernet(config, config_file)
     raise SegwiseError(
         f"{config_file}: not a layout segwise reads; init_from takes the save_pretrained folders of "
-        "segmentation_models_pytorch and of transformers' SegFormer and UperNet"
+        "segmentation_models_pytorch and of transformers' SegFormer and UperNet, or a segwise run folder"
     )
+
+
+def _segwise_run(folder: Path) -> Checkpoint:
+    """A finished segwise run (config.yaml + model.safetensors): its own names, its recorded model."""
+    recorded = RunConfig.load(folder / CONFIG)  # every value checked before use
+    spec = {k: recorded.model[k] for k in ("arch", "encoder", "num_classes", "in_channels")}
+    spec["options"] = dict(recorded.model.get("options", {}))
+    return Checkpoint("segwise run", spec, dict)
 
 
 def _renamed(state: dict[str, torch.Tensor], rules: Rules) -> dict[str, torch.Tensor]:
@@ -619,6 +632,14 @@ def load_checkpoint(
         "notes": checkpoint.notes,
     }
     return model, summary
+
+
+def smp_state_dict(model: SegmentationModel, reference: nn.Module) -> dict[str, torch.Tensor]:
+    """An smp model's tensors, in memory, as `model`'s state dict (what init_from reads from its folder):
+    the one mapping the parity tests use too."""
+    name = type(reference).__name__
+    checkpoint = _smp({**reference.config, "_model_class": name}, Path(f"<smp {name}>/config.json"))
+    return _fit(checkpoint, checkpoint.rename(reference.state_dict()), model, False, Path(f"<smp {name}>"))
 
 
 def check_channels(folder: Path, checkpoint: Checkpoint, in_channels: int) -> None:
