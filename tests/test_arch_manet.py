@@ -5,35 +5,21 @@ import torch
 
 import segwise
 from segwise.errors import SegwiseError
+from segwise.models.checkpoints import smp_state_dict
 from segwise.models.manet import PositionAttention
 from tests.test_architectures import n_parameters
 
-# smp's MAnet names -> segwise's (smp's own `tu-` timm encoder already holds the timm model as `model`)
-MANET_RENAMES = {
-    "segmentation_head.0.": "head.",
-    "center.top_conv.": "center.key.",
-    "center.center_conv.": "center.query.",
-    "center.bottom_conv.": "center.value.",
-    "center.out_conv.": "center.out.",
-    ".hl_conv.": ".high_conv.",
-    ".SE_ll.": ".skip_gate.",
-    ".SE_hl.": ".high_gate.",
-}
 
-
-def load_smp_weights(model, reference, renames: dict[str, str]) -> None:
-    """Copy smp's weights into ours, names mapped by `renames`; batch-norm statistics are drawn at
-    random first, so that a layer reading the wrong ones cannot pass for the same function."""
-    state = {}
+def load_smp_weights(model, reference) -> None:
+    """Copy smp's weights into ours (checkpoints.smp_state_dict, what init_from reads); batch-norm
+    statistics are drawn at random first, so that a layer reading the wrong ones cannot pass for the
+    same function."""
     for key, value in reference.state_dict().items():
         if key.endswith("running_mean"):
             value.normal_()
         elif key.endswith("running_var"):
             value.uniform_(0.5, 2.0)
-        for old, new in renames.items():
-            key = key.replace(old, new)
-        state[key] = value
-    model.load_state_dict(state)  # strict: every tensor has its counterpart
+    model.load_state_dict(smp_state_dict(model, reference))  # strict: every tensor has its counterpart
 
 
 @pytest.mark.parametrize("upsampling", ["nearest", "bilinear"])
@@ -46,7 +32,7 @@ def test_manet_equals_smp_given_the_same_weights(upsampling):
         "manet", encoder="resnet34", num_classes=2, decoder_upsampling=upsampling
     ).eval()
     assert n_parameters(model) == n_parameters(reference) == 31_783_778
-    load_smp_weights(model, reference, MANET_RENAMES)
+    load_smp_weights(model, reference)
     x = torch.randn(2, 3, 64, 96, dtype=torch.float64)
     with torch.no_grad():
         assert torch.allclose(model.double()(x), reference.double()(x), atol=1e-9, rtol=0)

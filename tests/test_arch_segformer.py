@@ -8,6 +8,7 @@ from PIL import Image
 
 import segwise
 from segwise.errors import SegwiseError
+from segwise.models.checkpoints import smp_state_dict
 from segwise.models.mit import MIT_SIZES
 from tests.conftest import TINY
 
@@ -34,23 +35,14 @@ def test_parameter_count_and_names_equal_smps(encoder):
 
 def _load_smp_segformer(model, reference, path) -> None:
     """smp's weights into ours: the encoder from a whole smp model's file (as a user would pass it), the
-    decoder by name: smp's per-stage Linear layers (deepest first) are our 1×1 convolutions."""
+    rest as init_from maps it (checkpoints.smp_state_dict)."""
     torch.save(reference.state_dict(), path)
     config = dict(model.config)
     loaded = segwise.create_model(**config.pop("options"), **config, encoder_weights=path)
     model.encoder.load_state_dict(loaded.encoder.state_dict())
-    stages = len(model.decoder.linear)
-    state = {}
-    for key, value in reference.state_dict().items():
-        if key.startswith("decoder.mlp_stage."):
-            index, _, rest = key.removeprefix("decoder.mlp_stage.").partition(".linear.")
-            value = value[..., None, None] if value.ndim == 2 else value
-            key = f"decoder.linear.{stages - 1 - int(index)}.{rest}"
-        key = key.replace("decoder.fuse_stage.", "decoder.fuse.").replace("segmentation_head.0.", "head.")
-        if not key.startswith("encoder."):
-            state[key] = value
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    assert not unexpected and all(k.startswith("encoder.") for k in missing)
+    state = smp_state_dict(model, reference)
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items() if k.startswith("encoder."))
+    model.load_state_dict(state)
 
 
 @pytest.mark.parametrize("encoder", ["mit_b0"])  # mit_b2 takes 17 s; its parameters are checked above

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 import segwise
 from segwise.errors import SegwiseError
+from segwise.models.checkpoints import smp_state_dict
 from segwise.models.encoders import Encoder
 
 
@@ -24,15 +25,6 @@ def _randomise_norms(model: torch.nn.Module) -> None:
             if isinstance(module, torch.nn.BatchNorm2d):
                 module.running_mean.copy_(torch.randn(module.running_mean.shape, generator=generator) / 10)
                 module.running_var.copy_(torch.rand(module.running_var.shape, generator=generator) + 0.5)
-
-
-def _load_in_order(model: torch.nn.Module, reference: torch.nn.Module) -> None:
-    """smp's tensors into ours in registration order (encoder, decoder, head in both), shape by shape."""
-    ours, theirs = model.state_dict(), reference.state_dict()
-    assert len(ours) == len(theirs)
-    for (key, value), (their_key, their_value) in zip(ours.items(), theirs.items(), strict=True):
-        assert value.shape == their_value.shape, (key, their_key)
-    model.load_state_dict(dict(zip(ours, theirs.values(), strict=True)))
 
 
 @pytest.mark.parametrize("encoder", ["resnet34", "resnet50", "convnext_tiny"])
@@ -56,7 +48,7 @@ def test_upernet_equals_smp_given_the_same_weights(encoder, smp_encoder):
     model = segwise.create_model("upernet", encoder=encoder, num_classes=3).eval()
     assert n_parameters(model) == n_parameters(reference)
     _randomise_norms(reference.decoder)
-    _load_in_order(model, reference)
+    model.load_state_dict(smp_state_dict(model, reference))
     model, reference = model.double(), reference.double()
     x = torch.randn(1, 3, 64, 96, dtype=torch.float64)
     with torch.no_grad():

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 import segwise
 from segwise.errors import SegwiseError
+from segwise.models.checkpoints import smp_state_dict
 
 # The smallest representative configuration of each architecture: timm's tiny `test_resnet` encoder, or
 # for those with their own encoder, a narrow 2015 U-Net and the 3-stage SegNet (its VGG16-bn is fixed).
@@ -160,30 +161,12 @@ def test_pspnet_pooling_equals_adaptive_average_pooling(size):
         )
 
 
-def _load_smp_weights(model, reference, renames: dict[str, str]) -> None:
-    """Copy smp's weights into ours: same tensors in the same order, names mapped by `renames`."""
-    state = {}
-    for key, value in reference.state_dict().items():
-        for old, new in renames.items():
-            key = key.replace(old, new)
-        state[key] = value
-    model.load_state_dict(state)
-
-
-SMP_RENAMES = {
-    "encoder.": "encoder.model.",
-    "segmentation_head.0.": "head.",
-    "attention.cSE.": "channel_gate.",
-    "attention.sSE.": "spatial_gate.",
-}
-
-
 def test_unetplusplus_equals_smp_given_the_same_weights():
     smp = pytest.importorskip("segmentation_models_pytorch")
     reference = smp.UnetPlusPlus("resnet34", encoder_weights=None, classes=2).eval()
     model = segwise.create_model("unetplusplus", encoder="resnet34", num_classes=2).eval()
     assert n_parameters(model) == n_parameters(reference)
-    _load_smp_weights(model, reference, {**SMP_RENAMES, "decoder.blocks.x_0_4.": "decoder.final.0."})
+    model.load_state_dict(smp_state_dict(model, reference))
     # in float64: the decoder sums in another order than smp (phase_conv.py's fast path), so float32
     # differs in the last digits across its 15 blocks; the function itself must be the same
     x = torch.randn(1, 3, 64, 96, dtype=torch.float64)
@@ -200,7 +183,7 @@ def test_unet_scse_attention_equals_smp_given_the_same_weights():
     assert n_parameters(model) == n_parameters(reference) - n_parameters(unused)
     assert n_parameters(model) / n_parameters(reference) == pytest.approx(1.0, abs=0.02)
     reference.decoder.blocks[-1].attention1 = torch.nn.Identity()
-    _load_smp_weights(model, reference, SMP_RENAMES)
+    model.load_state_dict(smp_state_dict(model, reference))
     x = torch.randn(1, 3, 64, 96, dtype=torch.float64)  # float64: see the U-Net++ test above
     with torch.no_grad():
         assert torch.allclose(model.double()(x), reference.double()(x), atol=1e-9)

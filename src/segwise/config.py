@@ -113,11 +113,22 @@ class ModelConfig:
         "the hub), else none; imagenet: those or stop; none; or a state dict file (timm, torchvision, smp)",
     )
     options: dict[str, Any] = option({}, "the architecture's own, e.g. decoder_channels", flag=False)
+    init_from: str | None = option(
+        None,
+        "start from a whole segmentation model: a save_pretrained folder (config.json + model.safetensors) "
+        "of segmentation_models_pytorch or of transformers' SegFormer/UperNet; it gives arch, encoder "
+        "and options, and a new head if the class count differs",
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.encoder_weights, str) and self.encoder_weights.strip().lower() in ("none", ""):
             self.encoder_weights = None  # `--encoder-weights none` and `encoder_weights: none` alike
         _validate(self, "model")
+
+    @property
+    def pretrained(self) -> bool:
+        """Whether training starts from trained weights: the encoder's, or a whole model's (init_from)."""
+        return self.encoder_weights is not None or self.init_from is not None
 
 
 @dataclass

@@ -156,7 +156,7 @@ def plan_budget(
         candidates.append(Candidate(side, size, EPOCH_MARGIN * (steps * step + val_batches * forward), steps))
     total = parse_budget(budget)
     seconds = deadline - time.perf_counter() - FINISH_SHARE * total
-    pretrained = config.model.encoder_weights is not None
+    pretrained = config.model.pretrained
     target = TARGET_EPOCHS_PRETRAINED if pretrained else TARGET_EPOCHS
     chosen, epochs, why = choose(candidates, seconds, epochs_given, target)
     why += " (pretrained encoder)" if pretrained and epochs_given is None else ""

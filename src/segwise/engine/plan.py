@@ -8,6 +8,9 @@ written as YAML for a person to read and edit. How each value is chosen:
 - resolution: the median aspect ratio and median area of the training images, long side capped (512 on
   a CPU, 1024 on a GPU), both sides multiples of 32 (a uniform dataset under the cap keeps its own
   size); chosen by `load_data` from the images it decodes, so the data is read once;
+- a whole model to start from (`init_from`, `resolve_init_from`): its folder's config.json gives the
+  architecture, encoder and options (given ones that contradict it stop the plan), and its weights
+  replace the encoder's, so none are looked for;
 - encoder weights (`resolve_encoder_weights`): `auto` (the default) starts from ImageNet weights when
   the encoder has published ones that can be had, from a local cache (no network) or the hub (a
   reachability check of at most 5 s, skipped under HF_HUB_OFFLINE), and from scratch otherwise, said
@@ -65,6 +68,7 @@ from ..errors import SegwiseError, SegwiseWarning
 from ..io import atomic_path
 from ..losses import LOSSES, build_loss, takes_class_weights, term_weights
 from ..models import SegmentationModel, create_model
+from ..models.checkpoints import check_channels, load_checkpoint, read_checkpoint
 from ..models.encoders import encoder_preprocessing, imagenet_weights
 from ..models.registry import OWN_ENCODERS, encoder_name
 from ..task import Classes, Task
@@ -156,8 +160,9 @@ def plan_run(
     device = torch.device(probe_device or str(pick_device(settings.device)))
     max_side = MAX_SIDE.get(device.type, 1024)
     notes: list[str] = []
-    config = resolve_encoder_weights(config, notes)
+    config = resolve_encoder_weights(resolve_init_from(config, given, notes), notes)
     data_set = load_planned_data(data, settings.size, settings.val_fraction, settings.seed, options, max_side)
+    _check_init_channels(config, data_set)
     _check_recorded(options, data_set)
     notes.append(_classes_note(data_set.classes))
     frequencies = class_frequencies(data_set)
@@ -228,6 +233,39 @@ def _fit_budget(
         )
     train = {"size": list(data_set.size), "batch_size": fitted.batch_size, "epochs": fitted.epochs}
     return data_set, train | {"budget": budget}, fitted.max_side
+
+
+def resolve_init_from(config: Config, given: set[str], notes: list[str]) -> Config:
+    """With `init_from`, the checkpoint's architecture, encoder and options (read from its config.json);
+    a given one that contradicts them, or given encoder weights, is an error: the checkpoint decides."""
+    model = config.model
+    if model.init_from is None:
+        return config
+    checkpoint = read_checkpoint(model.init_from)
+    spec = checkpoint.spec
+    given_options = model.options if "options" in given else {}
+    conflicts = [
+        f"{name} {getattr(model, name)!r}"
+        for name in ("arch", "encoder")
+        if name in given and getattr(model, name) not in (None, spec[name])
+    ] + [f"{k}={v!r}" for k, v in given_options.items() if spec["options"].get(k, v) != v]
+    if "encoder_weights" in given and model.encoder_weights not in (None, "auto"):
+        conflicts.append(f"encoder_weights {model.encoder_weights!r}")
+    if conflicts:
+        raise SegwiseError(
+            f"{model.init_from}: init_from is {checkpoint.layout}, {spec['arch']} on {spec['encoder']}; "
+            f"{', '.join(conflicts)} contradict it: drop them (init_from sets the model and its weights)"
+        )
+    notes.append(f"model: {spec['arch']} on {spec['encoder']}, from {checkpoint.layout} {model.init_from}")
+    chosen = {"arch": spec["arch"], "encoder": spec["encoder"], "options": {**spec["options"]}}
+    return dataclasses.replace(config, model=dataclasses.replace(model, **chosen, encoder_weights=None))
+
+
+def _check_init_channels(config: Config, data_set: SegmentationData) -> None:
+    """A checkpoint's channel count against the data's, now, before any probe runs."""
+    path = config.model.init_from
+    if path is not None:
+        check_channels(Path(path), read_checkpoint(path), data_set.in_channels)
 
 
 def resolve_encoder_weights(config: Config, notes: list[str]) -> Config:
@@ -331,14 +369,26 @@ def load_planned_data(
 def planned_model(config: Config, data_set: SegmentationData, pretrained: bool = True) -> SegmentationModel:
     """The fresh model of a planned run: architecture, encoder, weights (unless not `pretrained`) and
     options from the config, classes and input channels from the loaded data."""
-    return create_model(
+    return initial_model(config, data_set, pretrained)[0]
+
+
+def initial_model(
+    config: Config, data_set: SegmentationData, pretrained: bool = True
+) -> tuple[SegmentationModel, dict[str, Any] | None]:
+    """`planned_model`, and with `init_from` (and `pretrained`) the checkpoint's weights in it (a new head
+    for another class count) and the summary of what was loaded; None without."""
+    classes, channels = data_set.classes.num_classes, data_set.in_channels
+    if pretrained and config.model.init_from is not None:
+        return load_checkpoint(config.model.init_from, num_classes=classes, in_channels=channels)
+    model = create_model(
         config.model.arch,
         encoder=config.model.encoder,
-        num_classes=data_set.classes.num_classes,
-        in_channels=data_set.in_channels,
+        num_classes=classes,
+        in_channels=channels,
         encoder_weights=config.model.encoder_weights if pretrained else None,
         **config.model.options,
     )
+    return model, None
 
 
 def planned_loss(settings: TrainConfig, task: Task, class_weights: list[float] | None) -> torch.nn.Module:

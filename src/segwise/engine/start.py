@@ -30,10 +30,10 @@ from .devices import autocast_dtype, keep_freed_memory, pick_device
 from .plan import (
     Sections,
     given_names,
+    initial_model,
     load_planned_data,
     plan_run,
     planned_loss,
-    planned_model,
     resolve_config,
 )
 from .schedules import default_encoder_lr_scale
@@ -88,6 +88,7 @@ class Start:
     data_root: Path
     max_side: int | None  # the long-side cap its size was chosen under when the data was read; None: given
     encoder_weights: str | None = None  # where the encoder's starting weights came from (None: random)
+    init_from: dict | None = None  # what a whole checkpoint (init_from) gave: checkpoints.load_checkpoint
     run_dir: Path | None = None  # a resumed run's folder; a new run makes one once its pieces are built
     state: TrainingState | None = None  # a resumed run's last.pt
 
@@ -109,6 +110,12 @@ def _on_device(model: SegmentationModel, settings: TrainConfig, device: torch.de
     if settings.channels_last:
         model.to(memory_format=torch.channels_last)
     return model
+
+
+def _loaded_words(loaded: dict) -> str:
+    head = "a new head" if loaded["new_head"] else "its head"
+    notes = "".join(f"; {note}" for note in loaded["notes"])
+    return f"{loaded['layout']} from {loaded['path']}: {loaded['tensors']} tensors, {head}{notes}"
 
 
 class NewRun:
@@ -142,15 +149,27 @@ class NewRun:
             env.say(f"plan: {note}")
         settings = plan.config.train
         torch.manual_seed(settings.seed)  # after the batch-size probe, so a probe never changes the run
-        model = _on_device(planned_model(plan.config, plan.data), settings, env.device)
+        model, loaded = initial_model(plan.config, plan.data)
+        if loaded is not None:
+            env.say(f"init_from: {_loaded_words(loaded)}")
+        model = _on_device(model, settings, env.device)
         if settings.encoder_lr_scale is None:  # settled now and recorded, so a resume needs no guessing
-            pretrained = plan.config.model.encoder_weights is not None
+            pretrained = plan.config.model.pretrained
             settings = dataclasses.replace(settings, encoder_lr_scale=default_encoder_lr_scale(pretrained))
         options = plan.config.data
         root = Path(self.data).resolve()
-        weights = plan.config.model.encoder_weights
+        weights = plan.config.model.encoder_weights or plan.config.model.init_from
         return Start(
-            settings, plan.data, options, model, options.mean, options.std, root, plan.max_side, weights
+            settings,
+            plan.data,
+            options,
+            model,
+            options.mean,
+            options.std,
+            root,
+            plan.max_side,
+            weights,
+            loaded,
         )
 
 
@@ -190,6 +209,7 @@ class ResumedRun:
             root,
             max_side,
             weights,
+            recorded.data.get("init_from"),
             self.run_dir,
             self.state,
         )

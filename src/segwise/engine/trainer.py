@@ -281,6 +281,7 @@ class Trainer:
                 "plan": asdict(options),
                 "max_side": self.start.max_side,  # how the size was chosen, so a resume reads the data alike
                 "encoder_weights": self.start.encoder_weights,  # where training started from
+                "init_from": self.start.init_from,  # a whole checkpoint's summary: layout, tensors, new head
                 "augment_transform": None if self.transform is None else repr(self.transform),
             },
         )
