@@ -26,6 +26,9 @@ class SegmentationModel(nn.Module):
         # how the logits are upsampled to the input: smp's heads for some architectures use
         # align_corners=True, and a decoder that reproduces smp's logits says so
         self.align_corners = getattr(decoder, "align_corners", False)
+        # The smallest H and W to trace the model at (ONNX export) for a graph that holds at every size: a
+        # decoder whose own maps shrink below the stride says how large its deepest map must be.
+        self.min_trace_side = self.stride * getattr(decoder, "min_deepest_side", 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != self.in_channels:
