@@ -17,6 +17,9 @@ A run folder, `runs/<name>/`, holds:
     threshold.json     a binary run's foreground threshold, from `segwise eval --save-threshold`
     eval/SPLIT/        `segwise eval`: metrics.json, per_image.csv, confusion.png, iou_per_class.png, worst.png
     report.html        `segwise report`
+
+A folder written by `save_pretrained` (pretrained.py) holds config.json, model.safetensors, README.md and
+threshold.json when the run has one.
 """
 
 IGNORE_INDEX = 255  # mask value that counts for nothing (void): in losses, metrics and augmentation padding
@@ -33,6 +36,8 @@ THRESHOLD_JSON = "threshold.json"
 HELD_OUT = "val.txt"  # image paths relative to the data folder, one a line
 DATA_RECORD = "data.json"
 REPORT = "report.html"
+PRETRAINED_CONFIG = "config.json"  # save_pretrained's config, beside WEIGHTS, in the hubs' layout
+MODEL_CARD = "README.md"
 
 EVAL_DIR = "eval"
 METRICS_JSON = "metrics.json"
