@@ -146,22 +146,20 @@ def model_card(spec: dict, classes: Classes, preprocess: PreprocessConfig, metri
     """README.md: front matter for the hubs, then what the model segments, how well, and how to use it."""
     front = yaml.safe_dump({"library_name": LIBRARY, "tags": CARD_TAGS}, sort_keys=False)
     height, width = preprocess.input_size
+    mask = "a boolean plane per label" if classes.task.per_label else "class indices"
     lines = [
         f"---\n{front}---",
         f"# {spec['arch']} ({spec['encoder']})",
         f"A segwise model for {classes.mode} segmentation of {classes.num_classes} "
         f"{'labels' if classes.task.per_label else 'classes'} from {spec['in_channels']}-channel images.",
-        "| index | class |\n|---|---|",
-        *(f"| {index} | {_cell(name)} |" for index, name in enumerate(classes.names)),
+        _table(("index", "class"), enumerate(classes.names)),
         "## Metrics",
-        *(
-            ["| metric | value |\n|---|---|", *(f"| {_cell(k)} | {v:.4g} |" for k, v in metrics.items())]
-            if metrics
-            else ["None recorded."]
-        ),
+        _table(("metric", "value"), ((name, f"{value:.4g}") for name, value in metrics.items()))
+        if metrics
+        else "None recorded.",
         "## Use",
         '```python\nimport segwise\n\npredictor = segwise.load("path/to/this/folder")\n'
-        'mask = predictor.predict("image.png")  # class indices at the image\'s own size\n```',
+        f'mask = predictor.predict("image.png")  # {mask} at the image\'s own size\n```',
         f"Images are resized to {height}×{width} and normalized with mean {preprocess.mean} and std "
         f"{preprocess.std} (0..1 pixel scale); the mask comes back at the image's own size.",
     ]
@@ -243,9 +241,12 @@ def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _cell(text: str) -> str:
-    """Text for a Markdown table cell: a `|` would end the cell."""
-    return text.replace("|", "\\|")
+def _table(header: tuple[str, str], rows) -> str:
+    """A Markdown table; a `|` in a cell is escaped, as it would end the cell."""
+    lines = [header, ("---", "---"), *rows]
+    return "\n".join(
+        "| " + " | ".join(str(cell).replace("|", "\\|") for cell in line) + " |" for line in lines
+    )
 
 
 def _write_text(path: Path, text: str) -> None:

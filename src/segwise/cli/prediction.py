@@ -33,7 +33,7 @@ def _add_predict(commands: argparse._SubParsersAction) -> None:
             "torchrun --nproc-per-node 4 -m segwise predict runs/cells big_folder/ -o out   # 4 processes",
         ],
     )
-    predict.add_argument("run", help=RUN_HELP)
+    predict.add_argument("run", help=f"{RUN_HELP}, or a folder written by save_pretrained")
     predict.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
     _add_output_options(predict)
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
