@@ -65,7 +65,7 @@ class SegmentationModel(nn.Module):
         """Write this model as a folder `segwise.load(folder)` predicts with: config.json, model.safetensors
         and a README.md model card, the layout model hubs expect (see `segwise.pretrained`).
 
-        >>> model.save_pretrained("cells-model", classes=["background", "cell"],
+        >>> model.save_pretrained("cells-model", classes=["background", "cell"],  # doctest: +SKIP
         ...                       preprocessing={"input_size": [256, 256]}, metrics={"val_miou": 0.91})
         >>> mask = segwise.load("cells-model").predict("new.png")   # doctest: +SKIP
 
