@@ -33,18 +33,8 @@ def small(arch: str) -> torch.nn.Module:
 
 
 # The exporter takes ~5-10 s of CPU per architecture: unet runs by default, the others as `slow`.
-# pan: torch.export cannot prove its pyramid's shapes for every H×W (max pools and align_corners
-# resizes of maps that may be 1×1); TorchScript export works.
-ONNX_KNOWN_FAILURES = {"pan": "torch.export cannot bound the shapes of PAN's pyramid (issue 22)"}
-
-
 def _onnx_param(arch: str):
-    if arch == "unet":
-        return arch
-    marks = [pytest.mark.slow]
-    if arch in ONNX_KNOWN_FAILURES:
-        marks.append(pytest.mark.xfail(reason=ONNX_KNOWN_FAILURES[arch], strict=True))
-    return pytest.param(arch, marks=marks)
+    return arch if arch == "unet" else pytest.param(arch, marks=pytest.mark.slow)
 
 
 @pytest.mark.parametrize("arch", [_onnx_param(a) for a in segwise.list_models()])

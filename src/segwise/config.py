@@ -16,6 +16,7 @@ the Python API's edge (segwise.train, make_plan, find_lr, load_config).
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 import types
@@ -44,7 +45,7 @@ Weighting = Literal["none", "inverse", "one_minus", "median_frequency"]
 # Prediction and export choices (segwise predict / export; inference/ checks them against these)
 Merge = Literal["mean", "gmean", "max", "vote"]
 Backend = Literal["torch", "onnxruntime"]
-ExportFormat = Literal["onnx", "torchscript"]
+ExportFormat = Literal["onnx", "torchscript", "pretrained"]  # pretrained: a save_pretrained folder
 PostprocessMetric = Literal["iou", "dice"]  # what `segwise tune-postprocess` raises (inference/choose.py)
 
 AUGMENT_PRESETS: tuple[str, ...] = typing.get_args(AugmentPreset)
@@ -399,8 +400,14 @@ class RunConfig:
 
     @classmethod
     def load(cls, path: Path) -> RunConfig:
+        return cls.from_values(read_yaml(path), path)
+
+    @classmethod
+    def from_values(cls, values: Any, path: Path) -> RunConfig:
+        """A RunConfig from the values read from `path` (config.yaml, or save_pretrained's config.json),
+        every value checked; an error names the file."""
         with _naming(path):
-            config = _build(cls, read_yaml(path), "")
+            config = _build(cls, values, "")
             config.check()
         return config
 
@@ -609,6 +616,20 @@ def read_yaml(path: str | Path) -> Any:
         values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as error:
         raise SegwiseError(f"{path}: not valid YAML ({' '.join(str(error).split())[:300]})") from None
+    with _naming(path):
+        _refuse_control_characters(values)
+    return values
+
+
+def read_json(path: str | Path) -> Any:
+    """A JSON file's values, held to read_yaml's rules (no control characters in its strings)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SegwiseError(f"{path}: not found; check the path")
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError) as error:
+        raise SegwiseError(f"{path}: not valid JSON ({' '.join(str(error).split())[:300]})") from None
     with _naming(path):
         _refuse_control_characters(values)
     return values

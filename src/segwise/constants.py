@@ -19,6 +19,9 @@ A run folder, `runs/<name>/`, holds:
                        predict and eval apply it. A folds parent (`folds.json` beside fold_0/ …) holds it for the ensemble
     eval/SPLIT/        `segwise eval`: metrics.json, per_image.csv, confusion.png, iou_per_class.png, worst.png
     report.html        `segwise report`
+
+A folder written by `save_pretrained` (pretrained.py) holds config.json, model.safetensors, README.md and
+threshold.json when the run has one.
 """
 
 IGNORE_INDEX = 255  # mask value that counts for nothing (void): in losses, metrics and augmentation padding
@@ -37,6 +40,8 @@ FOLDS_JSON = "folds.json"  # a folds parent's record of its folds (cross-validat
 HELD_OUT = "val.txt"  # image paths relative to the data folder, one a line
 DATA_RECORD = "data.json"
 REPORT = "report.html"
+PRETRAINED_CONFIG = "config.json"  # save_pretrained's config, beside WEIGHTS, in the hubs' layout
+MODEL_CARD = "README.md"
 
 EVAL_DIR = "eval"
 METRICS_JSON = "metrics.json"

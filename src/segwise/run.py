@@ -12,13 +12,15 @@ import re
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from .config import RunConfig
-from .constants import CONFIG, WEIGHTS
+from .constants import CONFIG, PRETRAINED_CONFIG, WEIGHTS
 from .errors import SegwiseError
 from .io import atomic_path, make_folder, sweep_temporaries
 from .models import SegmentationModel, create_model
+from .pretrained import is_pretrained_folder, read_pretrained
+from .pretrained import save_weights as save_weights  # the trainer's and tests' name for it
 
 
 def create_run_dir(runs_dir: str | Path, name: str) -> Path:
@@ -34,12 +36,6 @@ def create_run_dir(runs_dir: str | Path, name: str) -> Path:
         except FileExistsError:
             continue
     raise SegwiseError(f"{runs_dir}: too many runs named '{base}'; pass another --name")
-
-
-def save_weights(model: torch.nn.Module, path: Path) -> None:
-    state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp))
 
 
 def write_metrics(history: list[dict], path: Path) -> None:
@@ -63,19 +59,25 @@ def held_out_name(image: Path, root: Path) -> str:
 
 
 def load_model(run_dir: str | Path) -> tuple[SegmentationModel, RunConfig]:
-    """Rebuild a run's model from config.yaml and model.safetensors (no pickle, no code executed)."""
+    """Rebuild a run's model from config.yaml and model.safetensors (no pickle, no code executed), or a
+    save_pretrained folder's from config.json and model.safetensors (pretrained.py)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise SegwiseError(f"{run_dir}: run folder not found; pass a folder written by `segwise train`")
+        raise SegwiseError(
+            f"{run_dir}: run folder not found; pass a folder written by `segwise train` or save_pretrained"
+        )
     sweep_temporaries(run_dir, recursive=True)  # what a killed `segwise train` or `eval` was writing
-    for required in (CONFIG, WEIGHTS):
-        if not (run_dir / required).is_file():
-            raise SegwiseError(f"{run_dir / required}: missing; is {run_dir} a finished segwise run?")
-    config = RunConfig.load(run_dir / CONFIG)
+    if not (run_dir / CONFIG).is_file() and is_pretrained_folder(run_dir):
+        path, config = run_dir / PRETRAINED_CONFIG, read_pretrained(run_dir)
+    else:
+        for required in (CONFIG, WEIGHTS):
+            if not (run_dir / required).is_file():
+                raise SegwiseError(f"{run_dir / required}: missing; is {run_dir} a finished segwise run?")
+        path, config = run_dir / CONFIG, RunConfig.load(run_dir / CONFIG)
     try:
         model = build_model(config.model)
     except SegwiseError as error:  # an unknown architecture, encoder or option: name the file it is in
-        raise SegwiseError(f"{run_dir / CONFIG}: {error}") from None
+        raise SegwiseError(f"{path}: {error}") from None
     load_weights(model, run_dir / WEIGHTS)
     return model.eval(), config
 

@@ -33,7 +33,7 @@ def _add_predict(commands: argparse._SubParsersAction) -> None:
             "torchrun --nproc-per-node 4 -m segwise predict runs/cells big_folder/ -o out   # 4 processes",
         ],
     )
-    predict.add_argument("run", help=RUN_HELP)
+    predict.add_argument("run", help=f"{RUN_HELP}, or a folder written by save_pretrained")
     predict.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
     _add_output_options(predict)
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -172,17 +172,25 @@ def _add_export(commands: argparse._SubParsersAction) -> None:
         commands,
         "export",
         _export,
-        help="export a run's model to ONNX or TorchScript",
+        help="export a run's model to ONNX, TorchScript or a model-hub folder",
         description="Export the model with dynamic batch, height and width, checked against PyTorch at two "
         "sizes (max abs difference of the logits ≤ 1e-4, else nothing is written). The file's metadata holds "
         "the class names, palette, mean, std and input size. An ONNX export predicts through "
-        "`segwise predict RUN ... --backend onnxruntime`.",
-        examples=["segwise export runs/cells --format onnx    # writes runs/cells/model.onnx"],
+        "`segwise predict RUN ... --backend onnxruntime`. --format pretrained writes a folder in the layout "
+        "model hubs expect (config.json, model.safetensors, a README.md model card with the run's `segwise "
+        "eval` metrics) that `segwise predict` and segwise.load take like a run.",
+        examples=[
+            "segwise export runs/cells --format onnx    # writes runs/cells/model.onnx",
+            "segwise export runs/cells --format pretrained -o cells-model/",
+        ],
     )
     export.add_argument("run", help=RUN_HELP)
     export.add_argument("--format", choices=EXPORT_FORMATS, default="onnx", help="default: onnx")
     export.add_argument(
-        "-o", "--output", help="file to write (default: RUN/model.onnx or RUN/model.torchscript.pt)"
+        "-o",
+        "--output",
+        help="file (folder for pretrained) to write (default: RUN/model.onnx, RUN/model.torchscript.pt "
+        "or RUN/pretrained/)",
     )
 
 
@@ -190,6 +198,11 @@ def _export(args: argparse.Namespace) -> int:
     from ..inference.backends import export_run
 
     path, differences = export_run(args.run, args.format, args.output)
+    if not differences:  # a pretrained folder holds the PyTorch model itself
+        print(
+            f"wrote {path}  (config.json, model.safetensors, README.md; segwise.load({str(path)!r}) takes it)"
+        )
+        return 0
     checks = ", ".join(f"{difference:.2g} at {h}×{w}" for (h, w), difference in differences)
     print(f"wrote {path}  (parity with PyTorch, max abs difference of the logits: {checks})")
     return 0

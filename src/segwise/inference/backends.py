@@ -90,7 +90,8 @@ def load_onnx(
     return Predictor(model, config, device, InferenceOptions(**options), run_dir)
 
 
-EXPORT_FILES = dict(zip(EXPORT_FORMATS, (ONNX_FILE, "model.torchscript.pt"), strict=True))
+# Where each format goes by default; pretrained is a folder (config.json, model.safetensors, README.md).
+EXPORT_FILES = dict(zip(EXPORT_FORMATS, (ONNX_FILE, "model.torchscript.pt", "pretrained"), strict=True))
 
 
 def export_run(
@@ -101,7 +102,8 @@ def export_run(
     The sizes are the run's input size (what the Predictor feeds) and an odd one beside it (a size no
     stride divides, so the padding must stay dynamic). Returns the path and the max abs difference of
     the logits at each size; a file over `atol` is never written. The preprocessing travels in the
-    file's metadata (class names, mean, std, input size as JSON strings).
+    file's metadata (class names, mean, std, input size as JSON strings). Format "pretrained" writes the
+    run as a save_pretrained folder (the PyTorch model itself: no parity to check, no differences).
     """
     import json
 
@@ -111,8 +113,12 @@ def export_run(
 
     if format not in EXPORT_FILES:
         raise SegwiseError(f"export format '{format}' not known; choose {' or '.join(EXPORT_FORMATS)}")
-    model, config = load_model(run_dir)
     path = Path(output) if output is not None else Path(run_dir) / EXPORT_FILES[format]
+    if format == "pretrained":
+        from .predictor import load
+
+        return load(run_dir, device="cpu").save_pretrained(path), []
+    model, config = load_model(run_dir)
     if (path.suffix.lower() == ".onnx") != (format == "onnx"):
         raise SegwiseError(
             f"{path}: {format} exports need {'an' if format == 'onnx' else 'a non-'}.onnx file name; "

@@ -81,8 +81,8 @@ def export_onnx(
 ) -> Path:
     """Write `model` as ONNX with dynamic batch, height and width; returns the path written.
 
-    `in_channels` defaults to `model.in_channels`; `sample_size` is the H×W traced (any size works at run
-    time); `opset` defaults to torch's recommended opset; `metadata` (e.g. class names, mean/std as JSON
+    `in_channels` defaults to `model.in_channels`; `sample_size` is the H×W traced, at least the model's
+    `min_trace_side` (any size works at run time); `opset` defaults to torch's recommended opset; `metadata` (e.g. class names, mean/std as JSON
     strings) is stored in the model's `metadata_props`. Verify the file with `check_parity`.
     """
     for module in ("onnx", "onnxscript"):
@@ -90,7 +90,10 @@ def export_onnx(
     from torch.export import Dim
 
     path = Path(path)
-    # Batch 2, not 1: torch.export specializes a dimension whose example size is 1.
+    # Batch 2, not 1: torch.export specializes a dimension whose example size is 1; for the same reason
+    # no map inside the model may be 1×1 in the example (`min_trace_side`).
+    least = getattr(model, "min_trace_side", 1)
+    sample_size = tuple(max(side, least) for side in sample_size)
     sample = _sample(model, _channels(model, in_channels), sample_size, batch=2)
     dynamic = {0: Dim("batch"), 2: Dim("height"), 3: Dim("width")}
     with _eval_mode(model), warnings.catch_warnings(), _quiet_exporter():

@@ -42,6 +42,7 @@ from ..engine.devices import pick_device
 from ..errors import SegwiseError
 from ..io import TIFF_SUFFIXES, image_size, make_folder, read_image
 from ..models import SegmentationModel
+from ..pretrained import known_metrics, save_pretrained
 from ..run import load_model
 from . import coco, postprocess
 from .large import check_mask_classes, open_regions, write_mask_tiff
@@ -354,6 +355,20 @@ class Predictor:
             files, total, applied.threshold, applied.threshold_file, gathered(skipped), applied.message
         )
 
+    def save_pretrained(self, folder: str | Path, metrics: dict[str, float] | None = None) -> Path:
+        """This predictor's model, classes and preprocessing as a save_pretrained folder (config.json,
+        model.safetensors, README.md: see `segwise.pretrained`), with the run's saved threshold. `metrics`
+        default to what the run knows (its `segwise eval` results)."""
+        if not isinstance(self.model, SegmentationModel):
+            raise SegwiseError(
+                f"{folder}: save_pretrained needs the PyTorch model; load the run with segwise.load(RUN)"
+            )
+        _, threshold_file = self._threshold(None)  # read and checked, then copied as it is
+        if metrics is None and self.run_dir is not None:
+            metrics = known_metrics(self.run_dir)
+        classes, preprocess = self.config.classes, self.config.preprocess
+        return save_pretrained(self.model, folder, classes, preprocess, metrics, threshold_file)
+
     def _write_large(
         self, jobs: Sequence[tuple[Path, Path]], skipped: list[tuple[Path, str]], progress: bool
     ) -> list[Path]:
@@ -429,7 +444,8 @@ def _counted(predict_tiles, bar: tqdm):
 
 
 def load(run_dir: str | Path, device: str = "auto", **options) -> Predictor:
-    """Load a trained run for prediction; keyword options set its `InferenceOptions`.
+    """Load a trained run, or a folder written by `save_pretrained`, for prediction; keyword options set
+    its `InferenceOptions`.
 
     >>> predictor = segwise.load("runs/cells", tta="flips")   # doctest: +SKIP
     >>> mask = predictor.predict("new.png")                    # H×W class indices (per-label task: C×H×W)

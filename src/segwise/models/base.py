@@ -6,10 +6,16 @@ cropped back, so no architecture ever asks for "input divisible by 32".
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..pretrained import save_pretrained
+from ..task import Classes
 from .encoders import Encoder
 
 
@@ -26,6 +32,9 @@ class SegmentationModel(nn.Module):
         # how the logits are upsampled to the input: smp's heads for some architectures use
         # align_corners=True, and a decoder that reproduces smp's logits says so
         self.align_corners = getattr(decoder, "align_corners", False)
+        # The smallest H and W to trace the model at (ONNX export) for a graph that holds at every size: a
+        # decoder whose own maps shrink below the stride says how large its deepest map must be.
+        self.min_trace_side = self.stride * getattr(decoder, "min_deepest_side", 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != self.in_channels:
@@ -45,6 +54,27 @@ class SegmentationModel(nn.Module):
                 logits, size=x.shape[-2:], mode="bilinear", align_corners=self.align_corners
             )
         return logits[..., top : top + height, left : left + width]
+
+    def save_pretrained(
+        self,
+        folder: str | Path,
+        classes: Classes | Sequence[str] | None = None,
+        preprocessing: Mapping[str, Any] | None = None,
+        metrics: Mapping[str, float] | None = None,
+    ) -> Path:
+        """Write this model as a folder `segwise.load(folder)` predicts with: config.json, model.safetensors
+        and a README.md model card, the layout model hubs expect (see `segwise.pretrained`).
+
+        >>> model.save_pretrained("cells-model", classes=["background", "cell"],  # doctest: +SKIP
+        ...                       preprocessing={"input_size": [256, 256]}, metrics={"val_miou": 0.91})
+        >>> mask = segwise.load("cells-model").predict("new.png")   # doctest: +SKIP
+
+        `classes`: one name per output (default class_0, … or background/foreground); `preprocessing`:
+        what the training loop fed the model, `input_size` [H, W] (default 512×512) and per input channel
+        `mean` and `std` on the 0..1 scale (default ImageNet's for RGB). A folder holding anything but an
+        earlier save is refused.
+        """
+        return save_pretrained(self, folder, classes, preprocessing, metrics)
 
     def parameter_groups(self, encoder_lr: float, decoder_lr: float) -> list[dict]:
         """Optimizer parameter groups for discriminative learning rates: the encoder's parameters at

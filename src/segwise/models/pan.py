@@ -10,6 +10,11 @@ logits to the input size.
 Unlike smp, the pyramid's max pools round up and its upsamplings aim at the finer maps' own sizes: the
 same function as smp's wherever the deepest map's sides are multiples of 8 (wherever smp's runs), and
 any other size works too, down to a 1×1 map.
+
+Traced for ONNX (torch.export), a pyramid whose coarsest map is 1×1 in the example input specializes the
+graph to that size: torch's shape logic branches on a size of 1 (broadcasting, memory layout), so the
+export would hold for no other size. `min_deepest_side` asks the exporter for an example at least that
+large (see `SegmentationModel.min_trace_side`); the outputs are the same at every size.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from torch import nn
 from ..errors import SegwiseError
 
 UPSAMPLING = ("bilinear", "nearest")
+PYRAMID_HALVINGS = 3  # the pyramid's max pools, each halving its map (rounding up)
 
 
 class BatchNorm(nn.BatchNorm2d):
@@ -106,6 +112,8 @@ class PANDecoder(nn.Module):
         # deepest skip first, as the forward pass climbs
         self.gaus = nn.ModuleList(GlobalAttentionUpsample(c, channels, upsampling) for c in reversed(skips))
         self.out_channels = channels
+        # the deepest map's side whose coarsest pyramid map is 2 (9 → 5 → 3 → 2), not 1: what tracing needs
+        self.min_deepest_side = 2**PYRAMID_HALVINGS + 1
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         x = self.pyramid(features[-1])
