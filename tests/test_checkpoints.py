@@ -331,3 +331,13 @@ def test_a_segwise_run_folder_loads_with_its_own_logits_or_a_new_head(trained_ru
     assert loaded["new_head"] and model.head.out_channels == own.num_classes + 1
     trained = own.state_dict()
     assert all(torch.equal(v, trained[k]) for k, v in model.state_dict().items() if not k.startswith("head."))
+
+
+def test_a_segwise_save_pretrained_folder_loads_with_its_own_logits(trained_run, tmp_path):
+    predictor = segwise.load(trained_run, device="cpu")
+    folder = predictor.save_pretrained(tmp_path / "shared")
+    model, loaded = load_checkpoint(folder)
+    assert loaded["layout"] == "segwise run" and not loaded["new_head"]
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), predictor.model.eval()(x))

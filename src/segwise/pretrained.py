@@ -29,7 +29,15 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .config import PreprocessConfig, RunConfig, read_json
-from .constants import EVAL_DIR, METRICS_JSON, MODEL_CARD, PRETRAINED_CONFIG, THRESHOLD_JSON, WEIGHTS
+from .constants import (
+    EVAL_DIR,
+    METRICS_JSON,
+    MODEL_CARD,
+    POSTPROCESS_JSON,
+    PRETRAINED_CONFIG,
+    THRESHOLD_JSON,
+    WEIGHTS,
+)
 from .errors import SegwiseError
 from .io import atomic_path, make_folder, sweep_temporaries
 from .task import Classes
@@ -48,21 +56,24 @@ def save_weights(model: nn.Module, path: Path) -> None:
         save_file(state, str(tmp))
 
 
+RECORDED = (THRESHOLD_JSON, POSTPROCESS_JSON)  # a run's post-processing, which travels with its model
+
+
 def save_pretrained(
     model: nn.Module,
     folder: str | Path,
     classes: Classes | Sequence[str] | None = None,
     preprocessing: PreprocessConfig | Mapping[str, Any] | None = None,
     metrics: Mapping[str, float] | None = None,
-    threshold_file: Path | None = None,
+    recorded: Sequence[Path] = (),
 ) -> Path:
     """Write `model` (a SegmentationModel: its `config` rebuilds it) into `folder`; returns the folder.
 
     `classes`: names, one per output (default `class_0`, … or background/foreground for two), or a
     `task.Classes` (for a per-label task, or stored mask values). `preprocessing`: `input_size` (the size
     images are resized to, default 512×512), `mean` and `std` per input channel on the 0..1 scale
-    (default ImageNet's for RGB). `metrics`: name → number, for the card. `threshold_file`: a run's
-    threshold.json, copied. A folder that holds anything but an earlier save is refused, untouched.
+    (default ImageNet's for RGB). `metrics`: name → number, for the card. `recorded`: a run's
+    post-processing files (threshold.json, postprocess.json), copied. A folder that holds anything but an earlier save is refused, untouched.
     """
     folder = Path(folder)
     spec = getattr(model, "config", None)
@@ -92,10 +103,12 @@ def save_pretrained(
     _claim(folder)  # everything checked first: a mistake leaves no folder behind
     save_weights(model, folder / WEIGHTS)
     _write_text(folder / MODEL_CARD, model_card(spec, classes, preprocess, metrics))
-    if threshold_file is not None:
-        _write_text(folder / THRESHOLD_JSON, threshold_file.read_text())
-    else:  # an earlier save's threshold is not this model's
-        (folder / THRESHOLD_JSON).unlink(missing_ok=True)
+    for name in RECORDED:  # an earlier save's post-processing is not this model's
+        source = next((path for path in recorded if path.name == name), None)
+        if source is not None:
+            _write_text(folder / name, source.read_text())
+        else:
+            (folder / name).unlink(missing_ok=True)
     values["weights_sha256"] = _sha256(folder / WEIGHTS)
     _write_text(folder / PRETRAINED_CONFIG, json.dumps(values, indent=2) + "\n")
     return folder

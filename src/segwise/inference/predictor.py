@@ -42,7 +42,7 @@ from ..engine.devices import pick_device
 from ..errors import SegwiseError
 from ..io import TIFF_SUFFIXES, image_size, make_folder, read_image
 from ..models import SegmentationModel
-from ..pretrained import known_metrics, save_pretrained
+from ..pretrained import RECORDED, known_metrics, save_pretrained
 from ..run import load_model
 from . import coco, postprocess
 from .large import check_mask_classes, open_regions, write_mask_tiff
@@ -363,11 +363,15 @@ class Predictor:
             raise SegwiseError(
                 f"{folder}: save_pretrained needs the PyTorch model; load the run with segwise.load(RUN)"
             )
-        _, threshold_file = self._threshold(None)  # read and checked, then copied as it is
-        if metrics is None and self.run_dir is not None:
-            metrics = known_metrics(self.run_dir)
+        recorded = []
+        if self.run_dir is not None:
+            applied_steps(
+                self.run_dir, self.task, self.class_names
+            )  # read and checked, then copied as they are
+            recorded = [self.run_dir / name for name in RECORDED if (self.run_dir / name).is_file()]
+            metrics = known_metrics(self.run_dir) if metrics is None else metrics
         classes, preprocess = self.config.classes, self.config.preprocess
-        return save_pretrained(self.model, folder, classes, preprocess, metrics, threshold_file)
+        return save_pretrained(self.model, folder, classes, preprocess, metrics, recorded)
 
     def _write_large(
         self, jobs: Sequence[tuple[Path, Path]], skipped: list[tuple[Path, str]], progress: bool

@@ -10,7 +10,8 @@ from config.json:
   segwise's `segformer` on `mit_b0` … `mit_b5`;
 - transformers' UperNet (`model_type: upernet`) on a ConvNeXt backbone, as segwise's `upernet` on timm's
   ConvNeXt of the same depths and widths; its auxiliary FCN head, a training aid, is not loaded;
-- a finished segwise run (config.yaml + model.safetensors), to train it further on other data.
+- a finished segwise run (config.yaml + model.safetensors), or a folder from segwise's own
+  `save_pretrained` (config.json + model.safetensors), to train it further on other data.
 
 The folder gives the model's architecture, encoder and options (`read_checkpoint`); the tensors are
 renamed onto segwise's modules and must fit every one of them, or the mismatch is named. Where the two
@@ -41,6 +42,7 @@ from torch import nn
 from ..config import RunConfig
 from ..constants import CONFIG, WEIGHTS
 from ..errors import SegwiseError
+from ..pretrained import read_pretrained
 from .base import SegmentationModel
 from .mit import HEADS, MIT_SIZES, MLP_RATIO, SR_RATIOS
 from .registry import create_model
@@ -141,9 +143,11 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     """The checkpoint folder's layout and the segwise model that matches it, from config.json alone."""
     folder = Path(path)
     if folder.is_dir() and not (folder / "config.json").is_file() and (folder / CONFIG).is_file():
-        return _segwise_run(folder)
+        return _segwise_run(folder, RunConfig.load(folder / CONFIG))
     config = read_config(folder)
     config_file = folder / "config.json"
+    if config.get("library_name") == "segwise":  # segwise's own save_pretrained folder
+        return _segwise_run(folder, read_pretrained(folder))
     if "_model_class" in config:
         return _smp(config, config_file)
     if config.get("model_type") == "segformer":
@@ -156,9 +160,9 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     )
 
 
-def _segwise_run(folder: Path) -> Checkpoint:
-    """A finished segwise run (config.yaml + model.safetensors): its own names, its recorded model."""
-    recorded = RunConfig.load(folder / CONFIG)  # every value checked before use
+def _segwise_run(folder: Path, recorded: RunConfig) -> Checkpoint:
+    """A finished segwise run (config.yaml + model.safetensors), or a save_pretrained folder (config.json
+    + model.safetensors): its own names, its recorded model (every value checked on reading)."""
     spec = {k: recorded.model[k] for k in ("arch", "encoder", "num_classes", "in_channels")}
     spec["options"] = dict(recorded.model.get("options", {}))
     return Checkpoint("segwise run", spec, dict)
