@@ -8,7 +8,7 @@ import torch
 import segwise
 from segwise.errors import SegwiseError
 from segwise.inference.export import check_parity, export_onnx, export_torchscript
-from tests.test_architectures import tiny
+from tests.test_architectures import BIG, SKIP_BIG, every_architecture, tiny
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -41,7 +41,7 @@ ONNX_KNOWN_FAILURES = {"pan": "torch.export cannot bound the shapes of PAN's pyr
 def _onnx_param(arch: str):
     if arch == "unet":
         return arch
-    marks = [pytest.mark.slow]
+    marks = [pytest.mark.slow, *([SKIP_BIG] if arch in BIG else [])]
     if arch in ONNX_KNOWN_FAILURES:
         marks.append(pytest.mark.xfail(reason=ONNX_KNOWN_FAILURES[arch], strict=True))
     return pytest.param(arch, marks=marks)
@@ -60,7 +60,7 @@ def test_onnx_export_matches_pytorch_at_two_sizes(arch, tmp_path):
     assert list(tmp_path.iterdir()) == [path]  # one self-contained file, no temporary left
 
 
-@pytest.mark.parametrize("arch", segwise.list_models())
+@pytest.mark.parametrize("arch", every_architecture())
 def test_torchscript_export_runs_at_any_size(arch, tmp_path):
     model = small(arch)
     path = export_torchscript(model, tmp_path / f"{arch}.pt")

@@ -94,11 +94,11 @@ class TorchvisionDecoder(nn.Module):
 
 
 def build_torchvision(
-    arch: str, num_classes: int, in_channels: int, weights: str | Path | None, aux_head: bool = False
+    arch: str, num_classes: int, in_channels: int, weights: str | Path | None, decoder_aux_head: bool = False
 ) -> tuple[TorchvisionEncoder, TorchvisionDecoder]:
     """torchvision's `arch` for `num_classes` and `in_channels`, `weights` (a checkpoint file) loaded,
     split into segwise's encoder and decoder."""
-    if aux_head and arch.startswith("lraspp"):
+    if decoder_aux_head and arch.startswith("lraspp"):
         raise SegwiseError(f"{arch}: has no auxiliary head in torchvision; drop decoder_aux_head")
     if weights == "imagenet":
         raise SegwiseError(
@@ -106,7 +106,7 @@ def build_torchvision(
             f"{arch} checkpoint (a .pth file, read without running code), or none"
         )
     builder = getattr(segmentation, arch)
-    options = {} if arch.startswith("lraspp") else {"aux_loss": aux_head}
+    options = {} if arch.startswith("lraspp") else {"aux_loss": decoder_aux_head}
     model = builder(weights=None, weights_backbone=None, num_classes=num_classes, **options)
     parent, conv = _first_conv(model.backbone)
     if in_channels != 3:  # a new first convolution; a checkpoint's RGB filters are adapted on loading
