@@ -114,9 +114,32 @@ def test_a_file_of_another_model_names_the_mismatched_keys(tmp_path):
     message = str(error.value)
     assert message.startswith(f"{path}: weights do not fit deeplabv3_mobilenet_v3_large: missing ")
     assert "unexpected" in message and "classifier.cbr.0.weight" in message
-    assert (
-        message.endswith("pass a torchvision deeplabv3_mobilenet_v3_large state dict") and "\n" not in message
+    assert message.endswith(
+        "pass a torchvision deeplabv3_mobilenet_v3_large state dict, or its backbone's (mobilenet_v3_large)"
     )
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("arch", "classifier"),
+    [("lraspp_mobilenet_v3_large", "mobilenet_v3_large"), ("fcn_resnet50", "resnet50")],
+)
+def test_a_backbone_file_loads_the_encoder_alone(arch, classifier, tmp_path):
+    """An ImageNet classifier's state dict (torchvision's `weights_backbone`): the encoder loads, the
+    heads start as built."""
+    import torchvision
+
+    torch.manual_seed(0)
+    backbone = getattr(torchvision.models, classifier)(weights=None)
+    path = saved(backbone, tmp_path / f"{classifier}.pth")
+    torch.manual_seed(1)
+    model = segwise.create_model(arch, num_classes=3, encoder_weights=path)
+    torch.manual_seed(1)
+    fresh = segwise.create_model(arch, num_classes=3)
+    state = backbone.state_dict()
+    for key, value in model.encoder.model.state_dict().items():
+        assert torch.equal(value, state[key if "resnet" in classifier else "features." + key])
+    assert all(torch.equal(v, fresh.decoder.state_dict()[k]) for k, v in model.decoder.state_dict().items())
 
 
 def test_pickled_code_is_not_run(tmp_path):

@@ -140,9 +140,10 @@ def _with_inputs(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
 def _load_checkpoint(model: nn.Module, path: Path, arch: str) -> None:
     """`path`'s state dict into `model`: every key there with its shape, else one line naming the keys.
     Exceptions: the first convolution's RGB filters adapt to the input channels; class-scoring layers of
-    another class count are left new (a warning says so); an auxiliary head the model lacks is dropped."""
+    another class count are left new (a warning says so); an auxiliary head the model lacks is dropped;
+    a backbone's own file (an ImageNet classifier's) loads the encoder alone, the heads start new."""
     own = model.state_dict()
-    state = read_state_dict(path)
+    state, backbone_only = _segmentation_keys(read_state_dict(path))
     if "aux_classifier.0.weight" not in own:  # published FCN/DeepLabV3 checkpoints carry one
         state = {k: v for k, v in state.items() if not k.startswith("aux_classifier.")}
     first = next(k for k, v in own.items() if k.startswith("backbone.") and v.ndim == 4)
@@ -151,10 +152,9 @@ def _load_checkpoint(model: nn.Module, path: Path, arch: str) -> None:
     wrong = sorted(k for k in set(own) & set(state) if state[k].shape != own[k].shape)
     new_head = {k: state.pop(k).shape[0] for k in wrong if k.startswith(CLASS_LAYERS)}
     wrong = [k for k in wrong if k not in new_head]
+    needed = {k for k in own if k.startswith("backbone.")} if backbone_only else set(own)
     # BatchNorm's step counter is not a weight (older files lack it)
-    missing = sorted(
-        k for k in set(own) - set(state) - set(new_head) if not k.endswith("num_batches_tracked")
-    )
+    missing = sorted(k for k in needed - set(state) - set(new_head) if not k.endswith("num_batches_tracked"))
     unexpected = sorted(set(state) - set(own))
     problems = [
         f"{label} {len(keys)} key(s), e.g. {keys[:3]}"
@@ -162,22 +162,36 @@ def _load_checkpoint(model: nn.Module, path: Path, arch: str) -> None:
         if keys
     ]
     if problems:
-        only_aux = all(k.startswith("aux_classifier.") for k in missing) and missing and not unexpected
+        only_aux = missing and all(k.startswith("aux_classifier.") for k in missing) and not unexpected
         fix = (
             "the file has no auxiliary head: drop decoder_aux_head"
             if only_aux
-            else f"pass a torchvision {arch} state dict"
+            else (f"pass a torchvision {arch} state dict, or its backbone's ({TORCHVISION_MODELS[arch]})")
         )
         raise SegwiseError(f"{path}: weights do not fit {arch}: {'; '.join(problems)}; {fix}")
-    model.load_state_dict(
-        state, strict=False
-    )  # what the file lacks (counters, new class layers) stays as built
+    model.load_state_dict(state, strict=False)  # what the file lacks (counters, new layers) stays as built
     if new_head:
         layers = sorted({k.rpartition(".")[0] for k in new_head})
         warnings.warn(
             SegwiseWarning(
-                f"{path}: scores {max(new_head.values())} classes, the model {own[next(iter(new_head))].shape[0]}: "
-                f"a new head ({', '.join(layers)} start untrained), every other layer loaded"
+                f"{path}: scores {max(new_head.values())} classes, the model "
+                f"{own[next(iter(new_head))].shape[0]}: a new head ({', '.join(layers)} start untrained), "
+                "every other layer loaded"
             ),
             stacklevel=4,
         )
+
+
+def _segmentation_keys(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], bool]:
+    """A segmentation model's state dict as it is; a backbone's own (torchvision's or timm's ImageNet
+    ResNet: `conv1.`, `layer1.`, ...; torchvision's MobileNetV3: `features.N.`) renamed to the model's
+    `backbone.` keys, its classifier dropped, and True: only the backbone is in it."""
+    if any(k.startswith("backbone.") for k in state):
+        return state, False
+    if any(k.startswith("features.") for k in state):  # MobileNetV3: the backbone is its `features`
+        return {
+            "backbone." + k.removeprefix("features."): v
+            for k, v in state.items()
+            if k.startswith("features.")
+        }, True
+    return {"backbone." + k: v for k, v in state.items() if not k.startswith("fc.")}, True
