@@ -263,10 +263,12 @@ def create_model(
     >>> model(torch.zeros(1, 1, 250, 333)).shape  # doctest: +SKIP
     torch.Size([1, 5, 250, 333])
 
-    `encoder`: a timm model name (default resnet34) or `mit_b0` … `mit_b5`; `segnet` and `unet_classic` build their own encoder
-    (VGG16-bn with pooling indices, the 2015 contracting path) and accept only its name or None.
+    `encoder`: a timm model name (default resnet34) or `mit_b0` … `mit_b5`; `segnet`, `unet_classic` and
+    torchvision's models build their own encoder (VGG16-bn with pooling indices, the 2015 contracting
+    path, torchvision's backbone) and accept only its name or None.
     `encoder_weights`: None (random), "imagenet" (the local cache, else timm's hub) or a path to a state
-    dict of timm, torchvision or segmentation_models_pytorch, matched by name;
+    dict of timm, torchvision or segmentation_models_pytorch, matched by name (torchvision's models: a
+    whole model's checkpoint, or its backbone's);
     `encoder_weights_mapping="in_order"` pairs its tensors in order instead (same architecture, other names).
     `options` are the architecture's own (e.g. `decoder_channels`); unknown ones are an error.
     """
