@@ -103,7 +103,7 @@ def build_torchvision(
     if weights == "imagenet":
         raise SegwiseError(
             f"{arch}: no ImageNet weights of its own; pass encoder_weights=PATH to torchvision's published "
-            f"{arch} checkpoint (a .pth file, read without running code), or none"
+            f"{arch} checkpoint or its {TORCHVISION_MODELS[arch]} backbone's (read without running code), or none"
         )
     builder = getattr(segmentation, arch)
     options = {} if arch.startswith("lraspp") else {"aux_loss": decoder_aux_head}
