@@ -150,7 +150,15 @@ def test_cli_lists_the_architectures(capsys):
     assert main(["list-models"]) == 0
     assert capsys.readouterr().out.split() == segwise.list_models()
     assert main(["list-models", "deeplab*"]) == 0
-    assert capsys.readouterr().out.split() == ["deeplabv3", "deeplabv3plus"]
+    assert capsys.readouterr().out.split() == [
+        "deeplabv3",
+        "deeplabv3_mobilenet_v3_large",  # torchvision's
+        "deeplabv3_resnet101",
+        "deeplabv3_resnet50",
+        "deeplabv3plus",
+    ]
+    assert main(["list-models", "fcn*s"]) == 0
+    assert capsys.readouterr().out.split() == ["fcn16s", "fcn32s", "fcn8s"]
     assert main(["list-models", "nope*"]) == 2
     assert "there are ['deeplabv3'" in capsys.readouterr().err
 
