@@ -7,10 +7,26 @@ import torch.nn.functional as F
 import segwise
 from segwise.errors import SegwiseError
 from segwise.models.checkpoints import smp_state_dict
+from segwise.models.torchvision_seg import TORCHVISION_MODELS
 
 # The smallest representative configuration of each architecture: timm's tiny `test_resnet` encoder, or
-# for those with their own encoder, a narrow 2015 U-Net and the 3-stage SegNet (its VGG16-bn is fixed).
-OWN_ENCODER_OPTIONS = {"unet_classic": {"encoder_width": 4}, "segnet": {"encoder_depth": 3}}
+# for those with their own encoder, a narrow 2015 U-Net and the 3-stage SegNet (its VGG16-bn is fixed),
+# torchvision's models as they are.
+OWN_ENCODER_OPTIONS = {
+    "unet_classic": {"encoder_width": 4},
+    "segnet": {"encoder_depth": 3},
+    **dict.fromkeys(TORCHVISION_MODELS, {}),
+}
+# torchvision's dilated ResNet-50/101 models take tens of seconds a pass at these sizes on a CPU: the loops
+# over every architecture skip them; tests/test_arch_torchvision.py compares them with torchvision, and
+# its MobileNetV3 models, which run here, go through the same wrapper.
+BIG = sorted(arch for arch, backbone in TORCHVISION_MODELS.items() if backbone.startswith("resnet"))
+SKIP_BIG = pytest.mark.skip(reason="a torchvision ResNet model: see tests/test_arch_torchvision.py")
+
+
+def every_architecture() -> list:
+    """`segwise.list_models()` for the loops over every architecture, BIG ones marked skipped."""
+    return [pytest.param(arch, marks=SKIP_BIG) if arch in BIG else arch for arch in segwise.list_models()]
 
 
 def tiny(arch: str, **options) -> segwise.models.SegmentationModel:
@@ -22,7 +38,7 @@ def n_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-@pytest.mark.parametrize("arch", segwise.list_models())
+@pytest.mark.parametrize("arch", every_architecture())
 def test_forward_backward_at_an_odd_size(arch):
     model = tiny(arch, num_classes=4)
     out = model(torch.randn(2, 3, 250, 333))
@@ -31,7 +47,7 @@ def test_forward_backward_at_an_odd_size(arch):
     assert all(p.grad is not None for p in model.decoder.parameters())
 
 
-@pytest.mark.parametrize("arch", segwise.list_models())
+@pytest.mark.parametrize("arch", every_architecture())
 def test_jit_trace(arch):
     model = tiny(arch, num_classes=3).eval()
     x = torch.randn(1, 3, 64, 96)
@@ -40,7 +56,7 @@ def test_jit_trace(arch):
         assert torch.allclose(traced(x), model(x), atol=1e-5)
 
 
-@pytest.mark.parametrize("arch", segwise.list_models())
+@pytest.mark.parametrize("arch", every_architecture())
 def test_saved_config_rebuilds_the_same_model(arch):
     model = tiny(arch, num_classes=3, in_channels=1)
     config = dict(model.config)
@@ -135,7 +151,15 @@ def test_cli_lists_the_architectures(capsys):
     assert main(["list-models"]) == 0
     assert capsys.readouterr().out.split() == segwise.list_models()
     assert main(["list-models", "deeplab*"]) == 0
-    assert capsys.readouterr().out.split() == ["deeplabv3", "deeplabv3plus"]
+    assert capsys.readouterr().out.split() == [
+        "deeplabv3",
+        "deeplabv3_mobilenet_v3_large",  # torchvision's
+        "deeplabv3_resnet101",
+        "deeplabv3_resnet50",
+        "deeplabv3plus",
+    ]
+    assert main(["list-models", "fcn*s"]) == 0
+    assert capsys.readouterr().out.split() == ["fcn16s", "fcn32s", "fcn8s"]
     assert main(["list-models", "nope*"]) == 2
     assert "there are ['deeplabv3'" in capsys.readouterr().err
 

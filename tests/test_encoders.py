@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import save_file
 
 import segwise
-from tests.test_architectures import tiny
+from tests.test_architectures import every_architecture, tiny
 
 # (timm name, stride of its first feature); created with random weights. Building the four largest
 # takes seconds each (vgg16_bn builds its 100 M-parameter classifier before timm drops it): `slow`.
@@ -40,7 +40,7 @@ def test_encoder_drives_unet_and_fpn_at_an_odd_size(encoder, first_stride):
 
 
 @pytest.mark.parametrize("channels", [1, 3, 4, 12])
-@pytest.mark.parametrize("arch", segwise.list_models())
+@pytest.mark.parametrize("arch", every_architecture())
 def test_every_architecture_takes_any_channel_count(arch, channels):
     model = tiny(arch, num_classes=2, in_channels=channels).eval()
     with torch.no_grad():

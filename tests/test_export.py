@@ -8,7 +8,7 @@ import torch
 import segwise
 from segwise.errors import SegwiseError
 from segwise.inference.export import check_parity, export_onnx, export_torchscript
-from tests.test_architectures import tiny
+from tests.test_architectures import BIG, SKIP_BIG, every_architecture, tiny
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -34,7 +34,9 @@ def small(arch: str) -> torch.nn.Module:
 
 # The exporter takes ~5-10 s of CPU per architecture: unet runs by default, the others as `slow`.
 def _onnx_param(arch: str):
-    return arch if arch == "unet" else pytest.param(arch, marks=pytest.mark.slow)
+    if arch == "unet":
+        return arch
+    return pytest.param(arch, marks=[pytest.mark.slow, *([SKIP_BIG] if arch in BIG else [])])
 
 
 @pytest.mark.parametrize("arch", [_onnx_param(a) for a in segwise.list_models()])
@@ -50,7 +52,7 @@ def test_onnx_export_matches_pytorch_at_two_sizes(arch, tmp_path):
     assert list(tmp_path.iterdir()) == [path]  # one self-contained file, no temporary left
 
 
-@pytest.mark.parametrize("arch", segwise.list_models())
+@pytest.mark.parametrize("arch", every_architecture())
 def test_torchscript_export_runs_at_any_size(arch, tmp_path):
     model = small(arch)
     path = export_torchscript(model, tmp_path / f"{arch}.pt")

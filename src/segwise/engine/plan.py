@@ -69,8 +69,8 @@ from ..io import atomic_path
 from ..losses import LOSSES, build_loss, takes_class_weights, term_weights
 from ..models import SegmentationModel, create_model
 from ..models.checkpoints import check_channels, load_checkpoint, read_checkpoint
-from ..models.encoders import encoder_preprocessing, imagenet_weights
-from ..models.registry import OWN_ENCODERS, encoder_name
+from ..models.encoders import imagenet_weights
+from ..models.registry import OWN_ENCODERS, encoder_name, input_statistics
 from ..task import Classes, Task
 from .budget import budget_of, parse_budget, plan_budget
 from .devices import autocast_dtype, pick_device
@@ -490,7 +490,7 @@ def normalization(config: Config, data_set: SegmentationData) -> tuple[list[floa
     pretrained config) on RGB input; the data's own otherwise."""
     model = config.model
     if model.encoder_weights is not None and data_set.in_channels == 3:
-        found = encoder_preprocessing(encoder_name(model.arch, model.encoder), model.encoder_weights)
+        found = input_statistics(model.arch, model.encoder, model.encoder_weights)
         if found is not None:
             mean, std = found
             return list(mean), list(std), "the pretrained weights' mean/std"

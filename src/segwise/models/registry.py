@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 import inspect
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from torch import nn
@@ -12,8 +13,8 @@ from torch import nn
 from ..errors import SegwiseError
 from .base import SegmentationModel
 from .deeplab import DeepLabV3Decoder, DeepLabV3PlusDecoder
-from .encoders import Encoder
-from .fcn import FCNDecoder
+from .encoders import Encoder, encoder_preprocessing
+from .fcn import FCNDecoder, FCNSkipDecoder
 from .fpn import FPNDecoder
 from .linknet import LinknetDecoder
 from .manet import MAnetDecoder
@@ -22,6 +23,7 @@ from .pan import PANDecoder
 from .pspnet import PSPDecoder
 from .segformer import SegformerDecoder
 from .segnet import SegNetDecoder, SegNetEncoder
+from .torchvision_seg import INPUT_STATISTICS, TORCHVISION_MODELS, TorchvisionEncoder, build_torchvision
 from .unet import UnetDecoder
 from .unet_classic import ClassicDecoder, ClassicEncoder
 from .unetplusplus import UnetPlusPlusDecoder
@@ -131,6 +133,30 @@ def _fcn(
     return FCNDecoder(encoder.channels, decoder_channels, decoder_dropout)
 
 
+def _fcn32s(
+    encoder: Encoder, num_classes: int, decoder_channels: int | None = None, decoder_dropout: float = 0.1
+):
+    return FCNSkipDecoder(
+        encoder.channels, encoder.reductions, num_classes, 32, decoder_channels, decoder_dropout
+    )
+
+
+def _fcn16s(
+    encoder: Encoder, num_classes: int, decoder_channels: int | None = None, decoder_dropout: float = 0.1
+):
+    return FCNSkipDecoder(
+        encoder.channels, encoder.reductions, num_classes, 16, decoder_channels, decoder_dropout
+    )
+
+
+def _fcn8s(
+    encoder: Encoder, num_classes: int, decoder_channels: int | None = None, decoder_dropout: float = 0.1
+):
+    return FCNSkipDecoder(
+        encoder.channels, encoder.reductions, num_classes, 8, decoder_channels, decoder_dropout
+    )
+
+
 def _segformer(encoder: Encoder, decoder_segmentation_channels: int = 256):
     return SegformerDecoder(encoder.channels, encoder.reductions, decoder_segmentation_channels)
 
@@ -167,6 +193,7 @@ def _upernet(
 
 
 # Each entry builds a decoder from an encoder and its own options (prefixed `decoder_`), nothing else.
+# A builder that takes `num_classes` gets it: its decoder ends in the class scores, and the model has no head.
 # Options prefixed `encoder_` (e.g. `encoder_output_stride`) configure the encoder: `create_model` passes
 # them, with the builder's defaults, to `Encoder` (without the prefix) before the builder runs.
 # A decoder may set `head_kernel_size` (default 3) and `align_corners` (default False: how the base model
@@ -186,13 +213,23 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "manet": _manet,
     "pan": _pan,
     "upernet": _upernet,
+    "fcn32s": _fcn32s,
+    "fcn16s": _fcn16s,
+    "fcn8s": _fcn8s,
+    # torchvision's models, built whole by torchvision (its backbone the encoder, its classifier the decoder)
+    # from num_classes, in_channels and weights (a checkpoint file); their one option is `decoder_aux_head`
+    **{name: partial(build_torchvision, name) for name in TORCHVISION_MODELS},
 }
+# What create_model itself gives a builder; every other parameter of a builder is an option of the user's.
+GIVEN = ("encoder", "num_classes", "in_channels", "weights")
 
 # Architectures that bring their own encoder instead of a timm one: the encoder name each accepts, and
-# the class built (like `Encoder`) from in_channels, weights and the `encoder_` options.
+# the class built (like `Encoder`) from in_channels, weights and the `encoder_` options (torchvision's
+# models: built with the whole model, by `build_torchvision`).
 OWN_ENCODERS: dict[str, tuple[str, Callable[..., nn.Module]]] = {
     "unet_classic": ("unet_classic", ClassicEncoder),
     "segnet": ("vgg16_bn", SegNetEncoder),
+    **{name: (backbone, TorchvisionEncoder) for name, backbone in TORCHVISION_MODELS.items()},
 }
 
 # Encoders implemented in segwise because timm lacks them; built like `Encoder` (same arguments), so every
@@ -226,10 +263,12 @@ def create_model(
     >>> model(torch.zeros(1, 1, 250, 333)).shape  # doctest: +SKIP
     torch.Size([1, 5, 250, 333])
 
-    `encoder`: a timm model name (default resnet34) or `mit_b0` … `mit_b5`; `segnet` and `unet_classic` build their own encoder
-    (VGG16-bn with pooling indices, the 2015 contracting path) and accept only its name or None.
+    `encoder`: a timm model name (default resnet34) or `mit_b0` … `mit_b5`; `segnet`, `unet_classic` and
+    torchvision's models build their own encoder (VGG16-bn with pooling indices, the 2015 contracting
+    path, torchvision's backbone) and accept only its name or None.
     `encoder_weights`: None (random), "imagenet" (the local cache, else timm's hub) or a path to a state
-    dict of timm, torchvision or segmentation_models_pytorch, matched by name;
+    dict of timm, torchvision or segmentation_models_pytorch, matched by name (torchvision's models: a
+    whole model's checkpoint, or its backbone's);
     `encoder_weights_mapping="in_order"` pairs its tensors in order instead (same architecture, other names).
     `options` are the architecture's own (e.g. `decoder_channels`); unknown ones are an error.
     """
@@ -237,7 +276,7 @@ def create_model(
         raise SegwiseError(f"unknown architecture '{arch}'; choose one of {list_models()}")
     builder = ARCHITECTURES[arch]
     parameters = inspect.signature(builder).parameters
-    allowed = [p for p in parameters if p != "encoder"]
+    allowed = [p for p in parameters if p not in GIVEN]
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise SegwiseError(f"{arch}: unknown option(s) {unknown}; valid options are {allowed}")
@@ -245,31 +284,25 @@ def create_model(
         raise SegwiseError(
             f"num_classes and in_channels must be positive, got {num_classes} and {in_channels}"
         )
-    encoder_options = {
-        p.removeprefix("encoder_"): options.get(p, parameters[p].default)
-        for p in allowed
-        if p.startswith("encoder_")
-    }
     name = encoder_name(arch, encoder)
-    if arch in OWN_ENCODERS:
-        own, build_encoder = OWN_ENCODERS[arch]
-        if encoder not in (None, own):
-            raise SegwiseError(
-                f"{arch}: builds its own encoder '{own}', got encoder '{encoder}'; leave encoder unset "
-                f"(or use arch 'unet' for timm encoders)"
-            )
-        if encoder_weights_mapping != "by_name" and encoder_weights is not None:
-            raise SegwiseError(
-                f"{arch}: encoder_weights_mapping applies to timm encoders; its own encoder '{own}' loads "
-                f"weights by name, got '{encoder_weights_mapping}'"
-            )
+    build_encoder = _encoder_builder(arch, encoder, name, encoder_weights, encoder_weights_mapping)
+    if arch in TORCHVISION_MODELS:  # torchvision builds encoder and decoder together, weights included
+        built = builder(num_classes=num_classes, in_channels=in_channels, weights=encoder_weights, **options)
+        backbone, decoder = built
     else:
-        build_encoder = PACKAGE_ENCODERS.get(name, Encoder)
-        encoder_options = {"name": name, "mapping": encoder_weights_mapping, **encoder_options}
-    backbone = build_encoder(in_channels=in_channels, weights=encoder_weights, **encoder_options)
-    decoder = builder(backbone, **options)
-    kernel = getattr(decoder, "head_kernel_size", 3)  # a decoder may ask for its paper's head (e.g. 1×1)
-    head = nn.Conv2d(decoder.out_channels, num_classes, kernel_size=kernel, padding=kernel // 2)
+        encoder_options = {
+            p.removeprefix("encoder_"): options.get(p, parameters[p].default)
+            for p in allowed
+            if p.startswith("encoder_")
+        }
+        backbone = build_encoder(in_channels=in_channels, weights=encoder_weights, **encoder_options)
+        scores = {"num_classes": num_classes} if "num_classes" in parameters else {}
+        decoder = builder(backbone, **scores, **options)
+    if "num_classes" in parameters:  # the decoder ends in the class scores itself
+        head = nn.Identity()
+    else:
+        kernel = getattr(decoder, "head_kernel_size", 3)  # a decoder may ask for its paper's head (e.g. 1×1)
+        head = nn.Conv2d(decoder.out_channels, num_classes, kernel_size=kernel, padding=kernel // 2)
     config = {
         "arch": arch,
         "encoder": name,
@@ -278,3 +311,34 @@ def create_model(
         "options": dict(options),
     }
     return SegmentationModel(backbone, decoder, head, config)
+
+
+def _encoder_builder(
+    arch: str, encoder: str | None, name: str, weights: str | Path | None, mapping: str
+) -> Callable[..., nn.Module]:
+    """The class that builds `arch`'s encoder from in_channels, weights and the `encoder_` options: the
+    architecture's own (refusing another encoder by name), a package encoder, or a timm `Encoder` (then
+    bound to its name and weights mapping)."""
+    if arch not in OWN_ENCODERS:
+        return partial(PACKAGE_ENCODERS.get(name, Encoder), name=name, mapping=mapping)
+    own, build_encoder = OWN_ENCODERS[arch]
+    if encoder not in (None, own):
+        timm_peer = "fcn or deeplabv3" if arch in TORCHVISION_MODELS else "unet"
+        raise SegwiseError(
+            f"{arch}: builds its own encoder '{own}', got encoder '{encoder}'; leave encoder unset "
+            f"(or use arch {timm_peer} for timm encoders)"
+        )
+    if mapping != "by_name" and weights is not None:
+        raise SegwiseError(
+            f"{arch}: encoder_weights_mapping applies to timm encoders; its own encoder '{own}' loads "
+            f"weights by name, got '{mapping}'"
+        )
+    return build_encoder
+
+
+def input_statistics(arch: str, encoder: str | None, weights: str | Path | None):
+    """Mean and std (0..1 pixel scale) of the input `weights` were trained on, or None: ImageNet's for
+    torchvision's models (all of their checkpoints), the encoder's `encoder_preprocessing` otherwise."""
+    if weights is not None and arch in TORCHVISION_MODELS:
+        return INPUT_STATISTICS
+    return encoder_preprocessing(encoder_name(arch, encoder), weights)
