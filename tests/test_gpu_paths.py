@@ -49,3 +49,150 @@ def test_colour_tables_unperturbed_still_equal_the_plain_pipeline():
     fast, _ = augment_batch(images, masks, recipe, torch.Generator().manual_seed(2))
     plain, _ = augment_batch(images, masks, recipe, torch.Generator().manual_seed(2), fast=False)
     assert torch.allclose(fast, plain, rtol=0, atol=1e-9)
+
+
+# ---- precision: bf16 only where native, fp16 with a GradScaler otherwise
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["ampere", "v100"])
+def test_auto_precision_on_a_gpu_counts_only_native_bf16(monkeypatch, native):
+    from segwise.engine import devices
+
+    asked = {}
+
+    def is_bf16_supported(including_emulation: bool = True) -> bool:
+        asked["including_emulation"] = including_emulation
+        return native or including_emulation  # a V100 emulates bf16: True only when emulation counts
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
+    cuda = torch.device("cuda")
+    assert devices.autocast_dtype(cuda, "auto") == (torch.bfloat16 if native else torch.float16)
+    assert asked == {"including_emulation": False}
+    assert devices.autocast_dtype(cuda, "bf16") == torch.bfloat16  # asked for: given
+    assert devices.autocast_dtype(cuda, "fp16") == torch.float16
+
+
+def test_older_torch_without_the_emulation_argument_asks_the_compute_capability(monkeypatch):
+    from segwise.engine import devices
+
+    def old_is_bf16_supported() -> bool:
+        return True
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", old_is_bf16_supported)
+    for capability, dtype in (((7, 0), torch.float16), ((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16)):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device, c=capability: c)
+        assert devices.autocast_dtype(torch.device("cuda"), "auto") == dtype
+
+
+def tiny_step(scaler: torch.amp.GradScaler, **options):
+    from segwise.engine.step import Step
+
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(3, 2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    return model, Step(model, torch.nn.CrossEntropyLoss(), optimizer, scaler, None, False, **options)
+
+
+def test_the_fp16_step_scales_the_loss_and_skips_an_overflowing_update():
+    """The fp16 path's logic with a real GradScaler (on the CPU: the same class CUDA uses): the step
+    unscales before clipping, steps on finite gradients, and skips the update and halves the scale
+    on an overflow, as the trainer's fp16 runs need."""
+    model, step = tiny_step(torch.amp.GradScaler("cpu", init_scale=2.0**10), clip_grad_norm=1.0)
+    x, masks = torch.randn(2, 3, 4, 4), torch.randint(0, 2, (2, 4, 4))
+    before = [p.detach().clone() for p in model.parameters()]
+    step.train(model, x, masks)
+    assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    assert step.scaler.get_scale() == 2.0**10
+    after_good = [p.detach().clone() for p in model.parameters()]
+    step.train(model, x * float("inf"), masks)  # an fp16 overflow: infinite gradients
+    assert all(torch.equal(a, b) for a, b in zip(after_good, model.parameters(), strict=True))
+    assert step.scaler.get_scale() == 2.0**9
+
+
+def test_cuda_kernel_policy_is_tf32_and_benchmark_unless_fp32_or_deterministic(monkeypatch):
+    from segwise.engine import devices
+
+    kept = (
+        torch.get_float32_matmul_precision(),
+        torch.backends.cudnn.allow_tf32,
+        torch.backends.cudnn.benchmark,
+    )
+    try:
+        devices.set_kernel_policy(torch.device("cpu"), "auto", False)
+        assert (torch.get_float32_matmul_precision(), torch.backends.cudnn.benchmark) == kept[::2]
+        devices.set_kernel_policy(torch.device("cuda"), "auto", False)
+        assert torch.get_float32_matmul_precision() == "high" and torch.backends.cudnn.allow_tf32
+        assert torch.backends.cudnn.benchmark
+        devices.set_kernel_policy(torch.device("cuda"), "fp32", True)
+        assert torch.get_float32_matmul_precision() == "highest" and not torch.backends.cudnn.allow_tf32
+        assert not torch.backends.cudnn.benchmark
+    finally:
+        torch.set_float32_matmul_precision(kept[0])
+        torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = kept[1:]
+
+
+# ---- no host synchronisation in the steady-state step
+
+
+def test_training_steps_read_nothing_back_and_the_running_loss_is_read_every_few_steps(monkeypatch):
+    from segwise.engine import distributed
+    from segwise.engine.step import RunningLoss
+
+    model, step = tiny_step(torch.amp.GradScaler("cpu", enabled=False))
+
+    def no_reading(*values, device):
+        raise AssertionError("a training step read its loss back")
+
+    monkeypatch.setattr(distributed, "all_sum", no_reading)
+    running, losses = RunningLoss(torch.device("cpu"), every=3), []
+    generator = torch.Generator().manual_seed(1)
+    for index in range(7):
+        x, masks = (
+            torch.randn(index + 1, 3, 4, 4, generator=generator),
+            torch.randint(0, 2, (index + 1, 4, 4)),
+        )
+        loss = step.train(model, x, masks)
+        assert isinstance(loss, torch.Tensor) and not loss.requires_grad
+        losses.append(float(loss) * (index + 1))
+        running.add(loss, index + 1)
+        assert running.due == ((index + 1) % 3 == 0)
+    total, count = running.read()
+    assert count == sum(range(1, 8)) and total == pytest.approx(sum(losses), rel=1e-12)
+    running.add(torch.tensor(float("nan")), 1)
+    running.add(torch.tensor(1.0), 1)
+    assert not torch.isfinite(torch.tensor(running.read()[0]))  # a NaN step is not forgotten
+
+
+def test_dice_counts_without_a_boolean_mask_equal_bincount():
+    from segwise.losses import _softmax_counts
+
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 5, 9, 11, generator=generator)
+    target = torch.randint(0, 5, (3, 9, 11), generator=generator)
+    target[0, :4] = 255  # ignored
+    target[target == 3] = 2  # a class with no pixels
+    _, _, actual = _softmax_counts(logits, target, 255)
+    valid = target != 255
+    assert torch.equal(actual, torch.bincount(target[valid], minlength=5).float())
+
+
+def test_weighted_cross_entropy_without_a_boolean_mask_equals_the_old_value():
+    from segwise.losses import CrossEntropyLoss
+
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 4, 8, 8, generator=generator)
+    target = torch.randint(0, 4, (2, 8, 8), generator=generator)
+    target[1, 2:5] = 255
+    weights = [0.5, 2.0, 1.0, 3.0]
+    loss = CrossEntropyLoss(class_weights=weights, ignore_index=255)(logits, target)
+    valid = target != 255
+    old = (
+        torch.nn.functional.cross_entropy(
+            logits, target, torch.tensor(weights), ignore_index=255, reduction="sum"
+        )
+        / torch.tensor(weights)[target[valid]].sum()
+    )
+    assert torch.allclose(loss, old, rtol=1e-6)
+    assert torch.allclose(
+        loss, torch.nn.functional.cross_entropy(logits, target, torch.tensor(weights), ignore_index=255)
+    )

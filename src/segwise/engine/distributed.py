@@ -80,9 +80,14 @@ def all_sum(*values: float, device: torch.device) -> list[float]:
     """Sum numbers over all processes (themselves when not distributed)."""
     if not (dist.is_available() and dist.is_initialized()):
         return list(values)
-    tensor = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(tensor)
-    return tensor.tolist()
+    return all_sum_tensor(torch.tensor(values, dtype=torch.float64, device=device)).tolist()
+
+
+def all_sum_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` summed over all processes, in place, on its device (itself when not distributed)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(tensor)
+    return tensor
 
 
 def broadcast(value, process: Process):

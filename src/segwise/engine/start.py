@@ -26,7 +26,7 @@ from . import distributed
 from .batches import Batches
 from .budget import budget_of, parse_budget
 from .checkpoint import TrainingState
-from .devices import autocast_dtype, keep_freed_memory, pick_device
+from .devices import autocast_dtype, keep_freed_memory, pick_device, set_kernel_policy
 from .plan import (
     Sections,
     given_names,
@@ -63,6 +63,7 @@ def training_environment(settings: TrainConfig, progress: bool) -> Environment:
     torch.manual_seed(settings.seed)
     process, device = distributed.setup(pick_device(settings.device))
     keep_freed_memory(device)  # on a CPU every batch tensor would otherwise be fresh pages
+    set_kernel_policy(device, settings.precision, settings.deterministic)
     dtype = autocast_dtype(device, settings.precision)
     if settings.sync_batchnorm and process.distributed and device.type != "cuda":
         raise SegwiseError("train.sync_batchnorm: torch's SyncBatchNorm runs on GPUs only; drop it on CPU")
