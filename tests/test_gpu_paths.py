@@ -6,11 +6,16 @@ back every few steps instead of every step, the out-of-memory fallbacks of TTA a
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
 from segwise.data.augment import PRESETS, Augment, augment_batch
+
+from .conftest import TINY
 
 
 def saturated_batch(count: int = 4, size: int = 24) -> tuple[torch.Tensor, torch.Tensor]:
@@ -196,3 +201,148 @@ def test_weighted_cross_entropy_without_a_boolean_mask_equals_the_old_value():
     assert torch.allclose(
         loss, torch.nn.functional.cross_entropy(logits, target, torch.tensor(weights), ignore_index=255)
     )
+
+
+# ---- torchrun: 2 gloo processes on the CPU
+
+
+class DrawingTransform:
+    """A user transform (albumentations' interface) that writes one random draw into channel 1 and
+    leaves the sample's number (channel 0) as it is."""
+
+    def __init__(self) -> None:
+        self.rng = np.random.default_rng(0)
+
+    def set_random_seed(self, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, image: np.ndarray, mask: np.ndarray) -> dict:
+        image = image.copy()
+        image[..., 1] = self.rng.integers(0, 256)
+        return {"image": image, "mask": mask}
+
+
+def _user_transform_epochs(process) -> dict:
+    """Sample numbers and draws of one epoch of PerSampleBatches, without and with a worker."""
+    from segwise.data.augment import PerSampleBatches
+    from segwise.engine.batches import Batches
+
+    count = 12
+    images = np.broadcast_to(np.arange(count, dtype=np.uint8)[:, None, None, None], (count, 8, 8, 3)).copy()
+    batches = Batches(
+        images, np.zeros((count, 8, 8), np.uint8), 3, [0.0] * 3, [1.0] * 3, torch.device("cpu"), process
+    )
+    result = {}
+    for workers in (0, 1):
+        transformed = PerSampleBatches(batches, DrawingTransform(), workers=workers)
+        seen, draws = [], []
+        for batch, _ in transformed.epoch(torch.Generator().manual_seed(7), drop_last=True):
+            seen += batch[:, 0, 0, 0].long().tolist()
+            draws += batch[:, 1, 0, 0].long().tolist()
+        result[f"workers={workers}"] = {"seen": seen, "draws": draws}
+    return result
+
+
+def _preset_draws(process) -> dict:
+    """The on-device presets' draws on one image every process has, and the shared generator after."""
+    from segwise.engine import distributed
+
+    shared = torch.Generator().manual_seed(7)
+    draws = distributed.augmentation_generator(shared, process)
+    image = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 255
+    out, _ = augment_batch(image, torch.zeros(1, 16, 16, dtype=torch.long), "heavy", draws)
+    return {"augmented": out.sum().item(), "shared_next": torch.rand(1, generator=shared).item()}
+
+
+def _plans(process, data: str) -> dict:
+    """The plan this process gets in the launch, with a probe that measures differently on each
+    process (as two GPUs with different free memory do): planning alone, rank 0 gets 2, rank 1 4."""
+    from segwise.engine import plan
+
+    def probe(config, data_set, device):
+        return (2 if process.rank == 0 else 4), "a probe of this process's own"
+
+    plan.probe_batch_size = probe
+    overrides = {"model": {"encoder": TINY["encoder"], "options": TINY["options"]}, "train": {"epochs": 1}}
+    config, given = plan.resolve_config(None, overrides)
+    decided = plan.plan_once(data, config, given, process, "cpu")
+    return {
+        "batch_size": decided.config.train.batch_size,
+        "size": list(decided.data.size),
+        "train_images": [str(path) for path in decided.data.train_images],
+        "notes": decided.notes,
+    }
+
+
+def _gloo_rank(rank: int, folder: str, data: str) -> None:
+    import json
+
+    import torch.distributed as dist
+
+    from segwise.engine import distributed
+
+    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=2)
+    process = distributed.Process(rank, 2, rank)
+    result = {**_user_transform_epochs(process), **_preset_draws(process), **_plans(process, data)}
+    dist.destroy_process_group()
+    (Path(folder) / f"rank{rank}.json").write_text(json.dumps(result))
+
+
+@pytest.fixture(scope="module")
+def gloo_ranks(shapes_data, tmp_path_factory) -> list[dict]:
+    """What each of 2 gloo processes saw (one launch shared by the tests below)."""
+    import json
+
+    folder = tmp_path_factory.mktemp("gloo")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OMP_NUM_THREADS", "1")
+        torch.multiprocessing.spawn(_gloo_rank, args=(str(folder), str(shapes_data)), nprocs=2)
+    return [json.loads((folder / f"rank{rank}.json").read_text()) for rank in range(2)]
+
+
+@pytest.mark.slow  # the launch: 2 processes that import torch, plan and run a DataLoader worker
+@pytest.mark.parametrize("workers", [0, 1])
+def test_user_transform_ranks_see_disjoint_samples_and_draw_differently(gloo_ranks, workers):
+    """PerSampleBatches under torchrun: each process its shard of the one shuffled order (together
+    every sample once), and its own seed for the workers and the transform."""
+    zero, one = (rank[f"workers={workers}"] for rank in gloo_ranks)
+    assert len(zero["seen"]) == len(one["seen"]) == 6
+    assert sorted(zero["seen"] + one["seen"]) == list(range(12))
+    assert zero["draws"] != one["draws"]
+
+
+@pytest.mark.slow
+def test_preset_augmentation_draws_differ_between_ranks_and_the_shared_order_stays_shared(gloo_ranks):
+    assert gloo_ranks[0]["augmented"] != gloo_ranks[1]["augmented"]
+    assert gloo_ranks[0]["shared_next"] == gloo_ranks[1]["shared_next"]
+
+
+@pytest.mark.slow
+def test_every_rank_gets_rank_zeros_plan_even_when_its_own_probe_disagrees(gloo_ranks):
+    zero, one = gloo_ranks
+    assert zero["batch_size"] == one["batch_size"] == 2
+    assert zero["size"] == one["size"] and zero["train_images"] == one["train_images"]
+    assert zero["notes"] == one["notes"]
+
+
+def test_the_gpu_probe_budgets_from_free_memory_not_the_cards_total(monkeypatch):
+    """A card of 10 GB with 1 GB free (another process holds the rest): the batch whose step peaks
+    under 80 % of the free gigabyte, not of the ten."""
+    from segwise.engine import plan
+
+    gigabyte, per_image = 10**9, 10**8
+    peak = {"bytes": 0}
+
+    def probe_step(model, batch, shape, dtype, device):
+        peak["bytes"] = batch * per_image
+
+    monkeypatch.setattr(plan, "_probe_step", probe_step)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (gigabyte, 10 * gigabyte))
+    monkeypatch.setattr(
+        torch.cuda, "get_device_properties", lambda device: SimpleNamespace(total_memory=10 * gigabyte)
+    )
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 0)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: peak["bytes"])
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device=None: None)
+    assert plan._gpu_batch(None, (3, 64, 64), None, torch.device("cuda"), cap=64) == 8  # 800 MB ≤ 0.8 GB

@@ -637,8 +637,10 @@ class PerSampleBatches:
 
     def epoch(self, generator: torch.Generator, drop_last: bool):
         count, size = self.batches.batches_per_epoch(drop_last), self.batches.batch_size
-        order = torch.randperm(len(self), generator=generator)  # the same rule as Batches.epoch
-        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        # Batches.epoch's order (this process's shard under torchrun); workers and transform seeded
+        # per process, or every process would augment its samples alike
+        order = self.batches.shuffled(generator)
+        seed = self.batches.process_seed(generator)
         loader = torch.utils.data.DataLoader(
             self.samples,
             batch_sampler=[order[start : start + size].tolist() for start in range(0, count * size, size)],

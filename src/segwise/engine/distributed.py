@@ -68,6 +68,24 @@ def shard(order: torch.Tensor, process: Process) -> torch.Tensor:
     return padded[process.rank : total : process.world_size]
 
 
+def own_seed(generator: torch.Generator, process: Process) -> int:
+    """A seed of this process's own, from one draw of `generator`, which every process shares (and
+    so draws alike). Rank 0 keeps the draw, so a one-process run draws as it always did."""
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    return (seed + process.rank * 0x9E3779B97F4A7C15) % 2**63  # ranks' seeds far apart: unrelated streams
+
+
+def augmentation_generator(generator: torch.Generator, process: Process) -> torch.Generator:
+    """The generator an epoch's augmentation draws from. Every process shares `generator` (seeded
+    alike) so that they shuffle alike and each takes its shard; augmenting from it too would give
+    every process the same draws. Under torchrun each gets its own per epoch, seeded from one draw of
+    the shared generator and its rank (so a resumed run draws the same); a one-process run keeps
+    the shared one."""
+    if not process.distributed:
+        return generator
+    return torch.Generator().manual_seed(own_seed(generator, process))
+
+
 def wrap(model: nn.Module, process: Process, device: torch.device) -> nn.Module:
     """DistributedDataParallel around `model` (itself when not distributed). Wrap again whenever the set
     of trainable parameters changes (freezing), since DDP fixes it when it is built."""

@@ -30,10 +30,10 @@ from .devices import autocast_dtype, keep_freed_memory, pick_device, set_kernel_
 from .plan import (
     Sections,
     given_names,
-    load_planned_data,
-    plan_run,
+    plan_once,
     planned_loss,
     planned_model,
+    read_decided_data,
     resolve_config,
 )
 from .schedules import default_encoder_lr_scale
@@ -138,7 +138,9 @@ class NewRun:
     def start(self, env: Environment) -> Start:
         budget = budget_of(self.config, self.given)
         deadline = self.started + parse_budget(budget) if budget and self.started is not None else None
-        plan = plan_run(self.data, self.config, self.given, str(env.device), deadline, self.fit_budget)
+        plan = plan_once(
+            self.data, self.config, self.given, env.process, str(env.device), deadline, self.fit_budget
+        )
         for note in plan.notes if self.planned else []:
             env.say(f"plan: {note}")
         settings = plan.config.train
@@ -196,13 +198,6 @@ class ResumedRun:
         )
 
     def _read_data(self, options: DataConfig) -> SegmentationData:
-        """The run's data read as the run first read it (its size chosen while decoding, under the recorded
-        cap), so the decoded-data cache has it; at the recorded size if the images have changed since."""
-        recorded, settings = self.recorded, self.settings
-        root, size = recorded.data["root"], recorded.preprocess.input_size
-        max_side = recorded.data.get("max_side")
-        if max_side is not None:
-            data_set = load_planned_data(root, None, settings.val_fraction, settings.seed, options, max_side)
-            if list(data_set.size) == list(size):
-                return data_set
-        return load_planned_data(root, size, settings.val_fraction, settings.seed, options)
+        """The run's data read as the run first read it (plan.read_decided_data)."""
+        recorded, size = self.recorded.data, self.recorded.preprocess.input_size
+        return read_decided_data(recorded["root"], size, recorded.get("max_side"), self.settings, options)

@@ -392,8 +392,9 @@ class Trainer:
         batch_count = self.train_batches.batches_per_epoch(drop_last=True)
         show = self.env.progress and sys.stderr.isatty()
         bar = tqdm(total=batch_count, desc=f"epoch {epoch}/{settings.epochs}", leave=False, disable=not show)
+        draws = distributed.augmentation_generator(self.generator, self.env.process)
         for index, (images, masks) in enumerate(self.train_batches.epoch(self.generator, drop_last=True)):
-            x, masks = self.train_batches.augment(images, masks, settings.augment, self.generator)
+            x, masks = self.train_batches.augment(images, masks, settings.augment, draws)
             x, masks = resize_batch(x, masks, fraction)
             update = (index + 1) % settings.accumulate == 0 or index + 1 == batch_count
             running.add(self.step.train(net, x, masks, update), len(masks))
