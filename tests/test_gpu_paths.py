@@ -346,3 +346,88 @@ def test_the_gpu_probe_budgets_from_free_memory_not_the_cards_total(monkeypatch)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
     monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device=None: None)
     assert plan._gpu_batch(None, (3, 64, 64), None, torch.device("cuda"), cap=64) == 8  # 800 MB ≤ 0.8 GB
+
+
+# ---- inference: out-of-memory fallback, the ONNX provider
+
+
+class SmallGpu(torch.nn.Module):
+    """A per-pixel model that runs out of GPU memory on more than `fits` samples at once."""
+
+    def __init__(self, fits: int) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.fits, self.calls = torch.nn.Conv2d(3, 4, 3, padding=1), fits, []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls.append(len(x))
+        if len(x) > self.fits:
+            raise torch.cuda.OutOfMemoryError(f"CUDA out of memory for {len(x)} samples")
+        return self.conv(x)
+
+
+def test_tta_halves_a_pass_that_does_not_fit_and_gives_the_same_probabilities():
+    from segwise.inference.tta import predict_tta, views_for
+
+    images = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 255
+    expected = predict_tta(SmallGpu(fits=100), images, views_for("d4"))
+    small = SmallGpu(fits=3)
+    got = predict_tta(small, images, views_for("d4"))
+    assert torch.allclose(got, expected, atol=1e-6)
+    assert small.calls[:3] == [16, 8, 4] and max(small.calls[3:]) == 2  # halved once for all, then kept
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        predict_tta(SmallGpu(fits=0), images, views_for("flips"))  # one sample does not fit: nothing left
+
+
+def test_sliding_window_halves_a_batch_of_tiles_that_does_not_fit():
+    from segwise.inference.sliding import predict_sliding
+
+    image = torch.rand(3, 40, 56, generator=torch.Generator().manual_seed(1)) * 255
+    big, small = SmallGpu(fits=100), SmallGpu(fits=3)
+    expected = predict_sliding(lambda tiles: big(tiles).softmax(1), image, (16, 16), batch_size=8)
+    got = predict_sliding(lambda tiles: small(tiles).softmax(1), image, (16, 16), batch_size=8)
+    assert torch.allclose(got, expected, atol=1e-6)
+    assert small.calls[:3] == [8, 4, 2] and max(small.calls[3:]) == 2
+
+
+class FakeSession:
+    def __init__(self, path, options, providers) -> None:
+        self.asked = providers  # a GPU provider that cannot start is dropped, as onnxruntime does
+        self.running = [name for name in providers if name != FakeOnnxRuntime.broken]
+
+    def get_providers(self):
+        return self.running
+
+    def get_inputs(self):
+        return [SimpleNamespace(name="images", shape=["n", 3, "h", "w"])]
+
+    def get_outputs(self):
+        return [SimpleNamespace(name="logits", shape=["n", 2, "h", "w"])]
+
+
+class FakeOnnxRuntime:
+    broken = None
+    SessionOptions = SimpleNamespace
+    InferenceSession = FakeSession
+
+    @staticmethod
+    def get_available_providers():
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+@pytest.mark.parametrize("broken", [None, "CUDAExecutionProvider"], ids=["cuda", "cuda-fails"])
+def test_onnx_backend_prefers_the_cuda_provider_and_says_which_one_runs(monkeypatch, capsys, broken):
+    from segwise.inference import backends
+
+    monkeypatch.setattr(backends, "import_onnxruntime", lambda: FakeOnnxRuntime)
+    monkeypatch.setattr(FakeOnnxRuntime, "broken", broken)
+    model = backends.OnnxRuntimeModel("model.onnx", 3, 2, torch.device("cuda"))
+    assert model.session.asked == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    said = capsys.readouterr().err.strip()
+    if broken:
+        assert model.provider == "CPUExecutionProvider"
+        assert said.startswith("segwise: onnxruntime runs model.onnx on CPUExecutionProvider (its CUDA")
+    else:
+        assert said == "segwise: onnxruntime runs model.onnx on CUDAExecutionProvider"
+    cpu = backends.OnnxRuntimeModel("model.onnx", 3, 2, torch.device("cpu"))
+    assert cpu.session.asked == ["CPUExecutionProvider"] and cpu.provider == "CPUExecutionProvider"
