@@ -72,7 +72,7 @@ class Sizes:
     @classmethod
     def dry(cls) -> Sizes:
         return cls(
-            side=32, batch=2, classes=3, steps=2, warmup=1, tta_batch=1, sliding_side=48, tile=32, repeats=1
+            side=64, batch=2, classes=3, steps=2, warmup=1, tta_batch=1, sliding_side=96, tile=64, repeats=1
         )
 
 
@@ -158,7 +158,7 @@ def _seconds_per_step(step: Callable[[], object], device: torch.device, sizes: S
 def _flops_per_image(sizes: Sizes, device: torch.device) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
-    model = unet(sizes.classes, device)
+    model = unet(sizes.classes, device).eval()  # batch norm's statistics need more than one image
     x = torch.randn(1, 3, sizes.side, sizes.side, device=device)
     with FlopCounterMode(display=False) as counter:
         model(x).sum().backward()

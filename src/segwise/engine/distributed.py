@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -75,15 +76,18 @@ def own_seed(generator: torch.Generator, process: Process) -> int:
     return (seed + process.rank * 0x9E3779B97F4A7C15) % 2**63  # ranks' seeds far apart: unrelated streams
 
 
-def augmentation_generator(generator: torch.Generator, process: Process) -> torch.Generator:
+def augmentation_generator(
+    generator: torch.Generator, process: Process, seed: int, epoch: int
+) -> torch.Generator:
     """The generator an epoch's augmentation draws from. Every process shares `generator` (seeded
     alike) so that they shuffle alike and each takes its shard; augmenting from it too would give
-    every process the same draws. Under torchrun each gets its own per epoch, seeded from one draw of
-    the shared generator and its rank (so a resumed run draws the same); a one-process run keeps
-    the shared one."""
+    every process the same draws. Under torchrun each process gets its own, seeded from the run's
+    `seed`, the epoch and its rank (a resumed run draws the same), without drawing from the shared
+    one, whose order then stays the one-process run's. A one-process run keeps the shared one."""
     if not process.distributed:
         return generator
-    return torch.Generator().manual_seed(own_seed(generator, process))
+    own = np.random.SeedSequence([seed, epoch, process.rank]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(own) % 2**63)
 
 
 def wrap(model: nn.Module, process: Process, device: torch.device) -> nn.Module:

@@ -392,7 +392,7 @@ class Trainer:
         batch_count = self.train_batches.batches_per_epoch(drop_last=True)
         show = self.env.progress and sys.stderr.isatty()
         bar = tqdm(total=batch_count, desc=f"epoch {epoch}/{settings.epochs}", leave=False, disable=not show)
-        draws = distributed.augmentation_generator(self.generator, self.env.process)
+        draws = distributed.augmentation_generator(self.generator, self.env.process, settings.seed, epoch)
         for index, (images, masks) in enumerate(self.train_batches.epoch(self.generator, drop_last=True)):
             x, masks = self.train_batches.augment(images, masks, settings.augment, draws)
             x, masks = resize_batch(x, masks, fraction)
