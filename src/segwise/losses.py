@@ -79,7 +79,10 @@ def _softmax_counts(
     tp = torch.zeros(k, dtype=probs.dtype, device=probs.device).index_add(
         0, label.flatten(), picked.flatten()
     )
-    actual = torch.bincount(label[valid], minlength=k).to(probs.dtype)
+    # counted by index_add, not bincount(label[valid]): the boolean mask and bincount's size both
+    # wait for the device on a GPU. In int64, exact at any batch size (float32 stops counting at 2^24)
+    counts = torch.zeros(k, dtype=torch.int64, device=label.device)
+    actual = counts.index_add_(0, label.flatten(), valid.flatten().long()).to(probs.dtype)
     return tp, predicted, actual
 
 
@@ -181,7 +184,10 @@ class CrossEntropyLoss(_SegLoss):
         )
         valid = target != self.ignore_index
         # torch's "mean" divides by the summed weights of the counted pixels; so do we, but never by 0.
-        count = valid.sum() if self.class_weights is None else self.class_weights[target[valid]].sum()
+        if self.class_weights is None:
+            count = valid.sum()
+        else:  # gathered at every pixel and zeroed where ignored: a boolean mask would wait for the device
+            count = (self.class_weights[target.where(valid, 0)] * valid).sum()
         return total / count.clamp_min(1)
 
 

@@ -513,6 +513,11 @@ class _ColourTables:
         # a position in a sample's tables: its channel's table start, minus that table's first value
         starts = torch.arange(channels, dtype=torch.float64) * size - first
         self.added = (shift.view(-1, 1) + starts).unsqueeze(-1).to(device, dtype)  # N×C×1
+        # each channel's first and last entry: `finish` clamps positions into them, as the margin may not
+        # absorb every rounding (TF32 matmuls on a GPU round far more than fp32, and an index outside
+        # the tables is a device-side assert there, which kills the process)
+        table_starts = torch.arange(channels, device=device, dtype=torch.int32).view(-1, 1, 1) * size
+        self.lowest, self.highest = table_starts, table_starts + (size - 1)
 
     def source(self, images: torch.Tensor, sample: int, out: torch.Tensor | None = None) -> torch.Tensor:
         """The sample's table positions, C×H×W."""
@@ -529,7 +534,8 @@ class _ColourTables:
     def finish(self, positions: torch.Tensor, sample: int, out: torch.Tensor) -> None:
         """`out` (contiguous) = the values at `positions` (these positions, moved)."""
         index = torch.empty(out.shape, device=out.device, dtype=torch.int32)
-        index.copy_(positions)  # non-negative: conversion rounds down
+        index.copy_(positions)  # non-negative (up to rounding, clamped next): conversion rounds down
+        torch.clamp(index, self.lowest, self.highest, out=index)
         torch.index_select(self.tables[sample], 0, index.view(-1), out=out.view(-1))
 
 
@@ -631,8 +637,10 @@ class PerSampleBatches:
 
     def epoch(self, generator: torch.Generator, drop_last: bool):
         count, size = self.batches.batches_per_epoch(drop_last), self.batches.batch_size
-        order = torch.randperm(len(self), generator=generator)  # the same rule as Batches.epoch
-        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        # Batches.epoch's order (this process's shard under torchrun); workers and transform seeded
+        # per process, or every process would augment its samples alike
+        order = self.batches.shuffled(generator)
+        seed = self.batches.process_seed(generator)
         loader = torch.utils.data.DataLoader(
             self.samples,
             batch_sampler=[order[start : start + size].tolist() for start in range(0, count * size, size)],

@@ -55,11 +55,19 @@ class Batches:
         """This process's batches: a shuffled, sharded order with `generator`, else every sample once in
         order (validation; each process takes every world_size-th, no padding, so nothing counts twice)."""
         if generator is not None:
-            order = distributed.shard(torch.randperm(len(self), generator=generator), self.process)
+            order = self.shuffled(generator)
         else:
             order = torch.arange(len(self))[self.process.rank :: self.process.world_size]
         for start in range(0, self._batch_count(len(order), drop_last) * self.batch_size, self.batch_size):
             yield self.prepare(order[start : start + self.batch_size])
+
+    def shuffled(self, generator: torch.Generator) -> torch.Tensor:
+        """This process's shard of one shuffled order of the samples (every process shuffles alike)."""
+        return distributed.shard(torch.randperm(len(self), generator=generator), self.process)
+
+    def process_seed(self, generator: torch.Generator) -> int:
+        """A seed of this process's own, from one draw of the shared `generator`."""
+        return distributed.own_seed(generator, self.process)
 
     def batches_per_epoch(self, drop_last: bool) -> int:
         """Training batches of one process in one epoch (every process gets the same number)."""

@@ -40,14 +40,41 @@ def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype
     if precision == "fp32":
         return None
     if device.type == "cuda":
-        if precision == "fp16" or (precision == "auto" and not torch.cuda.is_bf16_supported()):
-            return torch.float16
+        if precision == "fp16" or (precision == "auto" and not cuda_has_native_bf16(device)):
+            return torch.float16  # with a GradScaler (trainer.py)
         return torch.bfloat16
     if precision == "fp16":
         raise SegwiseError("precision fp16 needs a CUDA GPU; use bf16 or fp32 on the CPU")
     if precision == "bf16" or (precision == "auto" and cpu_has_fast_bf16()):
         return torch.bfloat16
     return None
+
+
+def cuda_has_native_bf16(device: torch.device) -> bool:
+    """bf16 in the GPU's hardware (compute capability 8.0, Ampere, and later). `is_bf16_supported()`
+    alone also counts emulation, which on a V100 or T4 is far slower than fp16 with a GradScaler.
+    (torch asks the current device: the training device, once distributed.setup has set it.)"""
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # torch before 2.4: no such argument
+        return torch.cuda.get_device_capability(device) >= (8, 0)
+
+
+def set_kernel_policy(device: torch.device, precision: str, deterministic: bool) -> None:
+    """How a training process's CUDA kernels are chosen; nothing to choose on a CPU.
+
+    TF32 policy: float32 matmuls and convolutions run in TF32 on GPUs that have it (Ampere and later),
+    except under `precision: fp32`, which asks for full float32. The model runs under bf16/fp16
+    autocast anyway; what stays in float32 (the loss, the colour tables' positions, clamped for it)
+    tolerates TF32's 1e-3 relative error. cuDNN benchmarks its convolution algorithms once per shape
+    (the fastest for the fixed training size), unless the run must be deterministic: the algorithm
+    it picks may vary from run to run."""
+    if device.type != "cuda":
+        return
+    tf32 = precision != "fp32"
+    torch.set_float32_matmul_precision("high" if tf32 else "highest")  # the API torch.compile reads
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cudnn.benchmark = not deterministic
 
 
 @cache

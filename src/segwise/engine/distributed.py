@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -68,6 +69,27 @@ def shard(order: torch.Tensor, process: Process) -> torch.Tensor:
     return padded[process.rank : total : process.world_size]
 
 
+def own_seed(generator: torch.Generator, process: Process) -> int:
+    """A seed of this process's own, from one draw of `generator`, which every process shares (and
+    so draws alike). Rank 0 keeps the draw, so a one-process run draws as it always did."""
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    return (seed + process.rank * 0x9E3779B97F4A7C15) % 2**63  # ranks' seeds far apart: unrelated streams
+
+
+def augmentation_generator(
+    generator: torch.Generator, process: Process, seed: int, epoch: int
+) -> torch.Generator:
+    """The generator an epoch's augmentation draws from. Every process shares `generator` (seeded
+    alike) so that they shuffle alike and each takes its shard; augmenting from it too would give
+    every process the same draws. Under torchrun each process gets its own, seeded from the run's
+    `seed`, the epoch and its rank (a resumed run draws the same), without drawing from the shared
+    one, whose order then stays the one-process run's. A one-process run keeps the shared one."""
+    if not process.distributed:
+        return generator
+    own = np.random.SeedSequence([seed, epoch, process.rank]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(own) % 2**63)
+
+
 def wrap(model: nn.Module, process: Process, device: torch.device) -> nn.Module:
     """DistributedDataParallel around `model` (itself when not distributed). Wrap again whenever the set
     of trainable parameters changes (freezing), since DDP fixes it when it is built."""
@@ -80,9 +102,14 @@ def all_sum(*values: float, device: torch.device) -> list[float]:
     """Sum numbers over all processes (themselves when not distributed)."""
     if not (dist.is_available() and dist.is_initialized()):
         return list(values)
-    tensor = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(tensor)
-    return tensor.tolist()
+    return all_sum_tensor(torch.tensor(values, dtype=torch.float64, device=device)).tolist()
+
+
+def all_sum_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` summed over all processes, in place, on its device (itself when not distributed)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(tensor)
+    return tensor
 
 
 def broadcast(value, process: Process):

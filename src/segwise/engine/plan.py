@@ -34,7 +34,7 @@ written as YAML for a person to read and edit. How each value is chosen:
   epochs are not given): engine/budget.py times the real training step at a few resolutions and
   explains its rules. With the epochs given and no budget: the size above; the batch from a real
   probe of the training step (forward + backward at the planned size) on the training device — on a
-  GPU the batch doubles until the peak memory passes 80 % of the card or it runs out; on a CPU the
+  GPU the batch doubles until the peak memory passes 80 % of the free memory or it runs out; on a CPU the
   activation memory saved for backward is measured at batch 1 and 2 and the batch is the largest
   power of two whose step stays within a RAM budget (a quarter of the machine's memory, at most
   8 GiB); either way at most 32 and at most an eighth of the training images (but 2 or more).
@@ -72,6 +72,7 @@ from ..models.checkpoints import check_channels, load_checkpoint, read_checkpoin
 from ..models.encoders import imagenet_weights
 from ..models.registry import OWN_ENCODERS, encoder_name, input_statistics
 from ..task import Classes, Task
+from . import distributed
 from .budget import budget_of, parse_budget, plan_budget
 from .devices import autocast_dtype, pick_device
 from .step import autocast
@@ -199,6 +200,43 @@ def plan_run(
     }
     chosen_under = None if settings.size else max_side
     return Plan(config.updated({"train": train, "data": data_values}), data_set, notes, chosen_under)
+
+
+def plan_once(
+    data: str | Path,
+    config: Config,
+    given: set[str],
+    process: distributed.Process,
+    probe_device: str | None = None,
+    deadline: float | None = None,
+    fit_budget: bool = True,
+) -> Plan:
+    """`plan_run` in a torchrun launch: rank 0 plans (decodes, probes memory, times the budget) and
+    the others take its config and read the data it decided on. Planning on every process could
+    decide differently (each probe measures its own GPU's free memory) and leave the processes with
+    different batch counts, waiting for each other in a collective for ever."""
+    if not process.distributed:
+        return plan_run(data, config, given, probe_device, deadline, fit_budget)
+    plan, failure = None, None
+    if process.is_main:
+        try:
+            plan = plan_run(data, config, given, probe_device, deadline, fit_budget)
+        except SegwiseError as error:
+            failure = error  # told to the others too: they would wait for a plan for ever
+    decided = distributed.broadcast(
+        str(failure) if failure else plan and (plan.config, plan.notes, plan.max_side), process
+    )
+    if failure or isinstance(decided, str):
+        raise failure or SegwiseError(decided)
+    if plan is not None:
+        return plan
+    config, notes, max_side = decided
+    return Plan(
+        config,
+        read_decided_data(data, config.train.size, max_side, config.train, config.data),
+        notes,
+        max_side,
+    )
 
 
 def _fit_budget(
@@ -366,6 +404,19 @@ def load_planned_data(
     )
 
 
+def read_decided_data(
+    data: str | Path, size: list[int], max_side: int | None, settings: TrainConfig, options: DataConfig
+) -> SegmentationData:
+    """The data of a plan read again (a resumed run, the other processes of a torchrun launch) as the
+    plan read it: under the cap its size was chosen under, so the decoded-data cache has it; at the
+    plan's size when the size was given, or when the images have changed since."""
+    if max_side is not None:
+        data_set = load_planned_data(data, None, settings.val_fraction, settings.seed, options, max_side)
+        if list(data_set.size) == list(size):
+            return data_set
+    return load_planned_data(data, size, settings.val_fraction, settings.seed, options)
+
+
 def planned_model(config: Config, data_set: SegmentationData, pretrained: bool = True) -> SegmentationModel:
     """The fresh model of a planned run: architecture, encoder, weights (unless not `pretrained`) and
     options from the config, classes and input channels from the loaded data."""
@@ -521,7 +572,7 @@ def probe_batch_size(config: Config, data_set: SegmentationData, device: torch.d
         )
     return (
         best,
-        f"largest power of two whose step peaks under {GPU_MEMORY_SHARE:.0%} of GPU memory (cap {cap})",
+        f"largest power of two whose step peaks under {GPU_MEMORY_SHARE:.0%} of free GPU memory (cap {cap})",
     )
 
 
@@ -545,7 +596,10 @@ def _probe_step(model: torch.nn.Module, batch: int, shape, dtype, device: torch.
 def _gpu_batch(model: torch.nn.Module, shape, dtype, device: torch.device, cap: int) -> int:
     """Double the batch until the step's peak memory passes the budget, runs out, or would pass `cap`;
     the last batch that fitted (0 if none)."""
-    budget = GPU_MEMORY_SHARE * torch.cuda.get_device_properties(device).total_memory
+    # a share of the memory free now (another process's, e.g. a second run's, is not ours to take),
+    # on top of what this process holds already (the probe's model)
+    torch.cuda.empty_cache()
+    budget = torch.cuda.memory_allocated(device) + GPU_MEMORY_SHARE * torch.cuda.mem_get_info(device)[0]
     best, batch = 0, 1
     while batch <= cap:
         torch.cuda.empty_cache()

@@ -26,14 +26,14 @@ from . import distributed
 from .batches import Batches
 from .budget import budget_of, parse_budget
 from .checkpoint import TrainingState
-from .devices import autocast_dtype, keep_freed_memory, pick_device
+from .devices import autocast_dtype, keep_freed_memory, pick_device, set_kernel_policy
 from .plan import (
     Sections,
     given_names,
     initial_model,
-    load_planned_data,
-    plan_run,
+    plan_once,
     planned_loss,
+    read_decided_data,
     resolve_config,
 )
 from .schedules import default_encoder_lr_scale
@@ -63,6 +63,7 @@ def training_environment(settings: TrainConfig, progress: bool) -> Environment:
     torch.manual_seed(settings.seed)
     process, device = distributed.setup(pick_device(settings.device))
     keep_freed_memory(device)  # on a CPU every batch tensor would otherwise be fresh pages
+    set_kernel_policy(device, settings.precision, settings.deterministic)
     dtype = autocast_dtype(device, settings.precision)
     if settings.sync_batchnorm and process.distributed and device.type != "cuda":
         raise SegwiseError("train.sync_batchnorm: torch's SyncBatchNorm runs on GPUs only; drop it on CPU")
@@ -144,7 +145,9 @@ class NewRun:
     def start(self, env: Environment) -> Start:
         budget = budget_of(self.config, self.given)
         deadline = self.started + parse_budget(budget) if budget and self.started is not None else None
-        plan = plan_run(self.data, self.config, self.given, str(env.device), deadline, self.fit_budget)
+        plan = plan_once(
+            self.data, self.config, self.given, env.process, str(env.device), deadline, self.fit_budget
+        )
         for note in plan.notes if self.planned else []:
             env.say(f"plan: {note}")
         settings = plan.config.train
@@ -215,13 +218,6 @@ class ResumedRun:
         )
 
     def _read_data(self, options: DataConfig) -> SegmentationData:
-        """The run's data read as the run first read it (its size chosen while decoding, under the recorded
-        cap), so the decoded-data cache has it; at the recorded size if the images have changed since."""
-        recorded, settings = self.recorded, self.settings
-        root, size = recorded.data["root"], recorded.preprocess.input_size
-        max_side = recorded.data.get("max_side")
-        if max_side is not None:
-            data_set = load_planned_data(root, None, settings.val_fraction, settings.seed, options, max_side)
-            if list(data_set.size) == list(size):
-                return data_set
-        return load_planned_data(root, size, settings.val_fraction, settings.seed, options)
+        """The run's data read as the run first read it (plan.read_decided_data)."""
+        recorded, size = self.recorded.data, self.recorded.preprocess.input_size
+        return read_decided_data(recorded["root"], size, recorded.get("max_side"), self.settings, options)

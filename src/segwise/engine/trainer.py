@@ -60,7 +60,7 @@ from .lr_find import lr_range_test
 from .plan import Sections, entry_overrides
 from .schedules import build_optimizer, build_scheduler, encoder_decoder_groups
 from .start import Environment, NewRun, ResumedRun, Start, training_environment
-from .step import Step, autocast
+from .step import RunningLoss, Step, autocast
 
 
 @dataclass
@@ -389,36 +389,43 @@ class Trainer:
         net = self._network(epoch)
         fraction = resize_fraction(settings, epoch)
         net.train()
-        started, seen, running = time.perf_counter(), 0, 0.0
+        started, running = time.perf_counter(), RunningLoss(self.env.device)
         batch_count = self.train_batches.batches_per_epoch(drop_last=True)
         show = self.env.progress and sys.stderr.isatty()
         bar = tqdm(total=batch_count, desc=f"epoch {epoch}/{settings.epochs}", leave=False, disable=not show)
+        draws = distributed.augmentation_generator(self.generator, self.env.process, settings.seed, epoch)
         for index, (images, masks) in enumerate(self.train_batches.epoch(self.generator, drop_last=True)):
-            x, masks = self.train_batches.augment(images, masks, settings.augment, self.generator)
+            x, masks = self.train_batches.augment(images, masks, settings.augment, draws)
             x, masks = resize_batch(x, masks, fraction)
             update = (index + 1) % settings.accumulate == 0 or index + 1 == batch_count
-            loss_sum, count = self.step(net, x, masks, update)
-            if not math.isfinite(loss_sum):
-                raise SegwiseError(
-                    f"{self.run_dir}: loss became {loss_sum / count} at epoch {epoch}; stopped, {LAST} and "
-                    f"{WEIGHTS} keep the last good epoch ({epoch - 1}); lower --lr or use --precision fp32"
-                )
+            running.add(self.step.train(net, x, masks, update), len(masks))
             if update:
                 self.scheduler.step()
                 if self.ema is not None:
                     self.ema.update_parameters(self.model)
                 state.step += 1
-            running += loss_sum
-            seen += count
             bar.update(1)
-            best = {settings.monitor: f"{state.best_value:.4f}"} if state.best_value is not None else {}
-            bar.set_postfix(
-                loss=f"{running / seen:.4f}", img_s=f"{seen / (time.perf_counter() - started):.1f}", **best
-            )
+            if running.due:  # the loss is read back every few steps only: each read waits for the device
+                self._check_loss(running, epoch)
+                best = {settings.monitor: f"{state.best_value:.4f}"} if state.best_value is not None else {}
+                speed = running.read_count / (time.perf_counter() - started)
+                bar.set_postfix(
+                    loss=f"{running.read_total / running.read_count:.4f}", img_s=f"{speed:.1f}", **best
+                )
             if update and self.out_of_time(every=16):
                 break  # validate and save what there is: the budget ends the run
         bar.close()
-        return running / max(seen, 1), seen
+        self._check_loss(running, epoch)
+        return running.read_total / max(running.read_count, 1), running.read_count
+
+    def _check_loss(self, running: RunningLoss, epoch: int) -> None:
+        """Read the running loss (all processes at once); a non-finite one stops the run."""
+        loss_sum, count = running.read()
+        if not math.isfinite(loss_sum):
+            raise SegwiseError(
+                f"{self.run_dir}: loss became {loss_sum / max(count, 1)} at epoch {epoch}; stopped, {LAST} and "
+                f"{WEIGHTS} keep the last good epoch ({epoch - 1}); lower --lr or use --precision fp32"
+            )
 
     def _deadline(self, started: float) -> float | None:
         """When a new run's time budget ends (perf_counter time); a resumed run has none (it counted
@@ -537,16 +544,19 @@ def validate(
     """Validation loss and confusion matrix over every process's share of the validation set."""
     model.eval()
     matrix = confusion_matrix_for(task, batches.device)
-    total_loss, count = 0.0, 0
+    total_loss, count = (
+        torch.zeros((), dtype=torch.float64, device=batches.device),
+        0,
+    )  # read once, at the end
     with torch.no_grad(), autocast(batches.device, dtype):
         for images, masks in batches.epoch(None, drop_last=False):
             x = batches.normalize(images)
             logits = model(x.contiguous(memory_format=torch.channels_last) if channels_last else x).float()
-            total_loss += float(loss_fn(logits, masks)) * len(masks)
+            total_loss.add_(loss_fn(logits, masks), alpha=len(masks))
             count += len(masks)
             matrix.update(task.decide_logits(logits), masks)
     matrix.all_reduce()
-    total_loss, count = distributed.all_sum(total_loss, count, device=batches.device)
+    total_loss, count = distributed.all_sum(float(total_loss), count, device=batches.device)
     return total_loss / max(count, 1), matrix
 
 

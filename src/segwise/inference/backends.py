@@ -10,6 +10,7 @@ after it are the very code the PyTorch backend runs: only the forward pass diffe
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -52,6 +53,13 @@ class OnnxRuntimeModel(torch.nn.Module):
                 f"{path}: not a loadable ONNX model ({' '.join(str(error).split())[:200]}); "
                 "export it again with `segwise export RUN --format onnx`"
             ) from None
+        self.provider = self.session.get_providers()[0]  # onnxruntime falls back to the CPU silently
+        fallback = (
+            " (its CUDA provider could not start: check CUDA and cuDNN)"
+            if providers[0] != self.provider
+            else ""
+        )
+        print(f"segwise: onnxruntime runs {path.name} on {self.provider}{fallback}", file=sys.stderr)
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         declared = outputs[0].shape[1] if len(outputs[0].shape) == 4 else None
         if len(inputs) != 1 or (isinstance(declared, int) and declared != num_classes):

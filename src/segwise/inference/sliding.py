@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 import torch
 
 from ..errors import SegwiseError
+from .chunks import HalvingOnOutOfMemory
 
 Tensor = torch.Tensor
 WEIGHTINGS = ("gaussian", "constant")
@@ -99,6 +100,7 @@ def sliding_rows(
     """
     height, width = size
     check_overlap(overlap)
+    predict_tiles = HalvingOnOutOfMemory(predict_tiles)  # a batch of tiles too big for the GPU: halves
     tile_h, tile_w = min(tile[0], height), min(tile[1], width)
     rows, cols = tile_starts(height, tile_h, overlap), tile_starts(width, tile_w, overlap)
     # The band's top is the row of the previous batch's last tile; the batch being added takes the next

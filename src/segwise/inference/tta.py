@@ -9,7 +9,7 @@ Every view's output becomes probabilities (softmax or sigmoid) *before* merging:
 lets one over-confident view dominate, and a geometric mean of logits is undefined (negative values).
 Views go through the model together: transformed images of the same shape are concatenated along the
 batch and run in chunks of at most `max_batch_pixels` pixels, so memory is bounded whatever the number
-of views. A 90° rotation of a non-square image changes H×W, so views are grouped by shape first.
+of views (and a chunk that does not fit the GPU runs in halves, see chunks.py). A 90° rotation of a non-square image changes H×W, so views are grouped by shape first.
 
 >>> probs = predict_tta(model, images, views_for("d4"), merge="mean")  # doctest: +SKIP
 """
@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from ..config import MERGES
 from ..errors import SegwiseError
+from .chunks import HalvingOnOutOfMemory
 
 Tensor = torch.Tensor
 Size = tuple[int, int]
@@ -232,6 +233,7 @@ def predict_tta(
     """
     count, size = images.shape[0], (images.shape[-2], images.shape[-1])
     merger = Merger(merge, activation, len(views))
+    forward = HalvingOnOutOfMemory(model)  # a pass that does not fit the GPU runs in halves
     groups: dict[Size, list[View]] = {}  # views that give the same H×W share batches
     for view in views:
         groups.setdefault(view_shape(view, size), []).append(view)
@@ -248,7 +250,7 @@ def predict_tta(
                 else:
                     runs.append((view, slice(index, index + 1)))
             batch = torch.cat([view.apply(images[images_slice]) for view, images_slice in runs])
-            probs = to_probabilities(model(batch), activation)
+            probs = to_probabilities(forward(batch), activation)
             offset = 0
             for view, images_slice in runs:
                 length = images_slice.stop - images_slice.start
