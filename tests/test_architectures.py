@@ -8,8 +8,17 @@ import segwise
 from segwise.errors import SegwiseError
 
 # The smallest representative configuration of each architecture: timm's tiny `test_resnet` encoder, or
-# for those with their own encoder, a narrow 2015 U-Net and the 3-stage SegNet (its VGG16-bn is fixed).
-OWN_ENCODER_OPTIONS = {"unet_classic": {"encoder_width": 4}, "segnet": {"encoder_depth": 3}}
+# for those with their own encoder, a narrow 2015 U-Net and the 3-stage SegNet (its VGG16-bn is fixed);
+# dpt reads a plain ViT's tokens: timm's tiny `test_vit`, with a narrow decoder.
+OWN_ENCODER_OPTIONS = {
+    "unet_classic": {"encoder_width": 4},
+    "segnet": {"encoder_depth": 3},
+    "dpt": {
+        "encoder": "test_vit",
+        "decoder_intermediate_channels": [8, 16, 32, 32],
+        "decoder_fusion_channels": 16,
+    },
+}
 
 
 def tiny(arch: str, **options) -> segwise.models.SegmentationModel:

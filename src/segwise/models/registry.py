@@ -12,6 +12,7 @@ from torch import nn
 from ..errors import SegwiseError
 from .base import SegmentationModel
 from .deeplab import DeepLabV3Decoder, DeepLabV3PlusDecoder
+from .dpt import DPTDecoder
 from .encoders import Encoder
 from .fcn import FCNDecoder
 from .fpn import FPNDecoder
@@ -26,6 +27,7 @@ from .unet import UnetDecoder
 from .unet_classic import ClassicDecoder, ClassicEncoder
 from .unetplusplus import UnetPlusPlusDecoder
 from .upernet import UPerNetDecoder
+from .vit import ViTEncoder
 
 DEFAULT_ENCODER = "resnet34"
 
@@ -166,6 +168,23 @@ def _upernet(
     return UPerNetDecoder(encoder.channels, encoder.reductions, decoder_channels, decoder_use_norm)
 
 
+def _dpt(
+    encoder: ViTEncoder,
+    encoder_depth: int = 4,
+    encoder_output_indices: list[int] | None = None,
+    decoder_readout: str = "cat",
+    decoder_intermediate_channels: tuple[int, ...] = (256, 512, 1024, 1024),
+    decoder_fusion_channels: int = 256,
+):
+    return DPTDecoder(
+        encoder.channels,
+        encoder.prefix_tokens > 0,
+        decoder_readout,
+        decoder_intermediate_channels,
+        decoder_fusion_channels,
+    )
+
+
 # Each entry builds a decoder from an encoder and its own options (prefixed `decoder_`), nothing else.
 # Options prefixed `encoder_` (e.g. `encoder_output_stride`) configure the encoder: `create_model` passes
 # them, with the builder's defaults, to `Encoder` (without the prefix) before the builder runs.
@@ -186,6 +205,13 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "manet": _manet,
     "pan": _pan,
     "upernet": _upernet,
+    "dpt": _dpt,
+}
+
+# Architectures built on the tokens of a plain ViT (all at one stride) instead of a feature pyramid: the
+# encoder class that gives them, and the encoder used when none is named.
+VIT_ARCHITECTURES: dict[str, tuple[Callable[..., nn.Module], str]] = {
+    "dpt": (ViTEncoder, "vit_small_patch16_224"),
 }
 
 # Architectures that bring their own encoder instead of a timm one: the encoder name each accepts, and
@@ -202,8 +228,10 @@ PACKAGE_ENCODERS: dict[str, Callable[..., nn.Module]] = dict.fromkeys(MIT_SIZES,
 
 def encoder_name(arch: str, encoder: str | None = None) -> str:
     """The encoder `create_model(arch, encoder=...)` builds: the architecture's own, else the given
-    timm encoder or DEFAULT_ENCODER."""
-    return OWN_ENCODERS[arch][0] if arch in OWN_ENCODERS else encoder or DEFAULT_ENCODER
+    timm encoder, else the architecture's default (DEFAULT_ENCODER, or a ViT for those that need one)."""
+    if arch in OWN_ENCODERS:
+        return OWN_ENCODERS[arch][0]
+    return encoder or VIT_ARCHITECTURES.get(arch, (None, DEFAULT_ENCODER))[1]
 
 
 def list_models(pattern: str = "*") -> list[str]:
@@ -226,7 +254,8 @@ def create_model(
     >>> model(torch.zeros(1, 1, 250, 333)).shape  # doctest: +SKIP
     torch.Size([1, 5, 250, 333])
 
-    `encoder`: a timm model name (default resnet34) or `mit_b0` … `mit_b5`; `segnet` and `unet_classic` build their own encoder
+    `encoder`: a timm model name (default resnet34; for dpt a plain ViT, default vit_small_patch16_224) or
+    `mit_b0` … `mit_b5`; `segnet` and `unet_classic` build their own encoder
     (VGG16-bn with pooling indices, the 2015 contracting path) and accept only its name or None.
     `encoder_weights`: None (random), "imagenet" (the local cache, else timm's hub) or a path to a state
     dict of timm, torchvision or segmentation_models_pytorch, matched by name;
@@ -264,7 +293,9 @@ def create_model(
                 f"weights by name, got '{encoder_weights_mapping}'"
             )
     else:
-        build_encoder = PACKAGE_ENCODERS.get(name, Encoder)
+        build_encoder = (
+            VIT_ARCHITECTURES[arch][0] if arch in VIT_ARCHITECTURES else PACKAGE_ENCODERS.get(name, Encoder)
+        )
         encoder_options = {"name": name, "mapping": encoder_weights_mapping, **encoder_options}
     backbone = build_encoder(in_channels=in_channels, weights=encoder_weights, **encoder_options)
     decoder = builder(backbone, **options)
