@@ -1,6 +1,7 @@
 """DPT on plain ViTs: smp's DPT given the same weights, any input size, its options and mistakes; plain ViTs
 refused by the pyramid decoders; Swin (channels-last, fixed-size by default) at any size."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -147,3 +148,16 @@ def test_upernet_on_swin_at_sizes_other_than_its_224():
         # 64×96: a 16×24 grid at stride 4, which 7×7 windows do not tile; 45×61: padded to 64×64 first
         for size in [(64, 96), (45, 61)]:
             assert model.eval()(torch.randn(1, 3, *size)).shape == (1, 2, *size)
+
+
+@pytest.mark.slow
+def test_dpt_trains_and_predicts_at_an_odd_size_with_tta_and_tiles(shapes_data, tmp_path):
+    options = {"arch": "dpt", "encoder": "test_vit", "options": SMALL, "batch_size": 4}
+    result = segwise.train(shapes_data, runs_dir=tmp_path, name="dpt", epochs=1, progress=False, **options)
+    image = np.random.default_rng(0).integers(0, 256, (250, 333, 3), dtype=np.uint8)
+    predictor = segwise.load(result.run_dir, device="cpu")
+    assert predictor.model.config["arch"] == "dpt"
+    assert predictor.predict(image).shape == (250, 333)
+    # test-time flips and a sliding window of overlapping tiles, each padded to the patch size
+    assert predictor.predict_proba(image, tta="flips", tile=96).shape[-2:] == (250, 333)
+    # (ONNX export at two sizes: tests/test_export.py, parametrised over every architecture)
