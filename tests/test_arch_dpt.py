@@ -129,6 +129,10 @@ def test_an_encoder_that_cannot_serve_the_architecture_names_a_working_one():
         segwise.create_model("dpt", encoder="test_resnet")
     with pytest.raises(SegwiseError, match=r"encoder 'test_convnext' is not a plain ViT"):
         segwise.create_model("dpt", encoder="test_convnext")
+    with pytest.raises(
+        SegwiseError, match=r"dpt: encoder 'mit_b0' is a hierarchical transformer, not a plain"
+    ):
+        segwise.create_model("dpt", encoder="mit_b0")
     single_scale = r"encoder 'test_vit' is a single-scale ViT .* use arch dpt, or a hierarchical encoder"
     for arch in ["unet", "upernet"]:
         with pytest.raises(SegwiseError, match=single_scale):

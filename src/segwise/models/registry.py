@@ -234,6 +234,19 @@ def encoder_name(arch: str, encoder: str | None = None) -> str:
     return encoder or VIT_ARCHITECTURES.get(arch, (None, DEFAULT_ENCODER))[1]
 
 
+def _encoder_class(arch: str, name: str) -> Callable[..., nn.Module]:
+    """What builds encoder `name` for `arch`: a ViT's tokens for the architectures that read them, else
+    segwise's own encoder of that name or a timm feature pyramid."""
+    if arch not in VIT_ARCHITECTURES:
+        return PACKAGE_ENCODERS.get(name, Encoder)
+    if name in PACKAGE_ENCODERS:  # not timm's: ViTEncoder would call it unknown
+        raise SegwiseError(
+            f"{arch}: encoder '{name}' is a hierarchical transformer, not a plain ViT; use a plain ViT such as "
+            f"{VIT_ARCHITECTURES[arch][1]}, or arch segformer or upernet for '{name}'"
+        )
+    return VIT_ARCHITECTURES[arch][0]
+
+
 def list_models(pattern: str = "*") -> list[str]:
     """Architecture names matching a shell-style pattern, e.g. `list_models("unet*")`."""
     return sorted(name for name in ARCHITECTURES if fnmatch.fnmatch(name, pattern))
@@ -254,8 +267,7 @@ def create_model(
     >>> model(torch.zeros(1, 1, 250, 333)).shape  # doctest: +SKIP
     torch.Size([1, 5, 250, 333])
 
-    `encoder`: a timm model name (default resnet34; for dpt a plain ViT, default vit_small_patch16_224) or
-    `mit_b0` … `mit_b5`; `segnet` and `unet_classic` build their own encoder
+    `encoder`: a timm model name (default resnet34; dpt: a plain ViT) or `mit_b0` … `mit_b5`; `segnet` and `unet_classic` build their own encoder
     (VGG16-bn with pooling indices, the 2015 contracting path) and accept only its name or None.
     `encoder_weights`: None (random), "imagenet" (the local cache, else timm's hub) or a path to a state
     dict of timm, torchvision or segmentation_models_pytorch, matched by name;
@@ -293,9 +305,7 @@ def create_model(
                 f"weights by name, got '{encoder_weights_mapping}'"
             )
     else:
-        build_encoder = (
-            VIT_ARCHITECTURES[arch][0] if arch in VIT_ARCHITECTURES else PACKAGE_ENCODERS.get(name, Encoder)
-        )
+        build_encoder = _encoder_class(arch, name)
         encoder_options = {"name": name, "mapping": encoder_weights_mapping, **encoder_options}
     backbone = build_encoder(in_channels=in_channels, weights=encoder_weights, **encoder_options)
     decoder = builder(backbone, **options)
