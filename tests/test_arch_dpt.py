@@ -48,8 +48,7 @@ def test_dpt_parameter_count_equals_smp():
     [("test_vit", "cat"), ("test_vit", "add"), ("test_vit", "ignore"), ("test_vit2", "cat")],
 )
 def test_dpt_equals_smp_given_the_same_weights(encoder, readout):
-    options = {f"decoder_{k.removeprefix('decoder_')}": v for k, v in SMALL.items()}
-    reference = _smp_dpt(encoder, decoder_readout=readout, **options).eval()
+    reference = _smp_dpt(encoder, decoder_readout=readout, **SMALL).eval()  # smp's option names
     model = segwise.create_model("dpt", encoder=encoder, num_classes=3, decoder_readout=readout, **SMALL)
     _randomise_norms(reference)
     _load_smp_weights(model.eval(), reference)
@@ -94,6 +93,21 @@ def test_vit_encoder_returns_each_blocks_tokens_and_prunes_the_rest():
         "dpt", encoder="test_vit", encoder_depth=2, decoder_intermediate_channels=[8, 8]
     )
     assert model(torch.randn(1, 3, 32, 48)).shape == (1, 2, 32, 48)
+
+
+def test_vit_encoder_weights_from_a_timm_or_an_smp_file(tmp_path):
+    timm = pytest.importorskip("timm")
+    from safetensors.torch import save_file
+
+    vit = timm.create_model("test_vit")
+    save_file(vit.state_dict(), tmp_path / "vit.safetensors")
+    smp_file = tmp_path / "smp_dpt.pth"
+    torch.save(_smp_dpt("test_vit", **SMALL).state_dict(), smp_file)  # encoder.model.*, decoder.*, ...
+    for path, source in [(tmp_path / "vit.safetensors", vit.state_dict()), (smp_file, None)]:
+        model = segwise.create_model("dpt", encoder="test_vit", encoder_weights=path, **SMALL)
+        source = source or {k.removeprefix("encoder.model."): v for k, v in torch.load(smp_file).items()}
+        loaded = model.encoder.model.state_dict()
+        assert all(torch.equal(loaded[k], source[k]) for k in loaded)  # every tensor the encoder runs
 
 
 def test_dpt_default_encoder_is_a_vit():

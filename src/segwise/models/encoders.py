@@ -400,9 +400,13 @@ def _feature_keys(full: nn.Module) -> set[str]:
 def _unwrapped(state: dict[str, torch.Tensor], expected: set[str]) -> dict[str, torch.Tensor]:
     """Peel wrapper prefixes while that makes more keys fit the encoder; keys outside the prefix go (the
     decoder and head of a whole segmentation model's checkpoint)."""
+    # two at once too: no single one of smp's `encoder.model.` (its "tu-" timm encoders) fits any key
+    prefixes = WRAPPER_PREFIXES + tuple(
+        outer + inner for outer in WRAPPER_PREFIXES for inner in WRAPPER_PREFIXES
+    )
     while True:
         best, fits = None, len(state.keys() & expected)
-        for prefix in WRAPPER_PREFIXES:
+        for prefix in prefixes:
             inner = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
             if len(inner.keys() & expected) > fits:
                 best, fits = inner, len(inner.keys() & expected)
