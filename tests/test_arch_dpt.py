@@ -13,7 +13,7 @@ from tests.test_arch_upernet import _randomise_norms, n_parameters
 
 SMALL = {"decoder_intermediate_channels": [8, 16, 32, 32], "decoder_fusion_channels": 16}
 # what smp's DPT holds but never runs: timm's final norms and classifier (it reads the blocks' tokens)
-UNUSED_BY_SMP = ("encoder.model.norm.", "encoder.model.fc_norm.", "encoder.model.head.")
+UNUSED_BY_SMP = ("encoder.model.norm.", "encoder.model.fc_norm.", "encoder.model.head")  # DeiT: head_dist
 
 
 def _smp_dpt(encoder: str, **options) -> torch.nn.Module:
@@ -42,10 +42,18 @@ def test_dpt_parameter_count_equals_smp():
     ) + n_parameters(reference.segmentation_head)
 
 
-# timm's small test ViTs: test_vit has a class token, test_vit2 one prefix token that is not a class token
+# timm's small test ViTs: test_vit has a class token, test_vit2 one prefix token that is not a class token;
+# DeiT's distilled ViT two (class and distillation), which `cat` and `add` read differently
 @pytest.mark.parametrize(
     "encoder, readout",
-    [("test_vit", "cat"), ("test_vit", "add"), ("test_vit", "ignore"), ("test_vit2", "cat")],
+    [
+        ("test_vit", "cat"),
+        ("test_vit", "add"),
+        ("test_vit", "ignore"),
+        ("test_vit2", "cat"),
+        ("deit_tiny_distilled_patch16_224", "cat"),
+        ("deit_tiny_distilled_patch16_224", "add"),
+    ],
 )
 def test_dpt_equals_smp_given_the_same_weights(encoder, readout):
     reference = _smp_dpt(encoder, decoder_readout=readout, **SMALL).eval()  # smp's option names
