@@ -56,13 +56,14 @@ class ViTEncoder(nn.Module):
             features = create_timm_encoder(name, options)
         except TypeError:  # the model has no dynamic image size: not a ViT of timm's VisionTransformer kind
             features = None
-        # timm wraps a ViT in a feature getter around the model itself; a hierarchical model has stages
+        # timm's features_only ViT is a feature getter that holds the ViT itself; a pyramid has stages
         vit = getattr(features, "model", None)
         reductions = sorted(set(features.feature_info.reduction())) if features is not None else []
         if len(reductions) != 1 or not hasattr(vit, "forward_intermediates") or not hasattr(vit, "blocks"):
+            strides = f" (features at strides {reductions})" if len(reductions) > 1 else ""
             raise SegwiseError(
-                f"encoder '{name}' is not a plain ViT (features at strides {reductions or 'unknown'}); "
-                f"dpt reassembles the tokens of {TOKENS}; for '{name}' use another arch, e.g. upernet"
+                f"encoder '{name}' is not a plain ViT{strides}; dpt reassembles the tokens of {TOKENS}; "
+                f"for '{name}' use another arch, e.g. upernet"
             )
         self.indices = _block_indices(name, depth, output_indices, len(vit.blocks))
         vit.prune_intermediate_layers(self.indices, prune_norm=True, prune_head=True)  # unused blocks go
