@@ -279,7 +279,7 @@ class Encoder(nn.Module):
         options: dict = {"features_only": True, "in_chans": in_channels, "pretrained": weights is not None}
         options.update(weight_options(name, weights, mapping))
         if getattr(_pretrained_cfg(name), "fixed_input_size", False):  # Swin, ViTs: 224×224 unless asked
-            options["dynamic_img_size"] = True  # attention masks / position embedding built for each size
+            options["dynamic_img_size"] = True  # attention masks / position embedding made for each size
         if depth is not None:  # only the first `depth` feature levels: timm drops the deeper stages
             levels = len(timm.create_model(name, features_only=True, pretrained=False).feature_info)
             if not 1 <= depth <= levels:
@@ -292,11 +292,10 @@ class Encoder(nn.Module):
         except TypeError as error:
             if "dynamic_img_size" not in str(error):
                 raise
-            size = "×".join(str(s) for s in _pretrained_cfg(name).input_size[1:])
-            raise SegwiseError(
-                f"encoder '{name}' takes only {size} inputs (timm cannot build it for other sizes) and "
-                "segwise models take any size; use e.g. swin_tiny_patch4_window7_224 or convnext_tiny"
-            ) from None
+            # no such option (refused before anything is built): many of these models (Twins, XCiT,
+            # MViTv2, TinyViT) take any size anyway
+            del options["dynamic_img_size"]
+            self.model = create_timm_encoder(name, options)
         self.name = name
         self.channels: list[int] = list(self.model.feature_info.channels())
         self.reductions: list[int] = list(self.model.feature_info.reduction())
