@@ -39,7 +39,11 @@ PAIRS = {
     "manet": "MAnet",
     "pan": "PAN",
     "upernet": "UPerNet",
+    "dpt": "DPT",
 }
+# Architectures on a plain ViT's tokens run on this timm ViT instead of `--encoder` (smp names it "tu-…"
+# and needs dynamic_img_size=True for sizes other than 224).
+VIT_ENCODERS = {"dpt": "vit_small_patch16_224"}
 
 
 def training_step(model: torch.nn.Module, x: torch.Tensor) -> float:
@@ -53,7 +57,13 @@ def training_step(model: torch.nn.Module, x: torch.Tensor) -> float:
 
 def compare(arch: str, encoder: str, x: torch.Tensor, classes: int, repeats: int) -> tuple[float, float]:
     torch.manual_seed(0)
-    peer = getattr(smp, PAIRS[arch])(encoder, encoder_weights=None, classes=classes).train()
+    peer_encoder, peer_options = encoder, {}
+    if arch in VIT_ENCODERS:
+        encoder = VIT_ENCODERS[arch]
+        peer_encoder, peer_options = f"tu-{encoder}", {"dynamic_img_size": True}
+    peer = getattr(smp, PAIRS[arch])(
+        peer_encoder, encoder_weights=None, classes=classes, **peer_options
+    ).train()
     ours = segwise.create_model(arch, encoder=encoder, num_classes=classes).train()
     with torch.no_grad():
         assert peer(x).shape == ours(x).shape, arch
@@ -95,8 +105,9 @@ def main() -> None:
     print("|---|---|---:|---:|---:|")
     for arch in args.arch:
         peer, ours = compare(arch, args.encoder, x, classes=12, repeats=args.repeats)
+        label = f"{arch} ({VIT_ENCODERS[arch]})" if arch in VIT_ENCODERS else arch
         print(
-            f"| {arch} | {PAIRS[arch]} | {peer * 1e3:.0f} | {ours * 1e3:.0f} | {peer / ours:.2f}× |",
+            f"| {label} | {PAIRS[arch]} | {peer * 1e3:.0f} | {ours * 1e3:.0f} | {peer / ours:.2f}× |",
             flush=True,
         )
 

@@ -11,11 +11,17 @@ from segwise.models.torchvision_seg import TORCHVISION_MODELS
 
 # The smallest representative configuration of each architecture: timm's tiny `test_resnet` encoder, or
 # for those with their own encoder, a narrow 2015 U-Net and the 3-stage SegNet (its VGG16-bn is fixed),
-# torchvision's models as they are.
+# torchvision's models as they are; dpt reads a plain ViT's tokens: timm's tiny `test_vit`, with a narrow
+# decoder.
 OWN_ENCODER_OPTIONS = {
     "unet_classic": {"encoder_width": 4},
     "segnet": {"encoder_depth": 3},
     **dict.fromkeys(TORCHVISION_MODELS, {}),
+    "dpt": {
+        "encoder": "test_vit",
+        "decoder_intermediate_channels": [8, 16, 32, 32],
+        "decoder_fusion_channels": 16,
+    },
 }
 # torchvision's dilated ResNet-50/101 models take tens of seconds a pass at these sizes on a CPU: the loops
 # over every architecture skip them; tests/test_arch_torchvision.py compares them with torchvision, and

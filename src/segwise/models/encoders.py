@@ -271,17 +271,15 @@ class Encoder(nn.Module):
         mapping: str = "by_name",
     ) -> None:
         super().__init__()
-        if not timm.is_model(name.split(".")[0]):
-            close = timm.list_models(f"*{name[:5]}*")[:8]
-            raise SegwiseError(
-                f"unknown encoder '{name}'; timm has e.g. {close or timm.list_models('resnet*')[:8]}"
-            )
+        check_encoder_name(name)
         if output_stride not in OUTPUT_STRIDES:
             raise SegwiseError(
                 f"encoder '{name}': output_stride {output_stride} unsupported; choose one of {OUTPUT_STRIDES}"
             )
         options: dict = {"features_only": True, "in_chans": in_channels, "pretrained": weights is not None}
-        options.update(_weight_options(name, weights, mapping))
+        options.update(weight_options(name, weights, mapping))
+        if getattr(_pretrained_cfg(name), "fixed_input_size", False):  # Swin, ViTs: 224×224 unless asked
+            options["dynamic_img_size"] = True  # attention masks / position embedding made for each size
         if depth is not None:  # only the first `depth` feature levels: timm drops the deeper stages
             levels = len(timm.create_model(name, features_only=True, pretrained=False).feature_info)
             if not 1 <= depth <= levels:
@@ -289,11 +287,25 @@ class Encoder(nn.Module):
             options["out_indices"] = tuple(range(depth))
         if output_stride not in (None, 32):  # dilated convolutions instead of the last stride(s)
             options["output_stride"] = output_stride
-        self.model = _create(name, options)
+        try:
+            self.model = create_timm_encoder(name, options)
+        except TypeError as error:
+            if "dynamic_img_size" not in str(error):
+                raise
+            # no such option (refused before anything is built): many of these models (Twins, XCiT,
+            # MViTv2, TinyViT) take any size anyway
+            del options["dynamic_img_size"]
+            self.model = create_timm_encoder(name, options)
         self.name = name
         self.channels: list[int] = list(self.model.feature_info.channels())
         self.reductions: list[int] = list(self.model.feature_info.reduction())
         assert self.reductions == sorted(self.reductions), "features must come shallow to deep"
+        if len(self.reductions) > 1 and len(set(self.reductions)) == 1:  # a plain ViT: no pyramid
+            raise SegwiseError(
+                f"encoder '{name}' is a single-scale ViT (every feature at stride {self.reductions[0]}), "
+                "which this architecture cannot use; use arch dpt, or a hierarchical encoder such as "
+                "convnext_tiny or swin_tiny_patch4_window7_224"
+            )
         # Some timm models (Swin, MambaOut) give N×H×W×C features; every decoder takes N×C×H×W.
         self.channels_last = getattr(self.model, "output_fmt", "NCHW") == "NHWC"
 
@@ -304,7 +316,16 @@ class Encoder(nn.Module):
         return features
 
 
-def _weight_options(name: str, weights: str | Path | None, mapping: str) -> dict:
+def check_encoder_name(name: str) -> None:
+    """SegwiseError, with names that timm has, unless timm knows `name` (with or without a weights tag)."""
+    if not timm.is_model(name.split(".")[0]):
+        close = timm.list_models(f"*{name[:5]}*")[:8]
+        raise SegwiseError(
+            f"unknown encoder '{name}'; timm has e.g. {close or timm.list_models('resnet*')[:8]}"
+        )
+
+
+def weight_options(name: str, weights: str | Path | None, mapping: str) -> dict:
     """The `timm.create_model` options that put `weights` into the encoder (none for random weights)."""
     if mapping not in MAPPINGS:
         raise SegwiseError(f"encoder '{name}': weights mapping '{mapping}' unknown; choose one of {MAPPINGS}")
@@ -321,13 +342,14 @@ def _weight_options(name: str, weights: str | Path | None, mapping: str) -> dict
     return {"pretrained_cfg_overlay": {"state_dict": _checked_state_dict(Path(weights), name, mapping)}}
 
 
-def _create(name: str, options: dict) -> nn.Module:
+def create_timm_encoder(name: str, options: dict) -> nn.Module:
+    """`timm.create_model(name, **options)`, with one-line errors for what the model cannot do."""
     try:
         with _quiet_dropped_keys():
             return timm.create_model(name, **options)
     except TypeError as error:
-        if "output_stride" not in options:
-            raise
+        if "dynamic_img_size" in str(error) or "output_stride" not in options:
+            raise  # the caller knows what a model without dynamic sizes means to it
         raise SegwiseError(
             f"encoder '{name}' cannot be dilated to output_stride={options['output_stride']} "
             f"({error}); use an encoder that can, e.g. resnet50"
@@ -377,9 +399,13 @@ def _feature_keys(full: nn.Module) -> set[str]:
 def _unwrapped(state: dict[str, torch.Tensor], expected: set[str]) -> dict[str, torch.Tensor]:
     """Peel wrapper prefixes while that makes more keys fit the encoder; keys outside the prefix go (the
     decoder and head of a whole segmentation model's checkpoint)."""
+    # two at once too: no single one of smp's `encoder.model.` (its "tu-" timm encoders) fits any key
+    prefixes = WRAPPER_PREFIXES + tuple(
+        outer + inner for outer in WRAPPER_PREFIXES for inner in WRAPPER_PREFIXES
+    )
     while True:
         best, fits = None, len(state.keys() & expected)
-        for prefix in WRAPPER_PREFIXES:
+        for prefix in prefixes:
             inner = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
             if len(inner.keys() & expected) > fits:
                 best, fits = inner, len(inner.keys() & expected)

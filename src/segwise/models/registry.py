@@ -13,6 +13,7 @@ from torch import nn
 from ..errors import SegwiseError
 from .base import SegmentationModel
 from .deeplab import DeepLabV3Decoder, DeepLabV3PlusDecoder
+from .dpt import DPTDecoder
 from .encoders import Encoder, encoder_preprocessing
 from .fcn import FCNDecoder, FCNSkipDecoder
 from .fpn import FPNDecoder
@@ -28,6 +29,7 @@ from .unet import UnetDecoder
 from .unet_classic import ClassicDecoder, ClassicEncoder
 from .unetplusplus import UnetPlusPlusDecoder
 from .upernet import UPerNetDecoder
+from .vit import ViTEncoder
 
 DEFAULT_ENCODER = "resnet34"
 
@@ -192,6 +194,23 @@ def _upernet(
     return UPerNetDecoder(encoder.channels, encoder.reductions, decoder_channels, decoder_use_norm)
 
 
+def _dpt(
+    encoder: ViTEncoder,
+    encoder_depth: int = 4,
+    encoder_output_indices: list[int] | None = None,
+    decoder_readout: str = "cat",
+    decoder_intermediate_channels: tuple[int, ...] = (256, 512, 1024, 1024),
+    decoder_fusion_channels: int = 256,
+):
+    return DPTDecoder(
+        encoder.channels,
+        encoder.prefix_tokens > 0,
+        decoder_readout,
+        decoder_intermediate_channels,
+        decoder_fusion_channels,
+    )
+
+
 # Each entry builds a decoder from an encoder and its own options (prefixed `decoder_`), nothing else.
 # A builder that takes `num_classes` gets it: its decoder ends in the class scores, and the model has no head.
 # Options prefixed `encoder_` (e.g. `encoder_output_stride`) configure the encoder: `create_model` passes
@@ -219,6 +238,13 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     # torchvision's models, built whole by torchvision (its backbone the encoder, its classifier the decoder)
     # from num_classes, in_channels and weights (a checkpoint file); their one option is `decoder_aux_head`
     **{name: partial(build_torchvision, name) for name in TORCHVISION_MODELS},
+    "dpt": _dpt,
+}
+
+# Architectures built on the tokens of a plain ViT (all at one stride) instead of a feature pyramid: the
+# encoder class that gives them, and the encoder used when none is named.
+VIT_ARCHITECTURES: dict[str, tuple[Callable[..., nn.Module], str]] = {
+    "dpt": (ViTEncoder, "vit_small_patch16_224"),
 }
 # What create_model itself gives a builder; every other parameter of a builder is an option of the user's.
 GIVEN = ("encoder", "num_classes", "in_channels", "weights")
@@ -239,8 +265,23 @@ PACKAGE_ENCODERS: dict[str, Callable[..., nn.Module]] = dict.fromkeys(MIT_SIZES,
 
 def encoder_name(arch: str, encoder: str | None = None) -> str:
     """The encoder `create_model(arch, encoder=...)` builds: the architecture's own, else the given
-    timm encoder or DEFAULT_ENCODER."""
-    return OWN_ENCODERS[arch][0] if arch in OWN_ENCODERS else encoder or DEFAULT_ENCODER
+    timm encoder, else the architecture's default (DEFAULT_ENCODER, or a ViT for those that need one)."""
+    if arch in OWN_ENCODERS:
+        return OWN_ENCODERS[arch][0]
+    return encoder or VIT_ARCHITECTURES.get(arch, (None, DEFAULT_ENCODER))[1]
+
+
+def _encoder_class(arch: str, name: str) -> Callable[..., nn.Module]:
+    """What builds encoder `name` for `arch`: a ViT's tokens for the architectures that read them, else
+    segwise's own encoder of that name or a timm feature pyramid."""
+    if arch not in VIT_ARCHITECTURES:
+        return PACKAGE_ENCODERS.get(name, Encoder)
+    if name in PACKAGE_ENCODERS:  # not timm's: ViTEncoder would call it unknown
+        raise SegwiseError(
+            f"{arch}: encoder '{name}' is a hierarchical transformer, not a plain ViT; use a plain ViT such as "
+            f"{VIT_ARCHITECTURES[arch][1]}, or arch segformer or upernet for '{name}'"
+        )
+    return VIT_ARCHITECTURES[arch][0]
 
 
 def list_models(pattern: str = "*") -> list[str]:
@@ -263,9 +304,9 @@ def create_model(
     >>> model(torch.zeros(1, 1, 250, 333)).shape  # doctest: +SKIP
     torch.Size([1, 5, 250, 333])
 
-    `encoder`: a timm model name (default resnet34) or `mit_b0` … `mit_b5`; `segnet`, `unet_classic` and
-    torchvision's models build their own encoder (VGG16-bn with pooling indices, the 2015 contracting
-    path, torchvision's backbone) and accept only its name or None.
+    `encoder`: a timm model name (default resnet34; dpt: a plain ViT) or `mit_b0` … `mit_b5`; `segnet`,
+    `unet_classic` and torchvision's models build their own encoder (VGG16-bn with pooling indices, the
+    2015 contracting path, torchvision's backbone) and accept only its name or None.
     `encoder_weights`: None (random), "imagenet" (the local cache, else timm's hub) or a path to a state
     dict of timm, torchvision or segmentation_models_pytorch, matched by name (torchvision's models: a
     whole model's checkpoint, or its backbone's);
@@ -320,7 +361,7 @@ def _encoder_builder(
     architecture's own (refusing another encoder by name), a package encoder, or a timm `Encoder` (then
     bound to its name and weights mapping)."""
     if arch not in OWN_ENCODERS:
-        return partial(PACKAGE_ENCODERS.get(name, Encoder), name=name, mapping=mapping)
+        return partial(_encoder_class(arch, name), name=name, mapping=mapping)
     own, build_encoder = OWN_ENCODERS[arch]
     if encoder not in (None, own):
         timm_peer = "fcn or deeplabv3" if arch in TORCHVISION_MODELS else "unet"
