@@ -17,6 +17,10 @@ A run folder, `runs/<name>/`, holds:
     threshold.json     a binary run's foreground threshold, from `segwise eval --save-threshold`
     eval/SPLIT/        `segwise eval`: metrics.json, per_image.csv, confusion.png, iou_per_class.png, worst.png
     report.html        `segwise report`
+
+A folds parent, `runs/<name>/` of `segwise train DATA --folds K` (crossval.py), holds folds.json,
+plan.yaml, fold_0/ … fold_{K-1}/ (ordinary run folders, each with oof/: its out-of-fold predictions)
+and cv_summary.json / cv_summary.csv.
 """
 
 IGNORE_INDEX = 255  # mask value that counts for nothing (void): in losses, metrics and augmentation padding
@@ -40,6 +44,13 @@ PER_IMAGE_CSV = "per_image.csv"
 CONFUSION_PNG = "confusion.png"
 IOU_PNG = "iou_per_class.png"
 WORST_PNG = "worst.png"
+
+FOLDS = "folds.json"  # K, seed, the data folder, each fold's images relative to it
+FOLDS_PLAN = "plan.yaml"  # the plan every fold trains with
+OUT_OF_FOLD = "oof"  # in a fold's run folder: index.csv, one .npz per held-out image, metrics.json
+OUT_OF_FOLD_INDEX = "index.csv"
+CV_SUMMARY_JSON = "cv_summary.json"
+CV_SUMMARY_CSV = "cv_summary.csv"
 
 # The most pixels an image may have for segwise to read it (io.max_pixels); the environment variable,
 # set by the commands' --max-pixels, raises or lowers it.
