@@ -2,10 +2,11 @@
 
 Folds are drawn from a dataset's training images only (its own val and test splits stay untouched for
 an honest final evaluation), stratified by which classes each image contains: every image is keyed by
-its rarest present class (the class present in the fewest images), the images are ordered by that key
-(ties in an order drawn with the seed) and dealt round-robin. Each fold so gets its share, to within
-one image, of the images of every rarest class, of all images together, and of the images of the
-rarest class of the data as a whole (every image that holds it is keyed by it).
+its rarest present class (the class present in the fewest images), the images are taken rarest key
+first (ties in an order drawn with the seed), and each goes to the fold, among the smallest ones, that
+holds the fewest images of its rarest class, then of its other classes. The folds' sizes so differ by
+one image at most, and so do their shares of the images of the data's rarest class (those come first);
+the other classes come out balanced about as closely.
 
 folds.json (in the folds parent, `runs/<name>/`, written before any fold trains):
 
@@ -50,9 +51,19 @@ def stratified_folds(names: list[str], presence: np.ndarray, k: int, seed: int) 
         return (float(images_with[c]), int(c))
 
     order = sorted(np.random.default_rng(seed).permutation(len(names)).tolist(), key=rarest)
+    held = np.zeros((k, presence.shape[1]), np.int64)  # images of each class per fold so far
     folds: list[list[str]] = [[] for _ in range(k)]
-    for position, index in enumerate(order):
-        folds[position % k].append(names[index])
+    for index in order:
+        # Only the smallest folds may take it (sizes stay within one); among them the one with the
+        # fewest images of its rarest class, then of its other classes.
+        smallest = min(len(fold) for fold in folds)
+        _, c = rarest(index)
+        fold = min(
+            (f for f in range(k) if len(folds[f]) == smallest),
+            key=lambda f: (held[f, c] if c >= 0 else 0, int(held[f] @ presence[index])),
+        )
+        folds[fold].append(names[index])
+        held[fold] += presence[index]
     return [sorted(fold) for fold in folds]
 
 
