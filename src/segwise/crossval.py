@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import RunConfig
+from .config import Config, RunConfig
 from .constants import (
     CONFIG,
     CV_SUMMARY_CSV,
@@ -85,7 +85,7 @@ class OutOfFold:
 
 def train(
     data: str | Path | None = None,
-    config: Any = None,
+    config: Config | str | Path | None = None,
     *,
     folds: int | None = None,
     fold: int | None = None,
@@ -126,7 +126,7 @@ def _main_process() -> bool:
 
 def train_folds(
     data: str | Path,
-    config: Any,
+    config: Config | str | Path | None,
     k: int,
     only: int | None,
     runs_dir: Path,
@@ -165,7 +165,7 @@ def train_folds(
 
 def _folds_parent(
     data: str | Path,
-    config: Any,
+    config: Config | str | Path | None,
     k: int,
     only: int | None,
     runs_dir: Path,
