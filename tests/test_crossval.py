@@ -165,3 +165,15 @@ def test_one_fold_joins_an_existing_folds_folder_and_refuses_a_trained_one(folds
 def test_fold_without_folds_is_refused(shapes_data, tmp_path):
     result = run_cli("train", shapes_data, "--fold", "1", "--runs-dir", tmp_path)
     assert_one_line_error(result, "--fold I picks one of --folds K")
+
+
+@pytest.mark.slow
+def test_a_resumed_fold_writes_its_out_of_fold_predictions(folds_parent, tmp_path):
+    copy = tmp_path / "cv"
+    shutil.copytree(folds_parent, copy)
+    shutil.rmtree(copy / "fold_1/oof")
+    (copy / "cv_summary.json").unlink()
+    result = run_cli("train", "--resume", copy / "fold_1", "-q")
+    assert result.returncode == 0, result.stderr
+    assert (copy / "fold_1/oof/metrics.json").is_file()
+    assert json.loads((copy / "cv_summary.json").read_text())["done"] == [0, 1]

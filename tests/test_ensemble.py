@@ -107,6 +107,7 @@ def test_eval_and_predict_of_copies_match_the_single_run(runs_copy, shapes_data,
         "eval", runs_copy, shapes_data, "--split", "test", "--ensemble", runs_copy, "-o", tmp_path / "two"
     )
     assert single.returncode == 0 and both.returncode == 0, both.stderr
+    assert "ensemble of 2 runs" in both.stdout and "ensemble" not in single.stdout
     one, two = (json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("one", "two"))
     assert two["confusion_matrix"] == one["confusion_matrix"]
     image = shapes_data / "test/images/test_0000.png"

@@ -301,6 +301,7 @@ class EvaluationReport:
     output: Path  # the evaluation folder
     report: Path | None  # RUN/report.html when it was refreshed (output folder left at its default)
     held_out: Path | None = None  # RUN/val.txt when it chose the images (the data has no val split)
+    members: int = 1  # the runs whose probabilities were averaged (an ensemble: more than one)
 
 
 def evaluate_run(
@@ -343,4 +344,5 @@ def evaluate_run(
     best = evaluation.best_threshold
     saved = write_threshold(folder, *best, split) if save_threshold and best is not None else None
     report = None if output or isinstance(predictor, Ensemble) else write_report(folder)
-    return EvaluationReport(len(pairs), metrics, best, saved, out, report, held_out)
+    members = len(predictor.members) if isinstance(predictor, Ensemble) else 1
+    return EvaluationReport(len(pairs), metrics, best, saved, out, report, held_out, members)

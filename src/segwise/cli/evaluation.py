@@ -64,6 +64,8 @@ def _eval(args: argparse.Namespace) -> int:
         progress=sys.stderr.isatty(),
     )
     overall = report.metrics["overall"]
+    if report.members > 1:
+        print(f"ensemble of {report.members} runs: their probabilities averaged")
     if report.held_out is not None:
         print(f"val: the {report.images} images the run held out for validation ({report.held_out})")
     print(
