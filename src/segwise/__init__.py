@@ -18,7 +18,7 @@ __version__ = "0.1.0"
 
 # Public name → the module that defines it, imported when the name is first used.
 _LAZY = {
-    "train": "segwise.engine",
+    "train": "segwise.crossval",  # engine.train, or with folds=K cross-validation
     "load": "segwise.inference",
     "Predictor": "segwise.inference",
     "create_model": "segwise.models",

@@ -297,6 +297,13 @@ class DataConfig:
         None, "recorded by the plan; training checks the data still has them", flag=False
     )
     mode: Mode | None = option(None, "recorded by the plan: " + " | ".join(MODES), flag=False)
+    held_out: list[str] | None = option(
+        None,
+        "the training images held out for validation, paths relative to DATA (a cross-validation "
+        "fold: `train --folds` sets it); replaces val_fraction and the data's own val split",
+        (lambda v: v is None or len(v) >= 1, "a non-empty list of image paths relative to DATA"),
+        flag=False,
+    )
 
     def __post_init__(self) -> None:
         _validate(self, "data")

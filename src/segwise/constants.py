@@ -22,6 +22,10 @@ A run folder, `runs/<name>/`, holds:
 
 A folder written by `save_pretrained` (pretrained.py) holds config.json, model.safetensors, README.md and
 threshold.json when the run has one.
+
+A folds parent, `runs/<name>/` of `segwise train DATA --folds K` (crossval.py), holds folds.json,
+plan.yaml, fold_0/ … fold_{K-1}/ (ordinary run folders, each with oof/: its out-of-fold predictions)
+and cv_summary.json / cv_summary.csv.
 """
 
 IGNORE_INDEX = 255  # mask value that counts for nothing (void): in losses, metrics and augmentation padding
@@ -49,6 +53,13 @@ PER_IMAGE_CSV = "per_image.csv"
 CONFUSION_PNG = "confusion.png"
 IOU_PNG = "iou_per_class.png"
 WORST_PNG = "worst.png"
+
+FOLDS = "folds.json"  # K, seed, the data folder, each fold's images relative to it
+FOLDS_PLAN = "plan.yaml"  # the plan every fold trains with
+OUT_OF_FOLD = "oof"  # in a fold's run folder: index.csv, one .npz per held-out image, metrics.json
+OUT_OF_FOLD_INDEX = "index.csv"
+CV_SUMMARY_JSON = "cv_summary.json"
+CV_SUMMARY_CSV = "cv_summary.csv"
 
 # The most pixels an image may have for segwise to read it (io.max_pixels); the environment variable,
 # set by the commands' --max-pixels, raises or lowers it.

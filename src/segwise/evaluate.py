@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,7 +45,7 @@ from .data.dataset import read_pair
 from .data.formats import DataSource, Pair, find_data
 from .data.overrides import Overrides
 from .errors import SegwiseError
-from .inference import Predictor, load
+from .inference import Ensemble, Predictor, load
 from .inference.postprocess import Steps
 from .inference.threshold import THRESHOLDS, write_threshold
 from .inference.tuned import applied_steps
@@ -157,12 +158,14 @@ def evaluate_split(
     progress: bool = False,
     source: DataSource | None = None,
     steps: Steps | None = None,
+    on_image: Callable[[Path, np.ndarray, np.ndarray, np.ndarray], None] | None = None,
 ) -> Evaluation:
     """Predict every pair at its own size; per-image scores, boundary scores, worst images, thresholds.
 
     `source` reads masks that are not plain files (COCO annotations, per-class mask folders). `steps`
     turns probabilities into masks (default: the task's decision, no cleaning); the best-threshold
-    search always reads the probabilities themselves."""
+    search always reads the probabilities themselves. `on_image(image path, probabilities, truth, its
+    confusion matrix)` sees each image as it is scored (cross-validation keeps them: crossval.py)."""
     if not pairs:
         raise SegwiseError("no image/mask pairs to evaluate; pick a split that holds images")
     classes = predictor.config.classes
@@ -178,6 +181,8 @@ def evaluate_split(
         prediction = decide(probabilities).astype(truth.dtype)  # the truth's type: 0/1 planes, not booleans
         target = torch.from_numpy(truth)[None]
         matrix.update(torch.from_numpy(prediction)[None], target)
+        if on_image is not None:
+            on_image(image_path, probabilities, truth, matrix.image_matrices[-1].numpy())
         boundary.update(torch.from_numpy(prediction)[None], target)
         for threshold, counts in by_threshold.items():
             counts.update(torch.from_numpy(probabilities[1] > threshold).long()[None], target)
@@ -225,13 +230,18 @@ def split_pairs(
     split, 'val' is the images the run held out, listed in `held_out` (RUN/val.txt), when there is one."""
     source = find_data(data, layout, categories, overrides)
     source.check()
+    return pairs_of_split(source, split, held_out), source
+
+
+def pairs_of_split(source: DataSource, split: str, held_out: Path | None = None) -> list[Pair]:
+    """One split's pairs (see `split_pairs`)."""
     if split == "val" and split not in source.pairs and held_out is not None and held_out.is_file():
-        return held_out_pairs(source, held_out), source
+        return held_out_pairs(source, held_out)
     if split not in source.pairs:
         raise SegwiseError(
-            f"{data}: no '{split}' split (found {sorted(source.pairs)}); pass --split with one of those"
+            f"{source.root}: no '{split}' split (found {sorted(source.pairs)}); pass --split with one of those"
         )
-    return source.pairs[split], source
+    return source.pairs[split]
 
 
 def held_out_pairs(source: DataSource, listing: Path) -> list[Pair]:
@@ -308,10 +318,11 @@ class EvaluationReport:
     report: Path | None  # RUN/report.html when it was refreshed (output folder left at its default)
     held_out: Path | None = None  # RUN/val.txt when it chose the images (the data has no val split)
     postprocessing: str | None = None  # one line: the recorded post-processing applied, if any
+    members: int = 1  # the runs whose probabilities were averaged (an ensemble: more than one)
 
 
 def evaluate_run(
-    run: str | Path,
+    run: str | Path | Sequence[str | Path],
     data: str | Path,
     *,
     split: str = "val",
@@ -328,20 +339,30 @@ def evaluate_run(
     RUN/report.html unless `output` is given. The masks are post-processed as `segwise predict` would
     (RUN/postprocess.json, else RUN/threshold.json: `inference.tuned`) unless `postprocess` is False.
 
+    `run` may be an ensemble (inference/ensemble.py): a folds parent, evaluated into PARENT/eval/SPLIT,
+    or a list of runs, which has no folder of its own: give `output`.
+
     >>> evaluate_run("runs/cells", "data/cells", split="val").metrics["overall"]["mean_iou"]  # doctest: +SKIP
     """
     from .report.html import write_report
 
-    run = Path(run)
     predictor = load(run, device=device)
-    layout, categories, overrides = trained_reading(predictor.config)
-    pairs, source = split_pairs(data, split, layout, categories, run / HELD_OUT, overrides)
-    held_out = run / HELD_OUT if split == "val" and "val" not in source.pairs else None
-    applied = applied_steps(run, predictor.task, predictor.class_names, recorded=postprocess)
+    folder = predictor.run_dir  # a run folder, a folds parent, or None: an ensemble of several runs
+    if folder is None and (output is None or save_threshold):
+        raise SegwiseError(
+            "eval: an ensemble of several runs has no run folder of its own; pass -o FOLDER for its "
+            "evaluation (and --save-threshold only for one run or a folds parent)"
+        )
+    listing = None if folder is None else folder / HELD_OUT
+    source = run_source(predictor.config, data)  # as the (first) run was trained on it
+    pairs = pairs_of_split(source, split, listing)
+    held_out = listing if split == "val" and "val" not in source.pairs else None
+    applied = applied_steps(folder, predictor.task, predictor.class_names, recorded=postprocess)
     evaluation = evaluate_split(predictor, pairs, worst, progress, source, applied.steps)
-    out = Path(output) if output else run / EVAL_DIR / split
+    out = Path(output) if output else folder / EVAL_DIR / split
     metrics = write_evaluation(evaluation, predictor, out)
     best = evaluation.best_threshold
-    saved = write_threshold(run, *best, split) if save_threshold and best is not None else None
-    report = None if output else write_report(run)
-    return EvaluationReport(len(pairs), metrics, best, saved, out, report, held_out, applied.message)
+    saved = write_threshold(folder, *best, split) if save_threshold and best is not None else None
+    report = None if output or isinstance(predictor, Ensemble) else write_report(folder)
+    members = len(predictor.members) if isinstance(predictor, Ensemble) else 1
+    return EvaluationReport(len(pairs), metrics, best, saved, out, report, held_out, applied.message, members)

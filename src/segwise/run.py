@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 from .config import RunConfig
 from .constants import CONFIG, PRETRAINED_CONFIG, WEIGHTS
+from .data.dataset import held_out_name
 from .errors import SegwiseError
 from .io import atomic_path, make_folder, sweep_temporaries
 from .models import SegmentationModel, create_model
@@ -27,7 +28,7 @@ def create_run_dir(runs_dir: str | Path, name: str) -> Path:
     """Create a new, empty run folder; an existing name is never reused (`name-2`, `name-3`, … instead)."""
     runs_dir = Path(runs_dir)
     make_folder(runs_dir)
-    base = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "run"
+    base = folder_name(name)
     for attempt in range(1, 10_000):
         candidate = runs_dir / (base if attempt == 1 else f"{base}-{attempt}")
         try:
@@ -36,6 +37,11 @@ def create_run_dir(runs_dir: str | Path, name: str) -> Path:
         except FileExistsError:
             continue
     raise SegwiseError(f"{runs_dir}: too many runs named '{base}'; pass another --name")
+
+
+def folder_name(name: str) -> str:
+    """A run name as a folder name: letters, digits, `.`, `_` and `-` only, never empty."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "run"
 
 
 def write_metrics(history: list[dict], path: Path) -> None:
@@ -51,11 +57,6 @@ def write_held_out(pairs: list[tuple[Path, Path]], root: Path, path: Path) -> No
     lines = [held_out_name(image, root) for image, _ in pairs]
     with atomic_path(path) as tmp:
         tmp.write_text("".join(f"{line}\n" for line in lines))
-
-
-def held_out_name(image: Path, root: Path) -> str:
-    """How RUN/val.txt names an image: its path relative to the data folder, with forward slashes."""
-    return image.resolve().relative_to(root.resolve()).as_posix()
 
 
 def load_model(run_dir: str | Path) -> tuple[SegmentationModel, RunConfig]:

@@ -30,7 +30,7 @@ from .config import RunConfig
 from .constants import CONFIG, FOLDS_JSON, HELD_OUT
 from .data.formats import DataSource, Pair
 from .errors import SegwiseError
-from .evaluate import held_out_pairs, read_truth, run_source, split_pairs, trained_reading
+from .evaluate import held_out_pairs, pairs_of_split, read_truth, run_source
 from .inference import Predictor, load
 from .inference.choose import DEFAULT_MARGIN, DEFAULT_METRIC, Choices, check_options, choose_postprocessing
 from .inference.tuned import write_postprocess
@@ -90,8 +90,8 @@ def held_out_predictions(
         return _out_of_fold(run, data, device, progress)
     split = split or "val"
     predictor = load(run, device=device)
-    layout, categories, overrides = trained_reading(predictor.config)
-    pairs, source = split_pairs(data, split, layout, categories, run / HELD_OUT, overrides)
+    source = run_source(predictor.config, data)
+    pairs = pairs_of_split(source, split, run / HELD_OUT)
     if split == "val" and "val" not in source.pairs:
         split = f"val (the images the run held out, {run / HELD_OUT})"
     samples = _predicted([(lambda: predictor, pairs)], source, progress)

@@ -23,6 +23,26 @@ from ..config import SECTIONS, Config, choices
 from ..constants import DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV
 
 RUN_HELP = "run folder written by `segwise train`"
+ENSEMBLE_RUN_HELP = (
+    "run folder written by `segwise train`, or the folder of `segwise train --folds K`: its folds "
+    "predict as an ensemble"
+)
+
+
+def add_ensemble(parser: argparse.ArgumentParser) -> None:
+    """--ensemble RUN (repeatable): more runs whose probabilities are averaged with RUN's."""
+    parser.add_argument(
+        "--ensemble",
+        action="append",
+        metavar="RUN2",
+        help="another run (or folds folder) in the ensemble: the members' probabilities, each from its "
+        "own preprocessing and TTA, are averaged; repeat for more; classes must agree",
+    )
+
+
+def runs_of(args: argparse.Namespace) -> str | list[str]:
+    """RUN, or RUN and the --ensemble runs."""
+    return [args.run, *args.ensemble] if args.ensemble else args.run
 
 
 def is_rank_zero() -> bool:

@@ -8,7 +8,15 @@ import sys
 
 from ..config import POSTPROCESS_MARGIN, POSTPROCESS_METRICS
 from ..constants import POSTPROCESS_JSON
-from .arguments import RUN_HELP, add_command, add_max_pixels, add_no_postprocess
+from .arguments import (
+    ENSEMBLE_RUN_HELP,
+    RUN_HELP,
+    add_command,
+    add_ensemble,
+    add_max_pixels,
+    add_no_postprocess,
+    runs_of,
+)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -27,16 +35,23 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
         description="Predict every image of a split at its own size and write metrics.json, per_image.csv, "
         "a confusion matrix, per-class IoU bars and a worst-k gallery (default folder: RUN/eval/SPLIT), "
         "then refresh RUN/report.html.",
-        examples=["segwise eval runs/cells data/cells --split val"],
+        examples=[
+            "segwise eval runs/cells data/cells --split val",
+            "segwise eval runs/cells-cv data/cells   # the folds as an ensemble → runs/cells-cv/eval/val",
+            "segwise eval runs/a data/cells --ensemble runs/b -o eval-ab   # two runs averaged",
+        ],
     )
-    evaluate.add_argument("run", help=RUN_HELP)
+    evaluate.add_argument("run", help=ENSEMBLE_RUN_HELP)
     evaluate.add_argument("data", help="dataset folder (same layout as for training)")
+    add_ensemble(evaluate)
     evaluate.add_argument(
         "--split",
         default="val",
         help="train, val (default; without a val split: the images the run held out), test, or all",
     )
-    evaluate.add_argument("-o", "--output", help="output folder (default: RUN/eval/SPLIT)")
+    evaluate.add_argument(
+        "-o", "--output", help="output folder (default: RUN/eval/SPLIT; needed with --ensemble)"
+    )
     evaluate.add_argument("--worst", type=int, default=6, help="images in the worst-k gallery (default 6)")
     evaluate.add_argument(
         "--save-threshold",
@@ -52,7 +67,7 @@ def _eval(args: argparse.Namespace) -> int:
     from ..evaluate import evaluate_run
 
     report = evaluate_run(
-        args.run,
+        runs_of(args),
         args.data,
         split=args.split,
         output=args.output,
@@ -63,6 +78,8 @@ def _eval(args: argparse.Namespace) -> int:
         postprocess=not args.no_postprocess,
     )
     overall = report.metrics["overall"]
+    if report.members > 1:
+        print(f"ensemble of {report.members} runs: their probabilities averaged")
     if report.postprocessing is not None:
         print(report.postprocessing)
     if report.held_out is not None:

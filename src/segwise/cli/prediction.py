@@ -8,7 +8,16 @@ from pathlib import Path
 
 from ..config import BACKENDS, EXPORT_FORMATS, MERGES, POLYGON_TOLERANCE
 from ..errors import SegwiseError
-from .arguments import RUN_HELP, add_command, add_max_pixels, add_no_postprocess, is_rank_zero
+from .arguments import (
+    ENSEMBLE_RUN_HELP,
+    RUN_HELP,
+    add_command,
+    add_ensemble,
+    add_max_pixels,
+    add_no_postprocess,
+    is_rank_zero,
+    runs_of,
+)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -31,10 +40,13 @@ def _add_predict(commands: argparse._SubParsersAction) -> None:
             "segwise predict runs/cells new_images/ extra.png -o masks/",
             "segwise predict runs/cells 'scans/**/*.tif' -o out --format png,overlay,json --min-size 50",
             "torchrun --nproc-per-node 4 -m segwise predict runs/cells big_folder/ -o out   # 4 processes",
+            "segwise predict runs/cells-cv new_images/ -o masks/   # the folds of `train --folds 5`",
+            "segwise predict runs/a new_images/ --ensemble runs/b -o masks/   # two runs averaged",
         ],
     )
-    predict.add_argument("run", help=f"{RUN_HELP}, or a folder written by save_pretrained")
+    predict.add_argument("run", help=f"{ENSEMBLE_RUN_HELP}; or a folder written by save_pretrained")
     predict.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
+    add_ensemble(predict)
     _add_output_options(predict)
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     predict.add_argument("--batch-size", type=int, default=1, help="images per forward pass (default 1)")
@@ -125,7 +137,7 @@ def _predict(args: argparse.Namespace) -> int:
     from ..inference import predict_folder
 
     report = predict_folder(
-        args.run,
+        runs_of(args),
         args.inputs,
         args.output,
         device=args.device,

@@ -73,12 +73,28 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
         "RUN/data.json); without it such a resume stops and says what changed",
     )
     train.add_argument("-q", "--quiet", action="store_true", help="print nothing but the result")
+    train.add_argument(
+        "--folds",
+        type=int,
+        metavar="K",
+        help="K-fold cross-validation of DATA's training images: RUNS_DIR/NAME/fold_0 … fold_{K-1}, each "
+        "an ordinary run validated on its fold (stratified by the classes an image holds, seeded by "
+        "--seed), one plan for all; --budget is per fold; then cv_summary.json/.csv. Predict or "
+        "evaluate with the folder as RUN: the folds as an ensemble",
+    )
+    train.add_argument(
+        "--fold",
+        type=int,
+        metavar="I",
+        help="with --folds K: train fold I only (0..K-1), e.g. one per machine; the same --name "
+        "joins an existing folds folder",
+    )
     add_max_pixels(train)
     add_config_flags(train)
 
 
 def _train(args: argparse.Namespace) -> int:
-    from ..engine import train
+    from ..crossval import CrossValidation, summary_line, train
 
     if (args.data is None) == (args.resume is None):
         raise SegwiseError("train: pass DATA to start a run, or --resume RUN (without DATA) to continue one")
@@ -87,6 +103,8 @@ def _train(args: argparse.Namespace) -> int:
     result = train(
         args.data,
         args.config,
+        folds=args.folds,
+        fold=args.fold,
         overrides=overrides(args),
         runs_dir=args.runs_dir,
         name=args.name,
@@ -94,7 +112,11 @@ def _train(args: argparse.Namespace) -> int:
         resume=args.resume,
         allow_changed_data=args.allow_changed_data,
     )
-    if is_rank_zero():
+    if not is_rank_zero():
+        return 0
+    if isinstance(result, CrossValidation):
+        print(summary_line(result.summary, result.run_dir))
+    else:
         print(
             f"run folder: {result.run_dir}  (best val mIoU {result.best_miou:.4f} at epoch {result.best_epoch})"
         )

@@ -317,6 +317,7 @@ class SegmentationData:
     val_pairs: list[Pair]
     test_pairs: list[Pair]
     source: DataSource | None = None
+    chosen_val: bool = False  # the validation images were named (data.held_out), not the data's split
 
     @property
     def mode(self) -> str:
@@ -324,8 +325,9 @@ class SegmentationData:
 
     @property
     def held_out(self) -> bool:
-        """The validation images were held out of the data's pairs (`val_fraction`): it has no val split."""
-        return self.source is not None and "val" not in self.source.pairs
+        """The validation images were held out of the data's pairs (`val_fraction`, or named by
+        `data.held_out`), not the data's own val split."""
+        return self.chosen_val or (self.source is not None and "val" not in self.source.pairs)
 
     def original_sizes(self, limit: int = 256) -> list[tuple[int, int]]:
         """H×W of (up to `limit` of) the training images as stored, read from their headers; the
@@ -360,18 +362,54 @@ def split_problem(found: dict[str, list[Pair]]) -> Problem | None:
     )
 
 
-def _split(found: dict[str, list[Pair]], val_fraction: float, seed: int) -> tuple[list[Pair], list[Pair]]:
-    """The training and validation pairs: the data's own splits, or a `val_fraction` of the training
-    pairs held out (drawn with `seed`)."""
+def training_pool(found: dict[str, list[Pair]]) -> list[Pair]:
+    """The pairs a run may train on: the data's train split, or all its pairs when it has no splits."""
+    return found.get("train", found.get("all", []))
+
+
+def held_out_name(image: Path, root: Path) -> str:
+    """How a run names an image it held out (RUN/val.txt, data.held_out): its path relative to the
+    data folder, with forward slashes, so the name holds wherever the folder has moved."""
+    return image.resolve().relative_to(root.resolve()).as_posix()
+
+
+def _split(
+    found: dict[str, list[Pair]],
+    val_fraction: float,
+    seed: int,
+    held_out: list[str] | None = None,
+    root: Path | None = None,
+) -> tuple[list[Pair], list[Pair]]:
+    """The training and validation pairs: the training pool less the `held_out` images (named as
+    `held_out_name` names them under `root`: a cross-validation fold), the data's own splits, or a
+    `val_fraction` of the training pairs held out (drawn with `seed`)."""
+    if held_out is not None:
+        return _held_out_split(training_pool(found), held_out, root)
     problem = split_problem(found)
     if problem is not None:
         raise SegwiseError(str(problem))
     if "train" in found and "val" in found:
         return found["train"], found["val"]
-    pairs = found.get("train", found.get("all", []))
+    pairs = training_pool(found)
     order = np.random.default_rng(seed).permutation(len(pairs))
     count = min(len(pairs) - 1, max(1, int(round(len(pairs) * val_fraction))))
     return [pairs[i] for i in sorted(order[count:])], [pairs[i] for i in sorted(order[:count])]
+
+
+def _held_out_split(pool: list[Pair], held_out: list[str], root: Path) -> tuple[list[Pair], list[Pair]]:
+    """The pool's pairs whose images `held_out` does not name, and those it names (in the pool's order)."""
+    wanted = set(held_out)
+    names = [held_out_name(image, root) for image, _ in pool]
+    missing = sorted(wanted - set(names))
+    if missing:
+        raise SegwiseError(
+            f"data.held_out: {len(missing)} of the {len(wanted)} images to hold out are not among the "
+            f"training images of {root} (first: {missing[0]}); restore the data or draw the folds again"
+        )
+    train = [pair for pair, name in zip(pool, names, strict=True) if name not in wanted]
+    if not train:
+        raise SegwiseError(f"data.held_out: holds out every training image of {root}; keep some to train on")
+    return train, [pair for pair, name in zip(pool, names, strict=True) if name in wanted]
 
 
 def load_data(
@@ -386,6 +424,7 @@ def load_data(
     use_cache: bool = True,
     max_side: int = MAX_TRAIN_SIDE,
     overrides: Overrides | None = None,
+    held_out: list[str] | None = None,
 ) -> SegmentationData:
     """Find, decode, check and cache a dataset. Pass `classes` to map masks to an existing run's classes.
 
@@ -393,7 +432,8 @@ def load_data(
     long side ≤ `max_side`). `layout` names the layout instead of detecting it (formats.LAYOUTS);
     `categories` picks COCO categories; `mask_threshold` makes every mask binary (stored value ≥
     threshold is foreground); `overrides` are the explicit folders, mask pattern, mask set and region
-    of interest (`data.overrides`).
+    of interest (`data.overrides`); `held_out` names the training images to validate on instead of the
+    usual split (`data.held_out`, a cross-validation fold).
     Decoded arrays are kept in a cache folder (see `segwise.data.cache`) so later runs decode nothing;
     `use_cache=False` decodes into memory and writes nothing.
 
@@ -404,13 +444,14 @@ def load_data(
     source = find_data(root, layout, categories, overrides)
     source.check()
     found = source.pairs
-    train_pairs, val_pairs = _split(found, val_fraction, seed)
+    train_pairs, val_pairs = _split(found, val_fraction, seed, held_out, root)
 
     options = {
         "size": size,
         "max_side": None if size else max_side,
         "classes": cache.jsonable(classes),
         "splits": [len(train_pairs), len(val_pairs)],
+        "held_out": sorted(held_out) if held_out is not None else None,  # folds of one size differ
         "layout": source.layout,
         "overrides": cache.jsonable(overrides) if overrides else None,
         "categories": categories,
@@ -440,6 +481,7 @@ def load_data(
         val_pairs=val_pairs,
         test_pairs=found.get("test", []),
         source=source,
+        chosen_val=held_out is not None,
     )
 
 

@@ -401,6 +401,7 @@ def load_planned_data(
         mask_threshold=options.mask_threshold,
         max_side=max_side,
         overrides=Overrides.of(options),
+        held_out=options.held_out,
     )
 
 

@@ -14,13 +14,14 @@ from ..config import BACKENDS, POLYGON_TOLERANCE
 from ..errors import SegwiseError
 from . import coco
 from .backends import load_onnx
-from .predictor import PredictionReport, load
+from .ensemble import is_ensemble, load
+from .predictor import PredictionReport
 from .shards import process_device, process_group
 from .writers import parse_formats
 
 
 def predict_folder(
-    run: str | Path,
+    run: str | Path | Sequence[str | Path],
     inputs: Sequence[str | Path],
     output: str | Path,
     *,
@@ -46,6 +47,7 @@ def predict_folder(
 ) -> PredictionReport:
     """Predict `inputs` with the run and write them into `output`; see `Predictor.predict_to_folder`.
 
+    `run` is a run folder, or an ensemble (a folds parent, or a list of runs: `ensemble.load`).
     `backend` "onnxruntime" (or an `onnx` file, which implies it) runs RUN/model.onnx or that file;
     `tta`, `merge`, `tile` and `overlap` are `InferenceOptions`; `postprocess` False ignores the run's
     recorded post-processing (postprocess.json, threshold.json).
@@ -57,6 +59,10 @@ def predict_folder(
     coco.checked_polygon_tolerance(formats, coco_polygons, polygon_tolerance)
     if backend not in BACKENDS:
         raise SegwiseError(f"backend '{backend}' is not valid; choose from {', '.join(BACKENDS)}")
+    if (backend == "onnxruntime" or onnx) and is_ensemble(run):
+        raise SegwiseError(
+            "--backend onnxruntime predicts with one run's model.onnx; drop it for an ensemble"
+        )
     options = {"tta": tta, "merge": merge, "tile": tile, "overlap": overlap}
     with process_group() as (rank, world_size):
         device = process_device(device)
