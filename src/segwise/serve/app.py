@@ -28,7 +28,8 @@ from starlette.concurrency import run_in_threadpool
 
 from ..data.dataset import match_channels
 from ..errors import PixelLimitError, SegwiseError
-from ..inference.predictor import Predictor, load
+from ..inference.ensemble import load
+from ..inference.predictor import Predictor
 from ..inference.tuned import applied_steps
 from ..io import read_image_bytes
 from .batcher import Batcher, BatchKey, QueueFull
