@@ -46,8 +46,8 @@ from ..constants import (
     WEIGHTS,
 )
 from ..data import fingerprint
-from ..data.augment import PerSampleBatches
-from ..errors import SegwiseError
+from ..data.augment import ClassSampling, PerSampleBatches
+from ..errors import SegwiseError, SegwiseWarning
 from ..io import sweep_temporaries
 from ..metrics import ConfusionMatrix, confusion_matrix_for
 from ..task import Task
@@ -114,6 +114,12 @@ def train(
     return trainer.fit(started)
 
 
+_TRANSFORM_SAMPLING = (
+    "train.sample_p: class-aware sampling centres the on-device crops, so it does not apply to a user's "
+    "augment transform and is off; crop around classes in the transform instead"
+)
+
+
 class Trainer:
     """One run's pieces and its epoch loop (see the module docstring)."""
 
@@ -128,8 +134,13 @@ class Trainer:
         if self.settings.sync_batchnorm and env.process.distributed:
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.train_batches = start.batches("train", env.device, env.process)
+        names = list(start.data_set.classes.names)
+        self.sampling = ClassSampling.of(self.settings.sample_p, self.settings.sample_classes, names)
         if transform is not None:
             self.train_batches = PerSampleBatches(self.train_batches, transform)
+            if self.sampling is not None:
+                warnings.warn(SegwiseWarning(_TRANSFORM_SAMPLING), stacklevel=2)
+            self.sampling = None
         self.val_batches = start.batches("val", env.device, env.process)
         self.transform = transform
         groups = encoder_decoder_groups(self.model, self.settings.encoder_lr_scale or 1.0)
@@ -393,7 +404,9 @@ class Trainer:
         show = self.env.progress and sys.stderr.isatty()
         bar = tqdm(total=batch_count, desc=f"epoch {epoch}/{settings.epochs}", leave=False, disable=not show)
         for index, (images, masks) in enumerate(self.train_batches.epoch(self.generator, drop_last=True)):
-            x, masks = self.train_batches.augment(images, masks, settings.augment, self.generator)
+            x, masks = self.train_batches.augment(
+                images, masks, settings.augment, self.generator, self.sampling
+            )
             x, masks = resize_batch(x, masks, fraction)
             update = (index + 1) % settings.accumulate == 0 or index + 1 == batch_count
             loss_sum, count = self.step(net, x, masks, update)
