@@ -15,7 +15,10 @@ A run folder, `runs/<name>/`, holds:
     val.txt            the images a run held out for validation when the data had no val/ split
     data.json          the data it trains on: pairs per split, files' sizes and times (data/fingerprint.py)
     threshold.json     a binary run's foreground threshold, from `segwise eval --save-threshold`
-    eval/SPLIT/        `segwise eval`: metrics.json, per_image.csv, confusion.png, iou_per_class.png, worst.png
+    calibration.json   the temperature its probabilities are shown with (calibration.py): fitted at the
+                       end of training, refitted by `segwise eval --calibrate`
+    eval/SPLIT/        `segwise eval`: metrics.json, per_image.csv, confusion.png, iou_per_class.png, worst.png,
+                       reliability.png
     report.html        `segwise report`
 """
 
@@ -30,6 +33,7 @@ LR_PLOT = "lr.png"
 TENSORBOARD = "tensorboard"
 SAMPLES = "val_samples"
 THRESHOLD_JSON = "threshold.json"
+CALIBRATION_JSON = "calibration.json"
 HELD_OUT = "val.txt"  # image paths relative to the data folder, one a line
 DATA_RECORD = "data.json"
 REPORT = "report.html"
@@ -40,6 +44,7 @@ PER_IMAGE_CSV = "per_image.csv"
 CONFUSION_PNG = "confusion.png"
 IOU_PNG = "iou_per_class.png"
 WORST_PNG = "worst.png"
+RELIABILITY_PNG = "reliability.png"
 
 # The most pixels an image may have for segwise to read it (io.max_pixels); the environment variable,
 # set by the commands' --max-pixels, raises or lowers it.

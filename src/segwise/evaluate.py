@@ -14,6 +14,11 @@ all into a folder (by default `RUN/eval/<split>/`):
                         one row per label with its true/false positive and negative rates)
     iou_per_class.png   per-class IoU bar chart
     worst.png           the k worst images by mIoU: image | truth | prediction | error map
+    reliability.png     confidence against accuracy (calibration.py), with the run's temperature when it has one
+
+Scores and thresholds use the model's own probabilities; the calibration error (`ece`) is measured on
+them over every valid pixel and, with a temperature (RUN/calibration.json, or fitted here with
+`calibrate`), `ece_calibrated` on a random sample of the pixels with it applied.
 """
 
 from __future__ import annotations
@@ -28,6 +33,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .calibration import (
+    Calibration,
+    PixelSample,
+    Reliability,
+    fit_temperature,
+    log_scores,
+    sample_reliability,
+)
 from .constants import (
     CONFUSION_PNG,
     EVAL_DIR,
@@ -36,6 +49,7 @@ from .constants import (
     IOU_PNG,
     METRICS_JSON,
     PER_IMAGE_CSV,
+    RELIABILITY_PNG,
     WORST_PNG,
 )
 from .data.dataset import read_pair
@@ -73,6 +87,9 @@ class Evaluation:
     boundary: BoundaryScores
     worst: list[Sample] = field(default_factory=list)
     threshold_dice: dict[float, float] | None = None  # binary runs: foreground Dice per threshold
+    reliability: Reliability | None = None  # the model's own probabilities, every valid pixel
+    sample: PixelSample | None = None  # a random sample of the pixels, to fit or apply a temperature
+    calibration: Calibration | None = None  # the temperature `ece_calibrated` is measured with
 
     @property
     def best_threshold(self) -> tuple[float, float] | None:
@@ -83,7 +100,30 @@ class Evaluation:
         return best, self.threshold_dice[best]
 
     def metrics(self) -> dict:
-        return metrics_dict(self.matrix, self.names, self.boundary, self.best_threshold, len(self.pairs))
+        metrics = metrics_dict(self.matrix, self.names, self.boundary, self.best_threshold, len(self.pairs))
+        return metrics | self.calibration_metrics(metrics["overall"])
+
+    def calibrated_reliability(self) -> Reliability | None:
+        if self.calibration is None or self.sample is None:
+            return None
+        return sample_reliability(*self.sample.tensors(), self.sample.task, self.calibration.temperature)
+
+    def calibration_metrics(self, overall: dict) -> dict:
+        """`ece` (and `ece_calibrated`) added to `overall`; the bins and the temperature under "calibration"."""
+        if self.reliability is None:
+            return {}
+        overall["ece"] = _number(self.reliability.ece())
+        found = {"bins": self.reliability.bins()}
+        calibrated = self.calibrated_reliability()
+        if calibrated is not None:
+            overall["ece_calibrated"] = _number(calibrated.ece())
+            found |= {
+                "temperature": self.calibration.temperature,
+                "fitted_on": self.calibration.split,
+                "sampled_pixels": int(calibrated.count.sum()),
+                "bins_calibrated": calibrated.bins(),
+            }
+        return {"calibration": found}
 
 
 def _number(value: float) -> float | None:
@@ -167,11 +207,14 @@ def evaluate_split(
     by_threshold = {t: ConfusionMatrix(2) for t in THRESHOLDS} if task.has_foreground_threshold else {}
     worst: list[Sample] = []
     decide = Steps(task)  # as `predict` decides: the top class, or each label on its own
+    reliability, sample = Reliability(task), PixelSample.for_images(task, len(pairs))
     for image_path, mask_path in tqdm(pairs, desc="evaluating", disable=not progress, leave=False):
         image, mask = read_pair(image_path, mask_path, source)
         truth = classes.to_indices(mask, mask_path)
         truth = source.void_outside_roi(truth, image_path) if source else truth
-        probabilities = predictor.predict_proba(image)
+        probabilities = predictor.predict_proba(image, calibrated=False)  # as decisions use them
+        reliability.add(probabilities, truth)
+        sample.add(log_scores(torch.from_numpy(probabilities), task.activation), torch.from_numpy(truth))
         prediction = decide(probabilities).astype(truth.dtype)  # the truth's type: 0/1 planes, not booleans
         target = torch.from_numpy(truth)[None]
         matrix.update(torch.from_numpy(prediction)[None], target)
@@ -182,7 +225,9 @@ def evaluate_split(
         worst.append(Sample(image_path.stem, score, image, truth, prediction))
         worst = sorted(worst, key=lambda s: (not math.isnan(s.mean_iou), s.mean_iou))[:worst_k]
     thresholds = {t: float(counts.dice()[1]) for t, counts in by_threshold.items()} or None
-    return Evaluation(classes.names, pairs, matrix, boundary, worst, thresholds)
+    return Evaluation(
+        classes.names, pairs, matrix, boundary, worst, thresholds, reliability, sample, predictor.calibration
+    )
 
 
 def split_pairs(
@@ -253,7 +298,13 @@ def write_json(data: dict, path: Path) -> None:
 
 def write_evaluation(evaluation: Evaluation, predictor: Predictor, out: Path) -> dict:
     """Write metrics.json, per_image.csv and the figures into `out`; return the metrics dictionary."""
-    from .report.figures import plot_confusion, plot_iou_bars, plot_label_confusion, plot_worst
+    from .report.figures import (
+        plot_confusion,
+        plot_iou_bars,
+        plot_label_confusion,
+        plot_reliability,
+        plot_worst,
+    )
 
     make_folder(out)
     metrics = evaluation.metrics()
@@ -266,6 +317,11 @@ def write_evaluation(evaluation: Evaluation, predictor: Predictor, out: Path) ->
     plot_iou_bars({name: c["iou"] for name, c in metrics["per_class"].items()}, out / IOU_PNG)
     if evaluation.worst:
         plot_worst(evaluation.worst, classes.palette, IGNORE_INDEX, out / WORST_PNG)
+    if "calibration" in metrics:
+        found = metrics["calibration"]
+        plot_reliability(
+            found["bins"], found.get("bins_calibrated"), found.get("temperature"), out / RELIABILITY_PNG
+        )
     return metrics
 
 
@@ -280,6 +336,7 @@ class EvaluationReport:
     output: Path  # the evaluation folder
     report: Path | None  # RUN/report.html when it was refreshed (output folder left at its default)
     held_out: Path | None = None  # RUN/val.txt when it chose the images (the data has no val split)
+    calibration_file: Path | None = None  # RUN/calibration.json when `calibrate` refitted it
 
 
 def evaluate_run(
@@ -290,13 +347,15 @@ def evaluate_run(
     output: str | Path | None = None,
     worst: int = 6,
     save_threshold: bool = False,
+    calibrate: bool = False,
     device: str = "auto",
     progress: bool = False,
 ) -> EvaluationReport:
     """`segwise eval`: evaluate the run on one split of `data`, read with the layout and categories the
     run was trained with (split "val" of data without a val split: the images the run held out, RUN/val.txt); write the evaluation folder (default RUN/eval/SPLIT) with `worst` images in the
-    gallery; with `save_threshold`, record a binary run's best threshold in RUN/threshold.json; refresh
-    RUN/report.html unless `output` is given.
+    gallery; with `save_threshold`, record a binary run's best threshold in RUN/threshold.json; with
+    `calibrate`, fit the temperature on the split and write RUN/calibration.json (calibration.py);
+    refresh RUN/report.html unless `output` is given.
 
     >>> evaluate_run("runs/cells", "data/cells", split="val").metrics["overall"]["mean_iou"]  # doctest: +SKIP
     """
@@ -310,9 +369,13 @@ def evaluate_run(
     pairs, source = split_pairs(data, split, layout, categories, run / HELD_OUT, overrides)
     held_out = run / HELD_OUT if split == "val" and "val" not in source.pairs else None
     evaluation = evaluate_split(predictor, pairs, worst_k=worst, progress=progress, source=source)
+    calibration_file = None
+    if calibrate:
+        evaluation.calibration = fit_temperature(evaluation.sample, split)
+        calibration_file = evaluation.calibration.save(run)
     out = Path(output) if output else run / EVAL_DIR / split
     metrics = write_evaluation(evaluation, predictor, out)
     best = evaluation.best_threshold
     saved = write_threshold(run, *best, split) if save_threshold and best is not None else None
     report = None if output else write_report(run)
-    return EvaluationReport(len(pairs), metrics, best, saved, out, report, held_out)
+    return EvaluationReport(len(pairs), metrics, best, saved, out, report, held_out, calibration_file)

@@ -31,6 +31,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from .. import run as runfolder
+from ..calibration import Calibration, PixelSample, fit_temperature
 from ..config import Config, PreprocessConfig, RunConfig, TrainConfig
 from ..constants import (
     CONFIG,
@@ -491,6 +492,7 @@ class Trainer:
     def finish(self, started: float) -> TrainResult:
         if self.env.process.is_main:
             self._write_val_samples()
+            self._calibrate()
         distributed.teardown()
         state, seconds = self.state, time.perf_counter() - started
         best_miou = state.history[state.best_epoch - 1]["val_miou"] if state.best_epoch else float("nan")
@@ -521,6 +523,20 @@ class Trainer:
 
         return SummaryWriter(self.run_dir / TENSORBOARD, purge_step=first_epoch)
 
+    def _calibrate(self) -> None:
+        """RUN/calibration.json for the best weights (those the run folder keeps), fitted on the
+        validation images the trainer holds: cheap, one pass at the training size."""
+        if self.run_dir is None or not (self.run_dir / WEIGHTS).is_file():
+            return
+        runfolder.load_weights(self.model, self.run_dir / WEIGHTS)
+        found = _fit_calibration(self.model, self.val_batches, self.task, self.env.dtype, self.settings.seed)
+        if found is not None:
+            found.save(self.run_dir)
+            self.env.say(
+                f"segwise: temperature {found.temperature:.3f} fitted on val: calibration error (ECE) "
+                f"{found.ece_before:.4f} → {found.ece_after:.4f}"
+            )
+
     def _write_val_samples(self) -> None:
         """Panels from the best weights (the ones the run folder keeps), not from the last epoch."""
         batches, data_set = self.val_batches, self.start.data_set
@@ -541,6 +557,21 @@ class Trainer:
         write_sample_panels(
             panels, self.run_dir / SAMPLES, [data_set.val_pairs[i][0].stem for i in range(count)]
         )
+
+
+def _fit_calibration(model, batches: Batches, task: Task, dtype, seed: int) -> Calibration | None:
+    """The temperature of `model`'s probabilities on this process's validation images, at the training
+    size (calibration.py); None without validation images or with non-finite logits."""
+    if len(batches) == 0:
+        return None
+    sample = PixelSample.for_images(task, len(batches), seed)
+    model.eval()
+    with torch.no_grad(), autocast(batches.device, dtype):
+        for images, masks in batches.epoch(None, drop_last=False):
+            for logits, truth in zip(model(batches.normalize(images)).float(), masks, strict=True):
+                sample.add(logits, truth)
+    logits, _ = sample.tensors()
+    return fit_temperature(sample, "val (training size)") if torch.isfinite(logits).all() else None
 
 
 def validate(
