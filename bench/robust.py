@@ -113,6 +113,7 @@ def sampling_row(args: argparse.Namespace) -> dict:
             "ece": overall["ece"],
             "ece_stored_temperature": overall.get("ece_calibrated"),
         }
+    print(json.dumps(found), flush=True)  # the trainings' numbers, before anything else can fail
     held_out = held_out_calibration(Path(found["on"]["run"]))
     on, off = found["on"], found["off"]
     return {
@@ -125,14 +126,19 @@ def sampling_row(args: argparse.Namespace) -> dict:
                 "| row | thin-class mean IoU | mIoU | ECE | ECE, stored T | ECE, held-out T |",
                 "|---|---:|---:|---:|---:|---:|",
                 f"| class-aware sampling on ({args.budget}) | {on['thin_miou']:.4f} | {on['miou']:.4f} | "
-                f"{on['ece']:.4f} | {on['ece_stored_temperature']:.4f} | {held_out['ece_calibrated']:.4f} |",
+                f"{_f(on['ece'])} | {_f(on['ece_stored_temperature'])} | {_f(held_out['ece_calibrated'])} "
+                f"(held-out ECE without it {_f(held_out['ece'])}) |",
                 f"| class-aware sampling off ({args.budget}) | {off['thin_miou']:.4f} | {off['miou']:.4f} | "
-                f"{off['ece']:.4f} | — | — |",
+                f"{_f(off['ece'])} | {_f(off['ece_stored_temperature'])} | — |",
                 f"| difference (on − off) | {on['thin_miou'] - off['thin_miou']:+.4f} | "
                 f"{on['miou'] - off['miou']:+.4f} | | | |",
             ]
         ),
     }
+
+
+def _f(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 def held_out_calibration(run: Path) -> dict:
