@@ -11,7 +11,9 @@ Rows (`--rows`, comma-separated names of ROWS):
           evaluated on the data's own val split (101 images at 360×480, 11 classes, Void excluded),
           which no fold trained on. Reported: the best single fold's val mIoU, the ensemble's, and
           the difference (issue 23's goal: ensemble ≥ best fold + 0.01).
-  sampling  two trainings under the same --budget, lite0 weights, every other value planned: class-aware
+  sampling  two trainings under the same --budget, lite0 weights, one fixed plan (SAMPLING_PLAN: what
+          the 6m budget plans on two idle cores; fixed so that a busy machine during one run's timing
+          probe cannot give the two runs different lengths), every other value planned: class-aware
           sampling as the plan chooses it (on CamVid: pole, sign, fence, pedestrian, bicyclist, one
           crop in three) and off (sample_p 0). Both evaluated on val at 360×480: the thin classes'
           mean IoU (Pole, SignSymbol, Pedestrian, Bicyclist) and mIoU (goal: thin +0.05, no mIoU
@@ -84,6 +86,7 @@ def folds_row(args: argparse.Namespace) -> dict:
 
 
 THIN = ("Pole", "SignSymbol", "Pedestrian", "Bicyclist")
+SAMPLING_PLAN = {"size": [192, 256], "batch_size": 8, "epochs": 10}
 
 
 def sampling_row(args: argparse.Namespace) -> dict:
@@ -97,6 +100,7 @@ def sampling_row(args: argparse.Namespace) -> dict:
             encoder="tf_efficientnet_lite0",
             encoder_weights=str(LITE0),
             budget=args.budget,
+            **SAMPLING_PLAN,
             **overrides,
         )
         report = evaluate_run(result.run_dir, DATA, split="val", output=result.run_dir / "bench", worst=0)

@@ -53,3 +53,15 @@ def test_predict_writes_a_16_bit_entropy_png_of_the_calibrated_probabilities(
     )  # the run's temperature applied
     np.testing.assert_allclose(values, to_png16(entropy_map(probabilities, per_label=False)), atol=2)
     assert 0 < values.mean() < 65535
+
+
+def test_with_tta_the_map_is_the_spread_across_the_views(trained_run, shapes_data, tmp_path):
+    image = sorted((shapes_data / "val" / "images").iterdir())[0]
+    args = ("-o", tmp_path / "out", "--format", "uncertainty", "--tta", "flips", "--device", "cpu")
+    result = run_cli("predict", trained_run, image, *args)
+    assert result.returncode == 0, result.stderr
+    values = np.asarray(Image.open(tmp_path / "out" / f"{image.stem}_uncertainty.png"))
+    predictor = segwise.load(trained_run, device="cpu")
+    views = np.stack([predictor.predict_proba(image, tta=(name,)) for name in ("identity", "hflip", "vflip")])
+    np.testing.assert_allclose(values, to_png16(spread_map(views)), atol=2)
+    assert values.max() > 0  # a flip changes an untrained model's answer somewhere

@@ -129,8 +129,11 @@ class PixelSample:
         self.logits.append(scores[chosen])
         self.labels.append(labels[chosen])
 
+    def __len__(self) -> int:
+        return sum(len(labels) for labels in self.labels)
+
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self.logits or not sum(len(x) for x in self.logits):
+        if not len(self):
             raise SegwiseError(
                 "calibration: no valid pixels to fit a temperature on; evaluate a split with labelled pixels"
             )

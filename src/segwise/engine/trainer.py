@@ -561,7 +561,7 @@ class Trainer:
 
 def _fit_calibration(model, batches: Batches, task: Task, dtype, seed: int) -> Calibration | None:
     """The temperature of `model`'s probabilities on this process's validation images, at the training
-    size (calibration.py); None without validation images or with non-finite logits."""
+    size (calibration.py); None without labelled validation pixels or with non-finite logits."""
     if len(batches) == 0:
         return None
     sample = PixelSample.for_images(task, len(batches), seed)
@@ -570,8 +570,9 @@ def _fit_calibration(model, batches: Batches, task: Task, dtype, seed: int) -> C
         for images, masks in batches.epoch(None, drop_last=False):
             for logits, truth in zip(model(batches.normalize(images)).float(), masks, strict=True):
                 sample.add(logits, truth)
-    logits, _ = sample.tensors()
-    return fit_temperature(sample, "val (training size)") if torch.isfinite(logits).all() else None
+    if len(sample) == 0 or not torch.isfinite(sample.tensors()[0]).all():
+        return None
+    return fit_temperature(sample, "val (training size)")
 
 
 def validate(

@@ -51,6 +51,7 @@ from .shards import gathered, process_shard, total_over_processes
 from .sliding import check_overlap, parse_tile, predict_sliding, sliding_rows, tile_starts
 from .threshold import saved_threshold
 from .tta import DEFAULT_BATCH_PIXELS, check_merge, predict_tta, to_probabilities, views_for
+from .uncertainty import view_spread
 from .writers import (
     claim_folder,
     collect_inputs,
@@ -424,7 +425,8 @@ class Predictor:
                 ):
                     mask = steps(probabilities)  # decided on the model's own probabilities
                     probabilities = self.tempered(probabilities)  # written and scored calibrated
-                    written += write_outputs(classes, path, image, probabilities, mask, files)
+                    spread = view_spread(self, image) if "uncertainty" in files else None
+                    written += write_outputs(classes, path, image, probabilities, mask, files, spread)
                     if coco_names is not None:
                         record = coco.image_record(
                             coco_names[index], mask, probabilities, classes, polygon_tolerance

@@ -8,7 +8,10 @@ library, where float TIFFs do not): 0 where the model is sure, 65535 where it ca
   labels of each label's binary entropy divided by log 2.
 - `spread_map`: for several probability maps of one image (TTA views, ensemble members), the variance
   across them, averaged over classes and divided by 0.25 (the largest variance of values in [0, 1]), so
-  1 where the maps disagree completely. The hook an ensemble or per-view TTA calls with its stack.
+  1 where the maps disagree completely. The hook an ensemble calls with its members' stack.
+
+With TTA of several views (`--tta flips`, ...), the file holds the spread across the views (`view_spread`:
+each view predicted on its own, one more pass per view) instead of the entropy of their merge.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import SegwiseError
+from .tta import views_for
 
 UNCERTAINTY_LEVELS = 65535  # uncertainty 1 as a 16-bit value
 _TINY = 1e-12
@@ -45,3 +49,12 @@ def spread_map(stack: np.ndarray) -> np.ndarray:
 def to_png16(uncertainty: np.ndarray) -> np.ndarray:
     """H×W uint16 for a 16-bit grey PNG: uncertainty × 65535, rounded."""
     return np.round(np.clip(uncertainty, 0, 1) * UNCERTAINTY_LEVELS).astype(np.uint16)
+
+
+def view_spread(predictor, image: np.ndarray) -> np.ndarray | None:
+    """The spread across `predictor`'s TTA views of `image` (each view's probabilities as
+    `predict_proba` shows them), or None when its TTA has a single view (the entropy is used then)."""
+    views = views_for(predictor.options.tta)
+    if len(views) < 2:
+        return None
+    return spread_map(np.stack([predictor.predict_proba(image, tta=(view.name,)) for view in views]))

@@ -9,8 +9,8 @@ Every input gets files named after it in the output folder, one per requested fo
     tiff     <name>_proba.tif    class probabilities C×H×W, float32, deflate-compressed, class names in
                                  the metadata (float16 TIFFs open in too few viewers)
     json     <name>.json         per-object boxes: class, id, x0 y0 x1 y1 (x1, y1 exclusive), area, score
-    uncertainty <name>_uncertainty.png  16-bit grey: the probabilities' normalized entropy, 0..65535
-                                 for 0..1 (module `uncertainty`)
+    uncertainty <name>_uncertainty.png  16-bit grey, 0..65535 for 0..1: the probabilities' normalized
+                                 entropy, or with TTA the spread across its views (module `uncertainty`)
     crop     <name>_crop.png     the foreground's box cut out, other pixels white (`crop=True`)
     coco     predictions.coco.json  one COCO instances file for all inputs, objects as RLE or polygons
                                     (module `coco`)
@@ -323,9 +323,11 @@ def write_outputs(
     probabilities: np.ndarray,
     mask: np.ndarray,
     files: dict[str, list[Path]],
+    spread: np.ndarray | None = None,
 ) -> list[Path]:
     """Write one input's files (`files` from `plan_outputs`) from its image, probabilities C×H×W and
-    decided mask (H×W class indices, or a per-label task's boolean C×H×W stack); returns those written."""
+    decided mask (H×W class indices, or a per-label task's boolean C×H×W stack); returns those written.
+    `spread` (H×W in [0, 1], across TTA views) is the uncertainty map when given, else the entropy."""
     task = classes.task
     found = task.foreground(mask)
     rgb = np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image[..., :3]
@@ -352,7 +354,8 @@ def write_outputs(
         elif kind == "json":
             _write_objects(target, path, mask, probabilities, classes)
         elif kind == "uncertainty":
-            write_image(target, to_png16(entropy_map(probabilities, task.per_label)))
+            uncertainty = entropy_map(probabilities, task.per_label) if spread is None else spread
+            write_image(target, to_png16(uncertainty))
         elif kind == "crop":
             cut = postprocess.crop_object(image[..., :3] if image.shape[-1] == 4 else image, found)
             if cut is None:  # nothing found: no crop file rather than an empty image
