@@ -11,6 +11,16 @@ Rows (`--rows`, comma-separated names of ROWS):
           evaluated on the data's own val split (101 images at 360×480, 11 classes, Void excluded),
           which no fold trained on. Reported: the best single fold's val mIoU, the ensemble's, and
           the difference (issue 23's goal: ensemble ≥ best fold + 0.01).
+  sampling  two trainings under the same --budget, lite0 weights, one fixed plan (SAMPLING_PLAN: what
+          the 6m budget plans on two idle cores; fixed so that a busy machine during one run's timing
+          probe cannot give the two runs different lengths), every other value planned: class-aware
+          sampling as the plan chooses it (on CamVid: pole, sign, fence, pedestrian, bicyclist, one
+          crop in three) and off (sample_p 0). Both evaluated on val at 360×480: the thin classes'
+          mean IoU (Pole, SignSymbol, Pedestrian, Bicyclist) and mIoU (goal: thin +0.05, no mIoU
+          loss). Calibration of the 'on' run on val: ECE of the model's own probabilities and with
+          its stored temperature (fitted at the end of training on val at the training size), and,
+          held out, with a temperature fitted on the even val images measured on the odd ones
+          (goal: ECE halved).
 Each row prints a markdown table (its header and its row) and appends its numbers to RUNS_DIR/robust.jsonl.
 """
 
@@ -23,7 +33,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import segwise
-from segwise.evaluate import evaluate_run
+from segwise.calibration import fit_temperature
+from segwise.evaluate import evaluate_run, evaluate_split, split_pairs
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "shared/datasets/camvid11"
@@ -74,7 +85,83 @@ def folds_row(args: argparse.Namespace) -> dict:
     }
 
 
-ROWS: dict[str, Callable[[argparse.Namespace], dict]] = {"folds": folds_row}
+THIN = ("Pole", "SignSymbol", "Pedestrian", "Bicyclist")
+SAMPLING_PLAN = {"size": [192, 256], "batch_size": 8, "epochs": 10}
+
+
+def sampling_row(args: argparse.Namespace) -> dict:
+    found = {}
+    for label, overrides in (("on", {}), ("off", {"sample_p": 0.0})):
+        result = segwise.train(
+            DATA,
+            runs_dir=args.runs_dir,
+            name=f"robust-sampling-{label}",
+            seed=0,
+            encoder="tf_efficientnet_lite0",
+            encoder_weights=str(LITE0),
+            budget=args.budget,
+            **SAMPLING_PLAN,
+            **overrides,
+        )
+        report = evaluate_run(result.run_dir, DATA, split="val", output=result.run_dir / "bench", worst=0)
+        per_class, overall = report.metrics["per_class"], report.metrics["overall"]
+        train = segwise.load(result.run_dir).config.train
+        found[label] = {
+            "run": str(result.run_dir),
+            "sample_p": train.sample_p,
+            "sample_classes": train.sample_classes,
+            "epochs_run": len(result.history),
+            "miou": round(overall["mean_iou"], 4),
+            "thin_miou": round(sum(per_class[name]["iou"] or 0.0 for name in THIN) / len(THIN), 4),
+            "thin_iou": {name: per_class[name]["iou"] for name in THIN},
+            "ece": overall["ece"],
+            "ece_stored_temperature": overall.get("ece_calibrated"),
+        }
+    print(json.dumps(found), flush=True)  # the trainings' numbers, before anything else can fail
+    held_out = held_out_calibration(Path(found["on"]["run"]))
+    on, off = found["on"], found["off"]
+    return {
+        "row": "sampling",
+        "budget": args.budget,
+        **found,
+        "held_out_calibration": held_out,
+        "markdown": "\n".join(
+            [
+                "| row | thin-class mean IoU | mIoU | ECE | ECE, stored T | ECE, held-out T |",
+                "|---|---:|---:|---:|---:|---:|",
+                f"| class-aware sampling on ({args.budget}) | {on['thin_miou']:.4f} | {on['miou']:.4f} | "
+                f"{_f(on['ece'])} | {_f(on['ece_stored_temperature'])} | {_f(held_out['ece_calibrated'])} "
+                f"(held-out ECE without it {_f(held_out['ece'])}) |",
+                f"| class-aware sampling off ({args.budget}) | {off['thin_miou']:.4f} | {off['miou']:.4f} | "
+                f"{_f(off['ece'])} | {_f(off['ece_stored_temperature'])} | — |",
+                f"| difference (on − off) | {on['thin_miou'] - off['thin_miou']:+.4f} | "
+                f"{on['miou'] - off['miou']:+.4f} | | | |",
+            ]
+        ),
+    }
+
+
+def _f(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def held_out_calibration(run: Path) -> dict:
+    """A temperature fitted on the even val images and its ECE on the odd ones (none fitted on)."""
+    pairs, source = split_pairs(DATA, "val")
+    predictor = segwise.load(run)
+    fitted = fit_temperature(
+        evaluate_split(predictor, pairs[::2], 0, source=source).sample, "val, even images"
+    )
+    predictor.calibration = fitted
+    overall = evaluate_split(predictor, pairs[1::2], 0, source=source).metrics()["overall"]
+    return {
+        "temperature": fitted.temperature,
+        "ece": overall["ece"],
+        "ece_calibrated": overall["ece_calibrated"],
+    }
+
+
+ROWS: dict[str, Callable[[argparse.Namespace], dict]] = {"folds": folds_row, "sampling": sampling_row}
 
 
 def main() -> None:

@@ -158,8 +158,9 @@ class _StubPredictor:
         classes = Classes(NAMES, [0, 1], PALETTE, multilabel=True)
         self.config = SimpleNamespace(classes=classes)
         self.probabilities = probabilities
+        self.calibration = None  # no temperature
 
-    def predict_proba(self, image: np.ndarray) -> np.ndarray:
+    def predict_proba(self, image: np.ndarray, calibrated: bool = True) -> np.ndarray:
         return self.probabilities[image.tobytes()]
 
 

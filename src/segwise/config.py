@@ -163,6 +163,15 @@ class TrainConfig:
         0.2, "share held out when DATA has no val/ split", (lambda v: 0 < v < 1, "a number between 0 and 1")
     )
     augment: AugmentPreset = option("flips", "augmentation preset (see the README)")
+    sample_p: float = option(
+        0.0,
+        "class-aware sampling: share of training crops centred on a pixel of one of --sample-classes "
+        "(0: off; the plan turns it on for classes under a fifth of an even share of the pixels)",
+        (lambda v: 0 <= v <= 1, "a number between 0 and 1 (0: off)"),
+    )
+    sample_classes: list[str] | None = option(
+        None, "classes the sampled crops are centred on, equally often among those present (default: all)"
+    )
     precision: Precision = option("auto", "auto picks bf16 on GPUs that have it, else fp32")
     channels_last: bool = option(True, "channels-last memory format for the model", flag=False)
     device: str = option("auto", "auto, cpu, cuda or cuda:N")

@@ -18,6 +18,10 @@ A run folder, `runs/<name>/`, holds:
     postprocess.json   per-class post-processing chosen on data by `segwise tune-postprocess` (inference/tuned.py);
                        predict and eval apply it. A folds parent (`folds.json` beside fold_0/ …) holds it for the ensemble
     eval/SPLIT/        `segwise eval`: metrics.json, per_image.csv, confusion.png, iou_per_class.png, worst.png
+    calibration.json   the temperature its probabilities are shown with (calibration.py): fitted at the
+                       end of training, refitted by `segwise eval --calibrate`
+    eval/SPLIT/        `segwise eval`: metrics.json, per_image.csv, confusion.png, iou_per_class.png, worst.png,
+                       reliability.png
     report.html        `segwise report`
 
 A folder written by `save_pretrained` (pretrained.py) holds config.json, model.safetensors, README.md and
@@ -41,6 +45,7 @@ SAMPLES = "val_samples"
 THRESHOLD_JSON = "threshold.json"
 POSTPROCESS_JSON = "postprocess.json"
 FOLDS_JSON = "folds.json"  # a folds parent's record of its folds (cross-validation); fold_0/ … are runs
+CALIBRATION_JSON = "calibration.json"
 HELD_OUT = "val.txt"  # image paths relative to the data folder, one a line
 DATA_RECORD = "data.json"
 REPORT = "report.html"
@@ -53,6 +58,7 @@ PER_IMAGE_CSV = "per_image.csv"
 CONFUSION_PNG = "confusion.png"
 IOU_PNG = "iou_per_class.png"
 WORST_PNG = "worst.png"
+RELIABILITY_PNG = "reliability.png"
 
 FOLDS = "folds.json"  # K, seed, the data folder, each fold's images relative to it
 FOLDS_PLAN = "plan.yaml"  # the plan every fold trains with

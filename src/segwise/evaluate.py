@@ -15,6 +15,11 @@ all into a folder (by default `RUN/eval/<split>/`):
                         one row per label with its true/false positive and negative rates)
     iou_per_class.png   per-class IoU bar chart
     worst.png           the k worst images by mIoU: image | truth | prediction | error map
+    reliability.png     confidence against accuracy (calibration.py), with the run's temperature when it has one
+
+Scores and thresholds use the model's own probabilities; the calibration error (`ece`) is measured on
+them over every valid pixel and, with a temperature (RUN/calibration.json, or fitted here with
+`calibrate`), `ece_calibrated` on a random sample of the pixels with it applied.
 """
 
 from __future__ import annotations
@@ -30,6 +35,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .calibration import (
+    Calibration,
+    PixelSample,
+    Reliability,
+    fit_temperature,
+    log_scores,
+    sample_reliability,
+)
 from .config import RunConfig
 from .constants import (
     CONFUSION_PNG,
@@ -39,6 +52,7 @@ from .constants import (
     IOU_PNG,
     METRICS_JSON,
     PER_IMAGE_CSV,
+    RELIABILITY_PNG,
     WORST_PNG,
 )
 from .data.dataset import read_pair
@@ -76,6 +90,9 @@ class Evaluation:
     boundary: BoundaryScores
     worst: list[Sample] = field(default_factory=list)
     threshold_dice: dict[float, float] | None = None  # binary runs: foreground Dice per threshold
+    reliability: Reliability | None = None  # the model's own probabilities, every valid pixel
+    sample: PixelSample | None = None  # a random sample of the pixels, to fit or apply a temperature
+    calibration: Calibration | None = None  # the temperature `ece_calibrated` is measured with
 
     @property
     def best_threshold(self) -> tuple[float, float] | None:
@@ -86,7 +103,30 @@ class Evaluation:
         return best, self.threshold_dice[best]
 
     def metrics(self) -> dict:
-        return metrics_dict(self.matrix, self.names, self.boundary, self.best_threshold, len(self.pairs))
+        metrics = metrics_dict(self.matrix, self.names, self.boundary, self.best_threshold, len(self.pairs))
+        return metrics | self.calibration_metrics(metrics["overall"])
+
+    def calibrated_reliability(self) -> Reliability | None:
+        if self.calibration is None or self.sample is None:
+            return None
+        return sample_reliability(*self.sample.tensors(), self.sample.task, self.calibration.temperature)
+
+    def calibration_metrics(self, overall: dict) -> dict:
+        """`ece` (and `ece_calibrated`) added to `overall`; the bins and the temperature under "calibration"."""
+        if self.reliability is None:
+            return {}
+        overall["ece"] = _number(self.reliability.ece())
+        found = {"bins": self.reliability.bins()}
+        calibrated = self.calibrated_reliability()
+        if calibrated is not None:
+            overall["ece_calibrated"] = _number(calibrated.ece())
+            found |= {
+                "temperature": self.calibration.temperature,
+                "fitted_on": self.calibration.split,
+                "sampled_pixels": int(calibrated.count.sum()),
+                "bins_calibrated": calibrated.bins(),
+            }
+        return {"calibration": found}
 
 
 def _number(value: float) -> float | None:
@@ -175,9 +215,12 @@ def evaluate_split(
     by_threshold = {t: ConfusionMatrix(2) for t in THRESHOLDS} if task.has_foreground_threshold else {}
     worst: list[Sample] = []
     decide = steps or Steps(task)  # as `predict` decides: the top class, or each label on its own
+    reliability, sample = Reliability(task), PixelSample.for_images(task, len(pairs))
     for image_path, mask_path in tqdm(pairs, desc="evaluating", disable=not progress, leave=False):
         image, truth = read_truth((image_path, mask_path), classes, source)
-        probabilities = predictor.predict_proba(image)
+        probabilities = predictor.predict_proba(image, calibrated=False)  # as decisions use them
+        reliability.add(probabilities, truth)
+        sample.add(log_scores(torch.from_numpy(probabilities), task.activation), torch.from_numpy(truth))
         prediction = decide(probabilities).astype(truth.dtype)  # the truth's type: 0/1 planes, not booleans
         target = torch.from_numpy(truth)[None]
         matrix.update(torch.from_numpy(prediction)[None], target)
@@ -190,7 +233,9 @@ def evaluate_split(
         worst.append(Sample(image_path.stem, score, image, truth, prediction))
         worst = sorted(worst, key=lambda s: (not math.isnan(s.mean_iou), s.mean_iou))[:worst_k]
     thresholds = {t: float(counts.dice()[1]) for t, counts in by_threshold.items()} or None
-    return Evaluation(classes.names, pairs, matrix, boundary, worst, thresholds)
+    return Evaluation(
+        classes.names, pairs, matrix, boundary, worst, thresholds, reliability, sample, predictor.calibration
+    )
 
 
 def read_truth(
@@ -290,7 +335,13 @@ def write_json(data: dict, path: Path) -> None:
 
 def write_evaluation(evaluation: Evaluation, predictor: Predictor, out: Path) -> dict:
     """Write metrics.json, per_image.csv and the figures into `out`; return the metrics dictionary."""
-    from .report.figures import plot_confusion, plot_iou_bars, plot_label_confusion, plot_worst
+    from .report.figures import (
+        plot_confusion,
+        plot_iou_bars,
+        plot_label_confusion,
+        plot_reliability,
+        plot_worst,
+    )
 
     make_folder(out)
     metrics = evaluation.metrics()
@@ -303,6 +354,11 @@ def write_evaluation(evaluation: Evaluation, predictor: Predictor, out: Path) ->
     plot_iou_bars({name: c["iou"] for name, c in metrics["per_class"].items()}, out / IOU_PNG)
     if evaluation.worst:
         plot_worst(evaluation.worst, classes.palette, IGNORE_INDEX, out / WORST_PNG)
+    if "calibration" in metrics:
+        found = metrics["calibration"]
+        plot_reliability(
+            found["bins"], found.get("bins_calibrated"), found.get("temperature"), out / RELIABILITY_PNG
+        )
     return metrics
 
 
@@ -319,6 +375,7 @@ class EvaluationReport:
     held_out: Path | None = None  # RUN/val.txt when it chose the images (the data has no val split)
     postprocessing: str | None = None  # one line: the recorded post-processing applied, if any
     members: int = 1  # the runs whose probabilities were averaged (an ensemble: more than one)
+    calibration_file: Path | None = None  # RUN/calibration.json when `calibrate` refitted it
 
 
 def evaluate_run(
@@ -329,15 +386,17 @@ def evaluate_run(
     output: str | Path | None = None,
     worst: int = 6,
     save_threshold: bool = False,
+    calibrate: bool = False,
     device: str = "auto",
     progress: bool = False,
     postprocess: bool = True,
 ) -> EvaluationReport:
     """`segwise eval`: evaluate the run on one split of `data`, read with the layout and categories the
     run was trained with (split "val" of data without a val split: the images the run held out, RUN/val.txt); write the evaluation folder (default RUN/eval/SPLIT) with `worst` images in the
-    gallery; with `save_threshold`, record a binary run's best threshold in RUN/threshold.json; refresh
-    RUN/report.html unless `output` is given. The masks are post-processed as `segwise predict` would
-    (RUN/postprocess.json, else RUN/threshold.json: `inference.tuned`) unless `postprocess` is False.
+    gallery; with `save_threshold`, record a binary run's best threshold in RUN/threshold.json; with
+    `calibrate`, fit the temperature on the split and write RUN/calibration.json (calibration.py);
+    refresh RUN/report.html unless `output` is given. The masks are post-processed as `segwise predict`
+    would (RUN/postprocess.json, else RUN/threshold.json: `inference.tuned`) unless `postprocess` is False.
 
     `run` may be an ensemble (inference/ensemble.py): a folds parent, evaluated into PARENT/eval/SPLIT,
     or a list of runs, which has no folder of its own: give `output`.
@@ -353,16 +412,27 @@ def evaluate_run(
             "eval: an ensemble of several runs has no run folder of its own; pass -o FOLDER for its "
             "evaluation (and --save-threshold only for one run or a folds parent)"
         )
+    if calibrate and isinstance(predictor, Ensemble):
+        raise SegwiseError(
+            "eval --calibrate fits one run's temperature; calibrate each run (each fold) on its own, "
+            "the ensemble averages their calibrated probabilities"
+        )
     listing = None if folder is None else folder / HELD_OUT
     source = run_source(predictor.config, data)  # as the (first) run was trained on it
     pairs = pairs_of_split(source, split, listing)
     held_out = listing if split == "val" and "val" not in source.pairs else None
     applied = applied_steps(folder, predictor.task, predictor.class_names, recorded=postprocess)
     evaluation = evaluate_split(predictor, pairs, worst, progress, source, applied.steps)
+    calibration_file = None
+    if calibrate:
+        evaluation.calibration = fit_temperature(evaluation.sample, split)
+        calibration_file = evaluation.calibration.save(folder)
     out = Path(output) if output else folder / EVAL_DIR / split
     metrics = write_evaluation(evaluation, predictor, out)
     best = evaluation.best_threshold
     saved = write_threshold(folder, *best, split) if save_threshold and best is not None else None
     report = None if output or isinstance(predictor, Ensemble) else write_report(folder)
     members = len(predictor.members) if isinstance(predictor, Ensemble) else 1
-    return EvaluationReport(len(pairs), metrics, best, saved, out, report, held_out, applied.message, members)
+    return EvaluationReport(
+        len(pairs), metrics, best, saved, out, report, held_out, applied.message, members, calibration_file
+    )

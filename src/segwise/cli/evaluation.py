@@ -59,6 +59,12 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
         help="binary runs: write the best threshold to RUN/threshold.json",
     )
     add_no_postprocess(evaluate)
+    evaluate.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="fit the temperature of the run's probabilities on this split and write RUN/calibration.json "
+        "(masks do not change; probability and uncertainty maps use it)",
+    )
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     add_max_pixels(evaluate)
 
@@ -73,6 +79,7 @@ def _eval(args: argparse.Namespace) -> int:
         output=args.output,
         worst=args.worst,
         save_threshold=args.save_threshold,
+        calibrate=args.calibrate,
         device=args.device,
         progress=sys.stderr.isatty(),
         postprocess=not args.no_postprocess,
@@ -90,6 +97,7 @@ def _eval(args: argparse.Namespace) -> int:
     for name, scores in report.metrics["per_class"].items():
         iou = "n/a" if scores["iou"] is None else f"{scores['iou']:.4f}"
         print(f"  {name:<20} IoU {iou}  pixels {scores['support']}")
+    _say_calibration(report)
     if report.best_threshold is not None:
         threshold, dice = report.best_threshold
         print(f"best foreground threshold by Dice: {threshold} (Dice {dice:.4f})")
@@ -166,6 +174,18 @@ def _tune(args: argparse.Namespace) -> int:
         print(f"  {choice.name:<20} {metric} {choice.before:.4f} -> {choice.after:.4f}  {kept}")
     print(f"wrote {report.path} (predict and eval apply it; --no-postprocess ignores it)")
     return 0
+
+
+def _say_calibration(report) -> None:
+    overall, found = report.metrics["overall"], report.metrics.get("calibration", {})
+    if overall.get("ece") is None:
+        return
+    line = f"calibration error (ECE) {overall['ece']:.4f}"
+    if overall.get("ece_calibrated") is not None:
+        line += f", {overall['ece_calibrated']:.4f} at temperature {found['temperature']:.3f}"
+    print(line)
+    if report.calibration_file is not None:
+        print(f"saved to {report.calibration_file}")
 
 
 def _add_report(commands: argparse._SubParsersAction) -> None:

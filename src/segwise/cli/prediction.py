@@ -86,8 +86,8 @@ def _add_output_options(predict: argparse.ArgumentParser) -> None:
         "--output-format",
         default="png",
         help="comma-separated outputs: png (index mask, default), overlay, rgba, npy, tiff (probabilities), "
-        "json (object boxes), coco (one COCO instances file for all inputs, objects as RLE, or "
-        "polygons with --coco-polygons)",
+        "json (object boxes), uncertainty (16-bit PNG of the probabilities' normalized entropy), coco "
+        "(one COCO instances file for all inputs, objects as RLE, or polygons with --coco-polygons)",
     )
     predict.add_argument(
         "--coco-polygons",

@@ -19,6 +19,15 @@ within rounding error of a quarter-level boundary may take the neighbouring leve
 - the noise is a window of a bank of Gaussian values drawn once per device, where the plain pipeline
   draws fresh values: the same distribution, not the same values (the one difference between the two).
 
+Class-aware sampling (`ClassSampling`, nnU-Net's forced foreground, MONAI's RandCropByLabelClasses):
+with probability p a sample's crop window is centred on a random pixel of a class drawn by its ratio
+among the chosen classes present in that sample's mask (a sample with none of them keeps the ordinary
+draw), moved back just enough to keep the window inside the image where it fits. Such a sample is
+always cropped: with the preset's crop, or for a preset without one (p_crop 0, e.g. `light`) a window
+of `crop_area` (0.25–1) of the image. Its draws come before all others and only when p > 0, so p = 0
+gives the old batches exactly. It moves only the map, so the fast paths and DDP are unchanged; a user's
+per-sample transform (albumentations) replaces this module, so it does not apply there.
+
     >>> images, masks = augment_batch(images, masks, "default", torch.Generator().manual_seed(0))  # doctest: +SKIP
 """
 
@@ -132,6 +141,29 @@ def resolve(preset: str | Augment) -> Augment:
     return PRESETS[preset]
 
 
+@dataclass(frozen=True)
+class ClassSampling:
+    """Class-aware sampling (see the module docstring): `p`, the share of samples whose crop is centred
+    on a chosen class, and `ratios`, one per class index, how often each is chosen among those present
+    (0: never)."""
+
+    p: float
+    ratios: tuple[float, ...]
+
+    @classmethod
+    def of(cls, p: float, chosen: list[str] | None, names: list[str]) -> ClassSampling | None:
+        """From the train config's `sample_p` and `sample_classes` (None: every class), equal ratios;
+        None when off."""
+        unknown = sorted(set(chosen or []) - set(names))
+        if unknown:
+            raise SegwiseError(
+                f"train.sample_classes: {unknown} not among the classes {names}; name classes of the data"
+            )
+        if p <= 0:
+            return None
+        return cls(p, tuple(float(chosen is None or name in chosen) for name in names))
+
+
 def augment_batch(
     images: torch.Tensor,
     masks: torch.Tensor,
@@ -142,6 +174,7 @@ def augment_batch(
     std: torch.Tensor | None = None,
     *,
     fast: bool = True,
+    sampling: ClassSampling | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Augment a batch: images N×C×H×W float on the 0..255 scale, masks N×H×W (or N×K×H×W) integers.
 
@@ -150,7 +183,7 @@ def augment_batch(
     the image shows where the transform looks outside it; the mask holds IGNORE_INDEX there. With `mean`
     and `std` (per channel, 0..255 scale) the images come back normalized, (x − mean) / std, what the
     trainer feeds the model. `fast` chooses the fast paths (see the module's docstring) or the plain
-    pipeline they are tested against.
+    pipeline they are tested against. `sampling` centres some crops on chosen classes (module docstring).
     """
     recipe = resolve(preset)
     count, channels, height, width = images.shape
@@ -158,9 +191,11 @@ def augment_batch(
     normalize = mean is not None or std is not None
     scale = torch.ones(1, channels, 1, 1, device=images.device) if std is None else 1 / std
     offset = torch.zeros_like(scale) if mean is None else -mean * scale
-    if recipe == PRESETS["none"]:
+    sampling = sampling if sampling is not None and sampling.p > 0 else None
+    if recipe == PRESETS["none"] and sampling is None:
         return (torch.addcmul(offset, images, scale), masks) if normalize else (images, masks)
-    draw = _draw(recipe, count, channels, height, width, generator)
+    targets = None if sampling is None else class_targets(masks, sampling, generator)
+    draw = _draw(recipe, count, channels, height, width, generator, targets)
     fill = torch.as_tensor(fill, dtype=images.dtype, device=images.device).reshape(-1, 1, 1)
     augment = _augment_fast if fast else _augment_plain
     return augment(images, masks, draw, fill, scale, offset)
@@ -182,9 +217,11 @@ class _Draw:
     # a fraction of it (fast path), or that channel's noise seed (plain pipeline)
 
 
-def _draw(recipe: Augment, count: int, channels: int, height: int, width: int, generator) -> _Draw:
+def _draw(
+    recipe: Augment, count: int, channels: int, height: int, width: int, generator, targets=None
+) -> _Draw:
     """Like _geometry's, every parameter is drawn for every sample, applied or not."""
-    geometry = _geometry(recipe, count, height, width, generator)
+    geometry = _geometry(recipe, count, height, width, generator, targets)
     coloured = torch.rand(count, generator=generator) < recipe.p_color
     brightness = _uniform(-recipe.brightness, recipe.brightness, count, generator) * 255
     contrast = 1 + _uniform(-recipe.contrast, recipe.contrast, count, generator)
@@ -216,11 +253,14 @@ def _uniform(low: float, high: float, count: int, generator: torch.Generator) ->
     return low + (high - low) * torch.rand(count, generator=generator, dtype=torch.float64)
 
 
-def _geometry(recipe: Augment, count: int, height: int, width: int, generator) -> torch.Tensor:
+def _geometry(
+    recipe: Augment, count: int, height: int, width: int, generator, targets: torch.Tensor | None = None
+) -> torch.Tensor:
     """Per-sample 3×3 maps from output to source pixel coordinates, both centred on the image centre.
 
     source = crop · affine · dihedral · output. Every parameter is drawn for every sample whether or not
-    its transform is applied, so a sample's draw does not depend on the others'.
+    its transform is applied, so a sample's draw does not depend on the others'. `targets` (from
+    `class_targets`) crops the samples it names and centres their maps on their pixel.
     """
 
     def chosen(p: float) -> torch.Tensor:
@@ -254,6 +294,8 @@ def _geometry(recipe: Augment, count: int, height: int, width: int, generator) -
     affine = matrix(cos, cos * shear - sin, sin, sin * shear + cos, shift_x, shift_y)
 
     on = chosen(recipe.p_crop)
+    if targets is not None:
+        on |= ~targets.isnan().any(1)
     area = _uniform(*recipe.crop_area, count, generator)
     ratio = torch.exp(
         _uniform(math.log(recipe.crop_ratio[0]), math.log(recipe.crop_ratio[1]), count, generator)
@@ -263,7 +305,58 @@ def _geometry(recipe: Augment, count: int, height: int, width: int, generator) -
     centre_x = (torch.rand(count, generator=generator, dtype=torch.float64) - 0.5) * (1 - crop_w) * width
     centre_y = (torch.rand(count, generator=generator, dtype=torch.float64) - 0.5) * (1 - crop_h) * height
     crop = matrix(crop_w, zero, zero, crop_h, centre_x, centre_y)
-    return crop @ affine @ dihedral
+    maps = crop @ affine @ dihedral
+    return maps if targets is None else _centred_on(maps, targets, height, width)
+
+
+def class_targets(masks: torch.Tensor, sampling: ClassSampling, generator: torch.Generator) -> torch.Tensor:
+    """N×2 source coordinates (x, y; pixel centres, centred like `_geometry`'s) of the pixel each
+    sample's crop is centred on, NaN for the samples left to the ordinary draw: those not chosen (1 − p)
+    and those whose mask has none of the chosen classes. Masks N×H×W of class indices, or N×K×H×W with
+    a plane per label."""
+    count, height, width = len(masks), masks.shape[-2], masks.shape[-1]
+    chosen = torch.rand(count, generator=generator) < sampling.p
+    which = torch.rand(count, generator=generator, dtype=torch.float64)  # the class, by its ratio
+    where = torch.rand(count, generator=generator, dtype=torch.float64)  # the pixel, uniformly
+    ratios = torch.tensor(sampling.ratios, dtype=torch.float64)
+    targets = torch.full((count, 2), math.nan, dtype=torch.float64)
+    for sample in chosen.nonzero().flatten().tolist():
+        mask = masks[sample]
+        planes = mask.dim() == 3  # one plane per label
+        present = (mask.flatten(1) == 1).any(1) if planes else _present_classes(mask, len(ratios))
+        shares = ratios * present.cpu()
+        if shares.sum() == 0:
+            continue
+        cumulative = shares.cumsum(0)
+        label = int(
+            torch.searchsorted(cumulative, which[sample] * cumulative[-1], right=True).clamp(
+                max=len(ratios) - 1
+            )
+        )
+        pixels = ((mask[label] == 1) if planes else (mask == label)).flatten().nonzero().flatten()
+        y, x = divmod(int(pixels[min(int(where[sample] * len(pixels)), len(pixels) - 1)]), width)
+        targets[sample] = torch.tensor([x + 0.5 - width / 2, y + 0.5 - height / 2], dtype=torch.float64)
+    return targets
+
+
+def _present_classes(mask: torch.Tensor, classes: int) -> torch.Tensor:
+    """Which of the class indices 0..classes−1 an H×W mask holds (void and ignored values aside)."""
+    counts = torch.bincount(mask.flatten().long().clamp(0, classes), minlength=classes + 1)
+    return counts[:classes] > 0
+
+
+def _centred_on(maps: torch.Tensor, targets: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """`maps` whose output centre lands on `targets` (NaN rows left as they are), moved back just enough
+    that the window's bounding box stays inside the image where it fits: the target pixel stays in the
+    window, and the crop does not waste pixels on the fill beyond the image's edge."""
+    targeted = ~targets.isnan().any(1)
+    size = torch.tensor([width, height], dtype=torch.float64)
+    half_extent = 0.5 * (maps[:, :2, :2].abs() @ size)  # N×2: the window's half width and height, source px
+    room = (size / 2 - half_extent).clamp(min=0)
+    centre = torch.minimum(torch.maximum(targets, -room), room)
+    maps = maps.clone()
+    maps[targeted, :2, 2] = centre[targeted]
+    return maps
 
 
 def _hue_saturation(hue: torch.Tensor, saturation: torch.Tensor) -> torch.Tensor:

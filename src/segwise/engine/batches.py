@@ -46,10 +46,15 @@ class Batches:
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         return torch.addcmul(self._shift, images, self._scale)  # (images − mean) / std
 
-    def augment(self, images: torch.Tensor, masks: torch.Tensor, preset, generator: torch.Generator):
+    def augment(
+        self, images: torch.Tensor, masks: torch.Tensor, preset, generator: torch.Generator, sampling=None
+    ):
         """Augmented with `preset` and normalized, the normalization folded into augmentation's last
-        pass: what training feeds the model. Pixels from outside an image show the mean (0 once normalized)."""
-        return augment_batch(images, masks, preset, generator, self.mean, self.mean, self.std)
+        pass: what training feeds the model. Pixels from outside an image show the mean (0 once normalized).
+        `sampling` (a data.augment.ClassSampling) centres some crops on chosen classes."""
+        return augment_batch(
+            images, masks, preset, generator, self.mean, self.mean, self.std, sampling=sampling
+        )
 
     def epoch(self, generator: torch.Generator | None, drop_last: bool):
         """This process's batches: a shuffled, sharded order with `generator`, else every sample once in

@@ -30,6 +30,9 @@ written as YAML for a person to read and edit. How each value is chosen:
   training masks show one: a class of at least 1 % of the pixels with UPRIGHT_SHARE or more of them in
   one half of the image (sky above, road below). Road scenes flipped upside down are images the model
   never meets, and cost it on CamVid;
+- class-aware sampling (`planned_sampling`): one training crop in three (SAMPLE_P) centred on a pixel of
+  a class with under a fifth of an even share of the training pixels (RARE_SHARE / C; on CamVid pole,
+  sign, fence, pedestrian, bicyclist), so thin and rare objects are seen whole and often; none: off;
 - size, batch size and epochs: fitted to a time budget (`--budget`, by default 20 minutes when the
   epochs are not given): engine/budget.py times the real training step at a few resolutions and
   explains its rules. With the epochs given and no budget: the size above; the batch from a real
@@ -84,8 +87,10 @@ MAX_BATCH = 32
 GPU_MEMORY_SHARE = 0.8
 CPU_BUDGET_BYTES = 8 * 2**30
 DECIDED_BY_A_CONFIG = frozenset({"size", "batch_size", "epochs"})  # a given config file already chose these
-KEPT_FROM_A_CONFIG = DECIDED_BY_A_CONFIG | {"augment"}
+KEPT_FROM_A_CONFIG = DECIDED_BY_A_CONFIG | {"augment", "sample_p", "sample_classes"}
 UPRIGHT_SHARE = 0.75  # of a class's pixels in the top or the bottom half: the data has an up and a down
+RARE_SHARE = 0.2  # of an even share (1/C of the pixels): a class below it gets class-aware sampling
+SAMPLE_P = 0.33  # nnU-Net's one sample in three forced onto the foreground
 
 Sections = dict[str, dict[str, Any]]  # structured overrides: {"train": {"epochs": 5}, "model": {...}}
 
@@ -190,6 +195,8 @@ def plan_run(
         train = {"size": list(data_set.size), "batch_size": batch_size, "epochs": epochs}
     if "augment" not in given:
         train["augment"] = planned_augment(data_set, notes)
+    if not {"sample_p", "sample_classes"} & given:
+        train |= planned_sampling(data_set.classes.names, frequencies, notes)
     data_values = {
         "class_weights": weights,
         "mean": [round(float(v), 6) for v in mean],
@@ -519,6 +526,21 @@ def planned_augment(data_set: SegmentationData, notes: list[str]) -> str:
         "the images have an up and a down: horizontal flips only"
     )
     return "light"
+
+
+def planned_sampling(names: list[str], frequencies: list[float], notes: list[str]) -> dict[str, Any]:
+    """Class-aware sampling (data/augment.py) on the classes with training pixels under RARE_SHARE of an
+    even share: thin or rare objects that random crops seldom centre on; off when there are none."""
+    limit = RARE_SHARE / len(names)
+    rare = [name for name, share in zip(names, frequencies, strict=True) if 0 < share < limit]
+    if not rare:
+        notes.append(f"class sampling off: every class has {limit:.1%} of the training pixels or more")
+        return {"sample_p": 0.0, "sample_classes": None}
+    notes.append(
+        f"class sampling: {', '.join(rare)} each under {limit:.1%} of the training pixels (a fifth of an "
+        f"even share): one crop in three centred on one of them (sample_p {SAMPLE_P}; 0 turns it off)"
+    )
+    return {"sample_p": SAMPLE_P, "sample_classes": rare}
 
 
 def class_weights(data_set: SegmentationData, weighting: str) -> list[float]:

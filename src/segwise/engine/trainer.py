@@ -31,6 +31,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from .. import run as runfolder
+from ..calibration import Calibration, PixelSample, fit_temperature
 from ..config import Config, PreprocessConfig, RunConfig, TrainConfig
 from ..constants import (
     CONFIG,
@@ -46,8 +47,8 @@ from ..constants import (
     WEIGHTS,
 )
 from ..data import fingerprint
-from ..data.augment import PerSampleBatches
-from ..errors import SegwiseError
+from ..data.augment import ClassSampling, PerSampleBatches
+from ..errors import SegwiseError, SegwiseWarning
 from ..io import sweep_temporaries
 from ..metrics import ConfusionMatrix, confusion_matrix_for
 from ..task import Task
@@ -114,6 +115,12 @@ def train(
     return trainer.fit(started)
 
 
+_TRANSFORM_SAMPLING = (
+    "train.sample_p: class-aware sampling centres the on-device crops, so it does not apply to a user's "
+    "augment transform and is off; crop around classes in the transform instead"
+)
+
+
 class Trainer:
     """One run's pieces and its epoch loop (see the module docstring)."""
 
@@ -128,8 +135,13 @@ class Trainer:
         if self.settings.sync_batchnorm and env.process.distributed:
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.train_batches = start.batches("train", env.device, env.process)
+        names = list(start.data_set.classes.names)
+        self.sampling = ClassSampling.of(self.settings.sample_p, self.settings.sample_classes, names)
         if transform is not None:
             self.train_batches = PerSampleBatches(self.train_batches, transform)
+            if self.sampling is not None:
+                warnings.warn(SegwiseWarning(_TRANSFORM_SAMPLING), stacklevel=2)
+            self.sampling = None
         self.val_batches = start.batches("val", env.device, env.process)
         self.transform = transform
         groups = encoder_decoder_groups(self.model, self.settings.encoder_lr_scale or 1.0)
@@ -395,7 +407,7 @@ class Trainer:
         bar = tqdm(total=batch_count, desc=f"epoch {epoch}/{settings.epochs}", leave=False, disable=not show)
         draws = distributed.augmentation_generator(self.generator, self.env.process, settings.seed, epoch)
         for index, (images, masks) in enumerate(self.train_batches.epoch(self.generator, drop_last=True)):
-            x, masks = self.train_batches.augment(images, masks, settings.augment, draws)
+            x, masks = self.train_batches.augment(images, masks, settings.augment, draws, self.sampling)
             x, masks = resize_batch(x, masks, fraction)
             update = (index + 1) % settings.accumulate == 0 or index + 1 == batch_count
             running.add(self.step.train(net, x, masks, update), len(masks))
@@ -486,6 +498,7 @@ class Trainer:
     def finish(self, started: float) -> TrainResult:
         if self.env.process.is_main:
             self._write_val_samples()
+            self._calibrate()
         distributed.teardown()
         state, seconds = self.state, time.perf_counter() - started
         best_miou = state.history[state.best_epoch - 1]["val_miou"] if state.best_epoch else float("nan")
@@ -516,6 +529,20 @@ class Trainer:
 
         return SummaryWriter(self.run_dir / TENSORBOARD, purge_step=first_epoch)
 
+    def _calibrate(self) -> None:
+        """RUN/calibration.json for the best weights (those the run folder keeps), fitted on the
+        validation images the trainer holds: cheap, one pass at the training size."""
+        if self.run_dir is None or not (self.run_dir / WEIGHTS).is_file():
+            return
+        runfolder.load_weights(self.model, self.run_dir / WEIGHTS)
+        found = _fit_calibration(self.model, self.val_batches, self.task, self.env.dtype, self.settings.seed)
+        if found is not None:
+            found.save(self.run_dir)
+            self.env.say(
+                f"segwise: temperature {found.temperature:.3f} fitted on val: calibration error (ECE) "
+                f"{found.ece_before:.4f} → {found.ece_after:.4f}"
+            )
+
     def _write_val_samples(self) -> None:
         """Panels from the best weights (the ones the run folder keeps), not from the last epoch."""
         batches, data_set = self.val_batches, self.start.data_set
@@ -536,6 +563,22 @@ class Trainer:
         write_sample_panels(
             panels, self.run_dir / SAMPLES, [data_set.val_pairs[i][0].stem for i in range(count)]
         )
+
+
+def _fit_calibration(model, batches: Batches, task: Task, dtype, seed: int) -> Calibration | None:
+    """The temperature of `model`'s probabilities on this process's validation images, at the training
+    size (calibration.py); None without labelled validation pixels or with non-finite logits."""
+    if len(batches) == 0:
+        return None
+    sample = PixelSample.for_images(task, len(batches), seed)
+    model.eval()
+    with torch.no_grad(), autocast(batches.device, dtype):
+        for images, masks in batches.epoch(None, drop_last=False):
+            for logits, truth in zip(model(batches.normalize(images)).float(), masks, strict=True):
+                sample.add(logits, truth)
+    if len(sample) == 0 or not torch.isfinite(sample.tensors()[0]).all():
+        return None
+    return fit_temperature(sample, "val (training size)")
 
 
 def validate(

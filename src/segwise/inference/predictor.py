@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ..calibration import Calibration, with_temperature
 from ..config import POLYGON_TOLERANCE, RunConfig
 from ..data.dataset import match_channels, resize_image
 from ..engine.devices import pick_device
@@ -50,6 +51,7 @@ from .shards import gathered, process_shard, total_over_processes
 from .sliding import check_overlap, parse_tile, predict_sliding, sliding_rows, tile_starts
 from .tta import DEFAULT_BATCH_PIXELS, check_merge, predict_tta, to_probabilities, views_for
 from .tuned import applied_steps
+from .uncertainty import view_spread
 from .writers import (
     claim_folder,
     collect_inputs,
@@ -130,6 +132,7 @@ class Predictor:
         self.palette = config.classes.palette
         self.task = config.classes.task  # how logits become probabilities and masks
         self.run_dir = None if run_dir is None else Path(run_dir)
+        self.calibration = Calibration.load(self.run_dir)  # the temperature shown probabilities get
         self._mean = torch.tensor(config.preprocess.mean, device=self.device).view(1, -1, 1, 1) * 255
         self._std = torch.tensor(config.preprocess.std, device=self.device).view(1, -1, 1, 1) * 255
 
@@ -179,10 +182,12 @@ class Predictor:
         return tuple(-(-side // stride) * stride for side in sides)
 
     @torch.no_grad()
-    def predict_proba(self, image: ImageLike, **options) -> np.ndarray:
+    def predict_proba(self, image: ImageLike, *, calibrated: bool = True, **options) -> np.ndarray:
         """Class probabilities C×H×W (float32) at the image's own size (a per-label task: one per label).
 
         Keyword options override the predictor's `InferenceOptions`, e.g. `tta="d4", tile=512`.
+        `calibrated`: tempered by the run's calibration.json when it has one (`Predictor.tempered`); decisions
+        are made on calibrated=False, the model's own, so masks do not depend on the temperature.
         """
         settings = replace(self.options, **options).checked() if options else self.options
         array = self._as_array(image)
@@ -198,10 +203,15 @@ class Predictor:
                 settings.weighting,
                 settings.tile_batch,
             )
-            return probs.cpu().numpy()
+            return self.tempered(probs.cpu().numpy(), calibrated)
         resized = resize_image(array, tuple(self.config.preprocess.input_size))  # exactly as in training
         x = torch.from_numpy(resized).to(self.device).permute(2, 0, 1)[None].float()
-        return self._resize_back(self.tile_predictor(settings)(x), height, width)
+        return self.tempered(self._resize_back(self.tile_predictor(settings)(x), height, width), calibrated)
+
+    def tempered(self, probabilities: np.ndarray, calibrated: bool = True) -> np.ndarray:
+        """`probabilities` with the run's temperature when `calibrated` and it has one (calibration.py)."""
+        temperature = self.calibration.temperature if calibrated and self.calibration else None
+        return with_temperature(probabilities, temperature, self.task.activation)
 
     def _resize_back(self, probs: torch.Tensor, height: int, width: int) -> np.ndarray:
         """1×K×h×w probabilities → K×H×W at the image's size."""
@@ -221,7 +231,9 @@ class Predictor:
         return probs[0].cpu().numpy()
 
     @torch.no_grad()
-    def predict_proba_batch(self, images: Sequence[ImageLike], **options) -> list[np.ndarray]:
+    def predict_proba_batch(
+        self, images: Sequence[ImageLike], *, calibrated: bool = True, **options
+    ) -> list[np.ndarray]:
         """`[predict_proba(image, **options) for image in images]`, the untiled images in one forward
         pass (TTA views included: they are resized to the training size, so any sizes batch together)."""
         settings = replace(self.options, **options).checked() if options else self.options
@@ -232,13 +244,15 @@ class Predictor:
             if self.tile_for(*array.shape[:2], settings) is None:
                 whole.append(index)
             else:  # tiled at native resolution: one image at a time, its tiles batched inside
-                results[index] = self.predict_proba(array, **options)
+                results[index] = self.predict_proba(array, calibrated=calibrated, **options)
         if whole:
             size = tuple(self.config.preprocess.input_size)
             x = torch.stack([torch.from_numpy(resize_image(arrays[i], size)) for i in whole])
             probs = self.tile_predictor(settings)(x.to(self.device).permute(0, 3, 1, 2).float())
             for row, index in enumerate(whole):
-                results[index] = self._resize_back(probs[row : row + 1], *arrays[index].shape[:2])
+                results[index] = self.tempered(
+                    self._resize_back(probs[row : row + 1], *arrays[index].shape[:2]), calibrated
+                )
         return results
 
     def predict(self, image: ImageLike, **options) -> np.ndarray:
@@ -246,7 +260,7 @@ class Predictor:
         (label present where P > 0.5); options as for `predict_proba`. For other thresholds and
         cleaning, apply `postprocess.Steps(predictor.task, ...)` to `predict_proba`; for the run's
         recorded ones, `tuned.applied_steps(predictor.run_dir, predictor.task, predictor.class_names).steps`."""
-        return postprocess.Steps(self.task)(self.predict_proba(image, **options))
+        return postprocess.Steps(self.task)(self.predict_proba(image, calibrated=False, **options))
 
     def predict_large_tiff(
         self,
@@ -423,10 +437,12 @@ class Predictor:
                 batch, images = [job for job in chunk if job[1][0] in read], list(read.values())
                 bar.update(len(chunk) - len(batch))  # the skipped ones
                 for (index, (path, files)), image, probabilities in zip(
-                    batch, images, self.predict_proba_batch(images), strict=True
+                    batch, images, self.predict_proba_batch(images, calibrated=False), strict=True
                 ):
-                    mask = steps(probabilities)
-                    written += write_outputs(classes, path, image, probabilities, mask, files)
+                    mask = steps(probabilities)  # decided on the model's own probabilities
+                    probabilities = self.tempered(probabilities)  # written and scored calibrated
+                    spread = view_spread(self, image) if "uncertainty" in files else None
+                    written += write_outputs(classes, path, image, probabilities, mask, files, spread)
                     if coco_names is not None:
                         record = coco.image_record(
                             coco_names[index], mask, probabilities, classes, polygon_tolerance

@@ -9,6 +9,8 @@ Every input gets files named after it in the output folder, one per requested fo
     tiff     <name>_proba.tif    class probabilities C×H×W, float32, deflate-compressed, class names in
                                  the metadata (float16 TIFFs open in too few viewers)
     json     <name>.json         per-object boxes: class, id, x0 y0 x1 y1 (x1, y1 exclusive), area, score
+    uncertainty <name>_uncertainty.png  16-bit grey, 0..65535 for 0..1: the probabilities' normalized
+                                 entropy, or with TTA the spread across its views (module `uncertainty`)
     crop     <name>_crop.png     the foreground's box cut out, other pixels white (`crop=True`)
     coco     predictions.coco.json  one COCO instances file for all inputs, objects as RLE or polygons
                                     (module `coco`)
@@ -66,6 +68,7 @@ from ..io import (
 )
 from ..task import Classes
 from . import coco, postprocess
+from .uncertainty import entropy_map, to_png16
 
 SUFFIXES = {
     "png": ".png",
@@ -74,6 +77,7 @@ SUFFIXES = {
     "npy": "_proba.npy",
     "tiff": "_proba.tif",
     "json": ".json",
+    "uncertainty": "_uncertainty.png",
     "crop": "_crop.png",
 }
 # crop is asked for with crop=True; coco writes one file for all inputs, not one per input
@@ -319,9 +323,11 @@ def write_outputs(
     probabilities: np.ndarray,
     mask: np.ndarray,
     files: dict[str, list[Path]],
+    spread: np.ndarray | None = None,
 ) -> list[Path]:
     """Write one input's files (`files` from `plan_outputs`) from its image, probabilities C×H×W and
-    decided mask (H×W class indices, or a per-label task's boolean C×H×W stack); returns those written."""
+    decided mask (H×W class indices, or a per-label task's boolean C×H×W stack); returns those written.
+    `spread` (H×W in [0, 1], across TTA views) is the uncertainty map when given, else the entropy."""
     task = classes.task
     found = task.foreground(mask)
     rgb = _rgb(image)
@@ -345,6 +351,9 @@ def write_outputs(
             _write_probability_tiff(target, probabilities, classes.names)
         elif kind == "json":
             _write_objects(target, path, mask, probabilities, classes)
+        elif kind == "uncertainty":
+            uncertainty = entropy_map(probabilities, task.per_label) if spread is None else spread
+            write_image(target, to_png16(uncertainty))
         elif kind == "crop":
             cut = postprocess.crop_object(image[..., :3] if image.shape[-1] == 4 else image, found)
             if cut is None:  # nothing found: no crop file rather than an empty image

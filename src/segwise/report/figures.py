@@ -1,4 +1,5 @@
-"""Evaluation figures: normalized confusion matrix, per-class IoU bars, worst-k gallery, comparisons."""
+"""Evaluation figures: normalized confusion matrix, per-class IoU bars, worst-k gallery, reliability
+diagram, comparisons."""
 
 from __future__ import annotations
 
@@ -97,6 +98,33 @@ def plot_iou_bars(ious: dict[str, float | None], path: Path) -> None:
             fontsize=8,
         )
     axis.grid(axis="x", alpha=0.3)
+    figure.tight_layout()
+    _save(figure, path)
+
+
+def plot_reliability(
+    bins: list[dict], calibrated: list[dict] | None, temperature: float | None, path: Path
+) -> None:
+    """Reliability diagram: accuracy against mean confidence per bin (calibration.Reliability.bins), the
+    diagonal being perfect calibration; with a temperature, its bins beside the model's own."""
+    figure, axis = plt.subplots(figsize=(5, 5))
+    axis.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfectly calibrated")
+    for rows, label, colour in (
+        (bins, "model", "tab:red"),
+        (calibrated, f"temperature {temperature:.2f}" if temperature else "", "tab:blue"),
+    ):
+        filled = [row for row in rows or [] if row["pixels"]]
+        if filled:
+            axis.plot(
+                [row["confidence"] for row in filled],
+                [row["accuracy"] for row in filled],
+                marker="o",
+                color=colour,
+                label=label,
+            )
+    axis.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy", title="Reliability")
+    axis.grid(alpha=0.3)
+    axis.legend(loc="upper left", fontsize=8)
     figure.tight_layout()
     _save(figure, path)
 

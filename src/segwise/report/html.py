@@ -25,6 +25,7 @@ from ..constants import (
     LR_PLOT,
     METRICS,
     METRICS_JSON,
+    RELIABILITY_PNG,
     REPORT,
     SAMPLES,
     WORST_PNG,
@@ -163,7 +164,18 @@ def _evaluation(folder: Path, metrics: dict) -> str:
             per_class,
         )
     )
-    figures = [(CONFUSION_PNG, "normalized confusion matrix"), (IOU_PNG, "IoU per class")]
+    calibration = metrics.get("calibration") or {}
+    if "temperature" in calibration:
+        parts.append(
+            f"<p>Calibration: temperature <b>{_number(calibration['temperature'])}</b> (fitted on "
+            f"{escape(str(calibration.get('fitted_on')))}); ECE {_number(metrics['overall'].get('ece'))} "
+            f"→ {_number(metrics['overall'].get('ece_calibrated'))}. Masks do not depend on it.</p>"
+        )
+    figures = [
+        (CONFUSION_PNG, "normalized confusion matrix"),
+        (IOU_PNG, "IoU per class"),
+        (RELIABILITY_PNG, "reliability diagram"),
+    ]
     parts.append(
         '<div class="grid">'
         + "".join(_image(folder / f, alt) for f, alt in figures if (folder / f).is_file())
