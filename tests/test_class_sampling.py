@@ -117,12 +117,12 @@ def test_unknown_sample_classes_fail_in_one_line():
     assert ClassSampling.of(0.5, None, ["sky", "road"]) == ClassSampling(0.5, (1.0, 1.0))
 
 
-def test_plan_turns_sampling_on_for_rare_classes_and_says_why():
+def test_plan_names_the_rare_classes_and_says_how_to_sample_them():
     notes = []
     names = ["sky", "road", "pole", "sign"]
     planned = planned_sampling(names, [0.5, 0.47, 0.02, 0.01], notes)
-    assert planned == {"sample_p": 0.33, "sample_classes": ["pole", "sign"]}  # under 0.2/4 = 5 %
-    assert "pole, sign each under 5.0%" in notes[0] and "one crop in three" in notes[0]
+    assert planned == {"sample_p": 0.0, "sample_classes": ["pole", "sign"]}  # under 0.2/4 = 5 %
+    assert "ready for pole, sign (each under 5.0%" in notes[0] and "--sample-p 0.33" in notes[0]
     notes = []
     assert planned_sampling(["a", "b"], [0.6, 0.4], notes)["sample_p"] == 0.0
     assert "off" in notes[0]

@@ -30,9 +30,10 @@ written as YAML for a person to read and edit. How each value is chosen:
   training masks show one: a class of at least 1 % of the pixels with UPRIGHT_SHARE or more of them in
   one half of the image (sky above, road below). Road scenes flipped upside down are images the model
   never meets, and cost it on CamVid;
-- class-aware sampling (`planned_sampling`): one training crop in three (SAMPLE_P) centred on a pixel of
-  a class with under a fifth of an even share of the training pixels (RARE_SHARE / C; on CamVid pole,
-  sign, fence, pedestrian, bicyclist), so thin and rare objects are seen whole and often; none: off;
+- class-aware sampling (`planned_sampling`): the classes with under a fifth of an even share of the
+  training pixels (RARE_SHARE / C; on CamVid pole, sign, fence, pedestrian, bicyclist) become the
+  sampled classes, and the note says how to turn it on (`--sample-p 0.33`: one crop in three centred on
+  one of them); the plan leaves it off, since on CamVid it lowered mIoU (BENCHMARKS.md, issue 23);
 - size, batch size and epochs: fitted to a time budget (`--budget`, by default 20 minutes when the
   epochs are not given): engine/budget.py times the real training step at a few resolutions and
   explains its rules. With the epochs given and no budget: the size above; the batch from a real
@@ -529,18 +530,20 @@ def planned_augment(data_set: SegmentationData, notes: list[str]) -> str:
 
 
 def planned_sampling(names: list[str], frequencies: list[float], notes: list[str]) -> dict[str, Any]:
-    """Class-aware sampling (data/augment.py) on the classes with training pixels under RARE_SHARE of an
-    even share: thin or rare objects that random crops seldom centre on; off when there are none."""
+    """The classes class-aware sampling (data/augment.py) would centre crops on: those with training
+    pixels under RARE_SHARE of an even share, thin or rare objects random crops seldom centre on. The
+    plan names them and leaves sampling off: measured on CamVid at one budget, one crop in three centred
+    on them lowered the thin classes' IoU and the mIoU (BENCHMARKS.md), so it is the user's to try."""
     limit = RARE_SHARE / len(names)
     rare = [name for name, share in zip(names, frequencies, strict=True) if 0 < share < limit]
     if not rare:
         notes.append(f"class sampling off: every class has {limit:.1%} of the training pixels or more")
         return {"sample_p": 0.0, "sample_classes": None}
     notes.append(
-        f"class sampling: {', '.join(rare)} each under {limit:.1%} of the training pixels (a fifth of an "
-        f"even share): one crop in three centred on one of them (sample_p {SAMPLE_P}; 0 turns it off)"
+        f"class sampling off, ready for {', '.join(rare)} (each under {limit:.1%} of the training pixels, a "
+        f"fifth of an even share): --sample-p {SAMPLE_P} centres one crop in three on one of them"
     )
-    return {"sample_p": SAMPLE_P, "sample_classes": rare}
+    return {"sample_p": 0.0, "sample_classes": rare}
 
 
 def class_weights(data_set: SegmentationData, weighting: str) -> list[float]:
