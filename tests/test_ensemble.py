@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import yaml
+from PIL import Image
 
 import segwise
 from segwise.errors import SegwiseError
@@ -133,3 +134,17 @@ def test_onnx_backend_is_refused_for_an_ensemble(runs_copy, shapes_data, tmp_pat
         "onnxruntime",
     )
     assert_one_line_error(result, "drop it for an ensemble")
+
+
+def test_an_ensembles_uncertainty_is_the_spread_of_its_members(runs_copy, shapes_data, tmp_path):
+    image = shapes_data / "test/images/test_0000.png"
+    for name, extra in (("one", []), ("two", ["--ensemble", runs_copy])):
+        result = run_cli(
+            "predict", runs_copy, image, *extra, "-o", tmp_path / name, "--format", "uncertainty"
+        )
+        assert result.returncode == 0, result.stderr
+    single, pair = (
+        np.asarray(Image.open(tmp_path / name / "test_0000_uncertainty.png")) for name in ("one", "two")
+    )
+    assert single.max() > 0  # one run: the entropy of its probabilities
+    assert pair.max() == 0  # two identical members: they never disagree

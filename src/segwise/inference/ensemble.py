@@ -44,16 +44,20 @@ class Ensemble(Predictor):
         self.config = first.config
         self.class_names, self.palette, self.task = first.class_names, first.palette, first.task
         self.run_dir = None if run_dir is None else Path(run_dir)
+        # Each member tempers its own probabilities (its calibration.json) before they are averaged, for
+        # decisions too: an ensemble has no probabilities of its own to keep apart, nor a temperature.
+        self.calibration = None
 
     @torch.no_grad()
-    def member_probabilities(self, image: ImageLike, **options) -> np.ndarray:
-        """Each member's probabilities for `image`, stacked: M×C×H×W float32 at the image's size."""
+    def member_probabilities(self, image: ImageLike, *, calibrated: bool = True, **options) -> np.ndarray:
+        """Each member's (calibrated) probabilities for `image`, stacked: M×C×H×W float32 at its size."""
         array = self._as_array(image)
         return np.stack([member.predict_proba(array, **options) for member in self.members])
 
     @torch.no_grad()
-    def predict_proba(self, image: ImageLike, **options) -> np.ndarray:
-        """The mean of the members' probabilities, C×H×W float32 at the image's own size."""
+    def predict_proba(self, image: ImageLike, *, calibrated: bool = True, **options) -> np.ndarray:
+        """The mean of the members' (calibrated) probabilities, C×H×W float32 at the image's own size;
+        `calibrated` is accepted for the Predictor API: see the note in __init__."""
         array = self._as_array(image)
         total = self.members[0].predict_proba(array, **options)
         for member in self.members[1:]:  # summed one at a time: a large image's stack is never held
@@ -61,7 +65,9 @@ class Ensemble(Predictor):
         return total / len(self.members)
 
     @torch.no_grad()
-    def predict_proba_batch(self, images: Sequence[ImageLike], **options) -> list[np.ndarray]:
+    def predict_proba_batch(
+        self, images: Sequence[ImageLike], *, calibrated: bool = True, **options
+    ) -> list[np.ndarray]:
         """`predict_proba` of each image, each member predicting the batch in its own forward passes."""
         arrays = [self._as_array(image) for image in images]
         totals = self.members[0].predict_proba_batch(arrays, **options)

@@ -52,8 +52,12 @@ def to_png16(uncertainty: np.ndarray) -> np.ndarray:
 
 
 def view_spread(predictor, image: np.ndarray) -> np.ndarray | None:
-    """The spread across `predictor`'s TTA views of `image` (each view's probabilities as
-    `predict_proba` shows them), or None when its TTA has a single view (the entropy is used then)."""
+    """The spread across an ensemble's members (`Ensemble.member_probabilities`, each with its own TTA),
+    else across `predictor`'s TTA views of `image` (each view's probabilities as `predict_proba` shows
+    them), or None when there is a single view (the entropy is used then)."""
+    members = getattr(predictor, "member_probabilities", None)
+    if members is not None:
+        return spread_map(members(image))
     views = views_for(predictor.options.tta)
     if len(views) < 2:
         return None
