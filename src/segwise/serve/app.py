@@ -75,7 +75,7 @@ def create_app(runs: Sequence[str | Path], device: str = "auto", limits: Limits 
 
 def _batch_predictor(predictors: dict[str, Predictor]):
     def predict(key: BatchKey, images: Sequence[np.ndarray]) -> list[np.ndarray]:
-        return predictors[key.model].predict_proba_batch(images, tta=key.tta, tile=key.tile)
+        return predictors[key.model].predict_proba_batch(images, calibrated=False, tta=key.tta, tile=key.tile)
 
     return predict
 
@@ -129,23 +129,23 @@ def _add_predict(app: FastAPI, predictors: dict[str, Predictor], batcher: Batche
             image = match_channels(image, predictor.model.in_channels, Path("upload"))
         except SegwiseError as error:
             raise HTTPException(415, str(error)) from None
-        try:
-            probabilities = await batcher.submit(
-                BatchKey(name, tta, None if tile is None else (tile, tile)), image
-            )
-        except QueueFull:
-            raise HTTPException(
-                503, "too many requests waiting; retry shortly", {"Retry-After": "1"}
-            ) from None
         # the run's recorded post-processing (postprocess.json, threshold.json), as `segwise predict` applies it
         steps = applied_steps(
             predictor.run_dir, predictor.task, predictor.class_names, threshold=threshold, min_size=min_size,
             fill_holes=fill_holes, largest=largest,
         ).steps  # fmt: skip
+
+        def finish(raw: np.ndarray):  # on the batcher's thread; decided on the model's own probabilities
+            shown = predictor.tempered(raw)  # those shown get the run's temperature, as `predict` writes them
+            return answer(format, predictor.config.classes, image, shown, steps(raw))
+
+        key = BatchKey(name, tta, None if tile is None else (tile, tile))
         try:
-            body = await run_in_threadpool(
-                lambda: answer(format, predictor.config.classes, image, probabilities, steps(probabilities))
-            )
+            body = await batcher.submit(key, image, finish)
+        except QueueFull:
+            raise HTTPException(
+                503, "too many requests waiting; retry shortly", {"Retry-After": "1"}
+            ) from None
         except SegwiseError as error:
             raise HTTPException(422, str(error)) from None
         return Response(body.body, media_type=body.media_type)

@@ -2,13 +2,16 @@
 
 Each request's decoded image waits in a bounded list. One worker takes the oldest waiting request, then
 waits up to `max_wait_s` for more with the same inference options (model, TTA, tile), until `max_batch`,
-and predicts them in one `Predictor.predict_proba_batch` call on a single worker thread: the model is
-never used by two threads at once, torch spreads one forward pass over the cores itself, and the event
-loop stays free to read uploads and write answers meanwhile. A full list refuses at once (`QueueFull`,
-which the server answers with 503 and Retry-After) rather than letting every client's wait grow.
+and predicts them in one `Predictor.predict_proba_batch` call on a single worker thread, then finishes
+each request there too (its decision, post-processing and encoding: `finish`). One thread does all the
+numerical work, so the model is never used by two threads at once and torch's own threads have the
+cores to themselves: finishing a batch's requests in as many threads beside the next forward pass
+oversubscribes a small machine and made batching slower than none. The event loop stays free to read
+uploads and send answers. A full list refuses at once (`QueueFull`, which the server answers with 503
+and Retry-After) rather than letting every client's wait grow.
 
     >>> batcher = Batcher(predict, max_batch=8, max_wait_s=0.01, max_queue=64)  # doctest: +SKIP
-    >>> probabilities = await batcher.submit(BatchKey("cells"), image)           # doctest: +SKIP
+    >>> answer = await batcher.submit(BatchKey("cells"), image, finish)          # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import asyncio
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -33,6 +37,10 @@ class BatchKey:
 PredictBatch = Callable[[BatchKey, Sequence[np.ndarray]], list[np.ndarray]]
 
 
+def _same(probabilities: np.ndarray) -> np.ndarray:
+    return probabilities
+
+
 class QueueFull(Exception):
     """As many requests wait as the server allows."""
 
@@ -41,6 +49,7 @@ class QueueFull(Exception):
 class _Job:
     key: BatchKey
     image: np.ndarray
+    finish: Callable[[np.ndarray], Any]  # the image's probabilities → what the request answers
     result: asyncio.Future
 
 
@@ -83,11 +92,14 @@ class Batcher:
         self._jobs.clear()
         self._thread.shutdown(wait=True)
 
-    async def submit(self, key: BatchKey, image: np.ndarray) -> np.ndarray:
-        """The image's probabilities, once its batch has been predicted; QueueFull when the list is full."""
+    async def submit(
+        self, key: BatchKey, image: np.ndarray, finish: Callable[[np.ndarray], Any] = _same
+    ) -> Any:
+        """`finish(probabilities)` of the image once its batch has been predicted (default: the
+        probabilities); QueueFull when the list is full. An exception of `finish` is this request's."""
         if len(self._jobs) >= self.max_queue:
             raise QueueFull
-        job = _Job(key, image, asyncio.get_running_loop().create_future())
+        job = _Job(key, image, finish, asyncio.get_running_loop().create_future())
         self._jobs.append(job)
         self._arrived.set()
         return await job.result
@@ -100,17 +112,28 @@ class Batcher:
                 continue
             self.batches.append(len(batch))
             try:
-                results = await loop.run_in_executor(
-                    self._thread, self.predict, batch[0].key, [j.image for j in batch]
-                )
-            except Exception as error:  # a bad request's error goes to its batch, the server goes on
-                for job in batch:
-                    if not job.result.done():
-                        job.result.set_exception(error)
-                continue
-            for job, probabilities in zip(batch, results, strict=True):
-                if not job.result.done():  # a client that went away has cancelled its future
-                    job.result.set_result(probabilities)
+                outcomes = await loop.run_in_executor(self._thread, self._run, batch)
+            except Exception as error:  # a failed forward pass fails its batch; the server goes on
+                outcomes = [(None, error)] * len(batch)
+            for job, (value, error) in zip(batch, outcomes, strict=True):
+                if job.result.done():  # a client that went away has cancelled its future
+                    continue
+                if error is None:
+                    job.result.set_result(value)
+                else:
+                    job.result.set_exception(error)
+
+    def _run(self, batch: list[_Job]) -> list[tuple[Any, Exception | None]]:
+        """On the worker thread: the batch's forward pass, then each request's `finish` (value, error)."""
+        outcomes = []
+        for job, probabilities in zip(
+            batch, self.predict(batch[0].key, [j.image for j in batch]), strict=True
+        ):
+            try:
+                outcomes.append((job.finish(probabilities), None))
+            except Exception as error:
+                outcomes.append((None, error))
+        return outcomes
 
     async def _next_batch(self) -> list[_Job]:
         while not self._jobs:
