@@ -16,11 +16,11 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "segwise"
 LAYERS = [
     {"constants", "errors"},
     {"io", "task", "config"},
-    {"data"},
-    {"models", "losses", "metrics"},
+    {"data", "folds"},
+    {"models", "losses", "metrics", "calibration", "pretrained"},
     {"engine", "inference", "run"},
-    {"evaluate", "report"},
-    {"cli", "demo", "__main__", "segwise"},
+    {"evaluate", "report", "tune", "crossval"},
+    {"cli", "demo", "serve", "__main__", "segwise"},
 ]
 LEVEL = {unit: level for level, units in enumerate(LAYERS) for unit in units}
 __doc__ += "\n".join(f"    {i}  {', '.join(sorted(units))}" for i, units in reversed(list(enumerate(LAYERS))))

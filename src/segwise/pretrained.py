@@ -30,6 +30,7 @@ from torch import nn
 
 from .config import PreprocessConfig, RunConfig, read_json
 from .constants import (
+    CALIBRATION_JSON,
     EVAL_DIR,
     METRICS_JSON,
     MODEL_CARD,
@@ -56,7 +57,9 @@ def save_weights(model: nn.Module, path: Path) -> None:
         save_file(state, str(tmp))
 
 
-RECORDED = (THRESHOLD_JSON, POSTPROCESS_JSON)  # a run's post-processing, which travels with its model
+# What a run has recorded about its outputs, which travels with its model: the post-processing, and the
+# temperature its probabilities are shown with.
+RECORDED = (THRESHOLD_JSON, POSTPROCESS_JSON, CALIBRATION_JSON)
 
 
 def save_pretrained(
@@ -73,7 +76,8 @@ def save_pretrained(
     `task.Classes` (for a per-label task, or stored mask values). `preprocessing`: `input_size` (the size
     images are resized to, default 512×512), `mean` and `std` per input channel on the 0..1 scale
     (default ImageNet's for RGB). `metrics`: name → number, for the card. `recorded`: a run's
-    post-processing files (threshold.json, postprocess.json), copied. A folder that holds anything but an earlier save is refused, untouched.
+    recorded files (threshold.json, postprocess.json, calibration.json), copied. A folder that holds
+    anything but an earlier save is refused, untouched.
     """
     folder = Path(folder)
     spec = getattr(model, "config", None)
