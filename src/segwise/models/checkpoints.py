@@ -44,6 +44,7 @@ from ..constants import CONFIG, WEIGHTS
 from ..errors import SegwiseError
 from ..pretrained import read_pretrained
 from .base import SegmentationModel
+from .encoders import key_problems
 from .mit import HEADS, MIT_SIZES, MLP_RATIO, SR_RATIOS
 from .registry import create_model
 
@@ -679,11 +680,7 @@ def _fit(
     missing = sorted(needed - set(state))
     unexpected = sorted(set(state) - set(own))
     wrong = sorted(k for k in set(state) & set(own) if state[k].shape != own[k].shape)
-    problems = [
-        f"{label} {len(keys)} key(s), e.g. {keys[:3]}"
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape for", wrong))
-        if keys
-    ]
+    problems = key_problems(missing, unexpected, wrong)
     if problems:
         raise SegwiseError(
             f"{folder / WEIGHTS}: weights do not fit segwise's {model.config['arch']} on "

@@ -361,6 +361,13 @@ def create_timm_encoder(name: str, options: dict) -> nn.Module:
         ) from None
 
 
+def key_problems(missing: list[str], unexpected: list[str], wrong_shape: list[str]) -> list[str]:
+    """How a state dict fails to fit a model, a phrase per kind of mismatch with the first few keys (the
+    words every weights loader's one-line error uses)."""
+    kinds = (("missing", missing), ("unexpected", unexpected), ("wrong shape for", wrong_shape))
+    return [f"{label} {len(keys)} key(s), e.g. {keys[:3]}" for label, keys in kinds if keys]
+
+
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """A state dict from .safetensors or a torch file (weights_only: no code runs), unwrapped."""
     if not path.is_file():
@@ -435,15 +442,7 @@ def _checked_state_dict(path: Path, name: str, mapping: str = "by_name") -> dict
     missing = sorted(k for k in needed - set(state) if not k.endswith("num_batches_tracked"))
     unexpected = sorted(set(state) - set(expected))
     wrong_shape = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k])
-    problems = [
-        f"{label} {len(keys)} key(s), e.g. {keys[:3]}"
-        for label, keys in (
-            ("missing", missing),
-            ("unexpected", unexpected),
-            ("wrong shape for", wrong_shape),
-        )
-        if keys
-    ]
+    problems = key_problems(missing, unexpected, wrong_shape)
     if problems:
         renamed = missing and unexpected and mapping == "by_name"
         hint = "; if it is the same architecture under other names, pass encoder_weights_mapping=in_order"

@@ -24,7 +24,7 @@ from timm.models import adapt_input_conv
 from torch import nn
 
 from ..errors import SegwiseError
-from .encoders import OUTPUT_STRIDES, _unwrapped, read_state_dict
+from .encoders import OUTPUT_STRIDES, _unwrapped, key_problems, read_state_dict
 
 HEADS = (1, 2, 5, 8)  # per stage, for every size (64 channels per head at full width)
 SR_RATIOS = (8, 4, 2, 1)  # keys/values of stage i come from a map `SR_RATIOS[i]` times coarser
@@ -243,11 +243,7 @@ class MixTransformerEncoder(nn.Module):
         missing = sorted(set(own) - set(state))
         unexpected = sorted(set(state) - set(own) - set(extra))
         wrong = sorted(k for k in set(own) & set(state) if state[k].shape != own[k].shape)
-        problems = [
-            f"{label} {len(keys)} key(s), e.g. {keys[:3]}"
-            for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape for", wrong))
-            if keys
-        ]
+        problems = key_problems(missing, unexpected, wrong)
         if problems:
             raise SegwiseError(
                 f"{path}: weights do not fit encoder '{self.name}': {'; '.join(problems)}; pass SegFormer's "

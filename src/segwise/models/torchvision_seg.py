@@ -29,7 +29,7 @@ from torch import nn
 from torchvision.models import segmentation
 
 from ..errors import SegwiseError, SegwiseWarning
-from .encoders import read_state_dict
+from .encoders import key_problems, read_state_dict
 
 # architecture -> its backbone, as torchvision names it
 TORCHVISION_MODELS = {
@@ -156,11 +156,7 @@ def _load_checkpoint(model: nn.Module, path: Path, arch: str) -> None:
     # BatchNorm's step counter is not a weight (older files lack it)
     missing = sorted(k for k in needed - set(state) - set(new_head) if not k.endswith("num_batches_tracked"))
     unexpected = sorted(set(state) - set(own))
-    problems = [
-        f"{label} {len(keys)} key(s), e.g. {keys[:3]}"
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape for", wrong))
-        if keys
-    ]
+    problems = key_problems(missing, unexpected, wrong)
     if problems:
         only_aux = missing and all(k.startswith("aux_classifier.") for k in missing) and not unexpected
         fix = (
