@@ -227,3 +227,11 @@ def test_serve_without_the_extra_says_how_to_install_it(monkeypatch, capsys):
 
     assert main(["serve", "runs/none"]) == 2
     assert "pip install 'segwise[serve]'" in capsys.readouterr().err
+
+
+def test_serve_of_a_run_that_does_not_load_is_one_line_before_it_says_it_serves(tmp_path, capsys):
+    from segwise.cli import main
+
+    assert main(["serve", str(tmp_path / "missing")]) == 2
+    captured = capsys.readouterr()
+    assert "run folder not found" in captured.err and "serving" not in captured.out

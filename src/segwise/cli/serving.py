@@ -45,21 +45,20 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     from ..errors import SegwiseError
-    from ..serve import serve
+    from ..serve import create_app, run
 
     if args.max_batch < 1 or args.max_queue < 1 or args.max_wait_ms < 0 or args.max_upload_mb <= 0:
         raise SegwiseError(
             "serve: --max-batch and --max-queue must be ≥ 1, --max-wait-ms ≥ 0, --max-upload-mb > 0"
         )
-    print(f"serving {', '.join(args.runs)} on http://{args.host}:{args.port}  (Ctrl-C stops)")
-    serve(
+    app = create_app(
         args.runs,
-        host=args.host,
-        port=args.port,
-        device=args.device,
+        args.device,
         max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms,
         max_queue=args.max_queue,
         max_upload_bytes=int(args.max_upload_mb * 2**20),
-    )
+    )  # loaded first: a run that does not load is one line, before anything says it is serving
+    print(f"serving {', '.join(args.runs)} on http://{args.host}:{args.port}  (Ctrl-C stops)")
+    run(app, args.host, args.port)
     return 0

@@ -43,7 +43,11 @@ def serve(
     runs: Sequence[str | Path], host: str = "127.0.0.1", port: int = 8000, device: str = "auto", **limits
 ) -> None:
     """Serve `runs` until interrupted."""
-    app = create_app(runs, device, **limits)
+    run(create_app(runs, device, **limits), host, port)
+
+
+def run(app, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Serve an app from `create_app` until interrupted."""
     import uvicorn
 
     uvicorn.run(app, host=host, port=port, log_level="warning")
